@@ -1,0 +1,177 @@
+"""Settings: a TOML file (``configs/default.toml`` documents every key) with
+``AGENT_SANDBOX_...`` environment overrides, e.g. ``AGENT_SANDBOX_LIMITS__MEMORY_MIB=512``.
+
+Unknown keys and invalid values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "AGENT_SANDBOX_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_PATH_ENV = "AGENT_SANDBOX_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration file or an environment override is invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineSettings(_Section):
+    """Where containers run and how many at once."""
+
+    docker_host: str = Field(
+        default="", description="Docker engine URL; empty uses DOCKER_HOST or the local socket."
+    )
+    image: str = Field(default="agent-sandbox:minimal", min_length=1)
+    max_concurrent_runs: int = Field(default=4, ge=1, le=256)
+    max_queued_runs: int = Field(default=16, ge=0, le=10_000)
+
+
+class LimitSettings(_Section):
+    """Per-run resource limits: the defaults a run gets, which are also the most it may ask for.
+
+    The one exception is time: a run gets ``timeout_s`` unless it asks for up to ``max_timeout_s``.
+    """
+
+    memory_mib: int = Field(default=1024, ge=16, description="RAM, swap off; tmpfs counts too.")
+    cpus: float = Field(default=1.0, gt=0, le=64)
+    cpu_shares: int = Field(default=1024, ge=2, le=262_144)
+    pids: int = Field(default=128, ge=8, le=100_000)
+    open_files: int = Field(default=1024, ge=16, le=1_048_576)
+    file_size_mib: int = Field(default=1024, ge=1)
+    work_mib: int = Field(default=2048, ge=1, description="tmpfs size of /work.")
+    tmp_mib: int = Field(default=256, ge=1, description="tmpfs size of /tmp.")
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_timeout_s: float = Field(default=300.0, gt=0)
+    output_capture_kib: int = Field(
+        default=1024, ge=1, description="Output kept per stream; the rest is counted, not kept."
+    )
+    output_kill_kib: int = Field(
+        default=16384, ge=1, description="Total output after which the program is stopped."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.timeout_s > self.max_timeout_s:
+            raise ValueError(
+                f"timeout_s ({self.timeout_s}) must not exceed max_timeout_s ({self.max_timeout_s})"
+            )
+        if self.output_kill_kib < self.output_capture_kib:
+            raise ValueError("output_kill_kib must be at least output_capture_kib")
+        return self
+
+
+class FileSettings(_Section):
+    """What a caller may send: counts and sizes of files and stdin."""
+
+    max_files: int = Field(default=1000, ge=1, le=100_000)
+    max_file_kib: int = Field(default=10 * 1024, ge=1)
+    max_total_kib: int = Field(default=50 * 1024, ge=1)
+    max_stdin_kib: int = Field(default=10 * 1024, ge=0)
+
+
+class Settings(BaseSettings):
+    """All of agent-sandbox's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    engine: EngineSettings = EngineSettings()
+    limits: LimitSettings = LimitSettings()
+    files: FileSettings = FileSettings()
+
+    @model_validator(mode="after")
+    def _files_fit_in_work(self) -> Self:
+        if self.files.max_total_kib > self.limits.work_mib * 1024:
+            raise ValueError("files.max_total_kib must fit in limits.work_mib")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file, which beats the defaults; no .env or secrets files.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load settings from ``path`` (or ``$AGENT_SANDBOX_CONFIG``), then apply the environment."""
+    if path is None and os.environ.get(CONFIG_PATH_ENV):
+        path = Path(os.environ[CONFIG_PATH_ENV])
+    file_values = _read_toml(path) if path is not None else {}
+    _reject_unknown_env(os.environ)
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _reject_unknown_env(environ: Mapping[str, str]) -> None:
+    """A misspelt override silently doing nothing is worse than an error."""
+    known = {ENV_PREFIX.rstrip("_") + "_CONFIG"}
+    for section_name, section in Settings.model_fields.items():
+        annotation = section.annotation
+        assert isinstance(annotation, type)
+        assert issubclass(annotation, BaseModel)
+        for key in annotation.model_fields:
+            known.add(f"{ENV_PREFIX}{section_name}{ENV_NESTED_DELIMITER}{key}".upper())
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            raise ConfigError(
+                f"unknown environment override {name}: overrides look like "
+                f"{ENV_PREFIX}LIMITS{ENV_NESTED_DELIMITER}MEMORY_MIB (see configs/default.toml)"
+            )
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(settings)"
+        problems.append(f"{key}: {error['msg']}")
+    return f"invalid configuration{where}: " + "; ".join(problems)
+
+
+__all__ = [
+    "ConfigError",
+    "EngineSettings",
+    "FileSettings",
+    "LimitSettings",
+    "Settings",
+    "load_settings",
+]

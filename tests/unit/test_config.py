@@ -1,0 +1,103 @@
+"""Settings: the shipped TOML, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent_sandbox.config import ConfigError, Settings, load_settings
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AGENT_SANDBOX_"):
+            monkeypatch.delenv(name)
+
+
+def test_default_toml_lists_every_setting_with_its_default() -> None:
+    documented = tomllib.loads((CONFIGS / "default.toml").read_text())
+    defaults = Settings().model_dump()
+    assert documented == defaults
+
+
+def test_every_shipped_config_loads() -> None:
+    for path in CONFIGS.glob("*.toml"):
+        load_settings(path)
+
+
+def test_a_file_value_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[limits]\nmemory_mib = 256\n")
+    assert load_settings(path).limits.memory_mib == 256
+
+
+def test_the_environment_beats_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[limits]\nmemory_mib = 256\ntimeout_s = 5\n")
+    monkeypatch.setenv("AGENT_SANDBOX_LIMITS__MEMORY_MIB", "512")
+    settings = load_settings(path)
+    assert settings.limits.memory_mib == 512
+    assert settings.limits.timeout_s == 5
+
+
+def test_the_config_path_can_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[engine]\nimage = "mine:1"\n')
+    monkeypatch.setenv("AGENT_SANDBOX_CONFIG", str(path))
+    assert load_settings().engine.image == "mine:1"
+
+
+def test_an_unknown_key_is_an_error_that_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[limits]\nmemroy_mib = 256\n")
+    with pytest.raises(ConfigError, match=r"limits\.memroy_mib"):
+        load_settings(path)
+
+
+def test_an_unknown_section_is_an_error_that_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[limit]\nmemory_mib = 256\n")
+    with pytest.raises(ConfigError, match="limit"):
+        load_settings(path)
+
+
+def test_an_invalid_value_is_an_error_that_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[limits]\npids = 0\n")
+    with pytest.raises(ConfigError, match=r"limits\.pids.*greater than or equal to 8"):
+        load_settings(path)
+
+
+def test_an_invalid_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_SANDBOX_LIMITS__CPUS", "many")
+    with pytest.raises(ConfigError, match=r"limits\.cpus"):
+        load_settings()
+
+
+def test_a_misspelt_environment_override_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_SANDBOX_LIMITS__MEMORY", "512")
+    with pytest.raises(ConfigError, match="AGENT_SANDBOX_LIMITS__MEMORY"):
+        load_settings()
+
+
+def test_inconsistent_limits_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[limits]\ntimeout_s = 500\n")
+    with pytest.raises(ConfigError, match="max_timeout_s"):
+        load_settings(path)
+
+
+def test_a_missing_or_broken_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[limits\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken)
