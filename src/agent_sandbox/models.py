@@ -1,0 +1,126 @@
+"""The data that crosses agent-sandbox's boundaries: what a caller asks for and what it gets."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The sandbox sets these itself; letting a caller change them would break the run.
+RESERVED_ENV = frozenset({"HOME", "PATH", "PYTHONUNBUFFERED", "PYTHONPATH", "PYTHONHOME"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProjectFile(_Model):
+    """One file to place under /work before the program starts."""
+
+    path: str = Field(description="Relative path under /work, with '/' separators, e.g. 'pkg/util.py'.")
+    content: str = Field(description="The file's content: text, or base64 when encoding is 'base64'.")
+    encoding: Literal["utf-8", "base64"] = Field(
+        default="utf-8", description="'utf-8' for text, 'base64' for binary content."
+    )
+
+
+class LimitRequest(_Model):
+    """Limits a caller may lower (or, for time, raise up to the configured maximum)."""
+
+    timeout_s: float | None = Field(default=None, gt=0)
+    memory_mib: int | None = Field(default=None, ge=16)
+    cpus: float | None = Field(default=None, gt=0)
+    pids: int | None = Field(default=None, ge=8)
+
+
+class RunRequest(_Model):
+    """A set of files, the one to run, and what to give it."""
+
+    files: list[ProjectFile] = Field(min_length=1)
+    entrypoint: str = "main.py"
+    args: list[str] = Field(default_factory=list)
+    stdin: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    limits: LimitRequest = Field(default_factory=LimitRequest)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(
+                    f"environment variable name {name!r} is invalid: use letters, digits and "
+                    "'_', not starting with a digit"
+                )
+            if name in RESERVED_ENV:
+                raise ValueError(f"environment variable {name} is set by the sandbox; pick another")
+            if "\0" in value:
+                raise ValueError(f"environment variable {name} contains a NUL character")
+        return env
+
+    @field_validator("args")
+    @classmethod
+    def _args_without_nul(cls, args: list[str]) -> list[str]:
+        for index, arg in enumerate(args):
+            if "\0" in arg:
+                raise ValueError(f"args[{index}] contains a NUL character")
+        return args
+
+
+class Limits(_Model):
+    """The limits one run actually got."""
+
+    timeout_s: float
+    memory_mib: int
+    cpus: float
+    cpu_shares: int
+    pids: int
+    open_files: int
+    file_size_mib: int
+    work_mib: int
+    tmp_mib: int
+    output_capture_kib: int
+    output_kill_kib: int
+
+
+class ViolationKind(StrEnum):
+    """Which limit a program ran into."""
+
+    TIMEOUT = "timeout"
+    MEMORY = "memory"
+    OUTPUT = "output"
+    PROCESSES = "processes"
+    DISK = "disk"
+    FILE_SIZE = "file_size"
+    OPEN_FILES = "open_files"
+
+
+class Violation(_Model):
+    """A limit the program hit, with the evidence in plain words."""
+
+    kind: ViolationKind
+    limit: str = Field(description="The limit in force, e.g. '1024 MiB' or '30 s'.")
+    message: str
+
+
+class RunResult(_Model):
+    """Everything a caller needs to know about one run."""
+
+    exit_code: int | None = Field(
+        description="The program's exit code; 128+N when killed by signal N; null if it never ran."
+    )
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    stdout_bytes: int = Field(description="Bytes the program wrote to stdout, kept or not.")
+    stderr_bytes: int = Field(description="Bytes the program wrote to stderr, kept or not.")
+    duration_s: float
+    timed_out: bool
+    oom_killed: bool
+    violations: list[Violation]
+    notes: list[str] = Field(description="Plain sentences on what happened and what to change.")
+    limits: Limits
