@@ -1,0 +1,160 @@
+"""``agent-sandbox image build``: build and tag the sandbox image.
+
+The Dockerfile starts ``FROM`` a public Python image when a registry answers. Where none does
+(as on machines without registry access), a Debian root filesystem is bootstrapped with
+``debootstrap`` and ``docker import``-ed as the base instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+
+log = logging.getLogger(__name__)
+
+PUBLIC_BASE = "python:3.11-slim-bookworm"
+BOOTSTRAP_BASE = "agent-sandbox-base:bookworm"
+DEBIAN_SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+IMAGES_DIR = Path(__file__).parent
+_NOISY_DEBOOTSTRAP_LINES = ("I: Retrieving", "I: Validating", "I: Unpacking", "I: Configuring")
+
+
+class ImageBuildError(Exception):
+    """The image could not be built; the message says what to fix."""
+
+
+def profile_dir(profile: str) -> Path:
+    """The build context of an image profile."""
+    path = IMAGES_DIR / profile
+    if not (path / "Dockerfile").is_file():
+        known = sorted(p.name for p in IMAGES_DIR.iterdir() if (p / "Dockerfile").is_file())
+        raise ImageBuildError(f"unknown image profile {profile!r}; known profiles: {known}")
+    return path
+
+
+def build_image(client: docker.DockerClient, tag: str, profile: str = "minimal") -> str:
+    """Build ``profile`` and tag it ``tag``; returns the image id."""
+    context = profile_dir(profile)
+    base = _choose_base(client)
+    log.info("building %s from %s (profile %s)", tag, base, profile)
+    image_id = ""
+    try:
+        for chunk in client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs={"BASE": base},
+            network_mode="host",  # lets RUN apt-get reach the Debian mirror
+            rm=True,
+            forcerm=True,
+            decode=True,
+        ):
+            if "error" in chunk:
+                raise ImageBuildError(f"docker build failed: {chunk['error'].strip()}")
+            line = str(chunk.get("stream", "")).rstrip()
+            if line:
+                log.info("  %s", line)
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+    except docker.errors.APIError as exc:
+        raise ImageBuildError(f"docker build failed: {exc.explanation or exc}") from exc
+    log.info("built %s (%s)", tag, image_id[:19])
+    return image_id
+
+
+def _choose_base(client: docker.DockerClient) -> str:
+    """The public base if it is here or can be pulled, else the bootstrapped Debian base."""
+    for candidate in (PUBLIC_BASE, BOOTSTRAP_BASE):
+        if _image_exists(client, candidate):
+            return candidate
+    log.info("pulling %s ...", PUBLIC_BASE)
+    try:
+        client.images.pull(PUBLIC_BASE)
+        return PUBLIC_BASE
+    except docker.errors.APIError as exc:
+        log.info("no registry answers (%s); bootstrapping Debian instead", _first_line(exc))
+    bootstrap_base(client)
+    return BOOTSTRAP_BASE
+
+
+def bootstrap_base(client: docker.DockerClient, mirror: str | None = None) -> None:
+    """debootstrap a minimal Debian with full python3 and import it as ``BOOTSTRAP_BASE``."""
+    debootstrap = _require_debootstrap()
+    mirror = mirror or debian_mirror()
+    with tempfile.TemporaryDirectory(prefix="agent-sandbox-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        log.info("debootstrap %s from %s (about a minute) ...", DEBIAN_SUITE, mirror)
+        command = [
+            debootstrap, "--variant=minbase", "--include=python3",
+            DEBIAN_SUITE, str(rootfs), mirror,
+        ]  # fmt: skip
+        for line in _stream(command):
+            if line.startswith(_NOISY_DEBOOTSTRAP_LINES):
+                continue  # hundreds of these; the stage lines are progress enough
+            log.info("  %s", line)
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / junk, ignore_errors=True)
+        tarball = Path(tmp) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+        log.info("importing the root filesystem as %s ...", BOOTSTRAP_BASE)
+        repository, tag = BOOTSTRAP_BASE.split(":")
+        client.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+
+
+def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt uses (deb822 or one-line format)."""
+    files = [*sorted(sources.glob("sources.list.d/*")), sources / "sources.list"]
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        for match in re.finditer(r"^(?:URIs:|deb)\s+(\S+)", text, re.MULTILINE):
+            uri = match.group(1).rstrip("/")
+            if uri.endswith("/debian"):
+                return uri
+    return DEFAULT_MIRROR
+
+
+def _require_debootstrap() -> str:
+    found = shutil.which("debootstrap") or shutil.which("/usr/sbin/debootstrap")
+    if found:
+        return found
+    if shutil.which("apt-get"):
+        log.info("installing debootstrap ...")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=False)
+        found = shutil.which("debootstrap") or shutil.which("/usr/sbin/debootstrap")
+        if found:
+            return found
+    raise ImageBuildError(
+        "no registry answers and debootstrap is missing: install debootstrap "
+        "(apt-get install debootstrap, as root) or make a registry with "
+        f"{PUBLIC_BASE} reachable"
+    )
+
+
+def _stream(command: list[str]) -> Iterator[str]:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        yield from (line.rstrip() for line in proc.stdout)
+    if proc.returncode != 0:
+        raise ImageBuildError(f"{command[0]} failed with exit code {proc.returncode}")
+
+
+def _image_exists(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
