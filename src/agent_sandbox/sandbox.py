@@ -1,0 +1,117 @@
+"""The one service every front end calls: validate a request, run it, judge the outcome."""
+
+from __future__ import annotations
+
+import logging
+
+from agent_sandbox.archive import ArchiveError, build_archive, check_path
+from agent_sandbox.config import LimitSettings, Settings
+from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
+from agent_sandbox.engine.spec import RunSpec
+from agent_sandbox.models import LimitRequest, Limits, RunRequest, RunResult
+from agent_sandbox.verdict import judge
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """The request was refused; the message names what is wrong and what to do instead."""
+
+
+def resolve_limits(asked: LimitRequest, configured: LimitSettings) -> Limits:
+    """The limits a run gets: the configured ones, lowered where the caller asked.
+
+    Time may also be raised, up to ``max_timeout_s``; nothing else may exceed its default.
+    """
+    ceilings: dict[str, float] = {
+        "timeout_s": configured.max_timeout_s,
+        "memory_mib": configured.memory_mib,
+        "cpus": configured.cpus,
+        "pids": configured.pids,
+    }
+    values = {name: getattr(configured, name) for name in Limits.model_fields}
+    for name, ceiling in ceilings.items():
+        wanted = getattr(asked, name)
+        if wanted is None:
+            continue
+        if wanted > ceiling:
+            raise RequestError(
+                f"{name} {wanted:g} is above the maximum of {ceiling:g}; ask for {ceiling:g} or less"
+            )
+        values[name] = wanted
+    return Limits(**values)
+
+
+class Sandbox:
+    """Runs ``RunRequest``s in the sandbox and returns ``RunResult``s."""
+
+    def __init__(self, settings: Settings, engine: DockerEngine | None = None):
+        self.settings = settings
+        self.engine = engine or DockerEngine(settings.engine)
+
+    def start(self) -> str:
+        """Check the engine and image, and remove containers a crashed process left behind.
+
+        Returns the engine version; raises ``EngineError`` with a fix when something is missing.
+        """
+        version = self.engine.check()
+        removed = self.engine.remove_leftovers()
+        if removed:
+            log.info("removed %d container(s) left behind by an earlier process", removed)
+        return version
+
+    def prepare(self, request: RunRequest) -> RunSpec:
+        """Validate ``request`` and turn it into a container spec, or raise ``RequestError``."""
+        try:
+            check_path(request.entrypoint, "entrypoint")
+            archive = build_archive(request.files, self.settings.files)
+        except ArchiveError as exc:
+            raise RequestError(str(exc)) from None
+        if request.entrypoint not in archive.paths:
+            raise RequestError(
+                f"entrypoint {request.entrypoint!r} is not one of the files sent "
+                f"({', '.join(sorted(archive.paths)[:10])}); name one of them"
+            )
+        stdin = request.stdin.encode() if request.stdin is not None else None
+        max_stdin = self.settings.files.max_stdin_kib * 1024
+        if stdin is not None and len(stdin) > max_stdin:
+            raise RequestError(
+                f"stdin is {len(stdin)} bytes, over the {self.settings.files.max_stdin_kib} KiB "
+                "limit; send the data as a file instead and read it from /work"
+            )
+        return RunSpec(
+            image=self.settings.engine.image,
+            archive=archive.data,
+            entrypoint=request.entrypoint,
+            args=tuple(request.args),
+            stdin=stdin,
+            env=dict(request.env),
+            limits=resolve_limits(request.limits, self.settings.limits),
+        )
+
+    async def run(self, request: RunRequest, on_progress: ProgressCallback | None = None) -> RunResult:
+        """Run ``request`` in a fresh container; refusals raise ``RequestError``,
+        infrastructure failures ``EngineError``."""
+        spec = self.prepare(request)
+        outcome = await self.engine.run(spec, on_progress)
+        verdict = judge(
+            outcome,
+            spec.limits,
+            max_timeout_s=self.settings.limits.max_timeout_s,
+            had_stdin=request.stdin is not None,
+        )
+        return RunResult(
+            exit_code=outcome.exit_code,
+            stdout=outcome.stdout.decode("utf-8", errors="replace"),
+            stderr=outcome.stderr.decode("utf-8", errors="replace"),
+            stdout_truncated=outcome.stdout_bytes > len(outcome.stdout),
+            stderr_truncated=outcome.stderr_bytes > len(outcome.stderr),
+            stdout_bytes=outcome.stdout_bytes,
+            stderr_bytes=outcome.stderr_bytes,
+            duration_s=outcome.duration_s,
+            timed_out=outcome.timed_out,
+            oom_killed=outcome.oom_killed,
+            violations=verdict.violations,
+            notes=verdict.notes,
+            limits=spec.limits,
+        )

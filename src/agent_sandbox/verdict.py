@@ -1,0 +1,146 @@
+"""Raw facts of a run -> the limits it hit, and notes a language model can act on. Pure."""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+
+from agent_sandbox.engine.spec import Outcome
+from agent_sandbox.models import Limits, Violation, ViolationKind
+
+SIGXFSZ_EXIT = 128 + signal.SIGXFSZ
+
+# Evidence in the program's stderr, from Python or from a shell/child process.
+_PROCESSES = re.compile(
+    r"\[Errno 11\] Resource temporarily unavailable|can't start new thread"
+    r"|fork: (?:retry: )?Resource temporarily unavailable|Cannot fork"
+)
+_DISK = re.compile(r"\[Errno 28\] No space left on device|No space left on device")
+_FILE_SIZE = re.compile(r"\[Errno 27\] File too large|File size limit exceeded")
+_OPEN_FILES = re.compile(r"\[Errno 24\] Too many open files|Too many open files")
+_EOF = re.compile(r"EOFError: EOF when reading a line")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run ran into, and what to tell the model."""
+
+    violations: list[Violation]
+    notes: list[str]
+
+
+def judge(outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: bool) -> Verdict:
+    """Name every limit ``outcome`` shows evidence of, most decisive first."""
+    stderr = outcome.stderr.decode("utf-8", errors="replace")
+    violations: list[Violation] = []
+    notes: list[str] = []
+
+    def found(kind: ViolationKind, limit: str, message: str, note: str) -> None:
+        violations.append(Violation(kind=kind, limit=limit, message=message))
+        notes.append(note)
+
+    if outcome.timed_out:
+        more = (
+            f"If the work really needs longer, pass a larger timeout_s (at most {max_timeout_s:g} s); "
+            if limits.timeout_s < max_timeout_s
+            else ""
+        )
+        found(
+            ViolationKind.TIMEOUT,
+            f"{limits.timeout_s:g} s",
+            f"stopped after the {limits.timeout_s:g} s time limit",
+            f"The program was still running after {limits.timeout_s:g} s and was stopped; the "
+            f"output it printed before that is kept. {more}otherwise look for an endless loop, "
+            "a long sleep, or a read from stdin that never ends.",
+        )
+    if outcome.oom_killed:
+        who = " in a child process" if outcome.exit_code == 0 else ""
+        found(
+            ViolationKind.MEMORY,
+            f"{limits.memory_mib} MiB",
+            f"killed by the kernel for using more than {limits.memory_mib} MiB of memory{who}",
+            f"The program was killed{who} for using more than {limits.memory_mib} MiB of memory "
+            "(it gets no MemoryError: the kernel ends it). Files written under /work and /tmp are "
+            "kept in memory and count toward this limit too. Process data in smaller pieces, "
+            "free large objects, or write less to disk.",
+        )
+    if outcome.output_killed:
+        found(
+            ViolationKind.OUTPUT,
+            f"{limits.output_kill_kib} KiB",
+            f"stopped after writing more than {limits.output_kill_kib} KiB of output",
+            f"The program wrote more than {limits.output_kill_kib} KiB to stdout and stderr and was "
+            "stopped. Print a summary instead of every item, or write large results to a file.",
+        )
+    elif outcome.stdout_bytes + outcome.stderr_bytes > _kept(outcome):
+        found(
+            ViolationKind.OUTPUT,
+            f"{limits.output_capture_kib} KiB per stream",
+            f"only the first {limits.output_capture_kib} KiB of each stream was kept",
+            f"The program wrote {outcome.stdout_bytes} bytes to stdout and {outcome.stderr_bytes} "
+            f"to stderr; only the first {limits.output_capture_kib} KiB of each is kept, so the end "
+            "is missing. Print less, or print the part you need last first.",
+        )
+    if line := _evidence(_PROCESSES, stderr):
+        found(
+            ViolationKind.PROCESSES,
+            f"{limits.pids} processes and threads",
+            f"could not start a process or thread (likely the {limits.pids} limit): {line}",
+            f"The program could not start a new process or thread ({line!r}); it most likely hit "
+            f"the limit of {limits.pids} processes and threads together. Use fewer, e.g. a pool "
+            "of 2 to 4 workers, and make sure finished ones are joined.",
+        )
+    if line := _evidence(_DISK, stderr):
+        found(
+            ViolationKind.DISK,
+            f"/work {limits.work_mib} MiB, /tmp {limits.tmp_mib} MiB",
+            f"ran out of space (likely /work or /tmp): {line}",
+            f"A write failed for lack of space ({line!r}): /work holds {limits.work_mib} MiB and "
+            f"/tmp {limits.tmp_mib} MiB, and both count toward the memory limit. Write less, or "
+            "delete files you no longer need.",
+        )
+    if (line := _evidence(_FILE_SIZE, stderr)) or outcome.exit_code == SIGXFSZ_EXIT:
+        evidence = line or f"exit code {SIGXFSZ_EXIT} (SIGXFSZ)"
+        found(
+            ViolationKind.FILE_SIZE,
+            f"{limits.file_size_mib} MiB per file",
+            f"a file grew past the {limits.file_size_mib} MiB limit (likely): {evidence}",
+            f"A file could not grow past {limits.file_size_mib} MiB ({evidence!r}). Split the "
+            "data over several smaller files, or write less.",
+        )
+    if line := _evidence(_OPEN_FILES, stderr):
+        found(
+            ViolationKind.OPEN_FILES,
+            f"{limits.open_files} open files",
+            f"too many open files (likely the {limits.open_files} limit): {line}",
+            f"The program had too many files open at once ({line!r}; the limit is "
+            f"{limits.open_files}). Close files when done, e.g. `with open(...) as f:`.",
+        )
+    if not had_stdin and _evidence(_EOF, stderr):
+        notes.append("The program read from stdin, but the call gave no stdin: pass it in `stdin`.")
+    if not violations and outcome.exit_code not in (0, None):
+        notes.append(_exit_note(outcome.exit_code))
+    return Verdict(violations=violations, notes=notes)
+
+
+def _kept(outcome: Outcome) -> int:
+    return len(outcome.stdout) + len(outcome.stderr)
+
+
+def _evidence(pattern: re.Pattern[str], text: str) -> str:
+    """The first line of ``text`` that matches, trimmed; empty if none."""
+    for line in text.splitlines():
+        if pattern.search(line):
+            return line.strip()[:200]
+    return ""
+
+
+def _exit_note(exit_code: int) -> str:
+    if exit_code > 128:
+        try:
+            name = signal.Signals(exit_code - 128).name
+        except ValueError:
+            name = f"signal {exit_code - 128}"
+        return f"The program was killed by {name} (exit code {exit_code})."
+    return f"The program exited with code {exit_code}; stderr has the details."

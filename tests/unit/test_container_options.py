@@ -1,0 +1,77 @@
+"""The hardened container spec, checked option by option (no engine needed)."""
+
+from __future__ import annotations
+
+from agent_sandbox.config import LimitSettings
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, container_options
+from agent_sandbox.engine.spec import RunSpec
+from agent_sandbox.models import Limits
+
+LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model_fields})
+SPEC = RunSpec(
+    image="agent-sandbox:minimal",
+    archive=b"",
+    entrypoint="main.py",
+    args=("--flag", "value"),
+    stdin=None,
+    env={"MY_VAR": "1"},
+    limits=LIMITS,
+)
+
+
+def test_the_container_is_offline_read_only_unprivileged_and_limited() -> None:
+    options = container_options(SPEC, owner="host:1")
+    assert options["network_disabled"] is True
+    assert options["read_only"] is True
+    assert options["user"] == "1000:1000"
+    assert options["cap_drop"] == ["ALL"]
+    assert options["security_opt"] == ["no-new-privileges"]
+    assert options["ipc_mode"] == "none"
+    assert options["init"] is True
+    assert options["cgroupns"] == "private"
+    assert options["pids_limit"] == 128
+    assert options["mem_limit"] == options["memswap_limit"] == 1024 * 1024 * 1024
+    assert options["nano_cpus"] == 1_000_000_000
+    assert options["cpu_shares"] == 1024
+    assert "privileged" not in options
+    assert "volumes" not in options
+
+
+def test_work_and_tmp_are_sized_noexec_tmpfs_owned_by_the_sandbox_user() -> None:
+    tmpfs = container_options(SPEC, owner="host:1")["tmpfs"]
+    assert set(tmpfs) == {"/work", "/tmp"}
+    for mount, size in (("/work", "2048m"), ("/tmp", "256m")):
+        flags = tmpfs[mount].split(",")
+        assert f"size={size}" in flags
+        assert {"uid=1000", "gid=1000", "noexec", "nosuid", "nodev"} <= set(flags)
+
+
+def test_ulimits_cap_open_files_file_size_and_core_dumps() -> None:
+    ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in container_options(SPEC, owner="h:1")["ulimits"]}
+    assert ulimits == {
+        "nofile": (1024, 1024),
+        "fsize": (1024 * 1024 * 1024, 1024 * 1024 * 1024),
+        "core": (0, 0),
+    }
+
+
+def test_labels_mark_the_container_as_ours_and_name_the_owner() -> None:
+    labels = container_options(SPEC, owner="host:42")["labels"]
+    assert labels == {LABEL: "1", OWNER_LABEL: "host:42"}
+
+
+def test_the_command_runs_the_launcher_then_the_entrypoint_with_args() -> None:
+    command = container_options(SPEC, owner="h:1")["command"]
+    assert command[:4] == ["python3", "-I", "-S", "-c"]
+    assert command[5:] == ["main.py", "--flag", "value"]
+
+
+def test_the_environment_is_ours_plus_the_callers_and_nothing_from_the_host() -> None:
+    env = container_options(SPEC, owner="h:1")["environment"]
+    assert env["MY_VAR"] == "1"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert set(env) == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "MY_VAR"}
+
+
+def test_every_container_gets_a_new_name() -> None:
+    assert container_options(SPEC, owner="h:1")["name"] != container_options(SPEC, owner="h:1")["name"]

@@ -1,0 +1,89 @@
+"""Request validation that needs no engine: limits, entrypoint, env, stdin."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from agent_sandbox.config import FileSettings, LimitSettings, Settings
+from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest
+from agent_sandbox.sandbox import RequestError, Sandbox, resolve_limits
+
+MAIN = ProjectFile(path="main.py", content="print(1)")
+
+
+def test_without_a_request_the_configured_limits_apply() -> None:
+    limits = resolve_limits(LimitRequest(), LimitSettings())
+    assert limits.timeout_s == 30
+    assert limits.memory_mib == 1024
+
+
+def test_a_caller_may_lower_limits_and_raise_time_up_to_the_maximum() -> None:
+    limits = resolve_limits(LimitRequest(timeout_s=120, memory_mib=128, cpus=0.5, pids=16), LimitSettings())
+    assert (limits.timeout_s, limits.memory_mib, limits.cpus, limits.pids) == (120, 128, 0.5, 16)
+
+
+@pytest.mark.parametrize(
+    ("asked", "name"),
+    [
+        (LimitRequest(timeout_s=301), "timeout_s 301 is above the maximum of 300"),
+        (LimitRequest(memory_mib=2048), "memory_mib 2048 is above the maximum of 1024"),
+        (LimitRequest(cpus=2), "cpus 2 is above the maximum of 1"),
+        (LimitRequest(pids=1000), "pids 1000 is above the maximum of 128"),
+    ],
+)
+def test_a_limit_above_its_maximum_is_refused_by_name(asked: LimitRequest, name: str) -> None:
+    with pytest.raises(RequestError, match=name):
+        resolve_limits(asked, LimitSettings())
+
+
+def sandbox() -> Sandbox:
+    return Sandbox(Settings(files=FileSettings(max_stdin_kib=1)))
+
+
+def test_the_entrypoint_must_be_one_of_the_files() -> None:
+    with pytest.raises(RequestError, match=r"entrypoint 'app.py' is not one of the files sent \(main.py\)"):
+        sandbox().prepare(RunRequest(files=[MAIN], entrypoint="app.py"))
+
+
+def test_an_unsafe_entrypoint_is_refused() -> None:
+    with pytest.raises(RequestError, match="entrypoint.*'..'"):
+        sandbox().prepare(RunRequest(files=[MAIN], entrypoint="../main.py"))
+
+
+def test_stdin_over_its_limit_is_refused() -> None:
+    with pytest.raises(RequestError, match="stdin is 1025 bytes, over the 1 KiB limit"):
+        sandbox().prepare(RunRequest(files=[MAIN], stdin="x" * 1025))
+
+
+def test_archive_refusals_surface_as_request_errors() -> None:
+    with pytest.raises(RequestError, match="absolute paths"):
+        sandbox().prepare(RunRequest(files=[ProjectFile(path="/main.py", content="")], entrypoint="/main.py"))
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"1BAD": "x"}, "'1BAD' is invalid"),
+        ({"A-B": "x"}, "'A-B' is invalid"),
+        ({"PATH": "/evil"}, "PATH is set by the sandbox"),
+        ({"OK": "a\0b"}, "NUL"),
+    ],
+)
+def test_invalid_environment_variables_are_refused(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ValidationError, match=words):
+        RunRequest(files=[MAIN], env=env)
+
+
+def test_an_empty_request_is_refused() -> None:
+    with pytest.raises(ValidationError, match="files"):
+        RunRequest(files=[])
+
+
+def test_a_valid_request_becomes_a_spec() -> None:
+    spec = sandbox().prepare(RunRequest(files=[MAIN], args=["a"], stdin="in", env={"K": "v"}))
+    assert spec.entrypoint == "main.py"
+    assert spec.args == ("a",)
+    assert spec.stdin == b"in"
+    assert spec.env == {"K": "v"}
+    assert spec.image == "agent-sandbox:minimal"

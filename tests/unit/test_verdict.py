@@ -1,0 +1,119 @@
+"""From raw facts to violations and notes: each limit, its evidence, and its note."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from agent_sandbox.config import LimitSettings
+from agent_sandbox.engine.spec import Outcome
+from agent_sandbox.models import Limits, ViolationKind
+from agent_sandbox.verdict import judge
+
+LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model_fields})
+CLEAN = Outcome(
+    exit_code=0,
+    stdout=b"",
+    stderr=b"",
+    stdout_bytes=0,
+    stderr_bytes=0,
+    duration_s=0.1,
+    timed_out=False,
+    oom_killed=False,
+    output_killed=False,
+)
+
+
+def kinds(outcome: Outcome, *, had_stdin: bool = False) -> list[ViolationKind]:
+    verdict = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=had_stdin)
+    assert len(verdict.notes) >= len(verdict.violations)
+    return [v.kind for v in verdict.violations]
+
+
+def test_a_clean_run_has_no_violations_and_no_notes() -> None:
+    verdict = judge(CLEAN, LIMITS, max_timeout_s=300, had_stdin=False)
+    assert verdict.violations == []
+    assert verdict.notes == []
+
+
+def test_timeout_names_the_limit_and_how_to_get_more_time() -> None:
+    verdict = judge(replace(CLEAN, timed_out=True, exit_code=137), LIMITS, max_timeout_s=300, had_stdin=False)
+    assert [v.kind for v in verdict.violations] == [ViolationKind.TIMEOUT]
+    assert verdict.violations[0].limit == "30 s"
+    assert "timeout_s (at most 300 s)" in verdict.notes[0]
+
+
+def test_timeout_at_the_maximum_does_not_suggest_more_time() -> None:
+    limits = LIMITS.model_copy(update={"timeout_s": 300.0})
+    verdict = judge(replace(CLEAN, timed_out=True), limits, max_timeout_s=300, had_stdin=False)
+    assert "timeout_s" not in verdict.notes[0]
+
+
+def test_oom_kill_is_a_memory_violation_that_mentions_tmpfs() -> None:
+    verdict = judge(
+        replace(CLEAN, oom_killed=True, exit_code=137), LIMITS, max_timeout_s=300, had_stdin=False
+    )
+    assert [v.kind for v in verdict.violations] == [ViolationKind.MEMORY]
+    assert "1024 MiB" in verdict.notes[0]
+    assert "/work" in verdict.notes[0]
+
+
+def test_oom_kill_with_exit_zero_blames_a_child_process() -> None:
+    verdict = judge(replace(CLEAN, oom_killed=True, exit_code=0), LIMITS, max_timeout_s=300, had_stdin=False)
+    assert "in a child process" in verdict.violations[0].message
+
+
+def test_output_kill_and_output_truncation_are_output_violations() -> None:
+    flood = replace(CLEAN, output_killed=True, stdout=b"x" * 10, stdout_bytes=20_000_000)
+    assert kinds(flood) == [ViolationKind.OUTPUT]
+    truncated = replace(CLEAN, stdout=b"x" * 10, stdout_bytes=11)
+    verdict = judge(truncated, LIMITS, max_timeout_s=300, had_stdin=False)
+    assert [v.kind for v in verdict.violations] == [ViolationKind.OUTPUT]
+    assert "first 1024 KiB" in verdict.violations[0].message
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind"),
+    [
+        (b"BlockingIOError: [Errno 11] Resource temporarily unavailable", ViolationKind.PROCESSES),
+        (b"RuntimeError: can't start new thread", ViolationKind.PROCESSES),
+        (b"sh: 1: Cannot fork", ViolationKind.PROCESSES),
+        (b"OSError: [Errno 28] No space left on device", ViolationKind.DISK),
+        (b"OSError: [Errno 27] File too large", ViolationKind.FILE_SIZE),
+        (b"OSError: [Errno 24] Too many open files: 'f1000'", ViolationKind.OPEN_FILES),
+    ],
+)
+def test_errno_evidence_in_stderr_names_the_limit_and_says_likely(stderr: bytes, kind: ViolationKind) -> None:
+    text = b"Traceback...\n" + stderr + b"\n"
+    outcome = replace(CLEAN, exit_code=1, stderr=text, stderr_bytes=len(text))
+    verdict = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False)
+    assert [v.kind for v in verdict.violations] == [kind]
+    assert "likely" in verdict.violations[0].message
+    assert stderr.decode()[:30] in verdict.notes[0]
+
+
+def test_sigxfsz_exit_of_a_child_is_a_file_size_violation() -> None:
+    assert kinds(replace(CLEAN, exit_code=153)) == [ViolationKind.FILE_SIZE]
+
+
+def test_several_limits_at_once_are_all_reported() -> None:
+    outcome = replace(
+        CLEAN, timed_out=True, exit_code=137, stderr=b"OSError: [Errno 24] Too many open files\n"
+    )
+    assert kinds(outcome) == [ViolationKind.TIMEOUT, ViolationKind.OPEN_FILES]
+
+
+def test_reading_missing_stdin_gets_a_note() -> None:
+    outcome = replace(CLEAN, exit_code=1, stderr=b"EOFError: EOF when reading a line\n")
+    verdict = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False)
+    assert any("stdin" in note for note in verdict.notes)
+    with_stdin = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=True)
+    assert not any("`stdin`" in note for note in with_stdin.notes)
+
+
+@pytest.mark.parametrize(("code", "words"), [(3, "exited with code 3"), (143, "SIGTERM")])
+def test_a_failing_exit_without_a_limit_gets_a_plain_note(code: int, words: str) -> None:
+    verdict = judge(replace(CLEAN, exit_code=code), LIMITS, max_timeout_s=300, had_stdin=False)
+    assert verdict.violations == []
+    assert words in verdict.notes[0]
