@@ -47,7 +47,9 @@ def test_the_environment_beats_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.limits.timeout_s == 5
 
 
-def test_the_config_path_can_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_config_path_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[engine]\nimage = "mine:1"\n')
     monkeypatch.setenv("AGENT_SANDBOX_CONFIG", str(path))

@@ -1,0 +1,17 @@
+"""agent-sandbox: run model-written Python in fresh, hardened, offline Docker containers."""
+
+from agent_sandbox.config import Settings, load_settings
+from agent_sandbox.models import ProjectFile, RunRequest, RunResult, Violation, ViolationKind
+from agent_sandbox.sandbox import RequestError, Sandbox
+
+__all__ = [
+    "ProjectFile",
+    "RequestError",
+    "RunRequest",
+    "RunResult",
+    "Sandbox",
+    "Settings",
+    "Violation",
+    "ViolationKind",
+    "load_settings",
+]

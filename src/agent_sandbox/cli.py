@@ -1,0 +1,160 @@
+"""The ``agent-sandbox`` command: ``run``, ``image build`` and ``doctor``.
+
+Exit codes: ``run`` returns the program's own exit code; 2 means the request or the
+configuration was refused, 3 that the engine or the image is not usable, 4 that the program
+hit a limit while exiting 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from pydantic import ValidationError
+
+from agent_sandbox.config import ConfigError, Settings, load_settings
+from agent_sandbox.engine.docker import DockerEngine, EngineError
+from agent_sandbox.images.build import ImageBuildError, build_image
+from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
+from agent_sandbox.sandbox import RequestError, Sandbox
+
+EXIT_REFUSED = 2
+EXIT_ENGINE = 3
+EXIT_LIMIT = 4
+SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
+
+log = logging.getLogger("agent_sandbox")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of ``python -m agent_sandbox``."""
+    parser = _parser()
+    options = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if options.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(options.config)
+        code: int = options.handler(options, settings)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
+    except (RequestError, ValidationError) as exc:
+        log.error("refused: %s", exc)
+        return EXIT_REFUSED
+    except (EngineError, ImageBuildError) as exc:
+        log.error("%s", exc)
+        return EXIT_ENGINE
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-sandbox", description="Run Python in fresh, hardened, offline containers."
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file (see configs/).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="Run a Python file or a folder in the sandbox.")
+    run.add_argument("path", type=Path, help="A .py file, or a folder of files.")
+    run.add_argument("--entrypoint", help="File to run inside a folder (default main.py).")
+    run.add_argument("--timeout", type=float, help="Seconds before the program is stopped.")
+    run.add_argument("--stdin", type=Path, help="File whose content is the program's stdin.")
+    run.add_argument("--json", action="store_true", help="Print the structured result as JSON.")
+    run.add_argument("args", nargs="*", help="Arguments for the program (after --).")
+    run.set_defaults(handler=_run)
+
+    image = commands.add_parser("image", help="Manage the sandbox image.")
+    image_commands = image.add_subparsers(required=True, metavar="ACTION")
+    build = image_commands.add_parser("build", help="Build and tag the sandbox image.")
+    build.add_argument("--profile", default="minimal", help="Image profile (default minimal).")
+    build.add_argument("--tag", help="Tag to give it (default: the configured engine.image).")
+    build.set_defaults(handler=_image_build)
+
+    doctor = commands.add_parser("doctor", help="Check the engine and the image.")
+    doctor.set_defaults(handler=_doctor)
+    return parser
+
+
+def _run(options: argparse.Namespace, settings: Settings) -> int:
+    files, entrypoint = _collect(options.path, options.entrypoint)
+    request = RunRequest(
+        files=files,
+        entrypoint=entrypoint,
+        args=options.args,
+        stdin=options.stdin.read_text() if options.stdin else None,
+        limits=LimitRequest(timeout_s=options.timeout),
+    )
+    sandbox = Sandbox(settings)
+    sandbox.start()
+    result = anyio.run(sandbox.run, request)
+    if options.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        print(_status_line(result), file=sys.stderr)
+    if result.exit_code is None:
+        return EXIT_ENGINE
+    if result.exit_code == 0 and result.violations:
+        return EXIT_LIMIT
+    return result.exit_code
+
+
+def _collect(path: Path, entrypoint: str | None) -> tuple[list[ProjectFile], str]:
+    """Read a file or a folder into ``ProjectFile``s; binary files go as base64."""
+    if path.is_file():
+        return [_project_file(path, path.name)], entrypoint or path.name
+    if not path.is_dir():
+        raise RequestError(f"{path} is neither a file nor a folder")
+    files = [
+        _project_file(file, file.relative_to(path).as_posix())
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and not SKIPPED_DIRS.intersection(file.relative_to(path).parts)
+    ]
+    return files, entrypoint or "main.py"
+
+
+def _project_file(path: Path, name: str) -> ProjectFile:
+    data = path.read_bytes()
+    try:
+        return ProjectFile(path=name, content=data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return ProjectFile(path=name, content=base64.b64encode(data).decode(), encoding="base64")
+
+
+def _status_line(result: RunResult) -> str:
+    status = "timed out" if result.timed_out else f"exit {result.exit_code}"
+    line = f"[agent-sandbox] {status} in {result.duration_s:.2f} s"
+    if result.violations:
+        line += "; limits hit: " + ", ".join(v.kind.value for v in result.violations)
+    return "\n".join([line, *(f"[agent-sandbox] {note}" for note in result.notes)])
+
+
+def _image_build(options: argparse.Namespace, settings: Settings) -> int:
+    engine = DockerEngine(settings.engine)
+    build_image(engine.client, options.tag or settings.engine.image, options.profile)
+    return 0
+
+
+def _doctor(options: argparse.Namespace, settings: Settings) -> int:
+    sandbox = Sandbox(settings)
+    version = sandbox.start()
+    log.info("engine %s answers; image %s is present", version, settings.engine.image)
+    result = anyio.run(
+        sandbox.run,
+        RunRequest(files=[ProjectFile(path="main.py", content="print('ok')")]),
+    )
+    if result.stdout.strip() != "ok":
+        log.error("a trial run failed: exit %s, stderr %s", result.exit_code, result.stderr[-500:])
+        return EXIT_ENGINE
+    log.info("a trial run works (%.2f s)", result.duration_s)
+    return 0

@@ -1,0 +1,127 @@
+"""Every container is removed on every path, the queue is bounded, and leftovers are reaped."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+import anyio
+import docker
+import pytest
+
+from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, EngineBusy
+from agent_sandbox.sandbox import Sandbox
+
+from .conftest import snippet
+
+pytestmark = pytest.mark.anyio
+
+SLEEP = "import time\nprint('started', flush=True)\ntime.sleep(60)"
+
+
+async def test_no_container_remains_after_a_normal_a_failing_and_a_timed_out_run(
+    sandbox: Sandbox, engine: DockerEngine
+) -> None:
+    await sandbox.run(snippet("print(1)"))
+    await sandbox.run(snippet("raise SystemExit(2)"))
+    result = await sandbox.run(snippet(SLEEP, limits={"timeout_s": 1}))
+    assert result.timed_out
+    assert engine.our_containers() == []
+
+
+async def test_a_cancelled_run_removes_its_container_at_once(sandbox: Sandbox, engine: DockerEngine) -> None:
+    running = anyio.Event()
+
+    async def on_progress(stage: str) -> None:
+        if stage == "running":
+            running.set()
+
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            await sandbox.run(snippet(SLEEP), on_progress)
+
+        group.start_soon(run)
+        await running.wait()
+        assert len(engine.our_containers()) == 1
+        await anyio.sleep(0.5)
+        group.cancel_scope.cancel()
+    assert engine.our_containers() == []
+
+
+async def test_a_run_cancelled_while_starting_leaves_nothing(sandbox: Sandbox, engine: DockerEngine) -> None:
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
+        with anyio.move_on_after(delay):
+            await sandbox.run(snippet(SLEEP))
+    assert engine.our_containers() == []
+
+
+async def test_runs_beyond_the_slots_queue_and_beyond_the_queue_are_refused(
+    docker_client: docker.DockerClient,
+) -> None:
+    engine = DockerEngine(EngineSettings(max_concurrent_runs=1, max_queued_runs=1), client=docker_client)
+    sandbox = Sandbox(Settings(), engine)
+    stages: dict[str, list[str]] = {"first": [], "second": []}
+    first_running = anyio.Event()
+    results = {}
+
+    async def run(name: str, code: str) -> None:
+        async def on_progress(stage: str) -> None:
+            stages[name].append(stage)
+            if name == "first" and stage == "running":
+                first_running.set()
+
+        results[name] = await sandbox.run(snippet(code), on_progress)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, "first", "import time; time.sleep(1.5); print('first')")
+        await first_running.wait()
+        group.start_soon(run, "second", "print('second')")
+        await anyio.sleep(0.2)
+        with pytest.raises(EngineBusy, match="busy: 1 runs are in progress and 1 are queued"):
+            await sandbox.run(snippet("print('third')"))
+    assert stages == {"first": ["starting", "running"], "second": ["queued", "starting", "running"]}
+    assert results["first"].stdout == "first\n"
+    assert results["second"].stdout == "second\n"
+    assert engine.our_containers() == []
+
+
+async def test_concurrent_runs_do_not_see_each_other(sandbox: Sandbox) -> None:
+    code = (
+        "import os, time\n"
+        "open('mine.txt', 'w').write(str(os.environ['ID']))\n"
+        "time.sleep(0.5)\n"
+        "print(sorted(os.listdir('.')), open('mine.txt').read(), sorted(os.listdir('/tmp')))"
+    )
+    results = {}
+
+    async def run(number: int) -> None:
+        results[number] = await sandbox.run(snippet(code, env={"ID": str(number)}))
+
+    async with anyio.create_task_group() as group:
+        for number in range(4):
+            group.start_soon(run, number)
+    for number, result in results.items():
+        assert result.stdout == f"['main.py', 'mine.txt'] {number} []\n"
+
+
+def test_leftovers_of_a_dead_owner_are_removed_and_live_owners_kept(
+    docker_client: docker.DockerClient, engine: DockerEngine
+) -> None:
+    host = socket.gethostname()
+    dead = docker_client.containers.create(
+        engine.settings.image, ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: f"{host}:999999999"}
+    )
+    foreign = docker_client.containers.create(
+        engine.settings.image, ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: f"{host}:1"}
+    )
+    try:
+        assert engine.remove_leftovers() == 1
+        remaining = {c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL})}
+        assert dead.id not in remaining
+        assert foreign.id in remaining
+    finally:
+        for container in (dead, foreign):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
