@@ -1,4 +1,4 @@
-"""The ``agent-sandbox`` command: ``run``, ``image build`` and ``doctor``.
+"""The ``agent-sandbox`` command: ``serve``, ``run``, ``image build`` and ``doctor``.
 
 Exit codes: ``run`` returns the program's own exit code; 2 means the request or the
 configuration was refused, 3 that the engine or the image is not usable, 4 that the program
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +19,17 @@ from pathlib import Path
 import anyio
 from pydantic import ValidationError
 
-from agent_sandbox.config import ConfigError, Settings, load_settings
+from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
 from agent_sandbox.engine.docker import DockerEngine, EngineError
 from agent_sandbox.images.build import ImageBuildError, build_image
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
+from agent_sandbox.server import build_server
 
 EXIT_REFUSED = 2
 EXIT_ENGINE = 3
 EXIT_LIMIT = 4
+TRANSPORTS = ("stdio", "sse", "streamable-http")
 SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
 
 log = logging.getLogger("agent_sandbox")
@@ -33,8 +37,7 @@ log = logging.getLogger("agent_sandbox")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m agent_sandbox``."""
-    parser = _parser()
-    options = parser.parse_args(argv)
+    options = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if options.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -61,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="TOML settings file (see configs/).")
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="Serve the MCP tools (the default command).")
+    serve.add_argument("--transport", choices=TRANSPORTS, default="stdio", help="Default: stdio.")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP transports: address to bind.")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP transports: port (default 8000).")
+    serve.set_defaults(handler=_serve)
 
     run = commands.add_parser("run", help="Run a Python file or a folder in the sandbox.")
     run.add_argument("path", type=Path, help="A .py file, or a folder of files.")
@@ -81,7 +90,38 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="Check the engine and the image.")
     doctor.set_defaults(handler=_doctor)
+    # `agent-sandbox` with no command serves MCP over stdio, as MCP clients expect.
+    parser.set_defaults(handler=_serve, transport="stdio", host="127.0.0.1", port=8000)
     return parser
+
+
+def _serve(options: argparse.Namespace, settings: Settings) -> int:
+    sandbox = Sandbox(settings)
+    version = sandbox.start()
+    where = "stdin/stdout" if options.transport == "stdio" else f"http://{options.host}:{options.port}"
+    log.info(
+        "serving MCP over %s on %s; config %s; image %s; Docker engine %s",
+        options.transport,
+        where,
+        options.config or os.environ.get(CONFIG_PATH_ENV) or "built-in defaults",
+        settings.engine.image,
+        version,
+    )
+    server = build_server(sandbox)
+    # SIGTERM ends the server like Ctrl-C, so runs in progress are cancelled and cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if options.transport == "stdio":
+            server.run("stdio")
+        else:
+            server.run(options.transport, host=options.host, port=options.port)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        removed = sandbox.close()
+        if removed:
+            log.info("removed %d container(s) of interrupted runs", removed)
+    return 0
 
 
 def _run(options: argparse.Namespace, settings: Settings) -> int:

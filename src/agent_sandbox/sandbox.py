@@ -60,6 +60,14 @@ class Sandbox:
             log.info("removed %d container(s) left behind by an earlier process", removed)
         return version
 
+    def close(self) -> int:
+        """Remove any container this process still has (runs cut short by shutdown)."""
+        removed = 0
+        for container in self.engine.our_containers():
+            container.remove(force=True)
+            removed += 1
+        return removed
+
     def prepare(self, request: RunRequest) -> RunSpec:
         """Validate ``request`` and turn it into a container spec, or raise ``RequestError``."""
         try:

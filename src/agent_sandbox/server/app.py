@@ -1,0 +1,193 @@
+"""The MCP server: ``run_python`` and ``run_project`` tools and the ``sandbox://config`` resource.
+
+It only translates between MCP and ``Sandbox``: refusals and infrastructure failures become tool
+errors whose message tells the model what to change; a program that fails is a successful call.
+"""
+
+# No `from __future__ import annotations`: the SDK evaluates the tools' annotations, which
+# refer to Field objects local to build_server.
+import json
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field, ValidationError
+
+from agent_sandbox.engine.docker import EngineError
+from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
+from agent_sandbox.sandbox import RequestError, Sandbox
+from agent_sandbox.server.summary import summarise
+
+SERVER_NAME = "agent-sandbox"
+CONFIG_URI = "sandbox://config"
+_RequestFactory = Callable[[], RunRequest]
+_STAGES = {"queued": 0, "starting": 1, "running": 2}
+_STAGE_MESSAGES = {
+    "queued": "waiting for a free sandbox slot",
+    "starting": "creating a fresh container",
+    "running": "the program is running",
+}
+ANNOTATIONS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
+
+
+def build_server(sandbox: Sandbox) -> MCPServer:
+    """An ``MCPServer`` whose tools run code through ``sandbox``."""
+    settings = sandbox.settings
+    limits = settings.limits
+    environment = (
+        f"Runs in a fresh, single-use Linux container with CPython 3.11 and its standard library "
+        f"only (no third-party packages), NO network access, as an unprivileged user. The working "
+        f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB); "
+        f"everything else is read-only and nothing persists after the call. Limits: "
+        f"{limits.memory_mib} MiB of memory (files in /work and /tmp count), {limits.cpus:g} CPU, "
+        f"{limits.pids} processes and threads, {limits.timeout_s:g} s by default (timeout_s up to "
+        f"{limits.max_timeout_s:g} s), the first {limits.output_capture_kib} KiB of stdout and of "
+        f"stderr kept. The result has exit_code, stdout, stderr, timed_out, oom_killed, and "
+        f"violations and notes that say which limit was hit and what to change. A program that "
+        f"fails is not a tool error: read exit_code and stderr."
+    )
+    server = MCPServer(
+        SERVER_NAME,
+        title="Python sandbox",
+        instructions=(
+            "Run Python code safely. Use run_python for a snippet and run_project for several "
+            "files. " + environment
+        ),
+        version=_version(),
+    )
+
+    timeout_field = Field(
+        default=None,
+        gt=0,
+        description=f"Seconds before the program is stopped (default {limits.timeout_s:g}, "
+        f"at most {limits.max_timeout_s:g}). Output printed before a stop is kept.",
+    )
+    stdin_field = Field(default=None, description="Text given to the program on standard input.")
+
+    async def run_python(
+        code: Annotated[str, Field(description="Python source code, run as /work/main.py.")],
+        ctx: Context,
+        stdin: Annotated[str | None, stdin_field] = None,
+        timeout_s: Annotated[float | None, timeout_field] = None,
+    ) -> Annotated[CallToolResult, RunResult]:
+        return await _run(
+            sandbox,
+            ctx,
+            lambda: RunRequest(
+                files=[ProjectFile(path="main.py", content=code)],
+                stdin=stdin,
+                limits=LimitRequest(timeout_s=timeout_s),
+            ),
+        )
+
+    async def run_project(
+        files: Annotated[
+            list[ProjectFile],
+            Field(
+                min_length=1,
+                description="Files to place under /work, e.g. [{'path': 'main.py', 'content': "
+                "'import util'}, {'path': 'util.py', 'content': '...'}]. Binary files: encoding "
+                "'base64'.",
+            ),
+        ],
+        ctx: Context,
+        entrypoint: Annotated[
+            str, Field(description="The file to run with python3; one of the files' paths.")
+        ] = "main.py",
+        args: Annotated[list[str] | None, Field(description="Command-line arguments (sys.argv[1:]).")] = None,
+        stdin: Annotated[str | None, stdin_field] = None,
+        env: Annotated[
+            dict[str, str] | None, Field(description="Extra environment variables for the program.")
+        ] = None,
+        timeout_s: Annotated[float | None, timeout_field] = None,
+    ) -> Annotated[CallToolResult, RunResult]:
+        return await _run(
+            sandbox,
+            ctx,
+            lambda: RunRequest(
+                files=files,
+                entrypoint=entrypoint,
+                args=args or [],
+                stdin=stdin,
+                env=env or {},
+                limits=LimitRequest(timeout_s=timeout_s),
+            ),
+        )
+
+    server.add_tool(
+        run_python,
+        title="Run Python",
+        description="Run a Python snippet and return its output. " + environment,
+        annotations=ANNOTATIONS,
+    )
+    server.add_tool(
+        run_project,
+        title="Run a Python project",
+        description="Write several files (modules, data) under /work and run one of them. " + environment,
+        annotations=ANNOTATIONS,
+    )
+
+    @server.resource(
+        CONFIG_URI,
+        name="sandbox-config",
+        title="Sandbox configuration",
+        description="The image and the limits every run gets, and what a caller may send.",
+        mime_type="application/json",
+    )
+    def config() -> str:
+        return json.dumps(
+            {
+                "image": settings.engine.image,
+                "network": "none",
+                "limits": settings.limits.model_dump(),
+                "files": settings.files.model_dump(),
+                "max_concurrent_runs": settings.engine.max_concurrent_runs,
+                "max_queued_runs": settings.engine.max_queued_runs,
+            },
+            indent=2,
+        )
+
+    return server
+
+
+async def _run(sandbox: Sandbox, ctx: Context, make_request: _RequestFactory) -> CallToolResult:
+    try:
+        request = make_request()
+    except ValidationError as exc:
+        raise ToolError(_describe(exc)) from None
+
+    async def on_progress(stage: str) -> None:
+        await ctx.report_progress(_STAGES[stage], len(_STAGES), _STAGE_MESSAGES[stage])
+
+    try:
+        result = await sandbox.run(request, on_progress)
+    except RequestError as exc:
+        raise ToolError(f"refused: {exc}") from None
+    except EngineError as exc:
+        raise ToolError(f"the sandbox is unavailable: {exc}") from None
+    await ctx.report_progress(len(_STAGES), len(_STAGES), "finished")
+    return CallToolResult(
+        content=[TextContent(type="text", text=summarise(result))],
+        structured_content=result.model_dump(mode="json"),
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "invalid arguments: " + "; ".join(problems)
+
+
+def _version() -> str:
+    try:
+        return version("agent-sandbox")
+    except PackageNotFoundError:
+        return "0"
