@@ -1,15 +1,21 @@
-# Everything a fresh Debian machine needs: `make run` runs the example through the
-# sandbox, `make test` runs every check. Both create .venv, the engine and the image.
+# Everything a fresh Debian machine needs: `make serve` serves MCP, `make test` runs every
+# check. Both create .venv and make sure the Docker engine and the sandbox image are there.
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: run test lint unit integration venv engine image clean
+CONFORMANCE := .tools/conformance/node_modules/.bin/conformance
+
+.PHONY: run serve test lint unit venv engine image conformance-tools clean
+
+# The main job: serve MCP over stdio (add ARGS="--transport streamable-http" for HTTP).
+serve: image
+	$(BIN)/agent-sandbox serve $(ARGS)
 
 run: image
 	$(BIN)/agent-sandbox run examples/hello.py
 
-test: lint image
+test: lint image conformance-tools
 	$(BIN)/pytest -q
 
 lint: venv
@@ -35,5 +41,12 @@ engine:
 image: venv engine
 	$(BIN)/agent-sandbox image build
 
+# The MCP conformance suite needs Node >= 22; npm's `node` package brings one along.
+conformance-tools: $(CONFORMANCE)
+
+$(CONFORMANCE):
+	npm install --prefix .tools/conformance --no-audit --no-fund --loglevel=error \
+		node@22 @modelcontextprotocol/conformance@0.1.16
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,237 @@
+"""The MCP server in-process through the SDK's client, in both protocol modes, on the real engine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import docker
+import pytest
+from mcp import Client
+
+from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.engine.docker import DockerEngine
+from agent_sandbox.sandbox import Sandbox
+from agent_sandbox.server import build_server
+
+pytestmark = pytest.mark.anyio
+
+RESULT_FIELDS = {
+    "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "stdout_bytes",
+    "stderr_bytes", "duration_s", "timed_out", "oom_killed", "violations", "notes", "limits",
+}  # fmt: skip
+
+
+@pytest.fixture(params=["auto", "legacy"])
+async def client(request: pytest.FixtureRequest, sandbox: Sandbox) -> AsyncIterator[Client]:
+    async with Client(build_server(sandbox), mode=request.param) as connected:
+        yield connected
+
+
+async def call(client: Client, tool: str, arguments: dict[str, Any]) -> Any:
+    return await client.call_tool(tool, arguments)
+
+
+async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: Client) -> None:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert set(tools) == {"run_python", "run_project"}
+    python, project = tools["run_python"], tools["run_project"]
+    assert python.input_schema["required"] == ["code"]
+    assert set(python.input_schema["properties"]) == {"code", "stdin", "timeout_s"}
+    assert project.input_schema["required"] == ["files"]
+    assert set(project.input_schema["properties"]) == {
+        "files",
+        "entrypoint",
+        "args",
+        "stdin",
+        "env",
+        "timeout_s",
+    }
+    for tool in tools.values():
+        assert tool.output_schema is not None
+        assert set(tool.output_schema["properties"]) >= RESULT_FIELDS
+        assert "NO network" in (tool.description or "")
+        assert "/work" in (tool.description or "")
+        assert tool.annotations is not None
+        assert tool.annotations.read_only_hint is False
+        assert tool.annotations.destructive_hint is False
+        assert tool.annotations.open_world_hint is False
+        for name, schema in tool.input_schema["properties"].items():
+            assert schema.get("description"), f"{tool.name}.{name} has no description"
+
+
+async def test_run_python_returns_the_structured_result_and_a_readable_summary(client: Client) -> None:
+    result = await call(client, "run_python", {"code": "print('hello')\nprint(6 * 7)"})
+    assert result.is_error is False
+    data = result.structured_content
+    assert set(data) == RESULT_FIELDS
+    assert data["exit_code"] == 0
+    assert data["stdout"] == "hello\n42\n"
+    assert data["timed_out"] is False
+    text = result.content[0].text
+    assert text.startswith("status: exit code 0")
+    assert "hello\n42" in text
+
+
+async def test_run_project_runs_files_with_args_env_and_stdin(client: Client) -> None:
+    files = [
+        {"path": "main.py", "content": "import sys, os\nfrom lib import greet\nprint(greet(sys.argv[1]), "
+         "os.environ['MOOD'], sys.stdin.read())"},
+        {"path": "lib/__init__.py", "content": "def greet(name):\n    return f'hi {name}'\n"},
+        {"path": "data.bin", "content": "AAEC", "encoding": "base64"},
+    ]  # fmt: skip
+    arguments = {"files": files, "args": ["ada"], "env": {"MOOD": "happy"}, "stdin": "piped"}
+    result = await call(client, "run_project", arguments)
+    assert result.is_error is False, result.content
+    assert result.structured_content["stdout"] == "hi ada happy piped\n"
+
+
+async def test_a_failing_program_is_a_successful_call(client: Client) -> None:
+    result = await call(client, "run_python", {"code": "raise KeyError('missing')"})
+    assert result.is_error is False
+    assert result.structured_content["exit_code"] == 1
+    assert "KeyError: 'missing'" in result.structured_content["stderr"]
+    assert "exited with code 1" in result.content[0].text
+
+
+async def test_a_limit_hit_comes_back_as_violations_and_notes(client: Client) -> None:
+    code = "import time\nprint('before')\ntime.sleep(30)"
+    result = await call(client, "run_python", {"code": code, "timeout_s": 1})
+    data = result.structured_content
+    assert result.is_error is False
+    assert data["timed_out"] is True
+    assert data["stdout"] == "before\n"
+    assert [v["kind"] for v in data["violations"]] == ["timeout"]
+    assert "limit hit: timeout" in result.content[0].text
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "words"),
+    [
+        ("run_project", {"files": [{"path": "../x.py", "content": ""}], "entrypoint": "../x.py"}, "'..'"),
+        ("run_project", {"files": [{"path": "/abs.py", "content": ""}]}, "absolute paths are not allowed"),
+        (
+            "run_project",
+            {"files": [{"path": "a.py", "content": "1"}], "entrypoint": "b.py"},
+            "'b.py' is not one",
+        ),
+        (
+            "run_project",
+            {"files": [{"path": "main.py", "content": ""}], "env": {"BAD-NAME": "1"}},
+            "BAD-NAME",
+        ),
+        (
+            "run_project",
+            {"files": [{"path": "main.py", "content": "!", "encoding": "base64"}]},
+            "not valid base64",
+        ),
+        ("run_project", {"files": [{"path": "main.py", "content": "x" * (11 * 2**20)}]}, "per-file limit"),
+        ("run_project", {"files": []}, "files"),
+        (
+            "run_python",
+            {"code": "print(1)", "timeout_s": 100000},
+            "timeout_s 100000 is above the maximum of 300",
+        ),
+        ("run_python", {"code": "print(1)", "timeout_s": -1}, "timeout_s"),
+        ("run_python", {}, "code"),
+    ],
+)
+async def test_refused_input_is_a_tool_error_that_says_what_to_change(
+    client: Client, tool: str, arguments: dict[str, Any], words: str
+) -> None:
+    result = await call(client, tool, arguments)
+    assert result.is_error is True
+    text = result.content[0].text
+    assert words in text
+    assert text != f"Error executing tool {tool}"
+
+
+async def test_progress_is_reported_while_starting_and_running(client: Client) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    await client.call_tool("run_python", {"code": "print(1)"}, progress_callback=on_progress)
+    messages = [message for _, _, message in seen]
+    assert messages == ["creating a fresh container", "the program is running", "finished"]
+    assert [progress for progress, _, _ in seen] == [1, 2, 3]
+
+
+async def test_the_config_resource_shows_the_image_and_limits(client: Client) -> None:
+    listed = [str(resource.uri) for resource in (await client.list_resources()).resources]
+    assert "sandbox://config" in listed
+    contents = (await client.read_resource("sandbox://config")).contents
+    config = json.loads(contents[0].text)  # type: ignore[union-attr]
+    assert config["image"] == "agent-sandbox:minimal"
+    assert config["network"] == "none"
+    assert config["limits"]["memory_mib"] == 1024
+    assert config["limits"]["max_timeout_s"] == 300
+
+
+async def test_cancelling_a_call_removes_its_container_at_once(
+    sandbox: Sandbox, engine: DockerEngine
+) -> None:
+    async with Client(build_server(sandbox), mode="legacy") as client:
+        running = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if message == "the program is running":
+                running.set()
+
+        async with anyio.create_task_group() as group:
+
+            async def slow_call() -> None:
+                code = "import time\ntime.sleep(60)"
+                await client.call_tool("run_python", {"code": code}, progress_callback=on_progress)
+
+            group.start_soon(slow_call)
+            await running.wait()
+            assert len(engine.our_containers()) == 1
+            group.cancel_scope.cancel()
+        with anyio.fail_after(10):
+            while engine.our_containers():
+                await anyio.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("engine_settings", "words"),
+    [
+        (EngineSettings(image="agent-sandbox:no-such-image"), "agent-sandbox image build"),
+        (EngineSettings(docker_host="unix:///nonexistent/docker.sock"), "no Docker engine answers"),
+    ],
+)
+async def test_infrastructure_failures_are_tool_errors_with_a_fix(
+    engine_settings: EngineSettings, words: str
+) -> None:
+    sandbox = Sandbox(Settings(engine=engine_settings))
+    async with Client(build_server(sandbox)) as client:
+        result = await client.call_tool("run_python", {"code": "print(1)"})
+    assert result.is_error is True
+    assert words in result.content[0].text
+
+
+async def test_a_full_queue_is_a_busy_tool_error() -> None:
+    client_ = docker.from_env()
+    engine = DockerEngine(EngineSettings(max_concurrent_runs=1, max_queued_runs=0), client=client_)
+    async with Client(build_server(Sandbox(Settings(), engine))) as client:
+        running = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if message == "the program is running":
+                running.set()
+
+        async with anyio.create_task_group() as group:
+
+            async def slow_call() -> None:
+                code = "import time\ntime.sleep(1)"
+                await client.call_tool("run_python", {"code": code}, progress_callback=on_progress)
+
+            group.start_soon(slow_call)
+            await running.wait()
+            result = await client.call_tool("run_python", {"code": "print(1)"})
+        assert result.is_error is True
+        assert "busy" in result.content[0].text
+    client_.close()

@@ -1,0 +1,117 @@
+"""The real server as a subprocess, over stdio, SSE and Streamable HTTP, calling both tools."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+
+from .conftest import ROOT, serving
+
+pytestmark = pytest.mark.anyio
+
+PROJECT = {
+    "files": [
+        {"path": "main.py", "content": "import sys\nfrom util import shout\nprint(shout(sys.argv[1]))"},
+        {"path": "util.py", "content": "def shout(word):\n    return word.upper() + '!'\n"},
+    ],
+    "args": ["over the wire"],
+}
+
+
+async def exercise(client: Client) -> None:
+    """What every transport must do: list both tools, then run each and get the structured result."""
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert set(tools) == {"run_python", "run_project"}
+    assert all(tool.output_schema for tool in tools.values())
+
+    snippet = await client.call_tool("run_python", {"code": "import sys; print(sys.version_info[:2])"})
+    assert snippet.is_error is False
+    assert snippet.structured_content is not None
+    assert snippet.structured_content["exit_code"] == 0
+    assert snippet.structured_content["stdout"] == "(3, 11)\n"
+
+    project = await client.call_tool("run_project", PROJECT)
+    assert project.is_error is False
+    assert project.structured_content is not None
+    assert project.structured_content["stdout"] == "OVER THE WIRE!\n"
+
+    refused = await client.call_tool("run_project", {"files": [{"path": "../x.py", "content": ""}]})
+    assert refused.is_error is True
+
+
+def stdio_parameters() -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "agent_sandbox", "serve"], cwd=str(ROOT), env=dict(os.environ)
+    )
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_stdio(mode: str) -> None:
+    async with Client(stdio_parameters(), mode=mode) as client:  # type: ignore[arg-type]
+        await exercise(client)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_streamable_http(mode: str) -> None:
+    with serving("streamable-http") as (url, _):
+        async with Client(f"{url}/mcp", mode=mode) as client:  # type: ignore[arg-type]
+            await exercise(client)
+
+
+async def test_sse() -> None:
+    with serving("sse") as (url, _):
+        transport: AbstractAsyncContextManager[Any] = sse_client(f"{url}/sse")
+        async with Client(transport, mode="legacy") as client:
+            await exercise(client)
+
+
+def test_http_binds_to_loopback_and_logs_its_setup_to_stderr() -> None:
+    with serving("streamable-http") as (url, process):
+        assert url.startswith("http://127.0.0.1:")
+    _, stderr = process.communicate(timeout=10)
+    assert "serving MCP over streamable-http" in stderr
+    assert "image agent-sandbox:minimal" in stderr
+    assert "Docker engine" in stderr
+    assert process.returncode == 0
+
+
+def test_stdio_keeps_stdout_for_protocol_messages_only() -> None:
+    """Logs must never reach stdout on stdio: a client would read them as protocol garbage."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_sandbox", "serve"],
+        input="",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.stdout == ""
+    assert "serving MCP over stdio" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"AGENT_SANDBOX_ENGINE__IMAGE": "agent-sandbox:missing"}, "agent-sandbox image build"),
+        ({"AGENT_SANDBOX_ENGINE__DOCKER_HOST": "unix:///nonexistent.sock"}, "scripts/ensure-engine.sh"),
+        ({"AGENT_SANDBOX_LIMITS__MEMORY": "1"}, "unknown environment override"),
+    ],
+)
+def test_start_up_fails_fast_with_a_fix(env: dict[str, str], words: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_sandbox", "serve", "--transport", "streamable-http"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    assert done.returncode in (2, 3)
+    assert words in done.stderr
