@@ -19,8 +19,8 @@ test: lint image conformance-tools
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 unit: venv

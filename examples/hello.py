@@ -6,6 +6,7 @@ import sys
 
 print(f"Hello from Python {platform.python_version()} in the sandbox")
 print(f"user id {os.getuid()}, working folder {os.getcwd()}, arguments {sys.argv[1:]}")
-with open("note.txt", "w") as f:
-    f.write("files may be written under /work and /tmp\n")
-print(open("note.txt").read().strip())
+with open("note.txt", "w") as note:
+    note.write("files may be written under /work and /tmp\n")
+with open("note.txt") as note:
+    print(note.read().strip())
