@@ -5,14 +5,16 @@ Only tests that ask for them touch Docker, so the unit tests run anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import docker
 import pytest
 
-from agent_sandbox.config import Settings
+from agent_sandbox.config import EngineSettings, FileSettings, LimitSettings, Settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.sandbox import Sandbox
+from tests.helpers import SandboxFactory
 
 
 @pytest.fixture
@@ -40,6 +42,30 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
     assert leftovers == [], f"containers left behind: {[c.name for c in leftovers]}"
 
 
+@pytest.fixture(params=["cold", "warm"])
+async def make_sandbox(request: pytest.FixtureRequest, engine: DockerEngine) -> AsyncIterator[SandboxFactory]:
+    """Makes sandboxes with the given limits, each test once with every run starting a container
+    cold and once with a warm pool of the same shape (filled before the test goes on): the same
+    assertions must hold for both."""
+    warm = request.param == "warm"
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(limits: LimitSettings | None = None, files: FileSettings | None = None) -> Sandbox:
+            settings = Settings(
+                engine=EngineSettings(pool_size=2 if warm else 0),
+                limits=limits or LimitSettings(),
+                files=files or FileSettings(),
+            )
+            sandbox = Sandbox(settings, engine)
+            if warm:
+                await stack.enter_async_context(sandbox)
+                assert sandbox.pool is not None
+                await sandbox.pool.filled()
+            return sandbox
+
+        yield make
+
+
 @pytest.fixture
-def sandbox(engine: DockerEngine) -> Sandbox:
-    return Sandbox(Settings(), engine)
+async def sandbox(make_sandbox: SandboxFactory) -> Sandbox:
+    return await make_sandbox()

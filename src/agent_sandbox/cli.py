@@ -108,13 +108,20 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
         version,
     )
     server = build_server(sandbox)
+
+    async def serve() -> None:
+        async with sandbox:  # the warm pool lives as long as the server
+            if options.transport == "stdio":
+                await server.run_stdio_async()
+            elif options.transport == "sse":
+                await server.run_sse_async(host=options.host, port=options.port)
+            else:
+                await server.run_streamable_http_async(host=options.host, port=options.port)
+
     # SIGTERM ends the server like Ctrl-C, so runs in progress are cancelled and cleaned up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        if options.transport == "stdio":
-            server.run("stdio")
-        else:
-            server.run(options.transport, host=options.host, port=options.port)
+        anyio.run(serve)
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
@@ -155,11 +162,17 @@ def _collect(path: Path, entrypoint: str | None) -> tuple[list[ProjectFile], str
         return [_project_file(path, path.name)], entrypoint or path.name
     if not path.is_dir():
         raise RequestError(f"{path} is neither a file nor a folder")
-    files = [
-        _project_file(file, file.relative_to(path).as_posix())
-        for file in sorted(path.rglob("*"))
-        if file.is_file() and not SKIPPED_DIRS.intersection(file.relative_to(path).parts)
-    ]
+    files = []
+    root = path.resolve()
+    for file in sorted(path.rglob("*")):
+        relative = file.relative_to(path)
+        if SKIPPED_DIRS.intersection(relative.parts) or not file.is_file():
+            continue
+        if file.is_symlink() or not file.resolve().is_relative_to(root):
+            # A link may point anywhere, e.g. at credentials outside the folder.
+            log.warning("not sending %s: it is a symbolic link", relative)
+            continue
+        files.append(_project_file(file, relative.as_posix()))
     return files, entrypoint or "main.py"
 
 

@@ -41,6 +41,12 @@ class EngineSettings(_Section):
     image: str = Field(default="agent-sandbox:minimal", min_length=1)
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
     max_queued_runs: int = Field(default=16, ge=0, le=10_000)
+    pool_size: int = Field(
+        default=2, ge=0, le=64, description="Containers started ahead of time; 0 turns the pool off."
+    )
+    pool_max_idle_s: float = Field(
+        default=300.0, gt=0, description="A warm container older than this is replaced."
+    )
 
 
 class LimitSettings(_Section):

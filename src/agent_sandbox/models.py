@@ -121,6 +121,7 @@ class RunResult(_Model):
     duration_s: float
     timed_out: bool
     oom_killed: bool
+    warm_start: bool = Field(description="The run used a container started ahead of time.")
     violations: list[Violation]
     notes: list[str] = Field(description="Plain sentences on what happened and what to change.")
     limits: Limits

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+
+import docker.errors
 
 from agent_sandbox.archive import ArchiveError, build_archive, check_path
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
-from agent_sandbox.engine.spec import RunSpec
+from agent_sandbox.engine.pool import WarmPool
+from agent_sandbox.engine.spec import ContainerShape, RunSpec
 from agent_sandbox.models import LimitRequest, Limits, RunRequest, RunResult
 from agent_sandbox.verdict import judge
 
@@ -43,11 +47,33 @@ def resolve_limits(asked: LimitRequest, configured: LimitSettings) -> Limits:
 
 
 class Sandbox:
-    """Runs ``RunRequest``s in the sandbox and returns ``RunResult``s."""
+    """Runs ``RunRequest``s in the sandbox and returns ``RunResult``s.
+
+    Used as ``async with``, it also keeps the warm pool (``engine.pool_size``) for as long as the
+    block lasts; without it, every run starts a container cold.
+    """
 
     def __init__(self, settings: Settings, engine: DockerEngine | None = None):
         self.settings = settings
         self.engine = engine or DockerEngine(settings.engine)
+        self.pool: WarmPool | None = None
+
+    def default_limits(self) -> Limits:
+        """The limits of a run that asks for nothing."""
+        return resolve_limits(LimitRequest(), self.settings.limits)
+
+    async def __aenter__(self) -> Sandbox:
+        engine_settings = self.settings.engine
+        if engine_settings.pool_size > 0:
+            shape = ContainerShape.of(engine_settings.image, self.default_limits())
+            pool = WarmPool(self.engine, shape, engine_settings.pool_size, engine_settings.pool_max_idle_s)
+            self.pool = await pool.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            await pool.__aexit__(None, None, None)
 
     def start(self) -> str:
         """Check the engine and image, and remove containers a crashed process left behind.
@@ -55,17 +81,23 @@ class Sandbox:
         Returns the engine version; raises ``EngineError`` with a fix when something is missing.
         """
         version = self.engine.check()
-        removed = self.engine.remove_leftovers()
+        removed = self.engine.remove_leftovers(older_than_s=self.longest_container_life_s())
         if removed:
             log.info("removed %d container(s) left behind by an earlier process", removed)
         return version
+
+    def longest_container_life_s(self) -> float:
+        """How long a container of ours can legitimately exist: a warm wait, then a whole run."""
+        slack_s = 60.0
+        return self.settings.engine.pool_max_idle_s + self.settings.limits.max_timeout_s + slack_s
 
     def close(self) -> int:
         """Remove any container this process still has (runs cut short by shutdown)."""
         removed = 0
         for container in self.engine.our_containers():
-            container.remove(force=True)
-            removed += 1
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                container.remove(force=True)
+                removed += 1
         return removed
 
     def prepare(self, request: RunRequest) -> RunSpec:
@@ -112,13 +144,14 @@ class Sandbox:
             exit_code=outcome.exit_code,
             stdout=outcome.stdout.decode("utf-8", errors="replace"),
             stderr=outcome.stderr.decode("utf-8", errors="replace"),
-            stdout_truncated=outcome.stdout_bytes > len(outcome.stdout),
-            stderr_truncated=outcome.stderr_bytes > len(outcome.stderr),
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
             stdout_bytes=outcome.stdout_bytes,
             stderr_bytes=outcome.stderr_bytes,
             duration_s=outcome.duration_s,
             timed_out=outcome.timed_out,
             oom_killed=outcome.oom_killed,
+            warm_start=outcome.warm_start,
             violations=verdict.violations,
             notes=verdict.notes,
             limits=spec.limits,

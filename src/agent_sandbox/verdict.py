@@ -13,9 +13,12 @@ SIGXFSZ_EXIT = 128 + signal.SIGXFSZ
 
 # Evidence in the program's stderr, from Python or from a shell/child process.
 _PROCESSES = re.compile(
-    r"\[Errno 11\] Resource temporarily unavailable|can't start new thread"
-    r"|fork: (?:retry: )?Resource temporarily unavailable|Cannot fork"
+    r"can't start new thread|fork: (?:retry: )?Resource temporarily unavailable|Cannot fork"
 )
+# EAGAIN also comes from non-blocking sockets, pipes and locks: count it only after a fork.
+_EAGAIN = re.compile(r"\[Errno 11\] Resource temporarily unavailable")
+_FORK_CONTEXT = re.compile(r"fork|Popen|_execute_child|spawn|[Tt]hread|exec")
+_CONTEXT_LINES = 4
 _DISK = re.compile(r"\[Errno 28\] No space left on device|No space left on device")
 _FILE_SIZE = re.compile(r"\[Errno 27\] File too large|File size limit exceeded")
 _OPEN_FILES = re.compile(r"\[Errno 24\] Too many open files|Too many open files")
@@ -73,16 +76,16 @@ def judge(outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: 
             f"The program wrote more than {limits.output_kill_kib} KiB to stdout and stderr and was "
             "stopped. Print a summary instead of every item, or write large results to a file.",
         )
-    elif outcome.stdout_bytes + outcome.stderr_bytes > _kept(outcome):
+    elif outcome.stdout_truncated or outcome.stderr_truncated:
         found(
             ViolationKind.OUTPUT,
             f"{limits.output_capture_kib} KiB per stream",
-            f"only the first {limits.output_capture_kib} KiB of each stream was kept",
+            f"only {limits.output_capture_kib} KiB of each stream was kept (its start and its end)",
             f"The program wrote {outcome.stdout_bytes} bytes to stdout and {outcome.stderr_bytes} "
-            f"to stderr; only the first {limits.output_capture_kib} KiB of each is kept, so the end "
-            "is missing. Print less, or print the part you need last first.",
+            f"to stderr; only {limits.output_capture_kib} KiB of each is kept, the start and the "
+            "end, and a line marks what was cut. Print less, e.g. a summary.",
         )
-    if line := _evidence(_PROCESSES, stderr):
+    if line := _evidence(_PROCESSES, stderr) or _fork_eagain(stderr):
         found(
             ViolationKind.PROCESSES,
             f"{limits.pids} processes and threads",
@@ -119,19 +122,30 @@ def judge(outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: 
         )
     if not had_stdin and _evidence(_EOF, stderr):
         notes.append("The program read from stdin, but the call gave no stdin: pass it in `stdin`.")
-    if not violations and outcome.exit_code not in (0, None):
+    if outcome.exit_code is None:
+        notes.append(
+            "The engine did not report how the program ended, so its exit code is unknown; "
+            "the output above is what it printed."
+        )
+    elif not violations and outcome.exit_code != 0:
         notes.append(_exit_note(outcome.exit_code))
     return Verdict(violations=violations, notes=notes)
-
-
-def _kept(outcome: Outcome) -> int:
-    return len(outcome.stdout) + len(outcome.stderr)
 
 
 def _evidence(pattern: re.Pattern[str], text: str) -> str:
     """The first line of ``text`` that matches, trimmed; empty if none."""
     for line in text.splitlines():
         if pattern.search(line):
+            return line.strip()[:200]
+    return ""
+
+
+def _fork_eagain(text: str) -> str:
+    """The first EAGAIN line whose traceback shows a fork or a thread start just before it."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        context = lines[max(0, index - _CONTEXT_LINES) : index]
+        if _EAGAIN.search(line) and any(_FORK_CONTEXT.search(earlier) for earlier in context):
             return line.strip()[:200]
     return ""
 

@@ -6,11 +6,8 @@ import json
 
 import pytest
 
-from agent_sandbox.config import Settings
-from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
-
-from .conftest import snippet
+from tests.helpers import snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -24,6 +21,10 @@ def write_fails(path):
     except OSError as exc:
         return errno.errorcode[exc.errno]
     return "written"
+def first(*paths):  # cgroup v1, then v2
+    for path in paths:
+        if os.path.exists(path):
+            return open(path).read().strip()
 def run_file_directly():
     import subprocess
     open("/work/tool.sh", "w").write("#!/bin/sh\necho ran\n")
@@ -42,22 +43,17 @@ print(json.dumps({
     "work": mounts["/work"], "tmp": mounts["/tmp"], "root": mounts["/"],
     "shm": os.path.exists("/dev/shm"),
     "exec_from_work": run_file_directly(),
-    "memory_limit": int(open("/sys/fs/cgroup/memory/memory.limit_in_bytes").read()),
-    "pids_limit": open("/sys/fs/cgroup/pids/pids.max").read().strip(),
+    "memory_limit": int(first("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")),
+    "pids_limit": first("/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max"),
     "nofile": os.sysconf("SC_OPEN_MAX"),
     "pid1": open("/proc/1/cmdline").read().split("\0")[0],
 }))
 """
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def posture(engine: DockerEngine) -> dict[str, object]:
-    result = await Sandbox(Settings(), engine).run(snippet(PROBE))
+@pytest.fixture
+async def posture(sandbox: Sandbox) -> dict[str, object]:
+    result = await sandbox.run(snippet(PROBE))
     assert result.exit_code == 0, result.stderr
     probe: dict[str, object] = json.loads(result.stdout)
     return probe

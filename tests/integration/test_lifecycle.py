@@ -8,14 +8,22 @@ import socket
 import anyio
 import docker
 import pytest
+from docker.models.containers import Container
 
 from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, EngineBusy
 from agent_sandbox.sandbox import Sandbox
-
-from .conftest import snippet
+from tests.helpers import snippet
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def sandbox(engine: DockerEngine) -> Sandbox:
+    """Cold starts only: these tests count the containers that exist (tests/integration/test_pool.py
+    covers the pool's own)."""
+    return Sandbox(Settings(engine=EngineSettings(pool_size=0)), engine)
+
 
 SLEEP = "import time\nprint('started', flush=True)\ntime.sleep(60)"
 
@@ -110,18 +118,25 @@ def test_leftovers_of_a_dead_owner_are_removed_and_live_owners_kept(
     docker_client: docker.DockerClient, engine: DockerEngine
 ) -> None:
     host = socket.gethostname()
-    dead = docker_client.containers.create(
-        engine.settings.image, ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: f"{host}:999999999"}
-    )
-    foreign = docker_client.containers.create(
-        engine.settings.image, ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: f"{host}:1"}
-    )
+
+    def labelled(owner: str) -> Container:
+        return docker_client.containers.create(
+            engine.settings.image, ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: owner}
+        )
+
+    dead = labelled(f"{host}:999999999")
+    alive_here = labelled(f"{host}:1")
+    elsewhere = labelled("another-host:42")
     try:
-        assert engine.remove_leftovers() == 1
+        assert engine.remove_leftovers(older_than_s=600) == 1
         remaining = {c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL})}
         assert dead.id not in remaining
-        assert foreign.id in remaining
+        assert {alive_here.id, elsewhere.id} <= remaining
+        # Older than any run can last: nobody will remove these, so the reaper does.
+        assert engine.remove_leftovers(older_than_s=0) == 2
+        remaining = {c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL})}
+        assert not {alive_here.id, elsewhere.id} & remaining
     finally:
-        for container in (dead, foreign):
+        for container in (dead, alive_here, elsewhere):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)

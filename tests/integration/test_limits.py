@@ -5,24 +5,30 @@ After each hostile program the next trivial run must work at once: the host stay
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
 import pytest
 
-from agent_sandbox.config import FileSettings, LimitSettings, Settings
-from agent_sandbox.engine.docker import DockerEngine
+from agent_sandbox.config import FileSettings, LimitSettings
 from agent_sandbox.models import RunResult
 from agent_sandbox.sandbox import Sandbox
-
-from .conftest import kinds, snippet
+from tests.helpers import SandboxFactory, kinds, snippet
 
 pytestmark = pytest.mark.anyio
 
 
-def tight(engine: DockerEngine, **limits: object) -> Sandbox:
-    """A sandbox whose configured limits are smaller, sharing the session's engine."""
-    files = FileSettings(max_file_kib=1024, max_total_kib=1024)  # fits any /work used here
-    return Sandbox(Settings(limits=LimitSettings(**limits), files=files), engine)  # type: ignore[arg-type]
+SMALL_FILES = FileSettings(max_file_kib=1024, max_total_kib=1024)  # fits any /work used here
+
+
+async def tight(make_sandbox: SandboxFactory, **limits: Any) -> Sandbox:
+    """A sandbox whose configured limits (and so its warm pool's containers) are smaller."""
+    return await make_sandbox(LimitSettings(**limits), SMALL_FILES)
+
+
+def assert_warm_if_pooled(sandbox: Sandbox, result: RunResult) -> None:
+    assert result.warm_start is (sandbox.pool is not None)
 
 
 async def assert_next_run_is_normal(sandbox: Sandbox) -> None:
@@ -52,9 +58,11 @@ async def test_an_infinite_loop_is_stopped_at_the_timeout(sandbox: Sandbox) -> N
     assert kinds(result) == {"timeout"}
 
 
-async def test_a_memory_bomb_is_oom_killed_and_reported(sandbox: Sandbox) -> None:
+async def test_a_memory_bomb_is_oom_killed_and_reported(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, memory_mib=64)
     code = "chunks = []\nwhile True:\n    chunks.append(b'x' * 2**20)"
-    result = await sandbox.run(snippet(code, limits={"memory_mib": 64}))
+    result = await sandbox.run(snippet(code))
+    assert_warm_if_pooled(sandbox, result)
     assert result.oom_killed
     assert result.exit_code == 137
     assert not result.timed_out
@@ -64,13 +72,17 @@ async def test_a_memory_bomb_is_oom_killed_and_reported(sandbox: Sandbox) -> Non
     await assert_next_run_is_normal(sandbox)
 
 
-async def test_a_memory_bomb_in_a_child_is_reported_even_when_the_parent_exits_0(sandbox: Sandbox) -> None:
+async def test_a_memory_bomb_in_a_child_is_reported_even_when_the_parent_exits_0(
+    make_sandbox: SandboxFactory,
+) -> None:
+    sandbox = await tight(make_sandbox, memory_mib=64)
     code = (
         "import subprocess, sys\n"
         "child = subprocess.run([sys.executable, '-c', 'x = b\"x\" * (200 * 2**20)'])\n"
         "print('child returned', child.returncode)"
     )
-    result = await sandbox.run(snippet(code, limits={"memory_mib": 64}))
+    result = await sandbox.run(snippet(code))
+    assert_warm_if_pooled(sandbox, result)
     assert result.exit_code == 0
     assert result.stdout == "child returned -9\n"
     assert result.oom_killed
@@ -78,9 +90,13 @@ async def test_a_memory_bomb_in_a_child_is_reported_even_when_the_parent_exits_0
     assert "in a child process" in result.violations[0].message
 
 
-async def test_a_fork_bomb_returns_within_the_timeout_with_a_processes_violation(sandbox: Sandbox) -> None:
+async def test_a_fork_bomb_returns_within_the_timeout_with_a_processes_violation(
+    make_sandbox: SandboxFactory,
+) -> None:
+    sandbox = await tight(make_sandbox, pids=32)
     code = "import os\nwhile True:\n    os.fork()"
-    result = await sandbox.run(snippet(code, limits={"timeout_s": 20, "pids": 32}))
+    result = await sandbox.run(snippet(code, limits={"timeout_s": 20}))
+    assert_warm_if_pooled(sandbox, result)
     assert not result.timed_out
     processes = [v for v in result.violations if v.kind == "processes"]
     assert processes, result.violations
@@ -88,13 +104,14 @@ async def test_a_fork_bomb_returns_within_the_timeout_with_a_processes_violation
     await assert_next_run_is_normal(sandbox)
 
 
-async def test_a_thread_bomb_is_a_processes_violation(sandbox: Sandbox) -> None:
+async def test_a_thread_bomb_is_a_processes_violation(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, pids=32)
     code = (
         "import threading, time\n"
         "while True:\n"
         "    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()"
     )
-    result = await sandbox.run(snippet(code, limits={"pids": 32}))
+    result = await sandbox.run(snippet(code))
     assert result.exit_code == 1
     assert "can't start new thread" in result.stderr
     assert kinds(result) == {"processes"}
@@ -102,34 +119,41 @@ async def test_a_thread_bomb_is_a_processes_violation(sandbox: Sandbox) -> None:
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
-async def test_an_output_flood_is_stopped_and_its_head_kept(engine: DockerEngine, stream: str) -> None:
-    sandbox = tight(engine, output_capture_kib=64, output_kill_kib=1024)
+async def test_an_output_flood_is_stopped_and_its_head_kept(
+    make_sandbox: SandboxFactory, stream: str
+) -> None:
+    sandbox = await tight(make_sandbox, output_capture_kib=64, output_kill_kib=1024)
     code = f"import sys\nwhile True:\n    sys.{stream}.write('flood ' * 100 + '\\n')"
     result = await sandbox.run(snippet(code))
     assert not result.timed_out
     assert kinds(result) == {"output"}
     assert "stopped" in result.violations[0].message
     kept = getattr(result, stream)
-    assert len(kept.encode()) == 64 * 1024
     assert kept.startswith("flood flood")
+    assert re.search(r"\n\[agent-sandbox: \d+ bytes cut here\]\n", kept)
+    assert kept.endswith("flood \n") or kept.endswith("flood")
     assert getattr(result, f"{stream}_truncated")
     assert getattr(result, f"{stream}_bytes") > 1024 * 1024
     await assert_next_run_is_normal(sandbox)
 
 
-async def test_a_single_huge_line_is_truncated_not_lost(engine: DockerEngine) -> None:
-    sandbox = tight(engine, output_capture_kib=64, output_kill_kib=4096)
+async def test_a_single_huge_line_is_truncated_not_lost(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, output_capture_kib=64, output_kill_kib=4096)
     result = await sandbox.run(snippet("print('y' * (1024 * 1024))"))
     assert result.exit_code == 0
-    assert result.stdout == "y" * 64 * 1024
+    cut = 1024 * 1024 + 1 - 64 * 1024
+    assert (
+        result.stdout
+        == "y" * 48 * 1024 + f"\n[agent-sandbox: {cut} bytes cut here]\n" + "y" * (16 * 1024 - 1) + "\n"
+    )
     assert result.stdout_truncated
     assert result.stdout_bytes == 1024 * 1024 + 1
     assert kinds(result) == {"output"}
-    assert "only the first 64 KiB" in result.violations[0].message
+    assert "only 64 KiB of each stream was kept" in result.violations[0].message
 
 
-async def test_filling_work_is_a_disk_violation(engine: DockerEngine) -> None:
-    sandbox = tight(engine, work_mib=8)
+async def test_filling_work_is_a_disk_violation(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, work_mib=8)
     code = "with open('fill.bin', 'wb') as f:\n    for _ in range(64):\n        f.write(b'x' * 2**20)"
     result = await sandbox.run(snippet(code))
     assert result.exit_code == 1
@@ -138,15 +162,15 @@ async def test_filling_work_is_a_disk_violation(engine: DockerEngine) -> None:
     await assert_next_run_is_normal(sandbox)
 
 
-async def test_filling_tmp_is_a_disk_violation(engine: DockerEngine) -> None:
-    sandbox = tight(engine, tmp_mib=8)
+async def test_filling_tmp_is_a_disk_violation(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, tmp_mib=8)
     code = "with open('/tmp/fill.bin', 'wb') as f:\n    for _ in range(64):\n        f.write(b'x' * 2**20)"
     result = await sandbox.run(snippet(code))
     assert kinds(result) == {"disk"}
 
 
-async def test_a_file_over_the_size_limit_is_a_file_size_violation(engine: DockerEngine) -> None:
-    sandbox = tight(engine, file_size_mib=1)
+async def test_a_file_over_the_size_limit_is_a_file_size_violation(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, file_size_mib=1)
     code = "with open('big.bin', 'wb') as f:\n    f.write(b'x' * 2 * 2**20)"
     result = await sandbox.run(snippet(code))
     assert result.exit_code == 1
@@ -154,8 +178,8 @@ async def test_a_file_over_the_size_limit_is_a_file_size_violation(engine: Docke
     assert kinds(result) == {"file_size"}
 
 
-async def test_a_child_killed_by_sigxfsz_is_a_file_size_violation(engine: DockerEngine) -> None:
-    sandbox = tight(engine, file_size_mib=1)
+async def test_a_child_killed_by_sigxfsz_is_a_file_size_violation(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, file_size_mib=1)
     code = (
         "import subprocess, sys\n"
         "done = subprocess.run(['sh', '-c', 'head -c 3000000 /dev/zero > /tmp/big'])\n"
@@ -166,8 +190,8 @@ async def test_a_child_killed_by_sigxfsz_is_a_file_size_violation(engine: Docker
     assert kinds(result) == {"file_size"}
 
 
-async def test_exhausting_open_files_is_an_open_files_violation(engine: DockerEngine) -> None:
-    sandbox = tight(engine, open_files=64)
+async def test_exhausting_open_files_is_an_open_files_violation(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, open_files=64)
     code = "files = [open(f'f{i}', 'w') for i in range(1000)]"
     result = await sandbox.run(snippet(code))
     assert "Too many open files" in result.stderr
@@ -175,7 +199,18 @@ async def test_exhausting_open_files_is_an_open_files_violation(engine: DockerEn
     assert result.violations[0].limit == "64 open files"
 
 
-async def test_a_program_that_reads_stdin_forever_times_out(sandbox: Sandbox) -> None:
-    code = "import sys\nwhile True:\n    sys.stdin.read()"
-    result: RunResult = await sandbox.run(snippet(code, stdin="x", limits={"timeout_s": 1.5}))
-    assert result.timed_out
+async def test_a_program_reading_stdin_to_the_end_gets_end_of_file_instead_of_hanging(
+    sandbox: Sandbox,
+) -> None:
+    code = "import sys\nprint(repr(sys.stdin.read()))\nfor line in sys.stdin:\n    pass\nprint('no hang')"
+    result = await sandbox.run(snippet(code, stdin="only this", limits={"timeout_s": 10}))
+    assert not result.timed_out
+    assert result.stdout == "'only this'\nno hang\n"
+
+
+async def test_a_traceback_after_a_flood_of_stderr_is_kept_and_read(make_sandbox: SandboxFactory) -> None:
+    sandbox = await tight(make_sandbox, output_capture_kib=64)
+    code = "import os, sys\nfor _ in range(5000):\n    sys.stderr.write('log line ' * 10 + '\\n')\nos.open('/nope', os.O_RDONLY)"
+    result = await sandbox.run(snippet(code))
+    assert result.stderr_truncated
+    assert "FileNotFoundError" in result.stderr.splitlines()[-1]

@@ -10,8 +10,7 @@ import pytest
 
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import Sandbox
-
-from .conftest import snippet
+from tests.helpers import snippet
 
 pytestmark = pytest.mark.anyio
 

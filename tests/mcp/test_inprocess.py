@@ -18,9 +18,17 @@ from agent_sandbox.server import build_server
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def sandbox(engine: DockerEngine) -> Sandbox:
+    """Cold starts only: these tests count the containers that exist (tests/integration/test_pool.py
+    covers the pool's own)."""
+    return Sandbox(Settings(engine=EngineSettings(pool_size=0)), engine)
+
+
 RESULT_FIELDS = {
     "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "stdout_bytes",
-    "stderr_bytes", "duration_s", "timed_out", "oom_killed", "violations", "notes", "limits",
+    "stderr_bytes", "duration_s", "timed_out", "oom_killed", "warm_start", "violations", "notes", "limits",
 }  # fmt: skip
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from agent_sandbox.config import LimitSettings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, container_options
-from agent_sandbox.engine.spec import RunSpec
+from agent_sandbox.engine.spec import ContainerShape, RunSpec
 from agent_sandbox.models import Limits
 
 LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model_fields})
@@ -17,10 +19,11 @@ SPEC = RunSpec(
     env={"MY_VAR": "1"},
     limits=LIMITS,
 )
+SHAPE = SPEC.shape
 
 
 def test_the_container_is_offline_read_only_unprivileged_and_limited() -> None:
-    options = container_options(SPEC, owner="host:1")
+    options = container_options(SHAPE, owner="host:1")
     assert options["network_disabled"] is True
     assert options["read_only"] is True
     assert options["user"] == "1000:1000"
@@ -38,7 +41,7 @@ def test_the_container_is_offline_read_only_unprivileged_and_limited() -> None:
 
 
 def test_work_and_tmp_are_sized_noexec_tmpfs_owned_by_the_sandbox_user() -> None:
-    tmpfs = container_options(SPEC, owner="host:1")["tmpfs"]
+    tmpfs = container_options(SHAPE, owner="host:1")["tmpfs"]
     assert set(tmpfs) == {"/work", "/tmp"}
     for mount, size in (("/work", "2048m"), ("/tmp", "256m")):
         flags = tmpfs[mount].split(",")
@@ -47,7 +50,7 @@ def test_work_and_tmp_are_sized_noexec_tmpfs_owned_by_the_sandbox_user() -> None
 
 
 def test_ulimits_cap_open_files_file_size_and_core_dumps() -> None:
-    ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in container_options(SPEC, owner="h:1")["ulimits"]}
+    ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in container_options(SHAPE, owner="h:1")["ulimits"]}
     assert ulimits == {
         "nofile": (1024, 1024),
         "fsize": (1024 * 1024 * 1024, 1024 * 1024 * 1024),
@@ -56,22 +59,50 @@ def test_ulimits_cap_open_files_file_size_and_core_dumps() -> None:
 
 
 def test_labels_mark_the_container_as_ours_and_name_the_owner() -> None:
-    labels = container_options(SPEC, owner="host:42")["labels"]
+    labels = container_options(SHAPE, owner="host:42")["labels"]
     assert labels == {LABEL: "1", OWNER_LABEL: "host:42"}
 
 
-def test_the_command_runs_the_launcher_then_the_entrypoint_with_args() -> None:
-    command = container_options(SPEC, owner="h:1")["command"]
+def test_the_container_starts_the_launcher_with_no_job() -> None:
+    command = container_options(SHAPE, owner="h:1")["command"]
     assert command[:4] == ["python3", "-I", "-S", "-c"]
-    assert command[5:] == ["main.py", "--flag", "value"]
+    assert len(command) == 5
 
 
-def test_the_environment_is_ours_plus_the_callers_and_nothing_from_the_host() -> None:
-    env = container_options(SPEC, owner="h:1")["environment"]
-    assert env["MY_VAR"] == "1"
+def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
+    env = container_options(SHAPE, owner="h:1")["environment"]
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert set(env) == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "MY_VAR"}
+    assert set(env) == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+
+
+def test_the_job_travels_in_a_header_line_before_the_tar() -> None:
+    spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536})
+    header = spec.header(nonce="n0nce")
+    assert header.endswith(b"\n")
+    assert json.loads(header) == {
+        "archive_bytes": 1536,
+        "entrypoint": "main.py",
+        "args": ["--flag", "value"],
+        "env": {"MY_VAR": "1"},
+        "nonce": "n0nce",
+    }
+
+
+def test_jobs_that_differ_only_in_time_output_or_content_share_a_shape() -> None:
+    other = RunSpec(
+        image=SPEC.image,
+        archive=b"other",
+        entrypoint="x.py",
+        args=(),
+        stdin=b"in",
+        env={},
+        limits=LIMITS.model_copy(update={"timeout_s": 5, "output_capture_kib": 1}),
+    )
+    assert other.shape == SHAPE
+    smaller = RunSpec(**{**SPEC.__dict__, "limits": LIMITS.model_copy(update={"memory_mib": 64})})
+    assert smaller.shape != SHAPE
+    assert isinstance(SHAPE, ContainerShape)
 
 
 def test_every_container_gets_a_new_name() -> None:
-    assert container_options(SPEC, owner="h:1")["name"] != container_options(SPEC, owner="h:1")["name"]
+    assert container_options(SHAPE, owner="h:1")["name"] != container_options(SHAPE, owner="h:1")["name"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from agent_sandbox.engine.streams import STDERR, STDOUT, Capture, FrameDecoder
+import pytest
+
+from agent_sandbox.engine.streams import END_PREFIX, STDERR, STDOUT, Capture, EndOfJob, FrameDecoder
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -26,17 +28,56 @@ def test_an_incomplete_frame_waits_for_the_rest() -> None:
     assert decoder.feed(b"c") == [(STDOUT, b"abc")]
 
 
-def test_capture_keeps_the_head_and_counts_everything() -> None:
-    capture = Capture(cap=5)
-    capture.add(b"abc")
-    capture.add(b"defgh")
-    capture.add(b"ij")
-    assert capture.data == b"abcde"
-    assert capture.seen == 10
+def test_capture_keeps_the_start_and_the_end_and_says_what_was_cut() -> None:
+    capture = Capture(cap=8)
+    for piece in (b"abc", b"defgh", b"ijklmnop", b"qrstuvwxyz"):
+        capture.add(piece)
+    assert capture.seen == 26
     assert capture.truncated
+    assert capture.data == b"abcdef\n[agent-sandbox: 18 bytes cut here]\nyz"
 
 
-def test_capture_under_the_cap_is_not_truncated() -> None:
-    capture = Capture(cap=5)
+def test_capture_up_to_the_cap_is_kept_whole() -> None:
+    capture = Capture(cap=8)
     capture.add(b"abcde")
+    capture.add(b"fgh")
     assert not capture.truncated
+    assert capture.data == b"abcdefgh"
+
+
+NONCE = "0123abcd"
+LINE = END_PREFIX + NONCE.encode() + b' {"exit_code": 3}\n'
+
+
+def feed_all(end: EndOfJob, pieces: list[bytes]) -> bytes:
+    return b"".join(end.feed(piece) for piece in pieces)
+
+
+@pytest.mark.parametrize("split", [1, 2, 7, 19, 40, len(LINE) + 5])
+def test_the_end_line_is_found_however_the_stream_is_split(split: int) -> None:
+    wire = b"program output\n" + LINE + b"late grandchild output"
+    end = EndOfJob(NONCE)
+    program = feed_all(end, [wire[i : i + split] for i in range(0, len(wire), split)])
+    assert program == b"program output\n"
+    assert end.report == b'{"exit_code": 3}'
+
+
+def test_a_line_with_another_nonce_is_program_output() -> None:
+    forged = END_PREFIX + b'guessed {"exit_code": 0}\n'
+    end = EndOfJob(NONCE)
+    program = end.feed(forged) + end.flush()
+    assert program == forged
+    assert end.report is None
+
+
+def test_bytes_held_back_as_a_possible_line_start_are_released_at_the_end() -> None:
+    end = EndOfJob(NONCE)
+    assert end.feed(b"abc\x00agent-sand") == b"abc"
+    assert end.flush() == b"\x00agent-sand"
+    assert end.report is None
+
+
+def test_an_unfinished_end_line_has_no_report() -> None:
+    end = EndOfJob(NONCE)
+    assert end.feed(LINE[:-3]) == b""
+    assert end.report is None

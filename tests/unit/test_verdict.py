@@ -22,6 +22,8 @@ CLEAN = Outcome(
     timed_out=False,
     oom_killed=False,
     output_killed=False,
+    stdout_truncated=False,
+    stderr_truncated=False,
 )
 
 
@@ -65,18 +67,27 @@ def test_oom_kill_with_exit_zero_blames_a_child_process() -> None:
 
 
 def test_output_kill_and_output_truncation_are_output_violations() -> None:
-    flood = replace(CLEAN, output_killed=True, stdout=b"x" * 10, stdout_bytes=20_000_000)
+    flood = replace(
+        CLEAN, output_killed=True, stdout=b"x" * 10, stdout_bytes=20_000_000, stdout_truncated=True
+    )
     assert kinds(flood) == [ViolationKind.OUTPUT]
-    truncated = replace(CLEAN, stdout=b"x" * 10, stdout_bytes=11)
+    truncated = replace(CLEAN, stdout=b"x" * 10, stdout_bytes=11, stdout_truncated=True)
     verdict = judge(truncated, LIMITS, max_timeout_s=300, had_stdin=False)
     assert [v.kind for v in verdict.violations] == [ViolationKind.OUTPUT]
-    assert "first 1024 KiB" in verdict.violations[0].message
+    assert "only 1024 KiB of each stream was kept" in verdict.violations[0].message
 
 
 @pytest.mark.parametrize(
     ("stderr", "kind"),
     [
-        (b"BlockingIOError: [Errno 11] Resource temporarily unavailable", ViolationKind.PROCESSES),
+        (
+            b"    os.fork()\nBlockingIOError: [Errno 11] Resource temporarily unavailable",
+            ViolationKind.PROCESSES,
+        ),
+        (
+            b"    self.pid = _fork_exec(\nBlockingIOError: [Errno 11] Resource temporarily unavailable",
+            ViolationKind.PROCESSES,
+        ),
         (b"RuntimeError: can't start new thread", ViolationKind.PROCESSES),
         (b"sh: 1: Cannot fork", ViolationKind.PROCESSES),
         (b"OSError: [Errno 28] No space left on device", ViolationKind.DISK),
@@ -90,7 +101,17 @@ def test_errno_evidence_in_stderr_names_the_limit_and_says_likely(stderr: bytes,
     verdict = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False)
     assert [v.kind for v in verdict.violations] == [kind]
     assert "likely" in verdict.violations[0].message
-    assert stderr.decode()[:30] in verdict.notes[0]
+    assert stderr.decode().splitlines()[-1][:30] in verdict.notes[0]
+
+
+def test_eagain_from_a_socket_or_lock_is_not_a_process_limit() -> None:
+    stderr = b"    sock.recv(10)\nBlockingIOError: [Errno 11] Resource temporarily unavailable\n"
+    assert kinds(replace(CLEAN, exit_code=1, stderr=stderr, stderr_bytes=len(stderr))) == []
+
+
+def test_an_unknown_exit_code_gets_a_note() -> None:
+    verdict = judge(replace(CLEAN, exit_code=None), LIMITS, max_timeout_s=300, had_stdin=False)
+    assert "exit code is unknown" in verdict.notes[0]
 
 
 def test_sigxfsz_exit_of_a_child_is_a_file_size_violation() -> None:

@@ -9,15 +9,20 @@ killed for time or output, reads ``State.OOMKilled``, and removes the container 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import secrets
+import select
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -28,8 +33,8 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Ulimit
 
 from agent_sandbox.config import EngineSettings
-from agent_sandbox.engine.spec import Outcome, RunSpec
-from agent_sandbox.engine.streams import STDERR, STDOUT, Capture, FrameDecoder
+from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
+from agent_sandbox.engine.streams import STDERR, STDOUT, Capture, EndOfJob, FrameDecoder
 
 LABEL = "io.agent-sandbox"
 OWNER_LABEL = "io.agent-sandbox.owner"
@@ -44,6 +49,7 @@ BASE_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
 }
 _TICK_S = 0.1
+_ENGINE_CALL_THREADS = 16
 _DRAIN_S = 2.0
 
 ProgressCallback = Callable[[str], Awaitable[None]]
@@ -70,38 +76,40 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def container_options(spec: RunSpec, owner: str) -> dict[str, Any]:
-    """The hardened ``containers.create`` arguments for ``spec``."""
-    limits = spec.limits
+def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
+    """The hardened ``containers.create`` arguments for a container of ``shape``.
+
+    The container starts the launcher with no job: files, command, env and stdin come later
+    over the attach stream, so the same options serve cold starts and the warm pool."""
     tmpfs_flags = "uid=1000,gid=1000,noexec,nosuid,nodev"
-    memory = limits.memory_mib * 1024 * 1024
-    file_size = limits.file_size_mib * 1024 * 1024
+    memory = shape.memory_mib * 1024 * 1024
+    file_size = shape.file_size_mib * 1024 * 1024
     return {
-        "image": spec.image,
+        "image": shape.image,
         "name": f"agent-sandbox-{secrets.token_hex(6)}",
-        "command": ["python3", "-I", "-S", "-c", LAUNCHER, spec.entrypoint, *spec.args],
+        "command": ["python3", "-I", "-S", "-c", LAUNCHER],
         "entrypoint": [],
         "working_dir": WORKDIR,
         "user": SANDBOX_USER,
-        "environment": {**BASE_ENV, **spec.env},
+        "environment": BASE_ENV,
         "labels": {LABEL: "1", OWNER_LABEL: owner},
         "stdin_open": True,  # docker-py then sets StdinOnce: stdin closes when we half-close
         "tty": False,
         "network_disabled": True,
         "read_only": True,
         "tmpfs": {
-            WORKDIR: f"size={limits.work_mib}m,{tmpfs_flags}",
-            "/tmp": f"size={limits.tmp_mib}m,{tmpfs_flags}",
+            WORKDIR: f"size={shape.work_mib}m,{tmpfs_flags}",
+            "/tmp": f"size={shape.tmp_mib}m,{tmpfs_flags}",
         },
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
-        "pids_limit": limits.pids,
+        "pids_limit": shape.pids,
         "mem_limit": memory,
         "memswap_limit": memory,
-        "nano_cpus": int(limits.cpus * 1e9),
-        "cpu_shares": limits.cpu_shares,
+        "nano_cpus": int(shape.cpus * 1e9),
+        "cpu_shares": shape.cpu_shares,
         "ulimits": [
-            Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
+            Ulimit(name="nofile", soft=shape.open_files, hard=shape.open_files),
             Ulimit(name="fsize", soft=file_size, hard=file_size),
             Ulimit(name="core", soft=0, hard=0),
         ],
@@ -110,6 +118,31 @@ def container_options(spec: RunSpec, owner: str) -> dict[str, Any]:
         "cgroupns": "private",
         "log_config": LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
     }
+
+
+@dataclass
+class StartedContainer:
+    """A running container whose launcher waits for its one job on stdin."""
+
+    container: Container
+    attachment: _Attachment
+    shape: ContainerShape
+    started_at: float = field(default_factory=time.monotonic)
+
+    def looks_alive(self) -> bool:
+        """An idle launcher writes nothing, so a readable attach stream means it has ended."""
+        readable, _, _ = select.select([self.attachment.sock], [], [], 0)
+        return not readable
+
+
+class ContainerSource(Protocol):
+    """Hands out containers started ahead of time (the warm pool)."""
+
+    def take(self, shape: ContainerShape) -> StartedContainer | None:
+        """A started container of ``shape``, or None when there is none to give."""
+
+    def dispose(self, started: StartedContainer) -> None:
+        """Remove a used container in the background."""
 
 
 class DockerEngine:
@@ -121,6 +154,11 @@ class DockerEngine:
         self._client = client
         self._slots = anyio.Semaphore(settings.max_concurrent_runs)
         self._waiting = 0
+        # Our own worker threads: a run's watcher holds one for its whole run, and anyio's shared
+        # default pool also serves the stdio transport, which must keep reading requests.
+        self._watchers = anyio.CapacityLimiter(settings.max_concurrent_runs)
+        self._calls = anyio.CapacityLimiter(_ENGINE_CALL_THREADS)
+        self.warm: ContainerSource | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -150,18 +188,25 @@ class DockerEngine:
             raise EngineUnavailable(_unreachable(exc)) from None
         return version
 
-    def remove_leftovers(self) -> int:
-        """Remove our containers whose owning process is gone; returns how many."""
+    def remove_leftovers(self, older_than_s: float) -> int:
+        """Remove sandbox containers that no live process will remove; returns how many.
+
+        That is: those of a process on this host that has ended, and any older than
+        ``older_than_s`` (longer than a run and a warm wait can last), whoever made them. A live
+        server elsewhere on the same engine keeps its containers."""
         host = socket.gethostname()
+        now = time.time()
         removed = 0
         for container in self.client.containers.list(all=True, filters={"label": LABEL}):
             owner = container.labels.get(OWNER_LABEL, "")
             owner_host, _, pid = owner.rpartition(":")
-            if owner == self.owner or (owner_host == host and _process_alive(pid)):
+            if owner == self.owner:
                 continue
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-                removed += 1
+            orphaned = owner_host == host and not _process_alive(pid)
+            if orphaned or now - _created_at(container) > older_than_s:
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    container.remove(force=True)
+                    removed += 1
         return removed
 
     def our_containers(self) -> list[Container]:
@@ -169,21 +214,45 @@ class DockerEngine:
         return list(self.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={self.owner}"}))
 
     async def run(self, spec: RunSpec, on_progress: ProgressCallback | None = None) -> Outcome:
-        """Run ``spec`` in a new container and remove it, whatever happens (cancellation too)."""
+        """Run ``spec`` in a container of its own (warm if one is ready, else a new one) and remove
+        the container, whatever happens (cancellation too)."""
         report = on_progress or _ignore
         async with self._slot(report):
-            await report("starting")
-            with anyio.CancelScope(shield=True):  # a cancelled create must still hand us the id
-                container = await anyio.to_thread.run_sync(self._create, spec)
+            started = self.warm.take(spec.shape) if self.warm else None
+            warm = started is not None
+            if started is None:
+                await report("starting")
+                started = await self.start_container(spec.shape)
             try:
-                stream = await anyio.to_thread.run_sync(self._attach_and_start, container)
                 await report("running")
-                return await anyio.to_thread.run_sync(
-                    self._watch, container, stream, spec, abandon_on_cancel=True
+                outcome = await anyio.to_thread.run_sync(
+                    self._watch, started, spec, abandon_on_cancel=True, limiter=self._watchers
                 )
+                return dataclasses.replace(outcome, warm_start=warm)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._remove, container)
+                if self.warm is not None:
+                    self.warm.dispose(started)  # the caller has its result; tear down meanwhile
+                else:
+                    await self.remove(started)
+
+    async def start_container(self, shape: ContainerShape) -> StartedContainer:
+        """Create, attach to and start a container of ``shape``; it then waits for a job."""
+        with anyio.CancelScope(shield=True):  # a cancelled create must still hand us the id
+            container = await anyio.to_thread.run_sync(self._create, shape, limiter=self._calls)
+        try:
+            attachment = await anyio.to_thread.run_sync(
+                self._attach_and_start, container, limiter=self._calls
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._remove, container, limiter=self._calls)
+            raise
+        return StartedContainer(container, attachment, shape)
+
+    async def remove(self, started: StartedContainer) -> None:
+        """Force-remove a container, shielded from cancellation."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._remove, started.container, limiter=self._calls)
 
     @contextlib.asynccontextmanager
     async def _slot(self, report: ProgressCallback) -> AsyncIterator[None]:
@@ -204,39 +273,57 @@ class DockerEngine:
         finally:
             self._slots.release()
 
-    def _create(self, spec: RunSpec) -> Container:
+    def _create(self, shape: ContainerShape) -> Container:
+        options = container_options(shape, self.owner)
         try:
-            return self.client.containers.create(**container_options(spec, self.owner))
+            return self.client.containers.create(**options)
         except docker.errors.ImageNotFound:
             raise ImageMissing(
-                f"the sandbox image {spec.image} is not on the Docker engine; "
+                f"the sandbox image {shape.image} is not on the Docker engine; "
                 "build it with `agent-sandbox image build`"
             ) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineUnavailable(_unreachable(exc)) from None
+            # The engine may have made the container even though the call failed (a client-side
+            # timeout, or the lookup after the create): remove it by its name.
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                self.client.api.remove_container(options["name"], force=True)
+            raise _engine_error(exc) from None
 
     def _attach_and_start(self, container: Container) -> _Attachment:
-        attached = self.client.api.attach_socket(
-            container.name or "", params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-        )
-        container.start()
-        return _Attachment(attached)
+        try:
+            attached = self.client.api.attach_socket(
+                container.name or "", params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc) from None
+        attachment = _Attachment(attached)
+        try:
+            container.start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            attachment.sock.close()
+            raise _engine_error(exc) from None
+        return attachment
 
-    def _watch(self, container: Container, attachment: _Attachment, spec: RunSpec) -> Outcome:
-        stream = attachment.sock
+    def _watch(self, started_container: StartedContainer, spec: RunSpec) -> Outcome:
+        """Send the job, collect output until the launcher's end-of-job line is in on both streams
+        (or the stream ends), and kill the container on timeout or flood."""
+        container, stream = started_container.container, started_container.attachment.sock
         limits = spec.limits
+        nonce = secrets.token_hex(16)
         started = time.monotonic()
         deadline = started + limits.timeout_s
-        payload = f"{len(spec.archive)}\n".encode() + spec.archive + (spec.stdin or b"")
-        threading.Thread(target=_feed, args=(stream, payload), daemon=True).start()
+        payload = spec.header(nonce) + spec.archive + (spec.stdin or b"")
+        finished = threading.Event()
+        threading.Thread(target=_feed, args=(stream, payload, finished), daemon=True).start()
 
         cap = limits.output_capture_kib * 1024
-        out, err = Capture(cap), Capture(cap)
+        captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
+        ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
         decoder = FrameDecoder()
         timed_out = output_killed = False
         stop_reading_at: float | None = None
         with stream:
-            while True:
+            while not all(end.report is not None for end in ends.values()):
                 now = time.monotonic()
                 if stop_reading_at is None and now >= deadline:
                     timed_out = True
@@ -254,31 +341,39 @@ class DockerEngine:
                 if not chunk:
                     break
                 for kind, data in decoder.feed(chunk):
-                    if kind == STDOUT:
-                        out.add(data)
-                    elif kind == STDERR:
-                        err.add(data)
-                if stop_reading_at is None and out.seen + err.seen > limits.output_kill_kib * 1024:
+                    if kind in captures:
+                        captures[kind].add(ends[kind].feed(data))
+                seen = sum(capture.seen for capture in captures.values())
+                if stop_reading_at is None and seen > limits.output_kill_kib * 1024:
                     output_killed = True
                     _kill(container)
                     stop_reading_at = time.monotonic() + _DRAIN_S
+        finished.set()
         duration = time.monotonic() - started
-        exit_code, oom_killed = _final_state(container)
+        for kind, end in ends.items():
+            captures[kind].add(end.flush())
+        report = _end_report(ends[STDOUT].report, ends[STDERR].report)
+        exit_code: int | None
+        if report is not None and not (timed_out or output_killed):
+            exit_code, oom_killed = report
+        else:
+            exit_code, oom_killed = _final_state(container)
+        out, err = captures[STDOUT], captures[STDERR]
         return Outcome(
             exit_code=exit_code,
             stdout=out.data,
             stderr=err.data,
             stdout_bytes=out.seen,
             stderr_bytes=err.seen,
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
             duration_s=round(duration, 3),
             timed_out=timed_out,
             oom_killed=oom_killed,
             output_killed=output_killed,
         )
 
-    def _remove(self, container: Container | None) -> None:
-        if container is None:
-            return
+    def _remove(self, container: Container) -> None:
         try:
             container.remove(force=True)
         except docker.errors.NotFound:
@@ -297,13 +392,23 @@ class _Attachment:
         self.sock: socket.socket = getattr(wrapper, "_sock", wrapper)
 
 
-def _feed(stream: socket.socket, payload: bytes) -> None:
-    """Write the files and stdin, then half-close so the program sees end of input."""
-    try:
-        stream.sendall(payload)
-        stream.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass  # the program ended (or was killed) before reading all its input
+def _feed(stream: socket.socket, payload: bytes, finished: threading.Event) -> None:
+    """Write the job, the files and stdin, then half-close so the program sees end of input.
+
+    It writes through its own socket object: the reader's short timeouts would otherwise cut a
+    write to a program that reads its stdin late."""
+    with stream.dup() as writer:
+        writer.settimeout(_TICK_S)
+        unsent = memoryview(payload)
+        while unsent and not finished.is_set():
+            try:
+                unsent = unsent[writer.send(unsent[: 1 << 16]) :]
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # the container ended before reading all its input
+        with contextlib.suppress(OSError):
+            writer.shutdown(socket.SHUT_WR)
 
 
 def _kill(container: Container) -> None:
@@ -315,6 +420,20 @@ def _kill(container: Container) -> None:
             container.kill()
 
     threading.Thread(target=kill, daemon=True).start()
+
+
+def _end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> tuple[int, bool] | None:
+    """Exit code and OOM kill from the launcher's end-of-job line, if both streams carried it."""
+    if stdout_line is None or stdout_line != stderr_line:
+        return None
+    try:
+        report = json.loads(stdout_line)
+        exit_code, oom_kills = int(report["exit_code"]), report["oom_kills"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if oom_kills is None:
+        return None  # no cgroup counter to read: ask Docker instead
+    return exit_code, int(oom_kills) > 0
 
 
 def _final_state(container: Container) -> tuple[int | None, bool]:
@@ -329,6 +448,15 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
     return (int(exit_code) if exit_code is not None else None), bool(state.get("OOMKilled"))
 
 
+def _created_at(container: Container) -> float:
+    """When the engine created ``container``, as a Unix time (0 if unknown)."""
+    created = str(container.attrs.get("Created", ""))
+    try:
+        return datetime.fromisoformat(created[:26].rstrip("Z")).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def _process_alive(pid: str) -> bool:
     if not pid.isdigit():
         return False
@@ -339,6 +467,16 @@ def _process_alive(pid: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _engine_error(exc: BaseException) -> EngineError:
+    """An engine that answered and refused is a different problem from one that is not there."""
+    if isinstance(exc, docker.errors.APIError) and exc.response is not None:
+        return EngineError(
+            f"the Docker engine refused to run the sandbox container: {exc.explanation or exc}; "
+            "check the limits in the configuration against this machine (agent-sandbox doctor)"
+        )
+    return EngineUnavailable(_unreachable(exc))
 
 
 def _unreachable(exc: BaseException) -> str:

@@ -1,20 +1,34 @@
 """The first step inside every sandbox container; its source is passed to ``python3 -c``.
 
-Standard input carries ``<size>\\n``, then a tar of exactly ``size`` bytes, then the caller's
-stdin. The launcher reads exactly the header and the tar with unbuffered reads, unpacks
-regular files and folders under /work (re-checking every name: defence in depth), and
-replaces itself with ``python3 ENTRYPOINT ARGS...``, which inherits the rest of stdin.
+The container starts with no job. Standard input then carries one JSON line (the job:
+``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``nonce``), a tar of exactly
+``archive_bytes`` bytes, and the caller's stdin. The launcher reads the line and the tar with
+unbuffered reads, unpacks regular files and folders under /work (re-checking every name: defence
+in depth), and runs ``python3 ENTRYPOINT ARGS...`` as its child, which inherits the rest of stdin.
+Because the job arrives over stdin, a container can be started ahead of time and handed exactly
+one job.
+
+When the child exits, the launcher writes an end-of-job line (the host's nonce, the exit code and
+the container's OOM-kill count) to stdout and to stderr, so the host has the whole result without
+waiting for the engine to tear the container down. The launcher makes itself non-dumpable first,
+so the program (same uid) cannot read the nonce out of its memory.
 
 Self-contained and standard-library only: it runs on the sandbox image's Python.
 """
 
-import io
+import ctypes
+import json
 import os
+import shutil
 import sys
 import tarfile
 
 WORK = "/work"
 FAILURE_EXIT = 125
+MAX_HEADER_BYTES = 1 << 20
+END_PREFIX = b"\x00agent-sandbox-end "
+PR_SET_DUMPABLE = 4
+OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
 
 
 def _fail(message: str) -> None:
@@ -22,25 +36,36 @@ def _fail(message: str) -> None:
     sys.exit(FAILURE_EXIT)
 
 
-def _read_exactly(size: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = os.read(0, min(size, 1 << 20))
-        if not chunk:
+class _ArchiveInput:
+    """Exactly ``size`` bytes of stdin, read unbuffered, so none of the caller's stdin after the
+    tar is consumed; tar members stream through it to disk without a copy in memory."""
+
+    def __init__(self, size: int):
+        self.remaining = size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.remaining if size < 0 else min(size, self.remaining)
+        if size == 0:
+            return b""
+        data = os.read(0, size)
+        if not data:
             _fail("standard input ended before the files did")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+        self.remaining -= len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.remaining:
+            self.read(1 << 16)
 
 
-def _read_header() -> int:
-    header = b""
-    while not header.endswith(b"\n"):
+def _read_line() -> bytes:
+    line = bytearray()
+    while not line.endswith(b"\n"):
         byte = os.read(0, 1)
-        if not byte or len(header) > 20:
-            _fail("missing archive header")
-        header += byte
-    return int(header)
+        if not byte or len(line) > MAX_HEADER_BYTES:
+            _fail("no job arrived")
+        line += byte
+    return bytes(line)
 
 
 def _target(name: str) -> str:
@@ -50,9 +75,9 @@ def _target(name: str) -> str:
     return os.path.join(WORK, *parts)
 
 
-def _unpack(data: bytes) -> None:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for member in tar.getmembers():
+def _unpack(archive: _ArchiveInput) -> None:
+    with tarfile.open(fileobj=archive, mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
             target = _target(member.name)
             if member.isdir():
                 os.makedirs(target, mode=0o755, exist_ok=True)
@@ -61,16 +86,50 @@ def _unpack(data: bytes) -> None:
                 assert source is not None
                 os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
                 with open(target, "xb") as out:
-                    out.write(source.read())
+                    shutil.copyfileobj(source, out)
             else:
                 _fail(f"refusing archive member {member.name!r}: not a file or folder")
+    archive.drain()
+
+
+def _oom_kills() -> "int | None":
+    """Processes the kernel killed for memory in this container (cgroup v1 or v2)."""
+    for path in OOM_COUNTERS:
+        try:
+            with open(path) as counters:
+                for line in counters:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+        except OSError:
+            continue
+    return None
+
+
+def _run(entrypoint: str, args: "list[str]", env: "dict[str, str]") -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            script = "./" + entrypoint if entrypoint.startswith("-") else entrypoint  # not an option
+            os.execvpe("python3", ["python3", script, *args], env)
+        finally:
+            os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code  # killed by signal N: 128+N, as a shell says
 
 
 def main() -> None:
-    entrypoint, args = sys.argv[1], sys.argv[2:]
-    _unpack(_read_exactly(_read_header()))
+    job = json.loads(_read_line())
+    _unpack(_ArchiveInput(int(job["archive_bytes"])))
     os.chdir(WORK)
-    os.execvp("python3", ["python3", entrypoint, *args])
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    exit_code = _run(job["entrypoint"], job["args"], {**os.environ, **job["env"]})
+    report = json.dumps({"exit_code": exit_code, "oom_kills": _oom_kills()})
+    line = END_PREFIX + job["nonce"].encode() + b" " + report.encode() + b"\n"
+    os.write(1, line)
+    os.write(2, line)
+    sys.exit(exit_code)
 
 
 main()

@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from agent_sandbox.models import Limits
 
 
 @dataclass(frozen=True)
+class ContainerShape:
+    """What a container is created with. Any job of the same shape may run in a warm container
+    of it: everything else about a job (files, command, env, stdin, time and output limits)
+    reaches the container only when the job starts."""
+
+    image: str
+    memory_mib: int
+    cpus: float
+    cpu_shares: int
+    pids: int
+    open_files: int
+    file_size_mib: int
+    work_mib: int
+    tmp_mib: int
+
+    @classmethod
+    def of(cls, image: str, limits: Limits) -> ContainerShape:
+        return cls(
+            image=image,
+            memory_mib=limits.memory_mib,
+            cpus=limits.cpus,
+            cpu_shares=limits.cpu_shares,
+            pids=limits.pids,
+            open_files=limits.open_files,
+            file_size_mib=limits.file_size_mib,
+            work_mib=limits.work_mib,
+            tmp_mib=limits.tmp_mib,
+        )
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """What one container runs: files (a tar), the program, its input and its limits."""
+    """One job: files (a tar), the program, its input and its limits."""
 
     image: str
     archive: bytes
@@ -18,6 +50,22 @@ class RunSpec:
     stdin: bytes | None
     env: dict[str, str]
     limits: Limits
+
+    @property
+    def shape(self) -> ContainerShape:
+        return ContainerShape.of(self.image, self.limits)
+
+    def header(self, nonce: str) -> bytes:
+        """The first line the launcher reads: the job, how many tar bytes follow, and the secret
+        that marks the launcher's end-of-job line."""
+        job = {
+            "archive_bytes": len(self.archive),
+            "entrypoint": self.entrypoint,
+            "args": list(self.args),
+            "env": self.env,
+            "nonce": nonce,
+        }
+        return json.dumps(job).encode() + b"\n"
 
 
 @dataclass(frozen=True)
@@ -29,7 +77,10 @@ class Outcome:
     stderr: bytes
     stdout_bytes: int
     stderr_bytes: int
+    stdout_truncated: bool
+    stderr_truncated: bool
     duration_s: float
     timed_out: bool
     oom_killed: bool
     output_killed: bool
+    warm_start: bool = False

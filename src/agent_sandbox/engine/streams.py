@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 STDOUT = 1
 STDERR = 2
+CUT_LINE = b"\n[agent-sandbox: %d bytes cut here]\n"
 _HEADER = struct.Struct(">BxxxL")
 
 
@@ -32,22 +33,92 @@ class FrameDecoder:
 
 @dataclass
 class Capture:
-    """Keeps the first ``cap`` bytes of a stream and counts all of them."""
+    """Keeps at most ``cap`` bytes of a stream, the first three quarters and the last quarter,
+    and counts all of them. The end matters: that is where a traceback is."""
 
     cap: int
     seen: int = 0
-    _kept: bytearray = field(default_factory=bytearray)
-
-    def add(self, data: bytes) -> None:
-        room = self.cap - len(self._kept)
-        if room > 0:
-            self._kept += data[:room]
-        self.seen += len(data)
+    _head: bytearray = field(default_factory=bytearray)
+    _tail: bytearray = field(default_factory=bytearray)
 
     @property
-    def data(self) -> bytes:
-        return bytes(self._kept)
+    def _tail_cap(self) -> int:
+        return self.cap // 4
+
+    def add(self, data: bytes) -> None:
+        self.seen += len(data)
+        room = self.cap - self._tail_cap - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        self._tail += data
+        if len(self._tail) > 2 * self._tail_cap:  # trim now and then, not on every write
+            del self._tail[: len(self._tail) - self._tail_cap]
 
     @property
     def truncated(self) -> bool:
-        return self.seen > len(self._kept)
+        return self.seen > self.cap
+
+    @property
+    def data(self) -> bytes:
+        """What was kept; where bytes were cut, a line says how many."""
+        if not self.truncated:
+            return bytes(self._head + self._tail)
+        tail = self._tail[len(self._tail) - self._tail_cap :] if self._tail_cap else b""
+        cut = self.seen - len(self._head) - len(tail)
+        return bytes(self._head) + CUT_LINE % cut + bytes(tail)
+
+
+END_PREFIX = b"\x00agent-sandbox-end "
+
+
+class EndOfJob:
+    """Finds the launcher's end-of-job line in one output stream.
+
+    When the program has exited, the launcher writes ``END_PREFIX + nonce + " " + report + "\\n"``
+    to stdout and to stderr. Within one stream the program's bytes all come before it, so once
+    both streams have shown it, all the program's output is in, without waiting for the engine to
+    tear the container down. The nonce is the host's secret for this job, so program output can
+    never pass for the line. ``feed`` returns the bytes that belong to the program.
+    """
+
+    def __init__(self, nonce: str):
+        self.marker = END_PREFIX + nonce.encode() + b" "
+        self.report: bytes | None = None
+        self._held = b""
+        self._line: bytearray | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self.report is not None:
+            return b""  # after the end: a lingering grandchild's output, not the program's
+        if self._line is not None:
+            self._take_line(data)
+            return b""
+        buffer = self._held + data
+        found = buffer.find(self.marker)
+        if found >= 0:
+            self._held = b""
+            self._line = bytearray()
+            self._take_line(buffer[found + len(self.marker) :])
+            return buffer[:found]
+        keep = self._partial_marker_at_end(buffer)
+        self._held = buffer[len(buffer) - keep :] if keep else b""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> bytes:
+        """At end of stream: bytes held back as a possible start of the line were the program's."""
+        held, self._held = self._held, b""
+        return held
+
+    def _take_line(self, data: bytes) -> None:
+        assert self._line is not None
+        end = data.find(b"\n")
+        self._line += data if end < 0 else data[:end]
+        if end >= 0:
+            self.report = bytes(self._line)
+
+    def _partial_marker_at_end(self, buffer: bytes) -> int:
+        for size in range(min(len(buffer), len(self.marker) - 1), 0, -1):
+            if buffer.endswith(self.marker[:size]):
+                return size
+        return 0

@@ -10,7 +10,7 @@ def summarise(result: RunResult) -> str:
     if result.timed_out:
         status = f"timed out after {result.duration_s:.2f} s"
     elif result.exit_code is None:
-        status = "did not run"
+        status = f"exit code unknown after {result.duration_s:.2f} s"
     else:
         status = f"exit code {result.exit_code} in {result.duration_s:.2f} s"
     lines = [f"status: {status}"]

@@ -1,8 +1,13 @@
-"""Helpers for the integration tests (fixtures live in tests/conftest.py)."""
+"""Helpers shared by tests: building requests and reading results."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
+from agent_sandbox.sandbox import Sandbox
+
+SandboxFactory = Callable[..., Awaitable[Sandbox]]
 
 
 def snippet(code: str, **fields: object) -> RunRequest:

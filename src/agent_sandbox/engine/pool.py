@@ -1,0 +1,123 @@
+"""The warm pool: containers created and started ahead of time, each handed exactly one job.
+
+A warm container is a cold one started early: same options, same launcher waiting on stdin, so a
+job in it gets exactly the limits, isolation and reporting of a cold start. It is removed after
+its job like any other; nothing is ever reused. The pool refills in the background, replaces
+containers that waited longer than ``max_idle_s`` or died, and never makes a caller wait: when it
+is empty, ``take`` returns None and the run starts cold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from types import TracebackType
+
+import anyio
+from anyio.abc import TaskGroup
+
+from agent_sandbox.engine.docker import DockerEngine, EngineError, StartedContainer
+from agent_sandbox.engine.spec import ContainerShape
+
+log = logging.getLogger(__name__)
+
+_RETRY_FIRST_S = 1.0
+_RETRY_MAX_S = 30.0
+
+
+class WarmPool:
+    """Keeps ``size`` started containers of one shape ready; use as ``async with``."""
+
+    def __init__(self, engine: DockerEngine, shape: ContainerShape, size: int, max_idle_s: float):
+        self.engine = engine
+        self.shape = shape
+        self.size = size
+        self.max_idle_s = max_idle_s
+        self._idle: deque[StartedContainer] = deque()
+        self._wanted = anyio.Event()
+        self._full = anyio.Event()
+        self._group: TaskGroup | None = None
+
+    @property
+    def ready(self) -> int:
+        """How many containers wait for a job now."""
+        return len(self._idle)
+
+    def take(self, shape: ContainerShape) -> StartedContainer | None:
+        """The oldest fresh, live container of ``shape``; None (start cold) if there is none."""
+        if shape != self.shape or self._group is None:
+            return None
+        self._wanted.set()
+        self._full = anyio.Event()
+        while self._idle:
+            started = self._idle.popleft()
+            if self._usable(started):
+                return started
+            self._discard(started)
+        return None
+
+    def dispose(self, started: StartedContainer) -> None:
+        """Remove a used container in the background, so its caller need not wait for it."""
+        self._discard(started)
+
+    async def filled(self) -> None:
+        """Wait until every place in the pool holds a ready container."""
+        await self._full.wait()
+
+    async def __aenter__(self) -> WarmPool:
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._group.start_soon(self._keep_filled)
+        self.engine.warm = self
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.engine.warm = None
+        group, self._group = self._group, None
+        assert group is not None
+        group.cancel_scope.cancel()
+        await group.__aexit__(exc_type, exc, traceback)
+        with anyio.CancelScope(shield=True):
+            while self._idle:
+                await self.engine.remove(self._idle.popleft())
+
+    async def _keep_filled(self) -> None:
+        retry_s = _RETRY_FIRST_S
+        while True:
+            self._wanted = anyio.Event()
+            for started in [s for s in self._idle if not self._usable(s)]:
+                self._idle.remove(started)
+                self._discard(started)
+            try:
+                while len(self._idle) < self.size:
+                    self._idle.append(await self.engine.start_container(self.shape))
+                self._full.set()
+                retry_s = _RETRY_FIRST_S
+            except EngineError as exc:
+                log.warning("warm pool cannot start a container (retrying in %.0f s): %s", retry_s, exc)
+                await anyio.sleep(retry_s)
+                retry_s = min(retry_s * 2, _RETRY_MAX_S)
+                continue
+            with anyio.move_on_after(self._seconds_until_one_expires()):
+                await self._wanted.wait()
+
+    def _seconds_until_one_expires(self) -> float:
+        if not self._idle:
+            return math.inf
+        oldest = min(started.started_at for started in self._idle)
+        return max(0.0, oldest + self.max_idle_s - time.monotonic()) + 0.01
+
+    def _usable(self, started: StartedContainer) -> bool:
+        fresh = time.monotonic() - started.started_at <= self.max_idle_s
+        return fresh and started.looks_alive()
+
+    def _discard(self, started: StartedContainer) -> None:
+        assert self._group is not None
+        self._group.start_soon(self.engine.remove, started)

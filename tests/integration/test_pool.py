@@ -1,0 +1,176 @@
+"""The warm pool: one job per container, nothing shared between jobs, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import docker
+import pytest
+
+from agent_sandbox.config import EngineSettings, LimitSettings, Settings
+from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
+from agent_sandbox.sandbox import Sandbox
+from tests.helpers import snippet
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parents[2]
+
+FIRST_JOB = """
+import os, subprocess
+open("/work/secret.txt", "w").write("job one")
+open("/tmp/secret", "w").write("job one")
+subprocess.Popen(["sleep", "300"], start_new_session=True)  # a daemon left behind
+print(os.environ["JOB_SECRET"])
+"""
+SECOND_JOB = """
+import json, os
+processes = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        processes.append(open(f"/proc/{pid}/cmdline").read().replace("\\0", " ").strip())
+    except OSError:
+        pass
+print(json.dumps({
+    "work": sorted(os.listdir("/work")),
+    "tmp": sorted(os.listdir("/tmp")),
+    "env": os.environ.get("JOB_SECRET"),
+    "sleepers": [p for p in processes if p.startswith("sleep")],
+}))
+"""
+
+
+def pooled(engine: DockerEngine, size: int = 2, max_idle_s: float = 300, **limits: object) -> Sandbox:
+    settings = Settings(
+        engine=EngineSettings(pool_size=size, pool_max_idle_s=max_idle_s),
+        limits=LimitSettings(**limits),  # type: ignore[arg-type]
+    )
+    return Sandbox(settings, engine)
+
+
+async def test_two_jobs_in_a_row_from_the_pool_share_nothing(engine: DockerEngine) -> None:
+    async with pooled(engine) as sandbox:
+        assert sandbox.pool is not None
+        await sandbox.pool.filled()
+        first = await sandbox.run(snippet(FIRST_JOB, env={"JOB_SECRET": "s3cret"}))
+        await sandbox.pool.filled()
+        second = await sandbox.run(snippet(SECOND_JOB))
+    assert first.warm_start
+    assert first.stdout == "s3cret\n"
+    assert second.warm_start
+    assert json.loads(second.stdout) == {"work": ["main.py"], "tmp": [], "env": None, "sleepers": []}
+    assert engine.our_containers() == []
+
+
+async def test_an_empty_pool_never_holds_the_caller_up(engine: DockerEngine) -> None:
+    async with pooled(engine, size=1) as sandbox:
+        assert sandbox.pool is not None
+        await sandbox.pool.filled()
+        results = []
+
+        async def run() -> None:
+            results.append(await sandbox.run(snippet("print('ok')")))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(run)
+    assert [r.stdout for r in results] == ["ok\n"] * 3
+    assert sorted(r.warm_start for r in results) == [False, False, True]
+    assert engine.our_containers() == []
+
+
+async def test_a_job_with_other_limits_starts_cold(engine: DockerEngine) -> None:
+    async with pooled(engine) as sandbox:
+        assert sandbox.pool is not None
+        await sandbox.pool.filled()
+        other = await sandbox.run(snippet("print(1)", limits={"memory_mib": 128}))
+        same = await sandbox.run(snippet("print(1)", limits={"timeout_s": 5}))
+        assert sandbox.pool.ready >= 1
+    assert (other.warm_start, other.limits.memory_mib) == (False, 128)
+    assert same.warm_start  # the timeout is enforced from outside: any warm container fits
+
+
+async def test_a_container_that_waited_too_long_is_replaced(engine: DockerEngine) -> None:
+    async with pooled(engine, size=1, max_idle_s=1.0) as sandbox:
+        assert sandbox.pool is not None
+        await sandbox.pool.filled()
+        first = {c.id for c in engine.our_containers()}
+        await anyio.sleep(2.5)
+        await sandbox.pool.filled()
+        later = {c.id for c in engine.our_containers()}
+        assert len(later) == 1
+        assert not first & later
+        result = await sandbox.run(snippet("print('fresh')"))
+    assert result.stdout == "fresh\n"
+
+
+async def test_a_warm_container_that_died_is_not_handed_out(
+    engine: DockerEngine, docker_client: docker.DockerClient
+) -> None:
+    async with pooled(engine, size=1) as sandbox:
+        assert sandbox.pool is not None
+        await sandbox.pool.filled()
+        (idle,) = engine.our_containers()
+        idle.kill()
+        await anyio.sleep(0.5)
+        result = await sandbox.run(snippet("print('still served')"))
+    assert result.stdout == "still served\n"
+    assert result.warm_start is False
+    assert engine.our_containers() == []
+
+
+async def test_a_pool_of_size_0_is_off(engine: DockerEngine) -> None:
+    async with pooled(engine, size=0) as sandbox:
+        assert sandbox.pool is None
+        result = await sandbox.run(snippet("print(1)"))
+    assert result.warm_start is False
+
+
+def test_start_up_removes_the_pool_of_a_server_that_was_killed(engine: DockerEngine) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agent_sandbox", "serve"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
+    owner_filter = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{server.pid}"}
+    try:
+        deadline = time.monotonic() + 30
+        while len(engine.client.containers.list(all=True, filters=owner_filter)) < 2:
+            assert time.monotonic() < deadline, "the server's pool did not fill"
+            time.sleep(0.1)
+    finally:
+        server.send_signal(signal.SIGKILL)  # no chance to clean up
+        server.wait()
+    assert len(engine.client.containers.list(all=True, filters=owner_filter)) == 2
+    Sandbox(Settings(), engine).start()
+    assert engine.client.containers.list(all=True, filters=owner_filter) == []
+
+
+def test_a_server_stopped_with_sigterm_leaves_no_container(engine: DockerEngine) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agent_sandbox", "serve"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    owner_filter = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{server.pid}"}
+    deadline = time.monotonic() + 30
+    while len(engine.client.containers.list(all=True, filters=owner_filter)) < 2:
+        assert time.monotonic() < deadline, "the server's pool did not fill"
+        time.sleep(0.1)
+    server.send_signal(signal.SIGTERM)
+    _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0, stderr
+    assert engine.client.containers.list(all=True, filters=owner_filter) == []
