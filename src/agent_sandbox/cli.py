@@ -25,11 +25,11 @@ from agent_sandbox.images.build import ImageBuildError, build_image
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server import build_server
+from agent_sandbox.server.transports import TRANSPORTS, serve
 
 EXIT_REFUSED = 2
 EXIT_ENGINE = 3
 EXIT_LIMIT = 4
-TRANSPORTS = ("stdio", "sse", "streamable-http")
 SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
 
 log = logging.getLogger("agent_sandbox")
@@ -100,28 +100,24 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
     version = sandbox.start()
     where = "stdin/stdout" if options.transport == "stdio" else f"http://{options.host}:{options.port}"
     log.info(
-        "serving MCP over %s on %s; config %s; image %s; Docker engine %s",
+        "serving MCP over %s on %s; config %s; image %s; Docker engine %s; warm pool of %d",
         options.transport,
         where,
         options.config or os.environ.get(CONFIG_PATH_ENV) or "built-in defaults",
         settings.engine.image,
         version,
+        settings.engine.pool_size,
     )
     server = build_server(sandbox)
 
-    async def serve() -> None:
+    async def serve_with_pool() -> None:
         async with sandbox:  # the warm pool lives as long as the server
-            if options.transport == "stdio":
-                await server.run_stdio_async()
-            elif options.transport == "sse":
-                await server.run_sse_async(host=options.host, port=options.port)
-            else:
-                await server.run_streamable_http_async(host=options.host, port=options.port)
+            await serve(server, options.transport, options.host, options.port)
 
     # SIGTERM ends the server like Ctrl-C, so runs in progress are cancelled and cleaned up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        anyio.run(serve)
+        anyio.run(serve_with_pool)
     except KeyboardInterrupt:
         log.info("stopping")
     finally:

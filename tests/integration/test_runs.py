@@ -81,6 +81,13 @@ async def test_large_stdin_is_delivered_whole(sandbox: Sandbox) -> None:
     assert result.stdout.strip() == hashlib.sha256(data.encode()).hexdigest()
 
 
+async def test_stdin_read_late_and_larger_than_socket_buffers_arrives_whole(sandbox: Sandbox) -> None:
+    data = os.urandom(3 * 2**20).hex()  # 6 MiB of text
+    code = "import sys, time, hashlib\ntime.sleep(1.5)\nprint(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
+    result = await sandbox.run(snippet(code, stdin=data))
+    assert result.stdout.strip() == hashlib.sha256(data.encode()).hexdigest()
+
+
 async def test_without_stdin_the_program_reads_end_of_file(sandbox: Sandbox) -> None:
     result = await sandbox.run(snippet("import sys\nprint(repr(sys.stdin.read()))\ninput()"))
     assert result.stdout == "''\n"

@@ -25,7 +25,7 @@ def test_the_python_client_example_runs_both_tools() -> None:
     assert '"stdout": "mean: 5.0\\n"' in done.stdout
 
 
-def test_every_client_config_starts_the_stdio_server() -> None:
+def test_every_client_config_names_the_stdio_server() -> None:
     configs = {
         "claude_desktop_config.json": "mcpServers",
         "cursor_mcp.json": "mcpServers",

@@ -72,10 +72,28 @@ async def test_sse() -> None:
             await exercise(client)
 
 
-def test_http_binds_to_loopback_and_logs_its_setup_to_stderr() -> None:
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on ``port``, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.partition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
+async def test_http_binds_to_loopback_only_and_logs_to_stderr_only() -> None:
     with serving("streamable-http") as (url, process):
-        assert url.startswith("http://127.0.0.1:")
-    _, stderr = process.communicate(timeout=10)
+        port = int(url.rsplit(":", 1)[1])
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
+        async with Client(f"{url}/mcp") as client:
+            await client.list_tools()
+    stdout, stderr = process.communicate(timeout=10)
+    assert stdout == ""
+    assert '"POST /mcp HTTP/1.1" 200' in stderr  # uvicorn's access log too
     assert "serving MCP over streamable-http" in stderr
     assert "image agent-sandbox:minimal" in stderr
     assert "Docker engine" in stderr

@@ -1,0 +1,183 @@
+"""End-to-end latency and throughput of `run_python`, against baselines measured in the same run.
+
+Latency of `print("hi")`, median and p95 over --runs calls each:
+  - MCP `tools/call run_python` through a real client over stdio, warm pool on (size 2) and off,
+  - the engine called directly in-process, cold (what MCP adds to a cold start),
+  - plain `docker run --rm --network none IMAGE python3 -c ...` (the Docker CLI, no hardening),
+  - the host's `/usr/bin/python3 -c ...`.
+Calls are --gap seconds apart (an agent's think time; the pool refills meanwhile); --gap 0 is a
+tight loop. Then throughput: --calls calls over Streamable HTTP from 1, 4 and 8 concurrent MCP
+client sessions against one server (pool on), with failures and leaked containers counted.
+
+    .venv/bin/python benchmarks/latency.py [--runs 30] [--gap 0.2] [--calls 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import docker
+from mcp import Client, StdioServerParameters
+
+from agent_sandbox.config import EngineSettings, Settings, load_settings
+from agent_sandbox.engine.docker import LABEL
+from agent_sandbox.models import ProjectFile, RunRequest
+from agent_sandbox.sandbox import Sandbox
+
+CODE = 'print("hi")'
+ROOT = Path(__file__).parents[1]
+
+
+async def timed(action: Callable[[], Awaitable[object]], runs: int, gap_s: float) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        await anyio.sleep(gap_s)
+        started = time.perf_counter()
+        await action()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def p95(samples: list[float]) -> float:
+    return sorted(samples)[max(0, round(0.95 * len(samples)) - 1)]
+
+
+def server_env(pool_size: int) -> dict[str, str]:
+    return {**os.environ, "AGENT_SANDBOX_ENGINE__POOL_SIZE": str(pool_size)}
+
+
+async def mcp_stdio(pool_size: int, runs: int, gap_s: float) -> list[float]:
+    parameters = StdioServerParameters(
+        command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=server_env(pool_size)
+    )
+    async with Client(parameters) as client:
+
+        async def call() -> None:
+            result = await client.call_tool("run_python", {"code": CODE})
+            assert result.structured_content is not None
+            assert result.structured_content["stdout"] == "hi\n", result
+
+        await anyio.sleep(2)  # let the pool fill
+        await call()
+        return await timed(call, runs, gap_s)
+
+
+async def engine_direct(runs: int, gap_s: float) -> list[float]:
+    sandbox = Sandbox(Settings(engine=EngineSettings(pool_size=0)))
+    request = RunRequest(files=[ProjectFile(path="main.py", content=CODE)])
+
+    async def call() -> None:
+        assert (await sandbox.run(request)).stdout == "hi\n"
+
+    await call()
+    return await timed(call, runs, gap_s)
+
+
+async def command(argv: list[str], runs: int, gap_s: float) -> list[float]:
+    async def call() -> None:
+        done = await anyio.run_process(argv)
+        assert done.stdout == b"hi\n"
+
+    await call()
+    return await timed(call, runs, gap_s)
+
+
+async def throughput(clients: int, calls: int) -> tuple[float, int, int]:
+    """Calls per second, failures and leaked containers for ``calls`` calls from ``clients``
+    concurrent sessions against one Streamable HTTP server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "agent_sandbox", "serve", "--transport", "streamable-http"]
+    server = subprocess.Popen(
+        [*argv, "--port", str(port)],
+        env=server_env(2),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    failures = 0
+    try:
+        await _wait_for_port(port)
+        await anyio.sleep(2)  # let the pool fill
+        remaining = iter(range(calls))
+
+        async def session() -> None:
+            nonlocal failures
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                for _ in remaining:
+                    result = await client.call_tool("run_python", {"code": CODE})
+                    content = result.structured_content or {}
+                    failures += result.is_error or content.get("stdout") != "hi\n"
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for _ in range(clients):
+                group.start_soon(session)
+        elapsed = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    leaked = len(docker.from_env().containers.list(all=True, filters={"label": LABEL}))
+    return calls / elapsed, failures, leaked
+
+
+async def _wait_for_port(port: int) -> None:
+    with anyio.fail_after(60):
+        while True:
+            try:
+                await anyio.connect_tcp("127.0.0.1", port)
+                return
+            except OSError:
+                await anyio.sleep(0.1)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--gap", type=float, default=0.2, help="Seconds between calls (default 0.2).")
+    parser.add_argument("--calls", type=int, default=200, help="Calls per throughput row (0: skip).")
+    options = parser.parse_args()
+    runs, gap = options.runs, options.gap
+    image = load_settings().engine.image
+    docker_version = docker.from_env().version()["Version"]
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, Docker {docker_version}, "
+        f"{runs} calls each, {gap:g} s apart"
+    )
+    latency = {
+        "MCP stdio run_python, warm pool": await mcp_stdio(2, runs, gap),
+        "MCP stdio run_python, pool off (cold)": await mcp_stdio(0, runs, gap),
+        "engine in-process, cold": await engine_direct(runs, gap),
+        "docker run --rm --network none": await command(
+            ["docker", "run", "--rm", "--network", "none", image, "python3", "-c", CODE], runs, gap
+        ),
+        "host /usr/bin/python3 -c": await command(["/usr/bin/python3", "-c", CODE], runs, gap),
+    }
+    baseline = statistics.median(latency["docker run --rm --network none"])
+    print(f"{'latency of a hello world':40} {'median ms':>10} {'p95 ms':>8} {'x docker run':>13}")
+    for name, samples in latency.items():
+        median = statistics.median(samples)
+        print(f"{name:40} {median:10.1f} {p95(samples):8.1f} {median / baseline:13.2f}")
+
+    if options.calls <= 0:
+        return
+    print(f"\n{'throughput, Streamable HTTP, pool on':40} {'calls/s':>10} {'failures':>8} {'leaked':>13}")
+    for clients in (1, 4, 8):
+        rate, failures, leaked = await throughput(clients, options.calls)
+        row = f"{options.calls} calls, {clients} concurrent clients"
+        print(f"{row:40} {rate:10.1f} {failures:8d} {leaked:13d}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
