@@ -88,6 +88,13 @@ async def test_stdin_read_late_and_larger_than_socket_buffers_arrives_whole(sand
     assert result.stdout.strip() == hashlib.sha256(data.encode()).hexdigest()
 
 
+async def test_reading_stdin_to_the_end_gets_end_of_file_instead_of_hanging(sandbox: Sandbox) -> None:
+    code = "import sys\nprint(repr(sys.stdin.read()))\nfor line in sys.stdin:\n    pass\nprint('no hang')"
+    result = await sandbox.run(snippet(code, stdin="only this", limits={"timeout_s": 10}))
+    assert not result.timed_out
+    assert result.stdout == "'only this'\nno hang\n"
+
+
 async def test_without_stdin_the_program_reads_end_of_file(sandbox: Sandbox) -> None:
     result = await sandbox.run(snippet("import sys\nprint(repr(sys.stdin.read()))\ninput()"))
     assert result.stdout == "''\n"

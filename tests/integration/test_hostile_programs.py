@@ -1,0 +1,325 @@
+"""The violation matrix: hostile programs, each hitting a limit or misbehaving on purpose.
+
+For each: the result's fields and note are right, and the very next run works normally and in
+normal time (the host stayed responsive). Every case runs cold and warm (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agent_sandbox.config import FileSettings, LimitSettings
+from agent_sandbox.models import RunResult
+from agent_sandbox.sandbox import Sandbox
+from tests.helpers import SandboxFactory, kinds, snippet
+
+pytestmark = pytest.mark.anyio
+
+SMALL_FILES = FileSettings(max_file_kib=1024, max_total_kib=1024)  # fits any /work used here
+NORMAL_RUN_S = 5.0  # a trivial run takes ~0.2 s cold here; far above that means the host suffers
+
+
+@dataclass(frozen=True)
+class Hostile:
+    name: str
+    code: str
+    check: Callable[[RunResult], None]
+    limits: dict[str, Any] = field(default_factory=dict)  # the sandbox's (and its pool's)
+    timeout_s: float | None = None
+    stdin: str | None = None
+
+
+def timed_out_with_note(result: RunResult) -> None:
+    assert result.timed_out
+    assert result.exit_code == 137
+    assert kinds(result) == {"timeout"}
+    assert "was still running after" in result.notes[0]
+
+
+def sleep_past_timeout(result: RunResult) -> None:
+    timed_out_with_note(result)
+    assert result.stdout == "step 0\nstep 1\nsleeping\n"  # printed before the kill: kept
+    assert 2 <= result.duration_s < 6
+    assert "timeout_s" in result.notes[0]
+
+
+def memory_bomb(result: RunResult) -> None:
+    assert result.oom_killed
+    assert result.exit_code == 137
+    assert not result.timed_out
+    assert kinds(result) == {"memory"}
+    assert result.violations[0].limit == "64 MiB"
+    assert "/work" in result.notes[0]
+
+
+def memory_bomb_in_child(result: RunResult) -> None:
+    assert (result.exit_code, result.stdout) == (0, "child returned -9\n")
+    assert result.oom_killed
+    assert kinds(result) == {"memory"}
+    assert "in a child process" in result.violations[0].message
+
+
+def fork_bomb(result: RunResult) -> None:
+    assert not result.timed_out
+    processes = [v for v in result.violations if v.kind == "processes"]
+    assert processes, result.violations
+    assert processes[0].limit == "32 processes and threads"
+
+
+def thread_bomb(result: RunResult) -> None:
+    assert result.exit_code == 1
+    assert "can't start new thread" in result.stderr
+    assert kinds(result) == {"processes"}
+    assert "likely" in result.violations[0].message
+
+
+def flood(stream: str) -> Callable[[RunResult], None]:
+    def check(result: RunResult) -> None:
+        assert not result.timed_out
+        assert kinds(result) == {"output"}
+        assert "stopped after writing more than 1024 KiB" in result.violations[0].message
+        kept = getattr(result, stream)
+        assert kept.startswith("flood flood")
+        assert re.search(r"\n\[agent-sandbox: \d+ bytes cut here\]\n", kept)
+        assert getattr(result, f"{stream}_truncated")
+        assert getattr(result, f"{stream}_bytes") > 1024 * 1024
+
+    return check
+
+
+def huge_line(result: RunResult) -> None:
+    cut = 1024 * 1024 + 1 - 64 * 1024
+    assert result.exit_code == 0
+    expected = "y" * 48 * 1024 + f"\n[agent-sandbox: {cut} bytes cut here]\n" + "y" * (16 * 1024 - 1) + "\n"
+    assert result.stdout == expected
+    assert (result.stdout_truncated, result.stdout_bytes) == (True, 1024 * 1024 + 1)
+    assert kinds(result) == {"output"}
+    assert "only 64 KiB of each stream was kept" in result.violations[0].message
+
+
+def binary_garbage(result: RunResult) -> None:
+    assert result.exit_code == 0
+    assert result.stdout.startswith("ok\ufffd\ufffd")
+    assert result.stdout.endswith("end\n")
+    assert result.violations == []
+
+
+def disk_full(result: RunResult) -> None:
+    assert result.exit_code == 1
+    assert "No space left on device" in result.stderr
+    assert kinds(result) == {"disk"}
+    assert "/work holds 8 MiB" in result.notes[0] or "/tmp 8 MiB" in result.notes[0]
+
+
+def file_too_large(result: RunResult) -> None:
+    assert result.exit_code == 1
+    assert "File too large" in result.stderr
+    assert kinds(result) == {"file_size"}
+    assert "1 MiB" in result.notes[0]
+
+
+def child_sigxfsz(result: RunResult) -> None:
+    assert result.exit_code == 153
+    assert kinds(result) == {"file_size"}
+
+
+def open_files(result: RunResult) -> None:
+    assert "Too many open files" in result.stderr
+    assert kinds(result) == {"open_files"}
+    assert result.violations[0].limit == "64 open files"
+
+
+def closed_stdout(result: RunResult) -> None:
+    assert result.exit_code == 3
+    assert result.stdout == "before\n"
+    assert result.stderr == "stderr still open\n"
+    assert not result.timed_out
+
+
+def redirected_stdout(result: RunResult) -> None:
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "file holds: to a file\n")
+
+
+def ignores_sigterm(result: RunResult) -> None:
+    timed_out_with_note(result)
+    assert result.stdout == "ignoring SIGTERM\n"
+    assert result.duration_s < 6  # SIGKILL, not a polite request
+
+
+def daemonised_child(result: RunResult) -> None:
+    assert result.exit_code == 0
+    assert result.stdout == "parent done\n"
+    assert not result.timed_out
+    assert result.duration_s < 5  # the daemon does not keep the run alive
+
+
+def stdin_forever(result: RunResult) -> None:
+    timed_out_with_note(result)
+    assert "stdin" in result.notes[0]
+
+
+def killed_parent(result: RunResult) -> None:
+    assert not result.timed_out
+    assert result.exit_code == 137
+    assert "SIGKILL" in result.notes[0]
+
+
+HOSTILE = [
+    Hostile("infinite loop", "while True:\n    pass", timed_out_with_note, timeout_s=1.5),
+    Hostile(
+        "sleep past the timeout",
+        "import time\nfor i in range(2):\n    print('step', i)\nprint('sleeping')\ntime.sleep(600)",
+        sleep_past_timeout,
+        timeout_s=2,
+    ),
+    Hostile(
+        "memory bomb",
+        "chunks = []\nwhile True:\n    chunks.append(b'x' * 2**20)",
+        memory_bomb,
+        {"memory_mib": 64},
+    ),
+    Hostile(
+        "memory bomb in a child",
+        "import subprocess, sys\n"
+        "child = subprocess.run([sys.executable, '-c', 'x = b\"x\" * (200 * 2**20)'])\n"
+        "print('child returned', child.returncode)",
+        memory_bomb_in_child,
+        {"memory_mib": 64},
+    ),
+    Hostile("fork bomb", "import os\nwhile True:\n    os.fork()", fork_bomb, {"pids": 32}, timeout_s=20),
+    Hostile(
+        "thread bomb",
+        "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()",
+        thread_bomb,
+        {"pids": 32},
+    ),
+    Hostile(
+        "stdout flood",
+        "import sys\nwhile True:\n    sys.stdout.write('flood ' * 100 + '\\n')",
+        flood("stdout"),
+        {"output_capture_kib": 64, "output_kill_kib": 1024},
+    ),
+    Hostile(
+        "stderr flood",
+        "import sys\nwhile True:\n    sys.stderr.write('flood ' * 100 + '\\n')",
+        flood("stderr"),
+        {"output_capture_kib": 64, "output_kill_kib": 1024},
+    ),
+    Hostile(
+        "a single huge line",
+        "print('y' * (1024 * 1024))",
+        huge_line,
+        {"output_capture_kib": 64, "output_kill_kib": 4096},
+    ),
+    Hostile(
+        "binary garbage on stdout",
+        "import sys, os\nsys.stdout.buffer.write(b'ok\\xff\\xfe' + os.urandom(5000))\nprint('end')",
+        binary_garbage,
+    ),
+    Hostile(
+        "filling /work",
+        "with open('fill.bin', 'wb') as f:\n    for _ in range(64):\n        f.write(b'x' * 2**20)",
+        disk_full,
+        {"work_mib": 8},
+    ),
+    Hostile(
+        "filling /tmp",
+        "with open('/tmp/fill.bin', 'wb') as f:\n    for _ in range(64):\n        f.write(b'x' * 2**20)",
+        disk_full,
+        {"tmp_mib": 8},
+    ),
+    Hostile(
+        "exceeding the file-size limit",
+        "with open('big.bin', 'wb') as f:\n    f.write(b'x' * 2 * 2**20)",
+        file_too_large,
+        {"file_size_mib": 1},
+    ),
+    Hostile(
+        "a child killed by SIGXFSZ",
+        "import subprocess, sys\n"
+        "done = subprocess.run(['sh', '-c', 'head -c 3000000 /dev/zero > /tmp/big'])\n"
+        "sys.exit(done.returncode)",
+        child_sigxfsz,
+        {"file_size_mib": 1},
+    ),
+    Hostile(
+        "exhausting open files",
+        "files = [open(f'f{i}', 'w') for i in range(1000)]",
+        open_files,
+        {"open_files": 64},
+    ),
+    Hostile(
+        "closing its own stdout",
+        "import os, sys\nprint('before')\nos.close(1)\nsys.stdout = open(os.devnull, 'w')\n"
+        "print('stderr still open', file=sys.stderr)\nsys.exit(3)",
+        closed_stdout,
+    ),
+    Hostile(
+        "redirecting its own stdout",
+        "import os, sys\nout = os.open('/work/out.txt', os.O_WRONLY | os.O_CREAT)\nos.dup2(out, 1)\n"
+        "print('to a file')\nsys.stdout.flush()\n"
+        "print('file holds:', open('/work/out.txt').read().strip(), file=sys.stderr)",
+        redirected_stdout,
+    ),
+    Hostile(
+        "ignoring SIGTERM",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ignoring SIGTERM')\n"
+        "time.sleep(600)",
+        ignores_sigterm,
+        timeout_s=1.5,
+    ),
+    Hostile(
+        "leaving a daemonised child behind",
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        while True:\n            time.sleep(1)\n    os._exit(0)\nos.wait()\nprint('parent done')",
+        daemonised_child,
+    ),
+    Hostile(
+        "reading stdin forever",
+        "import sys\nwhile True:\n    sys.stdin.readline()",
+        stdin_forever,
+        timeout_s=1.5,
+        stdin="one line\n",
+    ),
+    Hostile(
+        "killing its own parent",
+        "import os, signal, time\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(600)",
+        killed_parent,
+        timeout_s=20,
+    ),
+]
+
+
+async def assert_next_run_is_normal(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    result = await sandbox.run(snippet("print('still fine')"))
+    elapsed = time.monotonic() - started
+    assert result.stdout == "still fine\n"
+    assert result.violations == []
+    assert elapsed < NORMAL_RUN_S, f"a trivial run took {elapsed:.1f} s right after"
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[case.name for case in HOSTILE])
+async def test_hostile_program(make_sandbox: SandboxFactory, case: Hostile) -> None:
+    sandbox = await make_sandbox(LimitSettings(**case.limits), SMALL_FILES)
+    limits = {"timeout_s": case.timeout_s} if case.timeout_s else {}
+    result = await sandbox.run(snippet(case.code, stdin=case.stdin, limits=limits))
+    assert result.warm_start is (sandbox.pool is not None)
+    case.check(result)
+    await assert_next_run_is_normal(sandbox)
+
+
+async def test_a_traceback_after_a_flood_of_stderr_is_kept_and_read(make_sandbox: SandboxFactory) -> None:
+    sandbox = await make_sandbox(LimitSettings(output_capture_kib=64), SMALL_FILES)
+    code = (
+        "import os, sys\nfor _ in range(5000):\n    sys.stderr.write('log line ' * 10 + '\\n')\nopen('/nope')"
+    )
+    result = await sandbox.run(snippet(code))
+    assert result.stderr_truncated
+    assert "FileNotFoundError" in result.stderr.splitlines()[-1]
