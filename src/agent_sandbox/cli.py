@@ -25,6 +25,7 @@ from agent_sandbox.images.build import ImageBuildError, build_image
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server import build_server
+from agent_sandbox.server.auth import AuthConfigError, require_token_off_loopback
 from agent_sandbox.server.transports import TRANSPORTS, serve
 
 EXIT_REFUSED = 2
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(options.config)
         code: int = options.handler(options, settings)
-    except ConfigError as exc:
+    except (ConfigError, AuthConfigError) as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
     except (RequestError, ValidationError) as exc:
@@ -96,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(options: argparse.Namespace, settings: Settings) -> int:
+    if options.transport != "stdio":
+        require_token_off_loopback(options.host, settings.server.auth_token)
     sandbox = Sandbox(settings)
     version = sandbox.start()
     where = "stdin/stdout" if options.transport == "stdio" else f"http://{options.host}:{options.port}"
@@ -108,11 +111,11 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
         version,
         settings.engine.pool_size,
     )
-    server = build_server(sandbox)
+    server = build_server(sandbox, options.transport)
 
     async def serve_with_pool() -> None:
         async with sandbox:  # the warm pool lives as long as the server
-            await serve(server, options.transport, options.host, options.port)
+            await serve(server, options.transport, options.host, options.port, settings.server)
 
     # SIGTERM ends the server like Ctrl-C, so runs in progress are cancelled and cleaned up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -39,6 +39,10 @@ class EngineSettings(_Section):
         default="", description="Docker engine URL; empty uses DOCKER_HOST or the local socket."
     )
     image: str = Field(default="agent-sandbox:minimal", min_length=1)
+    allowed_images: list[str] = Field(
+        default=["agent-sandbox:minimal"], description="The only images a run may use."
+    )
+    network: str = Field(default="", description="Docker network for sandboxes; empty: no network at all.")
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
     max_queued_runs: int = Field(default=16, ge=0, le=10_000)
     pool_size: int = Field(
@@ -55,7 +59,7 @@ class LimitSettings(_Section):
     The one exception is time: a run gets ``timeout_s`` unless it asks for up to ``max_timeout_s``.
     """
 
-    memory_mib: int = Field(default=1024, ge=16, description="RAM, swap off; tmpfs counts too.")
+    memory_mib: int = Field(default=1024, ge=32, description="RAM, swap off; tmpfs counts too.")
     cpus: float = Field(default=1.0, gt=0, le=64)
     cpu_shares: int = Field(default=1024, ge=2, le=262_144)
     pids: int = Field(default=128, ge=8, le=100_000)
@@ -83,6 +87,18 @@ class LimitSettings(_Section):
         return self
 
 
+class ServerSettings(_Section):
+    """The MCP server's own protection: who may call, how much, and what is recorded."""
+
+    auth_token: str = Field(
+        default="", description="Bearer token for HTTP; required off loopback.", repr=False
+    )
+    max_request_kib: int = Field(default=96 * 1024, ge=64, description="Largest HTTP request body.")
+    max_runs_per_client: int = Field(default=4, ge=1, description="Runs one client may have at once.")
+    runs_per_minute_per_client: int = Field(default=120, ge=0, description="0: no rate limit.")
+    audit_log: str = Field(default="", description="JSON-lines audit log path; empty: off.")
+
+
 class FileSettings(_Section):
     """What a caller may send: counts and sizes of files and stdin."""
 
@@ -105,11 +121,22 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     limits: LimitSettings = LimitSettings()
     files: FileSettings = FileSettings()
+    server: ServerSettings = ServerSettings()
 
     @model_validator(mode="after")
-    def _files_fit_in_work(self) -> Self:
+    def _consistent(self) -> Self:
         if self.files.max_total_kib > self.limits.work_mib * 1024:
             raise ValueError("files.max_total_kib must fit in limits.work_mib")
+        if self.engine.image not in self.engine.allowed_images:
+            raise ValueError(
+                f"engine.image {self.engine.image!r} is not in engine.allowed_images; add it there"
+            )
+        largest_call_kib = self.files.max_total_kib * 4 // 3 + self.files.max_stdin_kib + 64
+        if self.server.max_request_kib < largest_call_kib:
+            raise ValueError(
+                f"server.max_request_kib must be at least {largest_call_kib} to carry the largest "
+                "call the files limits allow (base64 adds a third)"
+            )
         return self
 
     @classmethod
@@ -178,6 +205,7 @@ __all__ = [
     "EngineSettings",
     "FileSettings",
     "LimitSettings",
+    "ServerSettings",
     "Settings",
     "load_settings",
 ]

@@ -31,7 +31,7 @@ class LimitRequest(_Model):
     """Limits a caller may lower (or, for time, raise up to the configured maximum)."""
 
     timeout_s: float | None = Field(default=None, gt=0)
-    memory_mib: int | None = Field(default=None, ge=16)
+    memory_mib: int | None = Field(default=None, ge=32)
     cpus: float | None = Field(default=None, gt=0)
     pids: int | None = Field(default=None, ge=8)
 

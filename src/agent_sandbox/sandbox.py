@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from types import TracebackType
 
 import docker.errors
 
@@ -65,15 +66,20 @@ class Sandbox:
     async def __aenter__(self) -> Sandbox:
         engine_settings = self.settings.engine
         if engine_settings.pool_size > 0:
-            shape = ContainerShape.of(engine_settings.image, self.default_limits())
+            shape = ContainerShape.of(engine_settings.image, self.default_limits(), engine_settings.network)
             pool = WarmPool(self.engine, shape, engine_settings.pool_size, engine_settings.pool_max_idle_s)
             self.pool = await pool.__aenter__()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         pool, self.pool = self.pool, None
         if pool is not None:
-            await pool.__aexit__(None, None, None)
+            await pool.__aexit__(exc_type, exc, traceback)
 
     def start(self) -> str:
         """Check the engine and image, and remove containers a crashed process left behind.
@@ -127,6 +133,7 @@ class Sandbox:
             stdin=stdin,
             env=dict(request.env),
             limits=resolve_limits(request.limits, self.settings.limits),
+            network=self.settings.engine.network,
         )
 
     async def run(self, request: RunRequest, on_progress: ProgressCallback | None = None) -> RunResult:

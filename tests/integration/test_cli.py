@@ -83,7 +83,11 @@ def test_a_missing_image_exits_3_and_says_how_to_build_it() -> None:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "AGENT_SANDBOX_ENGINE__IMAGE": "agent-sandbox:does-not-exist"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "AGENT_SANDBOX_ENGINE__IMAGE": "agent-sandbox:does-not-exist",
+            "AGENT_SANDBOX_ENGINE__ALLOWED_IMAGES": '["agent-sandbox:does-not-exist"]',
+        },
         timeout=60,
     )
     assert done.returncode == 3

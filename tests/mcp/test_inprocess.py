@@ -207,7 +207,12 @@ async def test_cancelling_a_call_removes_its_container_at_once(
 @pytest.mark.parametrize(
     ("engine_settings", "words"),
     [
-        (EngineSettings(image="agent-sandbox:no-such-image"), "agent-sandbox image build"),
+        (
+            EngineSettings(
+                image="agent-sandbox:no-such-image", allowed_images=["agent-sandbox:no-such-image"]
+            ),
+            "agent-sandbox image build",
+        ),
         (EngineSettings(docker_host="unix:///nonexistent/docker.sock"), "no Docker engine answers"),
     ],
 )

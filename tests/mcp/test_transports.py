@@ -117,7 +117,13 @@ def test_stdio_keeps_stdout_for_protocol_messages_only() -> None:
 @pytest.mark.parametrize(
     ("env", "words"),
     [
-        ({"AGENT_SANDBOX_ENGINE__IMAGE": "agent-sandbox:missing"}, "agent-sandbox image build"),
+        (
+            {
+                "AGENT_SANDBOX_ENGINE__IMAGE": "agent-sandbox:missing",
+                "AGENT_SANDBOX_ENGINE__ALLOWED_IMAGES": '["agent-sandbox:missing"]',
+            },
+            "agent-sandbox image build",
+        ),
         ({"AGENT_SANDBOX_ENGINE__DOCKER_HOST": "unix:///nonexistent.sock"}, "scripts/ensure-engine.sh"),
         ({"AGENT_SANDBOX_LIMITS__MEMORY": "1"}, "unknown environment override"),
     ],

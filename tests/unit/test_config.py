@@ -51,7 +51,7 @@ def test_the_config_path_can_come_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[engine]\nimage = "mine:1"\n')
+    path.write_text('[engine]\nimage = "mine:1"\nallowed_images = ["mine:1"]\n')
     monkeypatch.setenv("AGENT_SANDBOX_CONFIG", str(path))
     assert load_settings().engine.image == "mine:1"
 
@@ -87,6 +87,27 @@ def test_a_misspelt_environment_override_is_an_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AGENT_SANDBOX_LIMITS__MEMORY", "512")
     with pytest.raises(ConfigError, match="AGENT_SANDBOX_LIMITS__MEMORY"):
         load_settings()
+
+
+def test_an_image_outside_the_allowlist_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[engine]\nimage = "python:3.12"\n')
+    with pytest.raises(ConfigError, match=r"'python:3\.12' is not in engine\.allowed_images"):
+        load_settings(path)
+
+
+def test_a_request_cap_too_small_for_the_files_limits_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nmax_request_kib = 1024\n")
+    with pytest.raises(ConfigError, match=r"server\.max_request_kib must be at least"):
+        load_settings(path)
+
+
+def test_the_auth_token_never_shows_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_SANDBOX_SERVER__AUTH_TOKEN", "s3cret-token")
+    settings = load_settings()
+    assert settings.server.auth_token == "s3cret-token"
+    assert "s3cret-token" not in repr(settings)
 
 
 def test_inconsistent_limits_are_refused(tmp_path: Path) -> None:

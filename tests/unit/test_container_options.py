@@ -75,11 +75,12 @@ def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
     assert set(env) == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 
 
-def test_the_job_travels_in_a_header_line_before_the_tar() -> None:
+def test_the_job_travels_length_prefixed_before_the_tar() -> None:
     spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536})
     header = spec.header(nonce="n0nce")
-    assert header.endswith(b"\n")
-    assert json.loads(header) == {
+    size, _, job = header.partition(b"\n")
+    assert int(size) == len(job)
+    assert json.loads(job) == {
         "archive_bytes": 1536,
         "entrypoint": "main.py",
         "args": ["--flag", "value"],

@@ -95,7 +95,7 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
         "labels": {LABEL: "1", OWNER_LABEL: owner},
         "stdin_open": True,  # docker-py then sets StdinOnce: stdin closes when we half-close
         "tty": False,
-        "network_disabled": True,
+        **({"network_mode": shape.network} if shape.network else {"network_disabled": True}),
         "read_only": True,
         "tmpfs": {
             WORKDIR: f"size={shape.work_mib}m,{tmpfs_flags}",
@@ -131,8 +131,9 @@ class StartedContainer:
 
     def looks_alive(self) -> bool:
         """An idle launcher writes nothing, so a readable attach stream means it has ended."""
-        readable, _, _ = select.select([self.attachment.sock], [], [], 0)
-        return not readable
+        poller = select.poll()
+        poller.register(self.attachment.sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+        return not poller.poll(0)
 
 
 class ContainerSource(Protocol):
@@ -176,6 +177,11 @@ class DockerEngine:
     def check(self, image: str | None = None) -> str:
         """Fail with a fix unless the engine answers and ``image`` is present; returns its version."""
         image = image or self.settings.image
+        if self.client.api.base_url.startswith(("https://", "http+docker://ssh")):
+            raise EngineUnavailable(
+                f"the Docker engine at {self.client.api.base_url} is reached over TLS or SSH, which "
+                "agent-sandbox does not support yet; use the local socket or a plain tcp:// address"
+            )
         try:
             version = str(self.client.version().get("Version", "?"))
             self.client.images.get(image)
@@ -374,11 +380,13 @@ class DockerEngine:
         )
 
     def _remove(self, container: Container) -> None:
+        """Force-remove; never raises (an engine that is gone cannot keep it anyway, and the
+        next start-up reaps what is left)."""
         try:
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        except docker.errors.APIError as exc:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             if "already in progress" not in str(exc):
                 logging.getLogger(__name__).warning("could not remove %s: %s", container.name, exc)
 

@@ -1,25 +1,29 @@
 """The first step inside every sandbox container; its source is passed to ``python3 -c``.
 
-The container starts with no job. Standard input then carries one JSON line (the job:
-``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``nonce``), a tar of exactly
+The container starts with no job. Standard input then carries the job (its size in decimal and a
+newline, then that much JSON: ``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``nonce``), a
+tar of exactly
 ``archive_bytes`` bytes, and the caller's stdin. The launcher reads the line and the tar with
 unbuffered reads, unpacks regular files and folders under /work (re-checking every name: defence
 in depth), and runs ``python3 ENTRYPOINT ARGS...`` as its child, which inherits the rest of stdin.
 Because the job arrives over stdin, a container can be started ahead of time and handed exactly
 one job.
 
-When the child exits, the launcher writes an end-of-job line (the host's nonce, the exit code and
-the container's OOM-kill count) to stdout and to stderr, so the host has the whole result without
-waiting for the engine to tear the container down. The launcher makes itself non-dumpable first,
-so the program (same uid) cannot read the nonce out of its memory.
+When the child exits, the launcher kills whatever the program left running and writes an
+end-of-job line (the host's nonce, the exit code and the container's OOM-kill count) to stdout and
+to stderr, so the host has the whole result without waiting for the engine to tear the container
+down. The launcher makes itself non-dumpable first, so the program (same uid) cannot read the
+nonce out of its memory.
 
 Self-contained and standard-library only: it runs on the sandbox image's Python.
 """
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
+import signal
 import sys
 import tarfile
 
@@ -44,7 +48,12 @@ class _ArchiveInput:
         self.remaining = size
 
     def read(self, size: int = -1) -> bytes:
-        size = self.remaining if size < 0 else min(size, self.remaining)
+        if size < 0:
+            chunks = []
+            while self.remaining:
+                chunks.append(self.read(self.remaining))
+            return b"".join(chunks)
+        size = min(size, self.remaining)
         if size == 0:
             return b""
         data = os.read(0, size)
@@ -58,14 +67,19 @@ class _ArchiveInput:
             self.read(1 << 16)
 
 
-def _read_line() -> bytes:
-    line = bytearray()
-    while not line.endswith(b"\n"):
+def _read_job() -> "dict[str, object]":
+    """The job: its size in decimal and a newline (read a byte at a time, so never past it),
+    then exactly that many bytes of JSON."""
+    size = bytearray()
+    while not size.endswith(b"\n"):
         byte = os.read(0, 1)
-        if not byte or len(line) > MAX_HEADER_BYTES:
+        if not byte or len(size) > 20:
             _fail("no job arrived")
-        line += byte
-    return bytes(line)
+        size += byte
+    if int(size) > MAX_HEADER_BYTES:
+        _fail("the job description is too large")
+    job: dict[str, object] = json.loads(_ArchiveInput(int(size)).read())
+    return job
 
 
 def _target(name: str) -> str:
@@ -107,26 +121,41 @@ def _oom_kills() -> "int | None":
 
 
 def _run(entrypoint: str, args: "list[str]", env: "dict[str, str]") -> int:
+    """Run the program as our child in a process group of its own; its exit code, as a shell
+    gives it (128+N when killed by signal N)."""
     pid = os.fork()
     if pid == 0:
         try:
+            os.setpgid(0, 0)  # its killpg(0, ...) must not reach us
             script = "./" + entrypoint if entrypoint.startswith("-") else entrypoint  # not an option
             os.execvpe("python3", ["python3", script, *args], env)
+        except BaseException as exc:
+            os.write(2, f"agent-sandbox launcher: cannot start python3: {exc}\n".encode())
         finally:
             os._exit(127)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code  # killed by signal N: 128+N, as a shell says
+    return 128 - code if code < 0 else code
+
+
+def _end_everything_else() -> None:
+    """Kill every other process of ours (daemons the program left behind) before the end line:
+    none may read it off the output pipes, learn the nonce, and forge a second one."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)  # all we may signal but PID 1 and ourselves
 
 
 def main() -> None:
-    job = json.loads(_read_line())
-    _unpack(_ArchiveInput(int(job["archive_bytes"])))
+    job = _read_job()
+    _unpack(_ArchiveInput(int(job["archive_bytes"])))  # type: ignore[call-overload]
     os.chdir(WORK)
-    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    exit_code = _run(job["entrypoint"], job["args"], {**os.environ, **job["env"]})
+    if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        _fail("cannot protect the launcher's memory (prctl PR_SET_DUMPABLE)")
+    env = {**os.environ, **job["env"]}  # type: ignore[dict-item]
+    exit_code = _run(str(job["entrypoint"]), list(job["args"]), env)  # type: ignore[call-overload]
+    _end_everything_else()
     report = json.dumps({"exit_code": exit_code, "oom_kills": _oom_kills()})
-    line = END_PREFIX + job["nonce"].encode() + b" " + report.encode() + b"\n"
+    line = END_PREFIX + str(job["nonce"]).encode() + b" " + report.encode() + b"\n"
     os.write(1, line)
     os.write(2, line)
     sys.exit(exit_code)

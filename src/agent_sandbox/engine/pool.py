@@ -18,7 +18,7 @@ from types import TracebackType
 import anyio
 from anyio.abc import TaskGroup
 
-from agent_sandbox.engine.docker import DockerEngine, EngineError, StartedContainer
+from agent_sandbox.engine.docker import DockerEngine, StartedContainer
 from agent_sandbox.engine.spec import ContainerShape
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ class WarmPool:
         self.size = size
         self.max_idle_s = max_idle_s
         self._idle: deque[StartedContainer] = deque()
-        self._wanted = anyio.Event()
-        self._full = anyio.Event()
+        self._wanted = anyio.Event()  # set when a container left the pool: refill
+        self._changed = anyio.Event()  # set (then replaced) whenever a container joined it
         self._group: TaskGroup | None = None
 
     @property
@@ -50,7 +50,6 @@ class WarmPool:
         if shape != self.shape or self._group is None:
             return None
         self._wanted.set()
-        self._full = anyio.Event()
         while self._idle:
             started = self._idle.popleft()
             if self._usable(started):
@@ -64,9 +63,12 @@ class WarmPool:
 
     async def filled(self) -> None:
         """Wait until every place in the pool holds a ready container."""
-        await self._full.wait()
+        while len(self._idle) < self.size:
+            await self._changed.wait()
 
     async def __aenter__(self) -> WarmPool:
+        if self.engine.warm is not None:
+            raise RuntimeError("this engine already has a warm pool; give each pool its own engine")
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         self._group.start_soon(self._keep_filled)
@@ -79,11 +81,14 @@ class WarmPool:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.engine.warm = None
+        if self.engine.warm is self:
+            self.engine.warm = None
         group, self._group = self._group, None
         assert group is not None
         group.cancel_scope.cancel()
-        await group.__aexit__(exc_type, exc, traceback)
+        # The exception in flight (if any) came from the code that used the pool, not from the
+        # pool's own tasks: it propagates by itself, unwrapped, once we return.
+        await group.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):
             while self._idle:
                 await self.engine.remove(self._idle.popleft())
@@ -98,9 +103,10 @@ class WarmPool:
             try:
                 while len(self._idle) < self.size:
                     self._idle.append(await self.engine.start_container(self.shape))
-                self._full.set()
+                    self._changed.set()
+                    self._changed = anyio.Event()
                 retry_s = _RETRY_FIRST_S
-            except EngineError as exc:
+            except Exception as exc:  # never take the server down: runs fall back to cold starts
                 log.warning("warm pool cannot start a container (retrying in %.0f s): %s", retry_s, exc)
                 await anyio.sleep(retry_s)
                 retry_s = min(retry_s * 2, _RETRY_MAX_S)

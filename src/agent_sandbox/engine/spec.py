@@ -23,11 +23,13 @@ class ContainerShape:
     file_size_mib: int
     work_mib: int
     tmp_mib: int
+    network: str = ""  # empty: no network at all
 
     @classmethod
-    def of(cls, image: str, limits: Limits) -> ContainerShape:
+    def of(cls, image: str, limits: Limits, network: str = "") -> ContainerShape:
         return cls(
             image=image,
+            network=network,
             memory_mib=limits.memory_mib,
             cpus=limits.cpus,
             cpu_shares=limits.cpu_shares,
@@ -50,14 +52,15 @@ class RunSpec:
     stdin: bytes | None
     env: dict[str, str]
     limits: Limits
+    network: str = ""
 
     @property
     def shape(self) -> ContainerShape:
-        return ContainerShape.of(self.image, self.limits)
+        return ContainerShape.of(self.image, self.limits, self.network)
 
     def header(self, nonce: str) -> bytes:
-        """The first line the launcher reads: the job, how many tar bytes follow, and the secret
-        that marks the launcher's end-of-job line."""
+        """What the launcher reads first: the job's size and the job (how many tar bytes follow,
+        what to run, and the secret that marks the launcher's end-of-job line)."""
         job = {
             "archive_bytes": len(self.archive),
             "entrypoint": self.entrypoint,
@@ -65,7 +68,8 @@ class RunSpec:
             "env": self.env,
             "nonce": nonce,
         }
-        return json.dumps(job).encode() + b"\n"
+        encoded = json.dumps(job).encode()
+        return b"%d\n" % len(encoded) + encoded
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ errors whose message tells the model what to change; a program that fails is a s
 import json
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -16,9 +17,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
-from agent_sandbox.engine.docker import EngineError
+from agent_sandbox.engine.docker import EngineError, ProgressCallback
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
+from agent_sandbox.server.audit import AuditLog
+from agent_sandbox.server.client_limits import ClientLimitError, ClientLimits
 from agent_sandbox.server.summary import summarise
 
 SERVER_NAME = "agent-sandbox"
@@ -35,10 +38,16 @@ ANNOTATIONS = ToolAnnotations(
 )
 
 
-def build_server(sandbox: Sandbox) -> MCPServer:
+def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
     """An ``MCPServer`` whose tools run code through ``sandbox``."""
     settings = sandbox.settings
     limits = settings.limits
+    calls = _Calls(
+        sandbox,
+        transport,
+        ClientLimits(settings.server.max_runs_per_client, settings.server.runs_per_minute_per_client),
+        AuditLog(Path(settings.server.audit_log)) if settings.server.audit_log else None,
+    )
     environment = (
         f"Runs in a fresh, single-use Linux container with CPython 3.11 and its standard library "
         f"only (no third-party packages), NO network access, as an unprivileged user. The working "
@@ -75,8 +84,8 @@ def build_server(sandbox: Sandbox) -> MCPServer:
         stdin: Annotated[str | None, stdin_field] = None,
         timeout_s: Annotated[float | None, timeout_field] = None,
     ) -> Annotated[CallToolResult, RunResult]:
-        return await _run(
-            sandbox,
+        return await calls.run(
+            "run_python",
             ctx,
             lambda: RunRequest(
                 files=[ProjectFile(path="main.py", content=code)],
@@ -106,8 +115,8 @@ def build_server(sandbox: Sandbox) -> MCPServer:
         ] = None,
         timeout_s: Annotated[float | None, timeout_field] = None,
     ) -> Annotated[CallToolResult, RunResult]:
-        return await _run(
-            sandbox,
+        return await calls.run(
+            "run_project",
             ctx,
             lambda: RunRequest(
                 files=files,
@@ -155,29 +164,89 @@ def build_server(sandbox: Sandbox) -> MCPServer:
     return server
 
 
-async def _run(sandbox: Sandbox, ctx: Context, make_request: _RequestFactory) -> CallToolResult:
-    try:
-        request = make_request()
-    except ValidationError as exc:
-        raise ToolError(_describe(exc)) from None
+class _Calls:
+    """Runs one tool call: validation, the client's fair share, the run, and the audit record."""
 
-    async def on_progress(stage: str) -> None:
+    def __init__(self, sandbox: Sandbox, transport: str, limits: ClientLimits, audit: AuditLog | None):
+        self.sandbox = sandbox
+        self.transport = transport
+        self.limits = limits
+        self.audit = audit
+
+    async def run(self, tool: str, ctx: Context, make_request: _RequestFactory) -> CallToolResult:
+        client = _client_of(ctx)
+        request: RunRequest | None = None
+        try:
+            request = self._validated(make_request)
+            with self.limits.admit(client):
+                result = await self.sandbox.run(request, _progress_reporter(ctx))
+        except (RequestError, ClientLimitError, EngineError) as exc:
+            message = _tool_error_message(exc)
+            self._record(tool, client, request, None, message)
+            raise ToolError(message) from None
+        self._record(tool, client, request, result, None)
+        await ctx.report_progress(len(_STAGES), len(_STAGES), "finished")
+        return CallToolResult(
+            content=[TextContent(type="text", text=summarise(result))],
+            structured_content=result.model_dump(mode="json"),
+        )
+
+    @staticmethod
+    def _validated(make_request: _RequestFactory) -> RunRequest:
+        try:
+            return make_request()
+        except ValidationError as exc:
+            raise RequestError(_describe(exc)) from None
+
+    def _record(
+        self,
+        tool: str,
+        client: str,
+        request: RunRequest | None,
+        result: RunResult | None,
+        refusal: str | None,
+    ) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                transport=self.transport,
+                client=client,
+                tool=tool,
+                request=request,
+                result=result,
+                refusal=refusal,
+            )
+
+
+def _tool_error_message(exc: Exception) -> str:
+    if isinstance(exc, EngineError):
+        return f"the sandbox is unavailable: {exc}"
+    if isinstance(exc, ClientLimitError):
+        return f"too many runs: {exc}"
+    return f"refused: {exc}"
+
+
+def _progress_reporter(ctx: Context) -> ProgressCallback:
+    async def report(stage: str) -> None:
         await ctx.report_progress(_STAGES[stage], len(_STAGES), _STAGE_MESSAGES[stage])
 
-    try:
-        result = await sandbox.run(request, on_progress)
-    except RequestError as exc:
-        raise ToolError(f"refused: {exc}") from None
-    except EngineError as exc:
-        raise ToolError(f"the sandbox is unavailable: {exc}") from None
-    await ctx.report_progress(len(_STAGES), len(_STAGES), "finished")
-    return CallToolResult(
-        content=[TextContent(type="text", text=summarise(result))],
-        structured_content=result.model_dump(mode="json"),
-    )
+    return report
+
+
+def _client_of(ctx: Context) -> str:
+    """Who is calling, for fair shares and the audit log: the MCP session over HTTP (or the
+    remote address where the protocol has no session), else the one stdio client."""
+    headers = ctx.headers
+    if headers is None:
+        return "stdio"
+    session = headers.get("mcp-session-id")
+    if session:
+        return f"session:{session}"
+    peer = getattr(ctx.request_context.request, "client", None)
+    return f"address:{peer.host}" if peer is not None else "http"
 
 
 def _describe(exc: ValidationError) -> str:
+    """Pydantic's errors as one line naming each field."""
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])

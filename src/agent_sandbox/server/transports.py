@@ -7,7 +7,11 @@ from typing import Any, Literal
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from starlette.types import ASGIApp
 from uvicorn.config import LOGGING_CONFIG
+
+from agent_sandbox.config import ServerSettings
+from agent_sandbox.server.auth import BearerTokenMiddleware, require_token_off_loopback
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 TRANSPORTS: tuple[Transport, ...] = ("stdio", "sse", "streamable-http")
@@ -20,12 +24,27 @@ def _logging_to_stderr() -> dict[str, Any]:
     return config
 
 
-async def serve(server: MCPServer, transport: Transport, host: str, port: int) -> None:
+async def serve(
+    server: MCPServer, transport: Transport, host: str, port: int, settings: ServerSettings
+) -> None:
     """Serve until the client goes away (stdio) or the process is told to stop (HTTP)."""
     if transport == "stdio":
         await server.run_stdio_async()
         return
-    # The apps bind DNS-rebinding protection to ``host``; loopback by default.
-    app = server.sse_app(host=host) if transport == "sse" else server.streamable_http_app(host=host)
-    config = uvicorn.Config(app, host=host, port=port, log_config=_logging_to_stderr())
+    config = uvicorn.Config(
+        http_app(server, transport, host, settings), host=host, port=port, log_config=_logging_to_stderr()
+    )
     await uvicorn.Server(config).serve()
+
+
+def http_app(server: MCPServer, transport: Transport, host: str, settings: ServerSettings) -> ASGIApp:
+    """The ASGI app of an HTTP transport: body size capped, behind the token when there is one.
+
+    The SDK binds its DNS-rebinding protection to ``host`` (loopback by default)."""
+    require_token_off_loopback(host, settings.auth_token)
+    body_cap = settings.max_request_kib * 1024
+    if transport == "sse":
+        app: ASGIApp = server.sse_app(host=host, max_request_body_size=body_cap)
+    else:
+        app = server.streamable_http_app(host=host, max_request_body_size=body_cap)
+    return BearerTokenMiddleware(app, settings.auth_token) if settings.auth_token else app

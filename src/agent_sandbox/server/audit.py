@@ -1,0 +1,74 @@
+"""The audit log: one JSON line per tool call. Who ran what, with which limits, and how it
+ended; a hash of the files, never their contents, and never the program's output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent_sandbox.models import RunRequest, RunResult
+
+
+class AuditLog:
+    """Appends records to a JSON-lines file (created with owner-only permissions)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+
+    def record(
+        self,
+        *,
+        transport: str,
+        client: str,
+        tool: str,
+        request: RunRequest | None,
+        result: RunResult | None,
+        refusal: str | None = None,
+    ) -> None:
+        entry: dict[str, Any] = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "transport": transport,
+            "client": client,
+            "tool": tool,
+        }
+        if request is not None:
+            entry |= {
+                "files_sha256": files_fingerprint(request),
+                "file_count": len(request.files),
+                "entrypoint": request.entrypoint,
+                "arg_count": len(request.args),
+                "env_names": sorted(request.env),
+                "stdin_bytes": len(request.stdin.encode()) if request.stdin is not None else None,
+            }
+        if result is not None:
+            entry |= {
+                "limits": result.limits.model_dump(),
+                "exit_code": result.exit_code,
+                "timed_out": result.timed_out,
+                "oom_killed": result.oom_killed,
+                "warm_start": result.warm_start,
+                "violations": [violation.kind.value for violation in result.violations],
+                "duration_s": result.duration_s,
+            }
+        if refusal is not None:
+            entry["refused"] = refusal
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as log:
+            log.write(line)
+
+
+def files_fingerprint(request: RunRequest) -> str:
+    """One SHA-256 over every (path, encoding, content) sent, in path order."""
+    digest = hashlib.sha256()
+    for file in sorted(request.files, key=lambda f: f.path):
+        content = hashlib.sha256(file.content.encode(errors="surrogatepass")).hexdigest()
+        for part in (file.path, file.encoding, content):
+            digest.update(part.encode(errors="surrogatepass") + b"\0")
+    return digest.hexdigest()
