@@ -30,14 +30,23 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# A killed daemon leaves its pid file behind and the next dockerd refuses to start.
-pidfile=/var/run/docker.pid
-if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-  log "removing stale $pidfile"
-  rm -f "$pidfile"
-fi
+# A process that exists and is not a zombie (a killed daemon nobody reaped still shows in pgrep).
+alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
+# A killed daemon leaves pid files behind (its own and its containerd's); the next dockerd
+# refuses to start, or waits for a containerd that is gone, until they are removed.
+for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+  if [ -f "$pidfile" ] && ! alive "$(cat "$pidfile")"; then
+    log "removing stale $pidfile"
+    rm -f "$pidfile"
+  fi
+done
+
+running=""
+for pid in $(pgrep -x dockerd || true); do
+  if alive "$pid"; then running="$pid"; fi
+done
+if [ -z "$running" ]; then
   log "starting dockerd in the background (log: /var/log/dockerd.log)"
   nohup dockerd >/var/log/dockerd.log 2>&1 &
 fi

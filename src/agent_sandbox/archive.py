@@ -22,6 +22,8 @@ from agent_sandbox.models import ProjectFile
 SANDBOX_UID = 1000
 MAX_PATH_BYTES = 1024
 MAX_NAME_BYTES = 255
+# Marks that reorder how text is shown ("evil\u202efdp.py" displays as "evilyp.pdf").
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class ArchiveError(ValueError):
@@ -81,6 +83,11 @@ def check_path(path: str, where: str) -> None:
         if char == "\0" or unicodedata.category(char) == "Cc":
             raise ArchiveError(
                 f"{where}: the path contains the control character {char!r}; use printable characters only"
+            )
+        if char in BIDI_CONTROLS:
+            raise ArchiveError(
+                f"{where}: the path contains the text-direction control {char!r}, which can make a "
+                "name look like another; remove it"
             )
     if "\\" in path:
         raise ArchiveError(f"{where}: the path contains a backslash; separate folders with '/'")

@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
@@ -22,23 +24,43 @@ def free_port() -> int:
         return port
 
 
+@dataclass
+class Logs:
+    """Where a served process's stdout and stderr went: files, never pipes nobody reads (a busy
+    server would block on a full pipe)."""
+
+    folder: Path
+
+    @property
+    def stdout(self) -> str:
+        return (self.folder / "stdout").read_text()
+
+    @property
+    def stderr(self) -> str:
+        return (self.folder / "stderr").read_text()
+
+
 @contextmanager
-def serving(transport: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """Start `agent-sandbox serve` on a loopback port; yield its base URL; stop it with SIGTERM."""
+def serving(
+    transport: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Logs]]:
+    """Start `agent-sandbox serve` on a loopback port; yield its base URL, the process and its
+    logs; stop it with SIGTERM."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent_sandbox", "serve", "--transport", transport, "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    logs = Logs(Path(tempfile.mkdtemp(prefix="agent-sandbox-serve-")))
+    with (logs.folder / "stdout").open("wb") as stdout, (logs.folder / "stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent_sandbox", "serve", "--transport", transport, "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=stdout,
+            stderr=stderr,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"the server exited early:\n{process.stderr.read()}")  # type: ignore[union-attr]
+                raise AssertionError(f"the server exited early:\n{logs.stderr}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
@@ -46,7 +68,7 @@ def serving(transport: str, env: dict[str, str] | None = None) -> Iterator[tuple
                 if time.monotonic() > deadline:
                     raise AssertionError("the server did not listen within 30 s") from None
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", process
+        yield f"http://127.0.0.1:{port}", process, logs
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -24,7 +24,7 @@ GENERIC = [
 def test_every_generic_scenario_passes_and_only_fixture_scenarios_fail() -> None:
     conformance = TOOLS / "conformance"
     assert conformance.exists(), "the conformance suite is missing: `make conformance-tools` installs it"
-    with serving("streamable-http") as (url, _):
+    with serving("streamable-http") as (url, _, _):
         done = subprocess.run(
             [conformance, "server", "--url", f"{url}/mcp", "--suite", "active",
              "--expected-failures", EXPECTED_FAILURES],

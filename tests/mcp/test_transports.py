@@ -60,13 +60,13 @@ async def test_stdio(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_streamable_http(mode: str) -> None:
-    with serving("streamable-http") as (url, _):
+    with serving("streamable-http") as (url, _, _):
         async with Client(f"{url}/mcp", mode=mode) as client:  # type: ignore[arg-type]
             await exercise(client)
 
 
 async def test_sse() -> None:
-    with serving("sse") as (url, _):
+    with serving("sse") as (url, _, _):
         transport: AbstractAsyncContextManager[Any] = sse_client(f"{url}/sse")
         async with Client(transport, mode="legacy") as client:
             await exercise(client)
@@ -86,12 +86,12 @@ def listening_addresses(port: int) -> set[str]:
 
 
 async def test_http_binds_to_loopback_only_and_logs_to_stderr_only() -> None:
-    with serving("streamable-http") as (url, process):
+    with serving("streamable-http") as (url, process, logs):
         port = int(url.rsplit(":", 1)[1])
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
         async with Client(f"{url}/mcp") as client:
             await client.list_tools()
-    stdout, stderr = process.communicate(timeout=10)
+    stdout, stderr = logs.stdout, logs.stderr
     assert stdout == ""
     assert '"POST /mcp HTTP/1.1" 200' in stderr  # uvicorn's access log too
     assert "serving MCP over streamable-http" in stderr

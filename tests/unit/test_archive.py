@@ -68,6 +68,8 @@ def test_valid_files_become_regular_files_and_parent_folders() -> None:
         ("new\nline.py", "control character"),
         ("tab\t.py", "control character"),
         ("del\x7f.py", "control character"),
+        ("invoice\u202efdp.py", "text-direction control"),
+        ("\u2066hidden\u2069.py", "text-direction control"),
         ("x" * 256 + ".py", "longer than 255 bytes"),
         ("a/" * 600 + "b.py", "longer than 1024 bytes"),
     ],

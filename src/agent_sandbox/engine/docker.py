@@ -445,10 +445,16 @@ def _end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> tuple[i
 
 
 def _final_state(container: Container) -> tuple[int | None, bool]:
-    """Exit code and Docker's OOMKilled flag (read even on exit 0: a child may have been killed)."""
+    """Exit code and Docker's OOMKilled flag (read even on exit 0: a child may have been killed).
+
+    An engine that went away mid-run is an infrastructure failure, not a result."""
     try:
         status = container.wait(timeout=30)
         container.reload()
+    except docker.errors.NotFound:
+        return None, False
+    except requests.exceptions.ConnectionError as exc:
+        raise EngineUnavailable(f"the Docker engine went away during the run; {_unreachable(exc)}") from None
     except (docker.errors.DockerException, requests.exceptions.RequestException):
         return None, False
     state = container.attrs.get("State", {})

@@ -233,8 +233,8 @@ def _progress_reporter(ctx: Context) -> ProgressCallback:
 
 
 def _client_of(ctx: Context) -> str:
-    """Who is calling, for fair shares and the audit log: the MCP session over HTTP (or the
-    remote address where the protocol has no session), else the one stdio client."""
+    """Who is calling, for fair shares and the audit log: the MCP session over HTTP (or, where
+    the protocol has no sessions, the TCP connection), else the one stdio client."""
     headers = ctx.headers
     if headers is None:
         return "stdio"
@@ -242,7 +242,7 @@ def _client_of(ctx: Context) -> str:
     if session:
         return f"session:{session}"
     peer = getattr(ctx.request_context.request, "client", None)
-    return f"address:{peer.host}" if peer is not None else "http"
+    return f"connection:{peer.host}:{peer.port}" if peer is not None else "http"
 
 
 def _describe(exc: ValidationError) -> str:
