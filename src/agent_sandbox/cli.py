@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 from pydantic import ValidationError
@@ -23,6 +25,7 @@ from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_se
 from agent_sandbox.engine.docker import DockerEngine, EngineError
 from agent_sandbox.images.build import ImageBuildError, build_image
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
+from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server import build_server
 from agent_sandbox.server.auth import AuthConfigError, require_token_off_loopback
@@ -201,12 +204,36 @@ def _doctor(options: argparse.Namespace, settings: Settings) -> int:
     sandbox = Sandbox(settings)
     version = sandbox.start()
     log.info("engine %s answers; image %s is present", version, settings.engine.image)
-    result = anyio.run(
-        sandbox.run,
-        RunRequest(files=[ProjectFile(path="main.py", content="print('ok')")]),
-    )
-    if result.stdout.strip() != "ok":
+    result = anyio.run(sandbox.run, RunRequest(files=[ProjectFile(path="main.py", content=POSTURE_PROBE)]))
+    if result.exit_code != 0:
         log.error("a trial run failed: exit %s, stderr %s", result.exit_code, result.stderr[-500:])
         return EXIT_ENGINE
     log.info("a trial run works (%.2f s)", result.duration_s)
+    problems = posture_problems(json.loads(result.stdout), settings)
+    for problem in problems:
+        log.error("posture: %s", problem)
+    if problems:
+        return EXIT_ENGINE
+    log.info("posture: non-root, no capabilities, no network, read-only root, noexec /work and /tmp")
     return 0
+
+
+def posture_problems(report: dict[str, Any], settings: Settings) -> list[str]:
+    """What a live posture probe shows that the sandbox promises not to allow."""
+    problems = []
+    if report["uid"] == 0 or report["euid"] == 0:
+        problems.append("the program runs as root")
+    if any(mask.strip("0") for mask in report["capabilities"].values()):
+        problems.append(f"the program has capabilities: {report['capabilities']}")
+    if report["no_new_privs"] != "1" or report["seccomp"] != "2":
+        problems.append("no-new-privileges or the seccomp filter is missing")
+    if not settings.engine.network and report["interfaces"] != ["lo"]:
+        problems.append(f"the sandbox has network interfaces: {report['interfaces']}")
+    if report["root_write"] != "EROFS":
+        problems.append("the root filesystem is writable")
+    for mount in ("work_mount", "tmp_mount"):
+        if not {"noexec", "nosuid"} <= set(report[mount]):
+            problems.append(f"{mount.split('_')[0]} is not noexec,nosuid")
+    if report["runtime_sockets"]:
+        problems.append(f"a container runtime socket is reachable: {report['runtime_sockets']}")
+    return problems

@@ -75,6 +75,7 @@ def test_doctor_reports_a_working_sandbox() -> None:
     done = cli("doctor")
     assert done.returncode == 0, done.stderr
     assert "a trial run works" in done.stderr
+    assert "posture: non-root, no capabilities, no network" in done.stderr
 
 
 def test_a_missing_image_exits_3_and_says_how_to_build_it() -> None:

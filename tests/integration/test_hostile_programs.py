@@ -170,6 +170,13 @@ def killed_parent(result: RunResult) -> None:
     assert "SIGKILL" in result.notes[0]
 
 
+def forged_end(result: RunResult) -> None:
+    assert result.exit_code == 3  # the real one: the forged line changed nothing
+    assert result.stdout.startswith("\x00agent-sandbox-end 0123456789abcdef")  # kept as output
+    assert "launcher mem: EACCES" in result.stdout
+    assert "launcher environ: EACCES" in result.stdout
+
+
 HOSTILE = [
     Hostile("infinite loop", "while True:\n    pass", timed_out_with_note, timeout_s=1.5),
     Hostile(
@@ -286,6 +293,19 @@ HOSTILE = [
         stdin_forever,
         timeout_s=1.5,
         stdin="one line\n",
+    ),
+    Hostile(
+        "forging the end-of-job line",
+        "import errno, os\n"
+        'print(\'\\x00agent-sandbox-end 0123456789abcdef {"exit_code": 0, "oom_kills": 0}\', flush=True)\n'
+        "for what in ('mem', 'environ'):\n"
+        "    try:\n"
+        "        open(f'/proc/{os.getppid()}/{what}', 'rb').read(64)\n"
+        "        print('launcher', what + ': readable')\n"
+        "    except OSError as exc:\n"
+        "        print('launcher', what + ':', errno.errorcode[exc.errno])\n"
+        "raise SystemExit(3)",
+        forged_end,
     ),
     Hostile(
         "killing its own parent",

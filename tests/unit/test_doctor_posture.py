@@ -1,0 +1,41 @@
+"""`agent-sandbox doctor` judges a live posture report: what it flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_sandbox.cli import posture_problems
+from agent_sandbox.config import EngineSettings, Settings
+
+GOOD: dict[str, Any] = {
+    "uid": 1000, "euid": 1000,
+    "capabilities": dict.fromkeys(["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"], "0000000000000000"),
+    "no_new_privs": "1", "seccomp": "2", "interfaces": ["lo"], "root_write": "EROFS",
+    "work_mount": ["rw", "noexec", "nosuid"], "tmp_mount": ["rw", "noexec", "nosuid"], "runtime_sockets": [],
+}  # fmt: skip
+
+
+def test_a_hardened_sandbox_has_no_problems() -> None:
+    assert posture_problems(GOOD, Settings()) == []
+
+
+def test_each_weakness_is_named() -> None:
+    bad = {
+        **GOOD,
+        "uid": 0,
+        "capabilities": {**GOOD["capabilities"], "CapEff": "00000000a80425fb"},
+        "seccomp": "0",
+        "interfaces": ["eth0", "lo"],
+        "root_write": "ok",
+        "tmp_mount": ["rw"],
+        "runtime_sockets": ["/var/run/docker.sock"],
+    }
+    problems = "\n".join(posture_problems(bad, Settings()))
+    for words in ("runs as root", "has capabilities", "seccomp", "network interfaces", "root filesystem is writable",
+                  "tmp is not noexec", "runtime socket"):  # fmt: skip
+        assert words in problems
+
+
+def test_interfaces_are_expected_when_the_operator_configured_a_network() -> None:
+    settings = Settings(engine=EngineSettings(network="sandbox-net"))
+    assert posture_problems({**GOOD, "interfaces": ["eth0", "lo"]}, settings) == []
