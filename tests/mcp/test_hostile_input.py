@@ -102,6 +102,14 @@ async def test_a_50_mib_file_is_refused_by_name(client: Client) -> None:
     assert "files[0] ('data/big.bin'): 52428800 bytes is over the 10240 KiB per-file limit" in text(result)
 
 
+async def test_files_over_the_total_size_are_refused_by_name(client: Client) -> None:
+    chunk = "x" * (9 * 2**20)
+    files = [{"path": f"part{i}.txt", "content": chunk} for i in range(6)]
+    result = await client.call_tool("run_project", {"files": files})
+    assert result.is_error
+    assert "files[5] ('part5.txt'): the files add up to more than the 51200 KiB total limit" in text(result)
+
+
 async def test_deeply_nested_unicode_and_right_to_left_names_work(client: Client) -> None:
     deep = "/".join(["level"] * 60) + "/deep.py"
     files = [
