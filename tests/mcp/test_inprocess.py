@@ -15,6 +15,7 @@ from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
+from tests.helpers import while_running
 
 pytestmark = pytest.mark.anyio
 
@@ -183,22 +184,9 @@ async def test_cancelling_a_call_removes_its_container_at_once(
     sandbox: Sandbox, engine: DockerEngine
 ) -> None:
     async with Client(build_server(sandbox), mode="legacy") as client:
-        running = anyio.Event()
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            if message == "the program is running":
-                running.set()
-
-        async with anyio.create_task_group() as group:
-
-            async def slow_call() -> None:
-                code = "import time\ntime.sleep(60)"
-                await client.call_tool("run_python", {"code": code}, progress_callback=on_progress)
-
-            group.start_soon(slow_call)
-            await running.wait()
+        async with while_running(client, "import time\ntime.sleep(60)") as call:
             assert len(engine.our_containers()) == 1
-            group.cancel_scope.cancel()
+            call.cancel_scope.cancel()
         with anyio.fail_after(10):
             while engine.our_containers():
                 await anyio.sleep(0.1)
@@ -230,20 +218,7 @@ async def test_a_full_queue_is_a_busy_tool_error() -> None:
     client_ = docker.from_env()
     engine = DockerEngine(EngineSettings(max_concurrent_runs=1, max_queued_runs=0), client=client_)
     async with Client(build_server(Sandbox(Settings(), engine))) as client:
-        running = anyio.Event()
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            if message == "the program is running":
-                running.set()
-
-        async with anyio.create_task_group() as group:
-
-            async def slow_call() -> None:
-                code = "import time\ntime.sleep(1)"
-                await client.call_tool("run_python", {"code": code}, progress_callback=on_progress)
-
-            group.start_soon(slow_call)
-            await running.wait()
+        async with while_running(client, "import time\ntime.sleep(1)"):
             result = await client.call_tool("run_python", {"code": "print(1)"})
         assert result.is_error is True
         assert "busy" in result.content[0].text

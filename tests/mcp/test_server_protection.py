@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import docker
 import httpx2
 import pytest
@@ -23,6 +22,7 @@ from agent_sandbox.config import EngineSettings, ServerSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
+from tests.helpers import while_running
 
 from .conftest import ROOT, serving
 
@@ -98,21 +98,7 @@ def sandbox_with(engine: DockerEngine, **server: Any) -> Sandbox:
 
 async def test_a_client_over_its_concurrent_runs_gets_a_clear_error(engine: DockerEngine) -> None:
     async with Client(build_server(sandbox_with(engine, max_runs_per_client=1))) as client:
-        started = anyio.Event()
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            if message == "the program is running":
-                started.set()
-
-        async with anyio.create_task_group() as group:
-
-            async def slow() -> None:
-                await client.call_tool(
-                    "run_python", {"code": "import time; time.sleep(1)"}, progress_callback=on_progress
-                )
-
-            group.start_soon(slow)
-            await started.wait()
+        async with while_running(client, "import time; time.sleep(1)"):
             second = await client.call_tool("run_python", {"code": "print(2)"})
         assert second.is_error
         assert "too many runs: this client already has 1 runs in progress" in second.content[0].text

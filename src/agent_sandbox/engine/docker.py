@@ -186,10 +186,7 @@ class DockerEngine:
             version = str(self.client.version().get("Version", "?"))
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
-            raise ImageMissing(
-                f"the sandbox image {image} is not on the Docker engine; "
-                "build it with `agent-sandbox image build`"
-            ) from None
+            raise _image_missing(image) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(_unreachable(exc)) from None
         return version
@@ -284,10 +281,7 @@ class DockerEngine:
         try:
             return self.client.containers.create(**options)
         except docker.errors.ImageNotFound:
-            raise ImageMissing(
-                f"the sandbox image {shape.image} is not on the Docker engine; "
-                "build it with `agent-sandbox image build`"
-            ) from None
+            raise _image_missing(shape.image) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             # The engine may have made the container even though the call failed (a client-side
             # timeout, or the lookup after the create): remove it by its name.
@@ -481,6 +475,12 @@ def _process_alive(pid: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _image_missing(image: str) -> ImageMissing:
+    return ImageMissing(
+        f"the sandbox image {image} is not on the Docker engine; build it with `agent-sandbox image build`"
+    )
 
 
 def _engine_error(exc: BaseException) -> EngineError:
