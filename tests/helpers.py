@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
@@ -13,6 +17,7 @@ from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResul
 from agent_sandbox.sandbox import Sandbox
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
+ROOT = Path(__file__).parents[1]
 
 
 def snippet(code: str, **fields: object) -> RunRequest:
@@ -47,3 +52,15 @@ async def while_running(client: Client, code: str) -> AsyncIterator[TaskGroup]:
         )
         await running.wait()
         yield group
+
+
+def stdio_server(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`agent-sandbox serve` (stdio) as a subprocess whose stdin and stdout the test holds."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent_sandbox", "serve"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )

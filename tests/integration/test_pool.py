@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from agent_sandbox.config import EngineSettings, LimitSettings, Settings
 from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import snippet
+from tests.helpers import snippet, stdio_server
 
 pytestmark = pytest.mark.anyio
 
@@ -134,14 +132,7 @@ async def test_a_pool_of_size_0_is_off(engine: DockerEngine) -> None:
 
 
 def test_start_up_removes_the_pool_of_a_server_that_was_killed(engine: DockerEngine) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "agent_sandbox", "serve"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ),
-    )
+    server = stdio_server()
     owner_filter = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{server.pid}"}
     try:
         deadline = time.monotonic() + 30
@@ -157,14 +148,7 @@ def test_start_up_removes_the_pool_of_a_server_that_was_killed(engine: DockerEng
 
 
 def test_a_server_stopped_with_sigterm_leaves_no_container(engine: DockerEngine) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "agent_sandbox", "serve"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = stdio_server()
     owner_filter = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{server.pid}"}
     deadline = time.monotonic() + 30
     while len(engine.client.containers.list(all=True, filters=owner_filter)) < 2:

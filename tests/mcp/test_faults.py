@@ -18,6 +18,7 @@ from mcp import Client
 from agent_sandbox.config import Settings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
 from agent_sandbox.sandbox import Sandbox
+from tests.helpers import stdio_server
 
 from .conftest import ROOT, serving
 
@@ -71,14 +72,7 @@ async def test_the_engine_dying_mid_run_is_a_clear_error_and_the_server_recovers
 
 
 def test_a_server_killed_mid_run_has_its_orphan_removed_at_the_next_start(engine: DockerEngine) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "agent_sandbox", "serve"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "AGENT_SANDBOX_ENGINE__POOL_SIZE": "0"},
-    )
+    server = stdio_server({"AGENT_SANDBOX_ENGINE__POOL_SIZE": "0"})
 
     try:
         _send_initialize_and_call(server, SLOW)
@@ -139,13 +133,7 @@ async def test_a_client_that_disconnects_mid_run_has_its_container_removed(
 
 
 async def test_a_stdio_client_that_goes_away_ends_the_server_and_its_runs(engine: DockerEngine) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "agent_sandbox", "serve"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    server = stdio_server()
     _send_initialize_and_call(server, SLOW)
     await wait_until(
         lambda: [c for c in our_containers(engine, server.pid) if c.labels and c.status == "running"],
