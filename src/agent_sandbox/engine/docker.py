@@ -1,9 +1,11 @@
 """The only code that talks to Docker: one fresh hardened container per run, destroyed after.
 
-A run creates the container, attaches to its stdin/stdout/stderr, starts it, streams
-``<size>\\n`` + the tar + the caller's stdin into it (the launcher unpacks the files under the
-tmpfs /work, then execs the program), reads both output streams until the program ends or is
-killed for time or output, reads ``State.OOMKilled``, and removes the container on every path.
+A container is created, attached to (stdin, stdout, stderr) and started with the launcher
+waiting for a job: at once for a cold run, ahead of time for the warm pool. A run then streams
+the job, the tar and the caller's stdin into it (the launcher unpacks the files under the tmpfs
+/work and runs the program as its child), reads both output streams until the launcher's
+end-of-job line is in on both, or the program is killed for time or output (then Docker's
+``State`` gives the exit code and ``OOMKilled``), and removes the container on every path.
 """
 
 from __future__ import annotations

@@ -48,9 +48,14 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         ClientLimits(settings.server.max_runs_per_client, settings.server.runs_per_minute_per_client),
         AuditLog(Path(settings.server.audit_log)) if settings.server.audit_log else None,
     )
+    network = (
+        f"only the operator's Docker network {settings.engine.network!r}"
+        if settings.engine.network
+        else "NO network access"
+    )
     environment = (
         f"Runs in a fresh, single-use Linux container with CPython 3.11 and its standard library "
-        f"only (no third-party packages), NO network access, as an unprivileged user. The working "
+        f"only (no third-party packages), {network}, as an unprivileged user. The working "
         f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB); "
         f"everything else is read-only and nothing persists after the call. Limits: "
         f"{limits.memory_mib} MiB of memory (files in /work and /tmp count), {limits.cpus:g} CPU, "
@@ -152,7 +157,9 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         return json.dumps(
             {
                 "image": settings.engine.image,
-                "network": "none",
+                "allowed_images": settings.engine.allowed_images,
+                "network": settings.engine.network or "none",
+                "warm_pool_size": settings.engine.pool_size,
                 "limits": settings.limits.model_dump(),
                 "files": settings.files.model_dump(),
                 "max_concurrent_runs": settings.engine.max_concurrent_runs,
