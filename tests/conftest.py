@@ -38,7 +38,7 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
     engine = DockerEngine(settings.engine, client=docker_client)
     engine.check()
     yield engine
-    leftovers = docker_client.containers.list(all=True, filters={"label": LABEL})
+    leftovers = docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
     assert leftovers == [], f"containers left behind: {[c.name for c in leftovers]}"
 
 

@@ -60,7 +60,7 @@ def stdio_server(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "agent_sandbox", "serve"],
         cwd=ROOT,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,  # only a few small replies: read or not, it never fills
+        stderr=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )

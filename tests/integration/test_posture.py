@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 from mcp import Client, StdioServerParameters
 
+from agent_sandbox.engine.docker import LABEL
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import snippet
+from tests.helpers import snippet, while_running
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parents[2]
@@ -103,7 +105,7 @@ async def test_etc_shadow_is_unreadable(posture: dict[str, Any]) -> None:
 
 
 async def test_a_private_pid_and_cgroup_namespace(posture: dict[str, Any]) -> None:
-    assert "init" in posture["pid_1"]  # docker-init, not the host's init
+    assert posture["pid_1"] == "/sbin/docker-init"  # not the host's init
     assert posture["process_count"] < 10  # init, launcher, the probe: nothing of the host
     assert posture["cgroup_paths"] == ["/"]
 
@@ -129,6 +131,11 @@ async def test_a_secret_in_the_servers_environment_never_reaches_the_program() -
     )
     async with Client(parameters) as client:
         result = await client.call_tool("run_python", {"code": code})
+        async with while_running(client, "import time\ntime.sleep(30)") as call:
+            # What the engine was told to set, seen from the host: more than the program can read.
+            for container in docker.from_env().containers.list(filters={"label": LABEL}):
+                assert not [item for item in container.attrs["Config"]["Env"] if secret in item]
+            call.cancel_scope.cancel()
     assert result.structured_content is not None
     assert result.structured_content["stdout"] == "[]\n"
     assert secret not in json.dumps(result.structured_content)

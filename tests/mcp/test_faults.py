@@ -29,7 +29,7 @@ SLOW = "import time\nprint('started', flush=True)\ntime.sleep(60)"
 
 def our_containers(engine: DockerEngine, pid: int | None = None) -> list[Any]:
     label = f"{OWNER_LABEL}={os.uname().nodename}:{pid}" if pid else LABEL
-    return list(engine.client.containers.list(all=True, filters={"label": label}))
+    return list(engine.client.containers.list(all=True, sparse=True, filters={"label": label}))
 
 
 async def wait_until(condition: Any, seconds: float, what: str) -> None:
@@ -52,9 +52,15 @@ async def test_the_engine_dying_mid_run_is_a_clear_error_and_the_server_recovers
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(slow_call)
-                    await wait_until(lambda: our_containers(engine, process.pid), 30, "the run to start")
+                    await wait_until(
+                        lambda: [c for c in our_containers(engine, process.pid) if c.status == "running"],
+                        30,
+                        "the run to start",
+                    )
+                    await anyio.sleep(0.5)  # the program is running
                     os.kill(int(DOCKER_PID.read_text()), signal.SIGKILL)
                 assert results["during"].is_error
+                assert "the sandbox is unavailable" in results["during"].content[0].text
                 assert "Docker engine went away during the run" in results["during"].content[0].text
 
                 while_down = await client.call_tool("run_python", {"code": "print(1)"})
@@ -136,7 +142,7 @@ async def test_a_stdio_client_that_goes_away_ends_the_server_and_its_runs(engine
     server = stdio_server()
     _send_initialize_and_call(server, SLOW)
     await wait_until(
-        lambda: [c for c in our_containers(engine, server.pid) if c.labels and c.status == "running"],
+        lambda: [c for c in our_containers(engine, server.pid) if c.status == "running"],
         30,
         "the run to start",
     )

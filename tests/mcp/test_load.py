@@ -5,6 +5,7 @@ server's memory stays bounded (its peak RSS is printed for the record)."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Any
 
@@ -12,7 +13,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from agent_sandbox.engine.docker import LABEL, DockerEngine
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
 
 from .conftest import serving
 
@@ -47,7 +48,8 @@ async def test_300_mixed_runs_from_16_clients_each_get_their_own_result(engine: 
         pending = iter(range(RUNS))
 
         async def client_session() -> None:
-            async with Client(f"{url}/mcp") as client:
+            # Handshake-era sessions: each client is its own MCP session, with its own share.
+            async with Client(f"{url}/mcp", mode="legacy") as client:
                 for index in pending:
                     results[index] = await client.call_tool("run_python", jobs[index][1])
 
@@ -56,6 +58,16 @@ async def test_300_mixed_runs_from_16_clients_each_get_their_own_result(engine: 
                 for _ in range(CLIENTS):
                     group.start_soon(client_session)
         peak = peak_rss_mib(process.pid)
+        # Before the server stops (its shutdown would sweep leftovers): nothing left over now.
+        owner = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{process.pid}"}
+
+        def only_the_warm_pool_is_left() -> bool:
+            left = engine.client.containers.list(all=True, sparse=True, filters=owner)
+            return len(left) == 2 and all(container.status == "running" for container in left)
+
+        with anyio.fail_after(30):  # the last used containers are torn down in the background
+            while not only_the_warm_pool_is_left():
+                await anyio.sleep(0.1)
     print(f"\nserver peak RSS after {RUNS} runs from {CLIENTS} clients: {peak:.0f} MiB")
 
     assert sorted(results) == list(range(RUNS))
@@ -72,5 +84,5 @@ async def test_300_mixed_runs_from_16_clients_each_get_their_own_result(engine: 
         else:
             assert data["timed_out"] is True
             assert [v["kind"] for v in data["violations"]] == ["timeout"]
-    assert engine.client.containers.list(all=True, filters={"label": LABEL}) == []
+    assert engine.client.containers.list(all=True, sparse=True, filters={"label": LABEL}) == []
     assert peak < PEAK_RSS_LIMIT_MIB

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import docker
 import httpx2
 import pytest
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -22,6 +24,7 @@ from agent_sandbox.config import EngineSettings, ServerSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
+from agent_sandbox.server.audit import AuditLog
 from tests.helpers import while_running
 
 from .conftest import ROOT, serving
@@ -52,6 +55,36 @@ async def test_with_a_token_every_request_must_carry_it() -> None:
             result = await client.call_tool("run_python", {"code": "print('authorised')"})
         assert result.structured_content is not None
         assert result.structured_content["stdout"] == "authorised\n"
+
+
+async def test_with_a_token_the_sse_transport_requires_it_too() -> None:
+    with serving("sse", env={"AGENT_SANDBOX_SERVER__AUTH_TOKEN": TOKEN}) as (url, _, _):
+        async with httpx2.AsyncClient(timeout=10) as http:
+            stream = await http.get(f"{url}/sse")
+            messages = await http.post(f"{url}/messages/?session_id=0", content=b"{}")
+        assert (stream.status_code, messages.status_code) == (401, 401)
+        transport = sse_client(f"{url}/sse", headers={"authorization": f"Bearer {TOKEN}"})
+        async with Client(transport, mode="legacy") as client:
+            result = await client.call_tool("run_python", {"code": "print('over sse')"})
+        assert result.structured_content is not None
+        assert result.structured_content["stdout"] == "over sse\n"
+
+
+async def test_over_http_each_session_is_a_client_with_its_own_share() -> None:
+    env = {"AGENT_SANDBOX_SERVER__MAX_RUNS_PER_CLIENT": "1"}
+    with serving("streamable-http", env=env) as (url, _, _):
+        async with (
+            Client(f"{url}/mcp", mode="legacy") as first,
+            Client(f"{url}/mcp", mode="legacy") as second,
+            while_running(first, "import time; time.sleep(2)"),
+        ):
+            same_session = await first.call_tool("run_python", {"code": "print(1)"})
+            other_session = await second.call_tool("run_python", {"code": "print(2)"})
+    assert same_session.is_error
+    assert "this client already has 1 runs in progress" in same_session.content[0].text
+    assert other_session.is_error is False
+    assert other_session.structured_content is not None
+    assert other_session.structured_content["stdout"] == "2\n"
 
 
 def test_binding_off_loopback_without_a_token_is_refused() -> None:
@@ -126,7 +159,16 @@ async def test_the_audit_log_records_every_call_without_contents(
         await client.call_tool("run_python", {"code": "raise SystemExit(4)", "timeout_s": 5})
     text = audit.read_text()
     assert "TOP-SECRET-CONTENT" not in text
-    ok, refused, failed = (json.loads(line) for line in text.splitlines())
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [r["event"] for r in records] == [
+        "started",
+        "finished",
+        "started",
+        "refused",
+        "started",
+        "finished",
+    ]
+    ok, refused, failed = records[1], records[3], records[5]
     assert ok["tool"] == "run_python"
     assert ok["client"] == "stdio"
     assert ok["transport"] == "in-process"
@@ -140,6 +182,30 @@ async def test_the_audit_log_records_every_call_without_contents(
     assert failed["exit_code"] == 4
     assert failed["limits"]["timeout_s"] == 5
     assert oct(audit.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_a_cancelled_call_is_on_the_audit_record(engine: DockerEngine, tmp_path: Path) -> None:
+    audit = tmp_path / "runs.jsonl"
+    audit.write_text("")
+    audit.chmod(0o644)  # an existing file is made owner-only too
+    async with Client(build_server(sandbox_with(engine, audit_log=str(audit))), mode="legacy") as client:
+        async with while_running(client, "import time\ntime.sleep(60)") as call:
+            call.cancel_scope.cancel()
+        with anyio.fail_after(10):  # the server learns of the cancellation a moment later
+            while "interrupted: CancelledError" not in audit.read_text():
+                await anyio.sleep(0.05)
+        await client.call_tool("run_python", {"code": "print(1)"})  # the server carries on
+    events = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
+    assert events == ["started", "ended", "started", "finished"]
+    assert oct(audit.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_audit_log_is_never_written_through_a_symbolic_link(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (tmp_path / "runs.jsonl").symlink_to(target)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        AuditLog(tmp_path / "runs.jsonl")
 
 
 async def test_the_network_is_off_and_no_tool_argument_turns_it_on(engine: DockerEngine) -> None:

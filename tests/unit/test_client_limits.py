@@ -56,9 +56,27 @@ def test_a_refused_run_does_not_count_against_the_rate() -> None:
         pass
 
 
+def test_passing_clients_leave_no_state_behind() -> None:
+    clock = Clock()
+    limits = ClientLimits(max_concurrent=1, per_minute=5, clock=clock)
+    for number in range(1000):
+        with limits.admit(f"client-{number}"):
+            pass
+        with (
+            pytest.raises(ClientLimitError),
+            limits.admit(f"client-{number}"),
+            limits.admit(f"client-{number}"),
+        ):
+            pass
+    clock.now += 61
+    with limits.admit("late"):
+        pass
+    assert limits.tracked_clients == 1
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True), ("0.0.0.0", False),
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("127.1.2.3", False), ("0.0.0.0", False),
      ("192.168.1.5", False), ("::", False), ("sandbox.example.com", False)],
 )  # fmt: skip
 def test_loopback_addresses(host: str, loopback: bool) -> None:
@@ -67,6 +85,12 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
 
 def test_a_token_is_required_off_loopback_only() -> None:
     require_token_off_loopback("127.0.0.1", "")
-    require_token_off_loopback("0.0.0.0", "token")
+    require_token_off_loopback("0.0.0.0", "a-long-enough-token")
     with pytest.raises(AuthConfigError, match=r"refusing to listen on 0\.0\.0\.0 without a token"):
         require_token_off_loopback("0.0.0.0", "")
+
+
+@pytest.mark.parametrize("token", ["x", " " * 20, "short-token", " padded-token-value "])
+def test_a_weak_token_is_refused(token: str) -> None:
+    with pytest.raises(AuthConfigError, match="at least 16 characters"):
+        require_token_off_loopback("0.0.0.0", token)

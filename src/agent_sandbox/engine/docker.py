@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -202,21 +201,23 @@ class DockerEngine:
         host = socket.gethostname()
         now = time.time()
         removed = 0
-        for container in self.client.containers.list(all=True, filters={"label": LABEL}):
-            owner = container.labels.get(OWNER_LABEL, "")
+        # The plain list (no per-container inspect) cannot race with containers going away.
+        for summary in self.client.api.containers(all=True, filters={"label": LABEL}):
+            owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
             owner_host, _, pid = owner.rpartition(":")
             if owner == self.owner:
                 continue
             orphaned = owner_host == host and not _process_alive(pid)
-            if orphaned or now - _created_at(container) > older_than_s:
+            if orphaned or now - float(summary.get("Created", 0)) > older_than_s:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                    container.remove(force=True)
+                    self.client.api.remove_container(summary["Id"], force=True)
                     removed += 1
         return removed
 
     def our_containers(self) -> list[Container]:
-        """Containers this process created that still exist."""
-        return list(self.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={self.owner}"}))
+        """Containers this process created that still exist (sparse: id, name and status)."""
+        mine: dict[str, str | list[str] | bool] = {"label": f"{OWNER_LABEL}={self.owner}"}
+        return list(self.client.containers.list(all=True, filters=mine, sparse=True))
 
     async def run(self, spec: RunSpec, on_progress: ProgressCallback | None = None) -> Outcome:
         """Run ``spec`` in a container of its own (warm if one is ready, else a new one) and remove
@@ -456,15 +457,6 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
     state = container.attrs.get("State", {})
     exit_code = status.get("StatusCode", state.get("ExitCode"))
     return (int(exit_code) if exit_code is not None else None), bool(state.get("OOMKilled"))
-
-
-def _created_at(container: Container) -> float:
-    """When the engine created ``container``, as a Unix time (0 if unknown)."""
-    created = str(container.attrs.get("Created", ""))
-    try:
-        return datetime.fromisoformat(created[:26].rstrip("Z")).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return 0.0
 
 
 def _process_alive(pid: str) -> bool:

@@ -101,10 +101,10 @@ def dns_lookup() -> str:
 
 def routes() -> list[list[str]]:
     rows: list[list[str]] = []
-    for table in ("/proc/net/route", "/proc/net/ipv6_route"):
+    for table, header_lines in (("/proc/net/route", 1), ("/proc/net/ipv6_route", 0)):
         try:
             with open(table) as lines:
-                rows += [line.split() for line in lines.readlines()[table.endswith("route") :]]
+                rows += [line.split() for line in lines.readlines()[header_lines:]]
         except OSError:
             pass
     return [row for row in rows if row and not row[0].startswith("lo") and row[-1] != "lo"]

@@ -181,17 +181,21 @@ class _Calls:
         self.audit = audit
 
     async def run(self, tool: str, ctx: Context, make_request: _RequestFactory) -> CallToolResult:
-        client = _client_of(ctx)
+        client = _client_of(ctx, self.transport)
         request: RunRequest | None = None
         try:
             request = self._validated(make_request)
             with self.limits.admit(client):
+                self._record("started", tool, client, request, None, None)
                 result = await self.sandbox.run(request, _progress_reporter(ctx))
         except (RequestError, ClientLimitError, EngineError) as exc:
             message = _tool_error_message(exc)
-            self._record(tool, client, request, None, message)
+            self._record("refused", tool, client, request, None, message)
             raise ToolError(message) from None
-        self._record(tool, client, request, result, None)
+        except BaseException as exc:  # cancelled by the client, or a bug: still on the record
+            self._record("ended", tool, client, request, None, f"interrupted: {type(exc).__name__}")
+            raise
+        self._record("finished", tool, client, request, result, None)
         await ctx.report_progress(len(_STAGES), len(_STAGES), "finished")
         return CallToolResult(
             content=[TextContent(type="text", text=summarise(result))],
@@ -207,6 +211,7 @@ class _Calls:
 
     def _record(
         self,
+        event: str,
         tool: str,
         client: str,
         request: RunRequest | None,
@@ -215,6 +220,7 @@ class _Calls:
     ) -> None:
         if self.audit is not None:
             self.audit.record(
+                event=event,
                 transport=self.transport,
                 client=client,
                 tool=tool,
@@ -239,17 +245,21 @@ def _progress_reporter(ctx: Context) -> ProgressCallback:
     return report
 
 
-def _client_of(ctx: Context) -> str:
-    """Who is calling, for fair shares and the audit log: the MCP session over HTTP (or, where
-    the protocol has no sessions, the TCP connection), else the one stdio client."""
-    headers = ctx.headers
-    if headers is None:
+def _client_of(ctx: Context, transport: str) -> str:
+    """Who is calling, for fair shares and the audit log: an MCP session the SDK has checked
+    (SSE's session_id, Streamable HTTP's Mcp-Session-Id), else the peer's address, else the one
+    stdio client. A header the SDK does not check would let a client mint itself new shares."""
+    request = ctx.request_context.request
+    if request is None or ctx.headers is None:
         return "stdio"
-    session = headers.get("mcp-session-id")
+    if transport == "sse":
+        session = request.query_params.get("session_id")
+    else:
+        session = ctx.headers.get("mcp-session-id")
     if session:
         return f"session:{session}"
-    peer = getattr(ctx.request_context.request, "client", None)
-    return f"connection:{peer.host}:{peer.port}" if peer is not None else "http"
+    peer = getattr(request, "client", None)
+    return f"address:{peer.host}" if peer is not None else "http"
 
 
 def _describe(exc: ValidationError) -> str:

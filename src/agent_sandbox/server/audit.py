@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,17 +15,22 @@ from agent_sandbox.models import RunRequest, RunResult
 
 
 class AuditLog:
-    """Appends records to a JSON-lines file (created with owner-only permissions)."""
+    """Appends records to a JSON-lines file, owner-only, never through a symbolic link.
+
+    Each call writes ``started`` when its run begins, then ``finished``, ``refused`` or ``ended``
+    (interrupted), so a run that crashed the server is still on the record."""
 
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        os.fchmod(self._fd, 0o600)
 
     def record(
         self,
         *,
+        event: str,
         transport: str,
         client: str,
         tool: str,
@@ -34,6 +40,7 @@ class AuditLog:
     ) -> None:
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "event": event,
             "transport": transport,
             "client": client,
             "tool": tool,
@@ -59,9 +66,9 @@ class AuditLog:
             }
         if refusal is not None:
             entry["refused"] = refusal
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as log:
-            log.write(line)
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            os.write(self._fd, line)
 
 
 def files_fingerprint(request: RunRequest) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -13,22 +12,29 @@ class AuthConfigError(Exception):
     """The server would be reachable from other machines without a token."""
 
 
+# Exactly the hosts for which the MCP SDK turns its DNS-rebinding protection on by itself.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MIN_TOKEN_LENGTH = 16
+
+
 def is_loopback(host: str) -> bool:
-    """Whether binding to ``host`` keeps the server reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: assume it resolves to something others can reach
+    """Whether a server bound to ``host`` is reachable from this machine only AND protected by
+    the SDK against DNS rebinding (other loopback spellings, like 127.0.0.2, are not)."""
+    return host in LOOPBACK_HOSTS
 
 
 def require_token_off_loopback(host: str, token: str) -> None:
-    """Refuse to serve beyond loopback without a token."""
+    """Refuse to serve beyond loopback without a token, and refuse tokens too weak to matter."""
+    if token and (len(token.strip()) < MIN_TOKEN_LENGTH or token != token.strip()):
+        raise AuthConfigError(
+            f"the auth token must be at least {MIN_TOKEN_LENGTH} characters without surrounding "
+            "spaces; generate one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
     if not token and not is_loopback(host):
         raise AuthConfigError(
             f"refusing to listen on {host} without a token: anyone who can reach it could run code "
-            "here. Set AGENT_SANDBOX_SERVER__AUTH_TOKEN (or server.auth_token), or bind to 127.0.0.1"
+            "here. Set AGENT_SANDBOX_SERVER__AUTH_TOKEN (or server.auth_token), or bind to "
+            f"{' or '.join(sorted(LOOPBACK_HOSTS))}"
         )
 
 
@@ -43,8 +49,11 @@ class BearerTokenMiddleware:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websockets or anything else past the token
+            await send({"type": "websocket.close", "code": 1008})
             return
         sent = dict(scope["headers"]).get(b"authorization", b"")
         if hmac.compare_digest(sent, self._expected):

@@ -28,7 +28,7 @@ class ClientLimits:
     @contextmanager
     def admit(self, client: str) -> Iterator[None]:
         """Hold one of ``client``'s places for the duration of a run, or raise ClientLimitError."""
-        if self._running[client] >= self.max_concurrent:
+        if self._running.get(client, 0) >= self.max_concurrent:
             raise ClientLimitError(
                 f"this client already has {self.max_concurrent} runs in progress; wait for one to "
                 "finish before starting another"
@@ -42,10 +42,16 @@ class ClientLimits:
             if not self._running[client]:
                 del self._running[client]
 
+    @property
+    def tracked_clients(self) -> int:
+        """How many clients the limits hold state for (running, or started within the window)."""
+        return len(self._running.keys() | self._starts.keys())
+
     def _count_start(self, client: str) -> None:
         if not self.per_minute:
             return
         now = self._clock()
+        self._forget_idle_clients(now)
         starts = self._starts[client]
         while starts and starts[0] <= now - WINDOW_S:
             starts.popleft()
@@ -56,3 +62,8 @@ class ClientLimits:
                 f"try again in {wait_s:.0f} s"
             )
         starts.append(now)
+
+    def _forget_idle_clients(self, now: float) -> None:
+        """Drop clients whose last start left the window, so many passing clients cost nothing."""
+        for client in [c for c, starts in self._starts.items() if starts[-1] <= now - WINDOW_S]:
+            del self._starts[client]
