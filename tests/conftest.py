@@ -13,6 +13,7 @@ import pytest
 
 from agent_sandbox.config import EngineSettings, FileSettings, LimitSettings, Settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
+from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import SandboxFactory
 
@@ -36,7 +37,7 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
     """One engine for the session, like a server has; the suite must leave no container behind."""
     settings = Settings()
     engine = DockerEngine(settings.engine, client=docker_client)
-    engine.check()
+    engine.check(get_profile(settings.engine.profile).image)
     yield engine
     leftovers = docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
     assert leftovers == [], f"containers left behind: {[c.name for c in leftovers]}"

@@ -58,7 +58,7 @@ def build_archive(files: Sequence[ProjectFile], limits: FileSettings) -> Archive
             same = "the same path" if earlier == file.path else "the same path after Unicode normalisation"
             raise ArchiveError(f"{where}: {same} as {earlier!r} was already sent; send each file once")
         normalised[key] = file.path
-        data = _decode(file, where)
+        data = decode_content(file, where)
         if len(data) > limits.max_file_kib * 1024:
             raise ArchiveError(
                 f"{where}: {len(data)} bytes is over the {limits.max_file_kib} KiB per-file limit; "
@@ -110,7 +110,7 @@ def check_path(path: str, where: str) -> None:
             raise ArchiveError(f"{where}: the name {segment[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
 
 
-def _decode(file: ProjectFile, where: str) -> bytes:
+def decode_content(file: ProjectFile, where: str) -> bytes:
     if file.encoding == "utf-8":
         try:
             return file.content.encode("utf-8")

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
 from agent_sandbox.engine.docker import DockerEngine, EngineError
 from agent_sandbox.images.build import ImageBuildError, build_image
+from agent_sandbox.images.profiles import PROFILES, UnknownProfile, get_profile
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import RequestError, Sandbox
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RequestError, ValidationError) as exc:
         log.error("refused: %s", exc)
         return EXIT_REFUSED
+    except UnknownProfile as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
     except (EngineError, ImageBuildError) as exc:
         log.error("%s", exc)
         return EXIT_ENGINE
@@ -82,14 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="Seconds before the program is stopped.")
     run.add_argument("--stdin", type=Path, help="File whose content is the program's stdin.")
     run.add_argument("--json", action="store_true", help="Print the structured result as JSON.")
+    run.add_argument(
+        "-r", "--requirement", action="append", default=[], help="A package to install first (repeatable)."
+    )
+    run.add_argument("--image", help="Image profile (default: the configured engine.profile).")
     run.add_argument("args", nargs="*", help="Arguments for the program (after --).")
     run.set_defaults(handler=_run)
 
     image = commands.add_parser("image", help="Manage the sandbox image.")
     image_commands = image.add_subparsers(required=True, metavar="ACTION")
-    build = image_commands.add_parser("build", help="Build and tag the sandbox image.")
-    build.add_argument("--profile", default="minimal", help="Image profile (default minimal).")
-    build.add_argument("--tag", help="Tag to give it (default: the configured engine.image).")
+    build = image_commands.add_parser("build", help="Build and tag the sandbox images.")
+    build.add_argument(
+        "--profile",
+        action="append",
+        choices=sorted(PROFILES),
+        help="Profile to build (repeatable; default: the configured engine.profiles).",
+    )
+    build.add_argument("--tag", help="Tag to give it, with one --profile (default agent-sandbox:PROFILE).")
     build.set_defaults(handler=_image_build)
 
     doctor = commands.add_parser("doctor", help="Check the engine and the image.")
@@ -106,11 +119,11 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
     version = sandbox.start()
     where = "stdin/stdout" if options.transport == "stdio" else f"http://{options.host}:{options.port}"
     log.info(
-        "serving MCP over %s on %s; config %s; image %s; Docker engine %s; warm pool of %d",
+        "serving MCP over %s on %s; config %s; profiles %s; Docker engine %s; warm pool of %d",
         options.transport,
         where,
         options.config or os.environ.get(CONFIG_PATH_ENV) or "built-in defaults",
-        settings.engine.image,
+        ", ".join(settings.engine.profiles),
         version,
         settings.engine.pool_size,
     )
@@ -141,6 +154,8 @@ def _run(options: argparse.Namespace, settings: Settings) -> int:
         args=options.args,
         stdin=options.stdin.read_text() if options.stdin else None,
         limits=LimitRequest(timeout_s=options.timeout),
+        requirements=options.requirement,
+        profile=options.image,
     )
     sandbox = Sandbox(settings)
     sandbox.start()
@@ -195,15 +210,21 @@ def _status_line(result: RunResult) -> str:
 
 
 def _image_build(options: argparse.Namespace, settings: Settings) -> int:
+    names = options.profile or settings.engine.profiles
+    if options.tag and len(names) != 1:
+        raise RequestError(f"--tag names one image, but {len(names)} profiles are to be built; add --profile")
     engine = DockerEngine(settings.engine)
-    build_image(engine.client, options.tag or settings.engine.image, options.profile)
+    wheels = Sandbox(settings, engine).wheels
+    for name in names:
+        build_image(engine.client, get_profile(name), wheels, options.tag)
     return 0
 
 
 def _doctor(options: argparse.Namespace, settings: Settings) -> int:
     sandbox = Sandbox(settings)
     version = sandbox.start()
-    log.info("engine %s answers; image %s is present", version, settings.engine.image)
+    images = ", ".join(get_profile(name).image for name in settings.engine.profiles)
+    log.info("engine %s answers; images %s are present", version, images)
     result = anyio.run(sandbox.run, RunRequest(files=[ProjectFile(path="main.py", content=POSTURE_PROBE)]))
     if result.exit_code != 0:
         log.error("a trial run failed: exit %s, stderr %s", result.exit_code, result.stderr[-500:])

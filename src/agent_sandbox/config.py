@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from packaging.utils import canonicalize_name
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,9 +39,9 @@ class EngineSettings(_Section):
     docker_host: str = Field(
         default="", description="Docker engine URL; empty uses DOCKER_HOST or the local socket."
     )
-    image: str = Field(default="agent-sandbox:minimal", min_length=1)
-    allowed_images: list[str] = Field(
-        default=["agent-sandbox:minimal"], description="The only images a run may use."
+    profile: str = Field(default="minimal", description="The image profile of a run that names none.")
+    profiles: list[str] = Field(
+        default=["minimal"], min_length=1, description="The only image profiles a run may use."
     )
     network: str = Field(default="", description="Docker network for sandboxes; empty: no network at all.")
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
@@ -108,6 +109,37 @@ class FileSettings(_Section):
     max_stdin_kib: int = Field(default=10 * 1024, ge=0)
 
 
+class PackageSettings(_Section):
+    """Per-run requirements: wheels the host downloads and the sandbox installs offline."""
+
+    enabled: bool = Field(default=True, description="False refuses every per-run requirement.")
+    allow: list[str] = Field(default=[], description="Only these may be asked for; empty: any.")
+    deny: list[str] = Field(default=[], description="Never installed, asked for or pulled in.")
+    max_requirements: int = Field(default=20, ge=1, le=1000)
+    max_wheels: int = Field(default=40, ge=1, le=1000, description="Wheels one run may install.")
+    max_total_mib: int = Field(default=256, ge=1, description="Their total size.")
+    install_mib: int = Field(default=1024, ge=16, description="tmpfs size of /packages.")
+    install_timeout_s: float = Field(default=120.0, gt=0, description="Installing, in the sandbox.")
+    resolve_timeout_s: float = Field(default=120.0, gt=0, description="Resolving and downloading.")
+    resolution_ttl_s: float = Field(
+        default=86_400.0, ge=0, description="How long a resolved requirement list is reused."
+    )
+    cache_dir: str = Field(default="", description="Wheel cache; empty: ~/.cache/agent-sandbox.")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _canonical(cls, names: list[str]) -> list[str]:
+        return [canonicalize_name(name) for name in names]
+
+    @property
+    def cache_path(self) -> Path:
+        """Where wheels are cached: ``cache_dir``, else the user's cache folder."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(root) / "agent-sandbox"
+
+
 class Settings(BaseSettings):
     """All of agent-sandbox's settings."""
 
@@ -122,14 +154,15 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     files: FileSettings = FileSettings()
     server: ServerSettings = ServerSettings()
+    packages: PackageSettings = PackageSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.files.max_total_kib > self.limits.work_mib * 1024:
             raise ValueError("files.max_total_kib must fit in limits.work_mib")
-        if self.engine.image not in self.engine.allowed_images:
+        if self.engine.profile not in self.engine.profiles:
             raise ValueError(
-                f"engine.image {self.engine.image!r} is not in engine.allowed_images; add it there"
+                f"engine.profile {self.engine.profile!r} is not in engine.profiles; add it there"
             )
         largest_call_kib = self.files.max_total_kib * 4 // 3 + self.files.max_stdin_kib + 64
         if self.server.max_request_kib < largest_call_kib:
@@ -205,6 +238,7 @@ __all__ = [
     "EngineSettings",
     "FileSettings",
     "LimitSettings",
+    "PackageSettings",
     "ServerSettings",
     "Settings",
     "load_settings",

@@ -45,6 +45,10 @@ class RunRequest(_Model):
     stdin: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     limits: LimitRequest = Field(default_factory=LimitRequest)
+    requirements: list[str] = Field(
+        default_factory=list, description="Packages to install first, e.g. ['six', 'pandas>=2']."
+    )
+    profile: str | None = Field(default=None, description="Image profile; None: the server's default.")
 
     @field_validator("env")
     @classmethod
@@ -106,6 +110,18 @@ class Violation(_Model):
     message: str
 
 
+class InstallReport(_Model):
+    """How a run's requirements were fetched on the host and installed in the sandbox."""
+
+    requirements: list[str] = Field(description="What was asked for.")
+    wheels: list[str] = Field(description="The wheels they resolved to, dependencies included.")
+    from_cache: bool = Field(description="The host had resolved and downloaded them before.")
+    resolve_s: float = Field(description="Host seconds to resolve and download (near 0 when cached).")
+    install_s: float = Field(description="Sandbox seconds to install them into /packages.")
+    ok: bool = Field(description="All installed; when false, the program did not run.")
+    output: str = Field(description="The installer's own output (its end, when long).")
+
+
 class RunResult(_Model):
     """Everything a caller needs to know about one run."""
 
@@ -125,3 +141,7 @@ class RunResult(_Model):
     violations: list[Violation]
     notes: list[str] = Field(description="Plain sentences on what happened and what to change.")
     limits: Limits
+    profile: str = Field(description="The image profile the run used.")
+    install: InstallReport | None = Field(
+        default=None, description="Present when the run had requirements: kept apart from its output."
+    )

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from types import TracebackType
 
 import docker.errors
+from packaging.requirements import Requirement
 
-from agent_sandbox.archive import ArchiveError, build_archive, check_path
+from agent_sandbox.archive import ArchiveError, build_archive, check_path, decode_content
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
-from agent_sandbox.engine.spec import ContainerShape, RunSpec
-from agent_sandbox.models import LimitRequest, Limits, RunRequest, RunResult
+from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, RunSpec
+from agent_sandbox.images.profiles import get_profile
+from agent_sandbox.models import InstallReport, LimitRequest, Limits, RunRequest, RunResult
+from agent_sandbox.packages import (
+    SANDBOX_TARGET,
+    PackageRefused,
+    Resolution,
+    WheelCache,
+    WheelResolver,
+    check_requested,
+    check_resolved,
+    parse_requirements,
+    requirements_file,
+)
+from agent_sandbox.packages.requirements import REQUIREMENTS_FILE
 from agent_sandbox.verdict import judge
 
 log = logging.getLogger(__name__)
@@ -58,6 +73,13 @@ class Sandbox:
         self.settings = settings
         self.engine = engine or DockerEngine(settings.engine)
         self.pool: WarmPool | None = None
+        packages = settings.packages
+        self.wheels = WheelResolver(
+            WheelCache(packages.cache_path),
+            SANDBOX_TARGET,
+            timeout_s=packages.resolve_timeout_s,
+            max_age_s=packages.resolution_ttl_s,
+        )
 
     def default_limits(self) -> Limits:
         """The limits of a run that asks for nothing."""
@@ -66,7 +88,8 @@ class Sandbox:
     async def __aenter__(self) -> Sandbox:
         engine_settings = self.settings.engine
         if engine_settings.pool_size > 0:
-            shape = ContainerShape.of(engine_settings.image, self.default_limits(), engine_settings.network)
+            image = get_profile(engine_settings.profile).image
+            shape = ContainerShape.of(image, self.default_limits(), engine_settings.network)
             pool = WarmPool(self.engine, shape, engine_settings.pool_size, engine_settings.pool_max_idle_s)
             self.pool = await pool.__aenter__()
         return self
@@ -82,20 +105,26 @@ class Sandbox:
             await pool.__aexit__(exc_type, exc, traceback)
 
     def start(self) -> str:
-        """Check the engine and image, and remove containers a crashed process left behind.
+        """Check the engine and every profile's image, and remove containers and wheel folders a
+        crashed process left behind.
 
         Returns the engine version; raises ``EngineError`` with a fix when something is missing.
         """
-        version = self.engine.check()
+        version = ""
+        for name in self.settings.engine.profiles:
+            version = self.engine.check(get_profile(name).image)
         removed = self.engine.remove_leftovers(older_than_s=self.longest_container_life_s())
         if removed:
             log.info("removed %d container(s) left behind by an earlier process", removed)
+        self.wheels.cache.remove_stale_runs(older_than_s=self.longest_container_life_s())
         return version
 
     def longest_container_life_s(self) -> float:
-        """How long a container of ours can legitimately exist: a warm wait, then a whole run."""
+        """How long a container of ours can legitimately exist: a warm wait or an install, then a
+        whole run."""
         slack_s = 60.0
-        return self.settings.engine.pool_max_idle_s + self.settings.limits.max_timeout_s + slack_s
+        before_run_s = max(self.settings.engine.pool_max_idle_s, self.settings.packages.install_timeout_s)
+        return before_run_s + self.settings.limits.max_timeout_s + slack_s
 
     def close(self) -> int:
         """Remove any container this process still has (runs cut short by shutdown)."""
@@ -126,7 +155,7 @@ class Sandbox:
                 "limit; send the data as a file instead and read it from /work"
             )
         return RunSpec(
-            image=self.settings.engine.image,
+            image=get_profile(self.profile_of(request)).image,
             archive=archive.data,
             entrypoint=request.entrypoint,
             args=tuple(request.args),
@@ -136,11 +165,57 @@ class Sandbox:
             network=self.settings.engine.network,
         )
 
+    def profile_of(self, request: RunRequest) -> str:
+        """The image profile ``request`` runs in, if the server offers it."""
+        profile = request.profile or self.settings.engine.profile
+        if profile not in self.settings.engine.profiles:
+            raise RequestError(
+                f"image profile {profile!r} is not offered here; use one of "
+                f"{', '.join(self.settings.engine.profiles)}"
+            )
+        return profile
+
+    def requirements(self, request: RunRequest) -> list[Requirement]:
+        """The packages ``request`` needs (its ``requirements`` and any top-level
+        requirements.txt), checked against the policy; ``RequestError`` names a refused one."""
+        specs = list(request.requirements)
+        try:
+            for index, file in enumerate(request.files):
+                if file.path == REQUIREMENTS_FILE:
+                    text = decode_content(file, f"files[{index}] ({file.path!r})")
+                    specs += requirements_file(text.decode("utf-8", errors="replace"))
+            requirements = parse_requirements(specs)
+            check_requested(requirements, self.settings.packages)
+        except (PackageRefused, ArchiveError) as exc:
+            raise RequestError(str(exc)) from None
+        return requirements
+
+    async def resolve(self, requirements: list[Requirement]) -> Resolution:
+        """Wheels for ``requirements``, from the host's cache or downloaded, within the policy."""
+        try:
+            resolution = await self.wheels.resolve(requirements)
+            check_resolved(resolution.wheels, self.settings.packages)
+        except PackageRefused as exc:
+            raise RequestError(str(exc)) from None
+        return resolution
+
     async def run(self, request: RunRequest, on_progress: ProgressCallback | None = None) -> RunResult:
         """Run ``request`` in a fresh container; refusals raise ``RequestError``,
         infrastructure failures ``EngineError``."""
         spec = self.prepare(request)
-        outcome = await self.engine.run(spec, on_progress)
+        requirements = self.requirements(request)
+        resolution = None
+        with contextlib.ExitStack() as stack:
+            if requirements:
+                if on_progress is not None:
+                    await on_progress("resolving")
+                resolution = await self.resolve(requirements)
+                folder = stack.enter_context(self.wheels.cache.staged(resolution.wheels))
+                mount = PackageMount(str(folder), self.settings.packages.install_mib)
+                wheels = tuple(wheel.filename for wheel in resolution.wheels)
+                install = InstallSpec(mount, wheels, self.settings.packages.install_timeout_s)
+                spec = dataclasses.replace(spec, install=install)
+            outcome = await self.engine.run(spec, on_progress)
         verdict = judge(
             outcome,
             spec.limits,
@@ -162,4 +237,21 @@ class Sandbox:
             violations=verdict.violations,
             notes=verdict.notes,
             limits=spec.limits,
+            profile=self.profile_of(request),
+            install=_install_report(resolution, outcome),
         )
+
+
+def _install_report(resolution: Resolution | None, outcome: Outcome) -> InstallReport | None:
+    if resolution is None or outcome.install is None:
+        return None
+    installed = outcome.install
+    return InstallReport(
+        requirements=list(resolution.requirements),
+        wheels=[wheel.filename for wheel in resolution.wheels],
+        from_cache=resolution.from_cache,
+        resolve_s=round(resolution.seconds, 3),
+        install_s=installed.seconds,
+        ok=installed.finished and installed.exit_code == 0,
+        output=installed.output,
+    )

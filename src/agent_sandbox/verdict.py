@@ -6,7 +6,7 @@ import re
 import signal
 from dataclasses import dataclass
 
-from agent_sandbox.engine.spec import Outcome
+from agent_sandbox.engine.spec import InstallOutcome, Outcome
 from agent_sandbox.models import Limits, Violation, ViolationKind
 
 SIGXFSZ_EXIT = 128 + signal.SIGXFSZ
@@ -35,6 +35,8 @@ class Verdict:
 
 def judge(outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: bool) -> Verdict:
     """Name every limit ``outcome`` shows evidence of, most decisive first."""
+    if outcome.install is not None and not (outcome.install.finished and outcome.install.exit_code == 0):
+        return _install_failed(outcome, outcome.install, limits)
     stderr = outcome.stderr.decode("utf-8", errors="replace")
     violations: list[Violation] = []
     notes: list[str] = []
@@ -130,6 +132,46 @@ def judge(outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: 
     elif not violations and outcome.exit_code != 0:
         notes.append(_exit_note(outcome.exit_code))
     return Verdict(violations=violations, notes=notes)
+
+
+def _install_failed(outcome: Outcome, install: InstallOutcome, limits: Limits) -> Verdict:
+    """The requirements did not install, so the program never ran: say why."""
+    if outcome.timed_out and not install.finished:
+        return Verdict(
+            violations=[
+                Violation(
+                    kind=ViolationKind.TIMEOUT,
+                    limit=f"{install.timeout_s:g} s to install",
+                    message=f"installing the requirements was stopped after {install.timeout_s:g} s",
+                )
+            ],
+            notes=[
+                f"Installing the requirements took longer than {install.timeout_s:g} s and was "
+                "stopped, so the program did not run. Ask for fewer or smaller packages."
+            ],
+        )
+    if outcome.oom_killed:
+        return Verdict(
+            violations=[
+                Violation(
+                    kind=ViolationKind.MEMORY,
+                    limit=f"{limits.memory_mib} MiB",
+                    message="the installer was killed for memory",
+                )
+            ],
+            notes=[
+                f"Installing the requirements ran out of the {limits.memory_mib} MiB of memory "
+                "(installed packages are kept in memory too), so the program did not run. Ask for "
+                "fewer or smaller packages."
+            ],
+        )
+    return Verdict(
+        violations=[],
+        notes=[
+            f"Installing the requirements failed (installer exit code {install.exit_code}), so the "
+            "program did not run; install.output has the installer's message."
+        ],
+    )
 
 
 def _evidence(pattern: re.Pattern[str], text: str) -> str:

@@ -51,9 +51,9 @@ def test_the_config_path_can_come_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[engine]\nimage = "mine:1"\nallowed_images = ["mine:1"]\n')
+    path.write_text('[engine]\nprofile = "datascience"\nprofiles = ["datascience"]\n')
     monkeypatch.setenv("AGENT_SANDBOX_CONFIG", str(path))
-    assert load_settings().engine.image == "mine:1"
+    assert load_settings().engine.profile == "datascience"
 
 
 def test_an_unknown_key_is_an_error_that_names_it(tmp_path: Path) -> None:
@@ -89,11 +89,24 @@ def test_a_misspelt_environment_override_is_an_error(monkeypatch: pytest.MonkeyP
         load_settings()
 
 
-def test_an_image_outside_the_allowlist_is_refused(tmp_path: Path) -> None:
+def test_a_default_profile_outside_the_allowed_profiles_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[engine]\nimage = "python:3.12"\n')
-    with pytest.raises(ConfigError, match=r"'python:3\.12' is not in engine\.allowed_images"):
+    path.write_text('[engine]\nprofile = "datascience"\n')
+    with pytest.raises(ConfigError, match=r"'datascience' is not in engine\.profiles"):
         load_settings(path)
+
+
+def test_package_names_in_the_policy_are_normalised(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[packages]\nallow = ["Scikit_Learn"]\ndeny = ["Foo.Bar"]\n')
+    packages = load_settings(path).packages
+    assert packages.allow == ["scikit-learn"]
+    assert packages.deny == ["foo-bar"]
+
+
+def test_the_wheel_cache_defaults_to_the_users_cache_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/cache")
+    assert str(load_settings().packages.cache_path) == "/somewhere/cache/agent-sandbox"
 
 
 def test_a_request_cap_too_small_for_the_files_limits_is_refused(tmp_path: Path) -> None:

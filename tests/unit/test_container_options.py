@@ -6,7 +6,7 @@ import json
 
 from agent_sandbox.config import LimitSettings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, container_options
-from agent_sandbox.engine.spec import ContainerShape, RunSpec
+from agent_sandbox.engine.spec import ContainerShape, InstallSpec, PackageMount, RunSpec
 from agent_sandbox.models import Limits
 
 LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model_fields})
@@ -85,8 +85,48 @@ def test_the_job_travels_length_prefixed_before_the_tar() -> None:
         "entrypoint": "main.py",
         "args": ["--flag", "value"],
         "env": {"MY_VAR": "1"},
+        "wheels": [],
         "nonce": "n0nce",
     }
+
+
+WITH_WHEELS = RunSpec(
+    **{
+        **SPEC.__dict__,
+        "install": InstallSpec(PackageMount("/cache/runs/abc", 300), ("six-1.17.0-py3-none-any.whl",), 60),
+    }
+)
+
+
+def test_a_job_with_requirements_names_its_wheels_to_the_launcher() -> None:
+    job = json.loads(WITH_WHEELS.header(nonce="n").partition(b"\n")[2])
+    assert job["wheels"] == ["six-1.17.0-py3-none-any.whl"]
+
+
+def test_requirements_mount_the_wheels_read_only_and_keep_the_network_off() -> None:
+    options = container_options(WITH_WHEELS.shape, owner="h:1")
+    assert options["network_disabled"] is True
+    assert "network_mode" not in options
+    [mount] = options["mounts"]
+    assert mount["Target"] == "/wheels"
+    assert mount["Source"] == "/cache/runs/abc"
+    assert mount["Type"] == "bind"
+    assert mount["ReadOnly"] is True
+    packages = options["tmpfs"]["/packages"].split(",")
+    assert "size=300m" in packages
+    assert {"exec", "nosuid", "nodev"} <= set(packages)
+    for noexec_mount in ("/work", "/tmp"):
+        assert "noexec" in options["tmpfs"][noexec_mount].split(",")
+
+
+def test_a_run_without_requirements_has_neither_wheels_nor_packages() -> None:
+    options = container_options(SHAPE, owner="h:1")
+    assert options["mounts"] == []
+    assert set(options["tmpfs"]) == {"/work", "/tmp"}
+
+
+def test_a_job_with_requirements_never_takes_a_warm_container() -> None:
+    assert WITH_WHEELS.shape != SHAPE
 
 
 def test_jobs_that_differ_only_in_time_output_or_content_share_a_shape() -> None:

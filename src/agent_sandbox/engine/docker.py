@@ -31,16 +31,18 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
-from docker.types import LogConfig, Ulimit
+from docker.types import LogConfig, Mount, Ulimit
 
 from agent_sandbox.config import EngineSettings
-from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
-from agent_sandbox.engine.streams import STDERR, STDOUT, Capture, EndOfJob, FrameDecoder
+from agent_sandbox.engine.spec import ContainerShape, InstallOutcome, Outcome, RunSpec
+from agent_sandbox.engine.streams import STDERR, STDOUT, Capture, EndOfJob, FrameDecoder, InstallDone
 
 LABEL = "io.agent-sandbox"
 OWNER_LABEL = "io.agent-sandbox.owner"
 SANDBOX_USER = "1000:1000"
 WORKDIR = "/work"
+WHEELS_DIR = "/wheels"
+PACKAGES_DIR = "/packages"
 LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -85,6 +87,15 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
     tmpfs_flags = "uid=1000,gid=1000,noexec,nosuid,nodev"
     memory = shape.memory_mib * 1024 * 1024
     file_size = shape.file_size_mib * 1024 * 1024
+    tmpfs = {
+        WORKDIR: f"size={shape.work_mib}m,{tmpfs_flags}",
+        "/tmp": f"size={shape.tmp_mib}m,{tmpfs_flags}",
+    }
+    mounts = []
+    if shape.packages is not None:
+        # Docker's tmpfs default is noexec: say exec, or no C extension could load from it.
+        tmpfs[PACKAGES_DIR] = f"size={shape.packages.packages_mib}m,uid=1000,gid=1000,exec,nosuid,nodev"
+        mounts.append(Mount(WHEELS_DIR, shape.packages.wheels_dir, type="bind", read_only=True))
     return {
         "image": shape.image,
         "name": f"agent-sandbox-{secrets.token_hex(6)}",
@@ -98,10 +109,8 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
         "tty": False,
         **({"network_mode": shape.network} if shape.network else {"network_disabled": True}),
         "read_only": True,
-        "tmpfs": {
-            WORKDIR: f"size={shape.work_mib}m,{tmpfs_flags}",
-            "/tmp": f"size={shape.tmp_mib}m,{tmpfs_flags}",
-        },
+        "tmpfs": tmpfs,
+        "mounts": mounts,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": shape.pids,
@@ -175,9 +184,8 @@ class DockerEngine:
                 raise EngineUnavailable(_unreachable(exc)) from None
         return self._client
 
-    def check(self, image: str | None = None) -> str:
+    def check(self, image: str) -> str:
         """Fail with a fix unless the engine answers and ``image`` is present; returns its version."""
-        image = image or self.settings.image
         if self.client.api.base_url.startswith(("https://", "http+docker://ssh")):
             raise EngineUnavailable(
                 f"the Docker engine at {self.client.api.base_url} is reached over TLS or SSH, which "
@@ -313,8 +321,10 @@ class DockerEngine:
         container, stream = started_container.container, started_container.attachment.sock
         limits = spec.limits
         nonce = secrets.token_hex(16)
-        started = time.monotonic()
-        deadline = started + limits.timeout_s
+        started = program_started = time.monotonic()
+        # With requirements, the install gets its own time; the program's starts after it.
+        installing = InstallDone(nonce) if spec.install is not None else None
+        deadline = started + (spec.install.timeout_s if spec.install is not None else limits.timeout_s)
         payload = spec.header(nonce) + spec.archive + (spec.stdin or b"")
         finished = threading.Event()
         threading.Thread(target=_feed, args=(stream, payload, finished), daemon=True).start()
@@ -344,6 +354,12 @@ class DockerEngine:
                 if not chunk:
                     break
                 for kind, data in decoder.feed(chunk):
+                    if kind == STDOUT and installing is not None and installing.report is None:
+                        data = installing.feed(data)
+                        if installing.report is not None:
+                            data += installing.rest
+                            program_started = time.monotonic()
+                            deadline = program_started + limits.timeout_s
                     if kind in captures:
                         captures[kind].add(ends[kind].feed(data))
                 seen = sum(capture.seen for capture in captures.values())
@@ -352,7 +368,7 @@ class DockerEngine:
                     _kill(container)
                     stop_reading_at = time.monotonic() + _DRAIN_S
         finished.set()
-        duration = time.monotonic() - started
+        duration = time.monotonic() - program_started
         for kind, end in ends.items():
             captures[kind].add(end.flush())
         report = _end_report(ends[STDOUT].report, ends[STDERR].report)
@@ -361,6 +377,11 @@ class DockerEngine:
             exit_code, oom_killed = report
         else:
             exit_code, oom_killed = _final_state(container)
+        install = None
+        if spec.install is not None and installing is not None:
+            install = _install_outcome(installing.report, time.monotonic() - started, spec.install.timeout_s)
+            if not install.finished or install.exit_code != 0:
+                exit_code = None  # the program never ran
         out, err = captures[STDOUT], captures[STDERR]
         return Outcome(
             exit_code=exit_code,
@@ -374,6 +395,7 @@ class DockerEngine:
             timed_out=timed_out,
             oom_killed=oom_killed,
             output_killed=output_killed,
+            install=install,
         )
 
     def _remove(self, container: Container) -> None:
@@ -427,18 +449,34 @@ def _kill(container: Container) -> None:
     threading.Thread(target=kill, daemon=True).start()
 
 
-def _end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> tuple[int, bool] | None:
-    """Exit code and OOM kill from the launcher's end-of-job line, if both streams carried it."""
+def _end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> tuple[int | None, bool] | None:
+    """Exit code (None: the program never ran) and OOM kill from the launcher's end-of-job line,
+    if both streams carried it."""
     if stdout_line is None or stdout_line != stderr_line:
         return None
     try:
         report = json.loads(stdout_line)
-        exit_code, oom_kills = int(report["exit_code"]), report["oom_kills"]
+        code, oom_kills = report["exit_code"], report["oom_kills"]
+        exit_code = None if code is None else int(code)
     except (ValueError, KeyError, TypeError):
         return None
     if oom_kills is None:
         return None  # no cgroup counter to read: ask Docker instead
     return exit_code, int(oom_kills) > 0
+
+
+def _install_outcome(line: bytes | None, elapsed_s: float, timeout_s: float) -> InstallOutcome:
+    """The launcher's install report; without one, the install was stopped (for time, or with
+    the container)."""
+    if line is None:
+        return InstallOutcome(False, None, round(elapsed_s, 3), "", timeout_s)
+    try:
+        report = json.loads(line)
+        return InstallOutcome(
+            True, int(report["exit_code"]), float(report["seconds"]), str(report["output"]), timeout_s
+        )
+    except (ValueError, KeyError, TypeError):
+        return InstallOutcome(True, None, round(elapsed_s, 3), "unreadable install report", timeout_s)
 
 
 def _final_state(container: Container) -> tuple[int | None, bool]:

@@ -1,11 +1,12 @@
 """The first step inside every sandbox container; its source is passed to ``python3 -c``.
 
 The container starts with no job. Standard input then carries the job (its size in decimal and a
-newline, then that much JSON: ``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``nonce``), a
-tar of exactly
-``archive_bytes`` bytes, and the caller's stdin. The launcher reads the line and the tar with
-unbuffered reads, unpacks regular files and folders under /work (re-checking every name: defence
-in depth), and runs ``python3 ENTRYPOINT ARGS...`` as its child, which inherits the rest of stdin.
+newline, then that much JSON: ``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``wheels``,
+``nonce``), a tar of exactly ``archive_bytes`` bytes, and the caller's stdin. The launcher reads
+the line and the tar with unbuffered reads, unpacks regular files and folders under /work
+(re-checking every name: defence in depth), installs the job's wheels (if any) from the read-only
+/wheels into /packages, offline, and reports that on a first stdout line of its own; then it runs
+``python3 ENTRYPOINT ARGS...`` as its child, which inherits the rest of stdin.
 Because the job arrives over stdin, a container can be started ahead of time and handed exactly
 one job.
 
@@ -24,13 +25,19 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tarfile
+import time
 
 WORK = "/work"
+WHEELS = "/wheels"
+PACKAGES = "/packages"
+INSTALL_OUTPUT_BYTES = 8192
 FAILURE_EXIT = 125
 MAX_HEADER_BYTES = 1 << 20
 END_PREFIX = b"\x00agent-sandbox-end "
+INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 PR_SET_DUMPABLE = 4
 OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
 
@@ -120,6 +127,42 @@ def _oom_kills() -> "int | None":
     return None
 
 
+def _install(wheels: "list[str]") -> "dict[str, object]":
+    """Install the wheels into /packages with uv (fast) or else pip; no index, no network, no
+    dependency resolution (the host did that), no config files from /work."""
+    paths = []
+    for name in wheels:
+        if "/" in name or not name.endswith(".whl"):
+            _fail(f"refusing wheel name {name!r}")
+        paths.append(os.path.join(WHEELS, name))
+    uv = shutil.which("uv")
+    if uv:
+        command = [uv, "pip", "install", "--offline", "--no-index", "--no-deps", "--no-cache",
+                   "--no-config", "--python", sys.executable, "--target", PACKAGES,
+                   "--link-mode", "copy", *paths]  # fmt: skip
+    else:
+        command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+                   "--no-cache-dir", "--disable-pip-version-check", "--isolated", "--target",
+                   PACKAGES, *paths]  # fmt: skip
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/"
+        )
+        exit_code, output = done.returncode, done.stdout
+    except OSError as exc:
+        exit_code, output = 127, f"cannot start the installer: {exc}".encode()
+    return {
+        "exit_code": exit_code,
+        "seconds": round(time.monotonic() - started, 3),
+        "output": output[-INSTALL_OUTPUT_BYTES:].decode("utf-8", errors="replace"),
+    }
+
+
+def _marked_line(prefix: bytes, nonce: str, report: "dict[str, object]") -> bytes:
+    return prefix + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
+
+
 def _run(entrypoint: str, args: "list[str]", env: "dict[str, str]") -> int:
     """Run the program as our child in a process group of its own; its exit code, as a shell
     gives it (128+N when killed by signal N)."""
@@ -147,18 +190,27 @@ def _end_everything_else() -> None:
 
 def main() -> None:
     job = _read_job()
-    _unpack(_ArchiveInput(int(job["archive_bytes"])))  # type: ignore[call-overload]
-    os.chdir(WORK)
+    nonce = str(job["nonce"])
     if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         _fail("cannot protect the launcher's memory (prctl PR_SET_DUMPABLE)")
+    _unpack(_ArchiveInput(int(job["archive_bytes"])))  # type: ignore[call-overload]
     env = {**os.environ, **job["env"]}  # type: ignore[dict-item]
-    exit_code = _run(str(job["entrypoint"]), list(job["args"]), env)  # type: ignore[call-overload]
+    installed = True
+    if job.get("wheels"):
+        install = _install(list(job["wheels"]))  # type: ignore[call-overload]
+        os.write(1, _marked_line(INSTALLED_PREFIX, nonce, install))
+        installed = install["exit_code"] == 0
+        env["PYTHONPATH"] = PACKAGES
+        env["PATH"] = f"{PACKAGES}/bin:{env['PATH']}"
+    os.chdir(WORK)
+    exit_code = None
+    if installed:
+        exit_code = _run(str(job["entrypoint"]), list(job["args"]), env)  # type: ignore[call-overload]
     _end_everything_else()
-    report = json.dumps({"exit_code": exit_code, "oom_kills": _oom_kills()})
-    line = END_PREFIX + str(job["nonce"]).encode() + b" " + report.encode() + b"\n"
+    line = _marked_line(END_PREFIX, nonce, {"exit_code": exit_code, "oom_kills": _oom_kills()})
     os.write(1, line)
     os.write(2, line)
-    sys.exit(exit_code)
+    sys.exit(FAILURE_EXIT if exit_code is None else exit_code)
 
 
 main()

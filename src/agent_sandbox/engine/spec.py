@@ -9,6 +9,24 @@ from agent_sandbox.models import Limits
 
 
 @dataclass(frozen=True)
+class PackageMount:
+    """A run's wheels, mounted read-only at /wheels, and the tmpfs /packages they install into
+    (not noexec, unlike /work and /tmp: C extensions must load)."""
+
+    wheels_dir: str
+    packages_mib: int
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    """Wheels to install before the program starts, and how long that may take."""
+
+    mount: PackageMount
+    wheels: tuple[str, ...]  # file names in mount.wheels_dir
+    timeout_s: float
+
+
+@dataclass(frozen=True)
 class ContainerShape:
     """What a container is created with. Any job of the same shape may run in a warm container
     of it: everything else about a job (files, command, env, stdin, time and output limits)
@@ -24,12 +42,16 @@ class ContainerShape:
     work_mib: int
     tmp_mib: int
     network: str = ""  # empty: no network at all
+    packages: PackageMount | None = None  # a run's own, so such a container is never warm
 
     @classmethod
-    def of(cls, image: str, limits: Limits, network: str = "") -> ContainerShape:
+    def of(
+        cls, image: str, limits: Limits, network: str = "", packages: PackageMount | None = None
+    ) -> ContainerShape:
         return cls(
             image=image,
             network=network,
+            packages=packages,
             memory_mib=limits.memory_mib,
             cpus=limits.cpus,
             cpu_shares=limits.cpu_shares,
@@ -53,10 +75,12 @@ class RunSpec:
     env: dict[str, str]
     limits: Limits
     network: str = ""
+    install: InstallSpec | None = None
 
     @property
     def shape(self) -> ContainerShape:
-        return ContainerShape.of(self.image, self.limits, self.network)
+        mount = self.install.mount if self.install else None
+        return ContainerShape.of(self.image, self.limits, self.network, mount)
 
     def header(self, nonce: str) -> bytes:
         """What the launcher reads first: the job's size and the job (how many tar bytes follow,
@@ -66,10 +90,22 @@ class RunSpec:
             "entrypoint": self.entrypoint,
             "args": list(self.args),
             "env": self.env,
+            "wheels": list(self.install.wheels) if self.install else [],
             "nonce": nonce,
         }
         encoded = json.dumps(job).encode()
         return b"%d\n" % len(encoded) + encoded
+
+
+@dataclass(frozen=True)
+class InstallOutcome:
+    """How installing the wheels went; ``finished`` is False when it was stopped for time."""
+
+    finished: bool
+    exit_code: int | None
+    seconds: float
+    output: str
+    timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -88,3 +124,4 @@ class Outcome:
     oom_killed: bool
     output_killed: bool
     warm_start: bool = False
+    install: InstallOutcome | None = None

@@ -70,27 +70,25 @@ class Capture:
 
 
 END_PREFIX = b"\x00agent-sandbox-end "
+INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 
 
-class EndOfJob:
-    """Finds the launcher's end-of-job line in one output stream.
+class MarkedLine:
+    """Finds one line the launcher marked with ``prefix`` and the host's nonce in an output
+    stream: ``prefix + nonce + " " + report + "\\n"``. The nonce is the host's secret for this
+    job, so program output can never pass for the line. ``feed`` returns the bytes before the
+    line; once ``report`` is set, ``rest`` holds what followed it in the same chunk."""
 
-    When the program has exited, the launcher writes ``END_PREFIX + nonce + " " + report + "\\n"``
-    to stdout and to stderr. Within one stream the program's bytes all come before it, so once
-    both streams have shown it, all the program's output is in, without waiting for the engine to
-    tear the container down. The nonce is the host's secret for this job, so program output can
-    never pass for the line. ``feed`` returns the bytes that belong to the program.
-    """
-
-    def __init__(self, nonce: str):
-        self.marker = END_PREFIX + nonce.encode() + b" "
+    def __init__(self, prefix: bytes, nonce: str):
+        self.marker = prefix + nonce.encode() + b" "
         self.report: bytes | None = None
+        self.rest = b""
         self._held = b""
         self._line: bytearray | None = None
 
     def feed(self, data: bytes) -> bytes:
         if self.report is not None:
-            return b""  # after the end: a lingering grandchild's output, not the program's
+            return b""
         if self._line is not None:
             self._take_line(data)
             return b""
@@ -116,9 +114,31 @@ class EndOfJob:
         self._line += data if end < 0 else data[:end]
         if end >= 0:
             self.report = bytes(self._line)
+            self.rest = data[end + 1 :]
 
     def _partial_marker_at_end(self, buffer: bytes) -> int:
         for size in range(min(len(buffer), len(self.marker) - 1), 0, -1):
             if buffer.endswith(self.marker[:size]):
                 return size
         return 0
+
+
+class EndOfJob(MarkedLine):
+    """The launcher's end-of-job line in one output stream.
+
+    When the program has exited, the launcher writes the line to stdout and to stderr. Within one
+    stream the program's bytes all come before it, so once both streams have shown it, all the
+    program's output is in, without waiting for the engine to tear the container down. What
+    follows it (a lingering grandchild's output) is not the program's and is dropped.
+    """
+
+    def __init__(self, nonce: str):
+        super().__init__(END_PREFIX, nonce)
+
+
+class InstallDone(MarkedLine):
+    """The launcher's install report, the first line on stdout of a run with requirements; the
+    program starts, and its time limit begins, only after it."""
+
+    def __init__(self, nonce: str):
+        super().__init__(INSTALLED_PREFIX, nonce)

@@ -1,13 +1,16 @@
-"""``agent-sandbox image build``: build and tag the sandbox image.
+"""``agent-sandbox image build``: build and tag the sandbox images, one per profile.
 
-The Dockerfile starts ``FROM`` a public Python image when a registry answers. Where none does
-(as on machines without registry access), a Debian root filesystem is bootstrapped with
-``debootstrap`` and ``docker import``-ed as the base instead.
+A profile's Dockerfile starts ``FROM`` the image of the profile it builds on, or, for the first,
+a public Python image when a registry answers. Where none does (as on machines without registry
+access), a Debian root filesystem is bootstrapped with ``debootstrap`` and ``docker import``-ed as
+the base instead. Packages never come from the network inside a build: the host resolves them to
+wheels (the same cache as per-run requirements) and the build context carries them in ``wheels/``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -15,8 +18,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import docker
 import docker.errors
+
+from agent_sandbox.images.profiles import INSTALLER_REQUIREMENT, Profile, get_profile
+from agent_sandbox.packages import PackageRefused, WheelResolver, parse_requirements
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +31,6 @@ PUBLIC_BASE = "python:3.11-slim-bookworm"
 BOOTSTRAP_BASE = "agent-sandbox-base:bookworm"
 DEBIAN_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-IMAGES_DIR = Path(__file__).parent
 _NOISY_DEBOOTSTRAP_LINES = ("I: Retrieving", "I: Validating", "I: Unpacking", "I: Configuring")
 
 
@@ -32,20 +38,49 @@ class ImageBuildError(Exception):
     """The image could not be built; the message says what to fix."""
 
 
-def profile_dir(profile: str) -> Path:
-    """The build context of an image profile."""
-    path = IMAGES_DIR / profile
-    if not (path / "Dockerfile").is_file():
-        known = sorted(p.name for p in IMAGES_DIR.iterdir() if (p / "Dockerfile").is_file())
-        raise ImageBuildError(f"unknown image profile {profile!r}; known profiles: {known}")
-    return path
+def build_image(
+    client: docker.DockerClient, profile: Profile, wheels: WheelResolver, tag: str | None = None
+) -> str:
+    """Build ``profile`` (and the profile it builds on, if that image is missing) and tag it
+    ``tag`` (default: the profile's image); returns the image id."""
+    if profile.base_profile is None:
+        base = _choose_base(client)
+        requirements = [INSTALLER_REQUIREMENT]
+    else:
+        base = get_profile(profile.base_profile).image
+        if not _image_exists(client, base):
+            build_image(client, get_profile(profile.base_profile), wheels)
+        requirements = profile.packages()
+    tag = tag or profile.image
+    with tempfile.TemporaryDirectory(prefix="agent-sandbox-build-") as tmp:
+        context = Path(tmp) / "context"
+        shutil.copytree(profile.folder, context)
+        _add_wheels(context / "wheels", requirements, wheels)
+        log.info("building %s from %s (profile %s)", tag, base, profile.name)
+        image_id = _docker_build(client, context, tag, base)
+    log.info("built %s (%s)", tag, image_id[:19])
+    return image_id
 
 
-def build_image(client: docker.DockerClient, tag: str, profile: str = "minimal") -> str:
-    """Build ``profile`` and tag it ``tag``; returns the image id."""
-    context = profile_dir(profile)
-    base = _choose_base(client)
-    log.info("building %s from %s (profile %s)", tag, base, profile)
+def _add_wheels(folder: Path, requirements: list[str], wheels: WheelResolver) -> None:
+    """Resolve ``requirements`` to wheels on the host and put them in the build context."""
+    log.info("resolving %d requirement(s) to wheels on the host ...", len(requirements))
+    try:
+        resolution = anyio.run(wheels.resolve, parse_requirements(requirements))
+    except PackageRefused as exc:
+        raise ImageBuildError(f"the image's packages cannot be fetched: {exc}") from None
+    folder.mkdir()
+    for wheel in resolution.wheels:
+        try:
+            os.link(wheel.path, folder / wheel.filename)
+        except OSError:
+            shutil.copyfile(wheel.path, folder / wheel.filename)
+    size_mib = sum(wheel.size for wheel in resolution.wheels) / (1024 * 1024)
+    source = "from the cache" if resolution.from_cache else f"in {resolution.seconds:.1f} s"
+    log.info("%d wheel(s), %.0f MiB, %s", len(resolution.wheels), size_mib, source)
+
+
+def _docker_build(client: docker.DockerClient, context: Path, tag: str, base: str) -> str:
     image_id = ""
     try:
         for chunk in client.api.build(
@@ -66,7 +101,6 @@ def build_image(client: docker.DockerClient, tag: str, profile: str = "minimal")
                 image_id = chunk["aux"]["ID"]
     except docker.errors.APIError as exc:
         raise ImageBuildError(f"docker build failed: {exc.explanation or exc}") from exc
-    log.info("built %s (%s)", tag, image_id[:19])
     return image_id
 
 

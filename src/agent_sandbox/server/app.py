@@ -18,6 +18,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from agent_sandbox.engine.docker import EngineError, ProgressCallback
+from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server.audit import AuditLog
@@ -27,8 +28,9 @@ from agent_sandbox.server.summary import summarise
 SERVER_NAME = "agent-sandbox"
 CONFIG_URI = "sandbox://config"
 _RequestFactory = Callable[[], RunRequest]
-_STAGES = {"queued": 0, "starting": 1, "running": 2}
+_STAGES = {"resolving": 0, "queued": 1, "starting": 2, "running": 3}
 _STAGE_MESSAGES = {
+    "resolving": "fetching the requirements' wheels on the host",
     "queued": "waiting for a free sandbox slot",
     "starting": "creating a fresh container",
     "running": "the program is running",
@@ -53,9 +55,21 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         if settings.engine.network
         else "NO network access"
     )
+    profiles = "; ".join(get_profile(name).describe() for name in settings.engine.profiles)
+    packages = settings.packages
+    if not packages.enabled:
+        requirements_help = "Installing other packages is turned off on this server."
+    else:
+        allowed = f" Allowed packages: {', '.join(packages.allow)}." if packages.allow else ""
+        requirements_help = (
+            "Other packages: list them in `requirements` (e.g. ['six', 'pandas>=2']; wheels "
+            "only, fetched by the host, installed offline into /packages before the program "
+            f"starts, at most {packages.max_wheels} wheels / {packages.max_total_mib} MiB)." + allowed
+        )
     environment = (
-        f"Runs in a fresh, single-use Linux container with CPython 3.11 and its standard library "
-        f"only (no third-party packages), {network}, as an unprivileged user. The working "
+        f"Runs in a fresh, single-use Linux container with CPython 3.11, {network}, as an "
+        f"unprivileged user. Image profiles (`image`; default '{settings.engine.profile}'): "
+        f"{profiles}. {requirements_help} The working "
         f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB); "
         f"everything else is read-only and nothing persists after the call. Limits: "
         f"{limits.memory_mib} MiB of memory (files in /work and /tmp count), {limits.cpus:g} CPU, "
@@ -82,12 +96,24 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         f"at most {limits.max_timeout_s:g}). Output printed before a stop is kept.",
     )
     stdin_field = Field(default=None, description="Text given to the program on standard input.")
+    image_field = Field(
+        default=None,
+        description=f"Image profile: one of {settings.engine.profiles} "
+        f"(default {settings.engine.profile!r}).",
+    )
+    requirements_field = Field(
+        default=None,
+        description="Packages to install before the program runs, as pip requirement specifiers, "
+        "e.g. ['six', 'pandas>=2,<3']. The install is reported apart, in `install`.",
+    )
 
     async def run_python(
         code: Annotated[str, Field(description="Python source code, run as /work/main.py.")],
         ctx: Context,
         stdin: Annotated[str | None, stdin_field] = None,
         timeout_s: Annotated[float | None, timeout_field] = None,
+        requirements: Annotated[list[str] | None, requirements_field] = None,
+        image: Annotated[str | None, image_field] = None,
     ) -> Annotated[CallToolResult, RunResult]:
         return await calls.run(
             "run_python",
@@ -96,6 +122,8 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
                 files=[ProjectFile(path="main.py", content=code)],
                 stdin=stdin,
                 limits=LimitRequest(timeout_s=timeout_s),
+                requirements=requirements or [],
+                profile=image,
             ),
         )
 
@@ -119,6 +147,8 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
             dict[str, str] | None, Field(description="Extra environment variables for the program.")
         ] = None,
         timeout_s: Annotated[float | None, timeout_field] = None,
+        requirements: Annotated[list[str] | None, requirements_field] = None,
+        image: Annotated[str | None, image_field] = None,
     ) -> Annotated[CallToolResult, RunResult]:
         return await calls.run(
             "run_project",
@@ -130,6 +160,8 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
                 stdin=stdin,
                 env=env or {},
                 limits=LimitRequest(timeout_s=timeout_s),
+                requirements=requirements or [],
+                profile=image,
             ),
         )
 
@@ -142,7 +174,8 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
     server.add_tool(
         run_project,
         title="Run a Python project",
-        description="Write several files (modules, data) under /work and run one of them. " + environment,
+        description="Write several files (modules, data) under /work and run one of them; a "
+        "top-level requirements.txt among them is installed like `requirements`. " + environment,
         annotations=ANNOTATIONS,
     )
 
@@ -150,14 +183,19 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         CONFIG_URI,
         name="sandbox-config",
         title="Sandbox configuration",
-        description="The image and the limits every run gets, and what a caller may send.",
+        description="The image profiles, package policy and limits every run gets, and what a "
+        "caller may send.",
         mime_type="application/json",
     )
     def config() -> str:
         return json.dumps(
             {
-                "image": settings.engine.image,
-                "allowed_images": settings.engine.allowed_images,
+                "profile": settings.engine.profile,
+                "profiles": {
+                    name: {"image": get_profile(name).image, "packages": get_profile(name).packages()}
+                    for name in settings.engine.profiles
+                },
+                "packages": settings.packages.model_dump(exclude={"cache_dir"}),
                 "network": settings.engine.network or "none",
                 "warm_pool_size": settings.engine.pool_size,
                 "limits": settings.limits.model_dump(),

@@ -14,6 +14,15 @@ def summarise(result: RunResult) -> str:
     else:
         status = f"exit code {result.exit_code} in {result.duration_s:.2f} s"
     lines = [f"status: {status}"]
+    if (install := result.install) is not None:
+        source = "host cache" if install.from_cache else f"downloaded in {install.resolve_s:.2f} s"
+        state = "installed" if install.ok else "FAILED to install; the program did not run"
+        lines.append(
+            f"requirements: {', '.join(install.requirements)} -> {len(install.wheels)} wheel(s) "
+            f"({source}), {state} in {install.install_s:.2f} s"
+        )
+        if not install.ok and install.output:
+            lines += ["--- installer output ---", install.output.rstrip("\n")]
     for name, text, truncated, total in (
         ("stdout", result.stdout, result.stdout_truncated, result.stdout_bytes),
         ("stderr", result.stderr, result.stderr_truncated, result.stderr_bytes),

@@ -1,0 +1,71 @@
+"""Image profiles: what each sandbox image holds. A profile is a folder here with a Dockerfile
+and, when it adds packages, a ``requirements.txt`` of exact pins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_REPOSITORY = "agent-sandbox"
+IMAGES_DIR = Path(__file__).parent
+# Baked into every profile: installs a run's wheels offline in tens of milliseconds.
+INSTALLER_REQUIREMENT = "uv==0.13.9"
+
+
+class UnknownProfile(ValueError):
+    """No profile has that name."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One sandbox image: its name, what it is for, and the profile it builds on."""
+
+    name: str
+    summary: str
+    base_profile: str | None = None  # None: built from the Debian or public Python base
+
+    @property
+    def image(self) -> str:
+        """The image's tag on the Docker engine."""
+        return f"{IMAGE_REPOSITORY}:{self.name}"
+
+    @property
+    def folder(self) -> Path:
+        """The build context: Dockerfile and pinned requirements."""
+        return IMAGES_DIR / self.name
+
+    def packages(self) -> list[str]:
+        """The pinned packages it adds to the standard library (without their dependencies)."""
+        path = self.folder / "requirements.txt"
+        if not path.is_file():
+            return []
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        return [line for line in lines if line]
+
+    def describe(self) -> str:
+        """One line for tool descriptions: the name, the summary and every pinned package."""
+        packages = self.packages()
+        listed = f": {', '.join(packages)}" if packages else ""
+        return f"'{self.name}' ({self.summary}{listed})"
+
+
+PROFILES = {
+    profile.name: profile
+    for profile in (
+        Profile("minimal", "CPython 3.11 and its standard library only"),
+        Profile(
+            "datascience",
+            "minimal plus the data-analysis stack, matplotlib drawing with the non-interactive "
+            "Agg backend (save figures to files)",
+            base_profile="minimal",
+        ),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; ``UnknownProfile`` names the ones there are."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UnknownProfile(f"unknown image profile {name!r}; known profiles: {sorted(PROFILES)}") from None

@@ -1,0 +1,170 @@
+"""Per-run requirements: parsing, policy, wheel targets and the cache (no engine, no index)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_sandbox.config import PackageSettings
+from agent_sandbox.packages import (
+    CachedWheel,
+    PackageRefused,
+    WheelCache,
+    WheelTarget,
+    check_requested,
+    check_resolved,
+    parse_requirements,
+    requirements_file,
+)
+
+SIX = "six-1.17.0-py2.py3-none-any.whl"
+
+
+@pytest.mark.parametrize(
+    "spec", ["six", "pandas>=2,<3", "Requests[socks]==2.32.0", 'tomli; python_version < "3.11"', " six "]
+)
+def test_named_requirements_are_accepted(spec: str) -> None:
+    [requirement] = parse_requirements([spec])
+    assert requirement.name.lower() in spec.lower()
+
+
+def test_duplicates_are_dropped() -> None:
+    assert [str(r) for r in parse_requirements(["six", "six", "six>=1"])] == ["six", "six>=1"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("six @ https://example.invalid/six.whl", "points at a URL or file"),
+        ("--index-url=https://evil.invalid/simple", "is a pip option"),
+        ("-e .", "is a pip option"),
+        ("./local/package", "not a valid requirement"),
+        ("six==", "not a valid requirement"),
+        ("", "empty"),
+        ("a" * 201, "longer than 200"),
+    ],
+)
+def test_anything_but_a_named_package_is_refused_by_name(spec: str, reason: str) -> None:
+    with pytest.raises(PackageRefused, match=reason) as refused:
+        parse_requirements([spec])
+    assert repr(spec)[:40] in str(refused.value)
+
+
+def test_a_requirements_file_gives_its_requirements_without_comments() -> None:
+    text = "# data\nsix==1.17.0  # pinned\n\npandas>=2\n\t\n"
+    assert requirements_file(text) == ["six==1.17.0", "pandas>=2"]
+
+
+@pytest.mark.parametrize("line", ["-r other.txt", "--extra-index-url https://x.invalid", "-e ."])
+def test_option_lines_in_a_requirements_file_are_refused_with_their_line_number(line: str) -> None:
+    with pytest.raises(PackageRefused, match=r"requirements\.txt line 2 .* is a pip option"):
+        requirements_file(f"six\n{line}\n")
+
+
+def wheel(filename: str, size: int = 1000) -> CachedWheel:
+    return CachedWheel(filename, "0" * 64, size, Path("/nowhere") / filename)
+
+
+def test_turned_off_requirements_are_refused_but_no_requirements_are_fine() -> None:
+    off = PackageSettings(enabled=False)
+    check_requested([], off)
+    with pytest.raises(PackageRefused, match="turned off"):
+        check_requested(parse_requirements(["six"]), off)
+
+
+def test_a_denied_package_is_refused_by_any_spelling() -> None:
+    settings = PackageSettings(deny=["python-dateutil"])
+    with pytest.raises(PackageRefused, match="'Python_DateUtil' is denied"):
+        check_requested(parse_requirements(["Python_DateUtil>=2"]), settings)
+
+
+def test_a_denied_dependency_is_refused_after_resolution() -> None:
+    settings = PackageSettings(deny=["python-dateutil"])
+    wheels = [wheel("pandas-2.3.3-cp311-cp311-manylinux_2_28_x86_64.whl"), wheel("python_dateutil-4.0.0-py3-none-any.whl")]
+    with pytest.raises(PackageRefused, match="'python-dateutil' is denied .* depends on it"):
+        check_resolved(wheels, settings)
+
+
+def test_the_allow_list_names_what_may_be_asked_for() -> None:
+    settings = PackageSettings(allow=["six"])
+    check_requested(parse_requirements(["SIX==1.17.0"]), settings)
+    with pytest.raises(PackageRefused, match=r"'numpy' is not on this server's allow list \(six\)"):
+        check_requested(parse_requirements(["numpy"]), settings)
+
+
+def test_caps_on_requirements_wheels_and_size() -> None:
+    settings = PackageSettings(max_requirements=1, max_wheels=2, max_total_mib=1)
+    with pytest.raises(PackageRefused, match="2 requirements asked for, more than the 1"):
+        check_requested(parse_requirements(["six", "attrs"]), settings)
+    with pytest.raises(PackageRefused, match="3 wheels, more than the 2"):
+        check_resolved([wheel(SIX), wheel("a-1-py3-none-any.whl"), wheel("b-1-py3-none-any.whl")], settings)
+    with pytest.raises(PackageRefused, match="2 MiB of wheels, more than the 1 MiB"):
+        check_resolved([wheel(SIX, size=2 * 1024 * 1024)], settings)
+
+
+def test_the_target_accepts_every_older_manylinux_and_nothing_newer() -> None:
+    target = WheelTarget(python="3.11", glibc=(2, 36), machine="x86_64")
+    platforms = target.platforms()
+    assert platforms[0] == "manylinux_2_36_x86_64"
+    assert {"manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"} <= set(platforms)
+    assert "manylinux_2_37_x86_64" not in platforms
+    options = target.pip_options()
+    assert options[0] == "--only-binary=:all:"  # never a source distribution
+    assert options[options.index("--python-version") + 1] == "3.11"
+    assert {"cp311", "abi3", "none"} == {options[i + 1] for i, o in enumerate(options) if o == "--abi"}
+
+
+def add_wheel(cache: WheelCache, tmp_path: Path, name: str = SIX, data: bytes = b"zip") -> CachedWheel:
+    download = tmp_path / "download"
+    download.mkdir(exist_ok=True)
+    (download / name).write_bytes(data)
+    return cache.add(download / name)
+
+
+def test_wheels_are_stored_by_hash_and_readable_by_the_sandbox_user(tmp_path: Path) -> None:
+    cache = WheelCache(tmp_path / "cache")
+    stored = add_wheel(cache, tmp_path)
+    assert stored.path == cache.wheels / stored.sha256 / SIX
+    assert stored.sha256 == hashlib.sha256(b"zip").hexdigest()
+    assert stored.name == "six"
+    assert stat.S_IMODE(stored.path.stat().st_mode) == 0o644
+
+
+def test_a_resolution_is_recalled_until_it_expires_or_a_wheel_goes(tmp_path: Path) -> None:
+    cache = WheelCache(tmp_path / "cache")
+    stored = add_wheel(cache, tmp_path)
+    cache.remember("k", ["six"], [stored])
+    assert cache.recall("k", max_age_s=60) == [stored]
+    assert cache.recall("other", max_age_s=60) is None
+    time.sleep(0.01)
+    assert cache.recall("k", max_age_s=0) is None
+    stored.path.unlink()
+    assert cache.recall("k", max_age_s=60) is None
+
+
+def test_a_run_sees_exactly_its_wheels_and_the_folder_goes_afterwards(tmp_path: Path) -> None:
+    cache = WheelCache(tmp_path / "cache")
+    six = add_wheel(cache, tmp_path)
+    add_wheel(cache, tmp_path, "other-1.0-py3-none-any.whl", b"other")
+    with cache.staged([six]) as folder:
+        assert sorted(os.listdir(folder)) == [SIX]
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+        assert (folder / SIX).stat().st_ino == six.path.stat().st_ino  # a link, not a copy
+    assert not folder.exists()
+
+
+def test_run_folders_a_crash_left_behind_are_removed(tmp_path: Path) -> None:
+    cache = WheelCache(tmp_path / "cache")
+    stale = cache.runs / "dead"
+    stale.mkdir(parents=True)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = cache.runs / "live"
+    fresh.mkdir()
+    assert cache.remove_stale_runs(older_than_s=600) == 1
+    assert not stale.exists()
+    assert fresh.exists()
