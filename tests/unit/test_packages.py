@@ -85,8 +85,11 @@ def test_a_denied_package_is_refused_by_any_spelling() -> None:
 
 def test_a_denied_dependency_is_refused_after_resolution() -> None:
     settings = PackageSettings(deny=["python-dateutil"])
-    wheels = [wheel("pandas-2.3.3-cp311-cp311-manylinux_2_28_x86_64.whl"), wheel("python_dateutil-4.0.0-py3-none-any.whl")]
-    with pytest.raises(PackageRefused, match="'python-dateutil' is denied .* depends on it"):
+    wheels = [
+        wheel("pandas-2.3.3-cp311-cp311-manylinux_2_28_x86_64.whl"),
+        wheel("python_dateutil-4.0.0-py3-none-any.whl"),
+    ]
+    with pytest.raises(PackageRefused, match=r"'python-dateutil' is denied .* depends on it"):
         check_resolved(wheels, settings)
 
 
