@@ -39,7 +39,7 @@ engine:
 
 # Cheap when nothing changed: docker's build cache answers, the Debian base is reused.
 image: venv engine
-	$(BIN)/agent-sandbox image build
+	$(BIN)/agent-sandbox image build --profile minimal --profile datascience
 
 # The MCP conformance suite needs Node >= 22; npm's `node` package brings one along.
 conformance-tools: $(CONFORMANCE)

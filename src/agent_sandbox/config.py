@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agent_sandbox.images.profiles import PROFILES
+
 ENV_PREFIX = "AGENT_SANDBOX_"
 ENV_NESTED_DELIMITER = "__"
 CONFIG_PATH_ENV = "AGENT_SANDBOX_CONFIG"
@@ -43,6 +45,15 @@ class EngineSettings(_Section):
     profiles: list[str] = Field(
         default=["minimal"], min_length=1, description="The only image profiles a run may use."
     )
+
+    @field_validator("profile", "profiles")
+    @classmethod
+    def _known_profiles(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if name not in PROFILES:
+                raise ValueError(f"unknown image profile {name!r}; known profiles: {sorted(PROFILES)}")
+        return value
+
     network: str = Field(default="", description="Docker network for sandboxes; empty: no network at all.")
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
     max_queued_runs: int = Field(default=16, ge=0, le=10_000)

@@ -13,6 +13,7 @@ from mcp import Client
 
 from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
+from agent_sandbox.images import profiles
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
 from tests.helpers import while_running
@@ -30,6 +31,7 @@ def sandbox(engine: DockerEngine) -> Sandbox:
 RESULT_FIELDS = {
     "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "stdout_bytes",
     "stderr_bytes", "duration_s", "timed_out", "oom_killed", "warm_start", "violations", "notes", "limits",
+    "profile", "install",
 }  # fmt: skip
 
 
@@ -48,7 +50,7 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
     assert set(tools) == {"run_python", "run_project"}
     python, project = tools["run_python"], tools["run_project"]
     assert python.input_schema["required"] == ["code"]
-    assert set(python.input_schema["properties"]) == {"code", "stdin", "timeout_s"}
+    assert set(python.input_schema["properties"]) == {"code", "stdin", "timeout_s", "requirements", "image"}
     assert project.input_schema["required"] == ["files"]
     assert set(project.input_schema["properties"]) == {
         "files",
@@ -57,6 +59,8 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
         "stdin",
         "env",
         "timeout_s",
+        "requirements",
+        "image",
     }
     for tool in tools.values():
         assert tool.output_schema is not None
@@ -145,6 +149,17 @@ async def test_a_limit_hit_comes_back_as_violations_and_notes(client: Client) ->
         ),
         ("run_python", {"code": "print(1)", "timeout_s": -1}, "timeout_s"),
         ("run_python", {}, "code"),
+        (
+            "run_python",
+            {"code": "pass", "image": "datascience"},
+            "image profile 'datascience' is not offered",
+        ),
+        ("run_python", {"code": "pass", "requirements": ["x @ file:///etc"]}, "points at a URL or file"),
+        (
+            "run_project",
+            {"files": [{"path": "main.py", "content": ""}, {"path": "requirements.txt", "content": "-e ."}]},
+            "requirements.txt line 1 ('-e .') is a pip option",
+        ),
     ],
 )
 async def test_refused_input_is_a_tool_error_that_says_what_to_change(
@@ -157,6 +172,24 @@ async def test_refused_input_is_a_tool_error_that_says_what_to_change(
     assert text != f"Error executing tool {tool}"
 
 
+async def test_requirements_are_installed_and_reported_apart_from_the_output(client: Client) -> None:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    description = tools["run_python"].description or ""
+    assert "'minimal' (CPython 3.11 and its standard library only)" in description
+    assert "list them in `requirements`" in description
+    result = await call(
+        client, "run_python", {"code": "import six; print(six.__name__)", "requirements": ["six"]}
+    )
+    assert result.is_error is False
+    structured = result.structured_content
+    assert structured["stdout"] == "six\n"
+    assert structured["install"]["ok"] is True
+    assert structured["install"]["wheels"][0].startswith("six-")
+    summary = result.content[0].text
+    assert "requirements: six -> 1 wheel(s)" in summary
+    assert "installed in" in summary
+
+
 async def test_progress_is_reported_while_starting_and_running(client: Client) -> None:
     seen: list[tuple[float, float | None, str | None]] = []
 
@@ -166,7 +199,14 @@ async def test_progress_is_reported_while_starting_and_running(client: Client) -
     await client.call_tool("run_python", {"code": "print(1)"}, progress_callback=on_progress)
     messages = [message for _, _, message in seen]
     assert messages == ["creating a fresh container", "the program is running", "finished"]
-    assert [progress for progress, _, _ in seen] == [1, 2, 3]
+    assert [progress for progress, _, _ in seen] == [2, 3, 4]
+    seen.clear()
+    await client.call_tool(
+        "run_python", {"code": "import six", "requirements": ["six"]}, progress_callback=on_progress
+    )
+    assert seen[0][:2] == (0, 4)
+    assert seen[0][2] == "fetching the requirements' wheels on the host"
+    assert [progress for progress, _, _ in seen] == [0, 2, 3, 4]
 
 
 async def test_the_config_resource_shows_the_image_and_limits(client: Client) -> None:
@@ -174,7 +214,9 @@ async def test_the_config_resource_shows_the_image_and_limits(client: Client) ->
     assert "sandbox://config" in listed
     contents = (await client.read_resource("sandbox://config")).contents
     config = json.loads(contents[0].text)  # type: ignore[union-attr]
-    assert config["image"] == "agent-sandbox:minimal"
+    assert config["profile"] == "minimal"
+    assert config["profiles"] == {"minimal": {"image": "agent-sandbox:minimal", "packages": []}}
+    assert config["packages"]["enabled"] is True
     assert config["network"] == "none"
     assert config["limits"]["memory_mib"] == 1024
     assert config["limits"]["max_timeout_s"] == 300
@@ -193,21 +235,17 @@ async def test_cancelling_a_call_removes_its_container_at_once(
 
 
 @pytest.mark.parametrize(
-    ("engine_settings", "words"),
+    ("image_repository", "docker_host", "words"),
     [
-        (
-            EngineSettings(
-                image="agent-sandbox:no-such-image", allowed_images=["agent-sandbox:no-such-image"]
-            ),
-            "agent-sandbox image build",
-        ),
-        (EngineSettings(docker_host="unix:///nonexistent/docker.sock"), "no Docker engine answers"),
+        ("agent-sandbox-no-such-image", "", "agent-sandbox image build"),
+        ("agent-sandbox", "unix:///nonexistent/docker.sock", "no Docker engine answers"),
     ],
 )
 async def test_infrastructure_failures_are_tool_errors_with_a_fix(
-    engine_settings: EngineSettings, words: str
+    monkeypatch: pytest.MonkeyPatch, image_repository: str, docker_host: str, words: str
 ) -> None:
-    sandbox = Sandbox(Settings(engine=engine_settings))
+    monkeypatch.setattr(profiles, "IMAGE_REPOSITORY", image_repository)
+    sandbox = Sandbox(Settings(engine=EngineSettings(docker_host=docker_host)))
     async with Client(build_server(sandbox)) as client:
         result = await client.call_tool("run_python", {"code": "print(1)"})
     assert result.is_error is True

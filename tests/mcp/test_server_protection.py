@@ -1,4 +1,4 @@
-"""The server's own protection: token, body cap, per-client shares, image allowlist, network
+"""The server's own protection: token, body cap, per-client shares, profile allowlist, network
 switch and the audit log."""
 
 from __future__ import annotations
@@ -234,14 +234,22 @@ async def test_an_operator_network_is_used_when_configured(
         network.remove()
 
 
-def test_an_image_outside_the_allowlist_cannot_be_configured() -> None:
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"AGENT_SANDBOX_ENGINE__PROFILE": "datascience"}, "'datascience' is not in engine.profiles"),
+        ({"AGENT_SANDBOX_ENGINE__PROFILES": '["python:3.12"]'}, "unknown image profile 'python:3.12'"),
+        ({"AGENT_SANDBOX_ENGINE__IMAGE": "python:3.12"}, "unknown environment override"),
+    ],
+)
+def test_only_the_repos_profiles_can_be_configured(override: dict[str, str], message: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "agent_sandbox", "serve"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "AGENT_SANDBOX_ENGINE__IMAGE": "python:3.12"},
+        env={**os.environ, **override},
         timeout=60,
     )
     assert done.returncode == 2
-    assert "'python:3.12' is not in engine.allowed_images" in done.stderr
+    assert message in done.stderr
