@@ -149,7 +149,8 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="Calls per throughput row (0: skip).")
     options = parser.parse_args()
     runs, gap = options.runs, options.gap
-    image = load_settings().engine.image
+    engine = load_settings().engine
+    image = engine.image_of(engine.profile)
     docker_version = docker.from_env().version()["Version"]
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, Docker {docker_version}, "

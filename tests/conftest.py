@@ -13,7 +13,6 @@ import pytest
 
 from agent_sandbox.config import EngineSettings, FileSettings, LimitSettings, Settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
-from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import SandboxFactory
 
@@ -37,7 +36,7 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
     """One engine for the session, like a server has; the suite must leave no container behind."""
     settings = Settings()
     engine = DockerEngine(settings.engine, client=docker_client)
-    engine.check(get_profile(settings.engine.profile).image)
+    engine.check(settings.engine.image_of(settings.engine.profile))
     yield engine
     leftovers = docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
     assert leftovers == [], f"containers left behind: {[c.name for c in leftovers]}"

@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(PROFILES),
         help="Profile to build (repeatable; default: the configured engine.profiles).",
     )
-    build.add_argument("--tag", help="Tag to give it, with one --profile (default agent-sandbox:PROFILE).")
+    build.add_argument("--tag", help="Tag to give it, with one --profile (default REPOSITORY:PROFILE).")
     build.set_defaults(handler=_image_build)
 
     doctor = commands.add_parser("doctor", help="Check the engine and the image.")
@@ -216,14 +216,14 @@ def _image_build(options: argparse.Namespace, settings: Settings) -> int:
     engine = DockerEngine(settings.engine)
     wheels = Sandbox(settings, engine).wheels
     for name in names:
-        build_image(engine.client, get_profile(name), wheels, options.tag)
+        build_image(engine.client, get_profile(name), wheels, options.tag or settings.engine.image_of(name))
     return 0
 
 
 def _doctor(options: argparse.Namespace, settings: Settings) -> int:
     sandbox = Sandbox(settings)
     version = sandbox.start()
-    images = ", ".join(get_profile(name).image for name in settings.engine.profiles)
+    images = ", ".join(settings.engine.image_of(name) for name in settings.engine.profiles)
     log.info("engine %s answers; images %s are present", version, images)
     result = anyio.run(sandbox.run, RunRequest(files=[ProjectFile(path="main.py", content=POSTURE_PROBE)]))
     if result.exit_code != 0:

@@ -41,18 +41,13 @@ class EngineSettings(_Section):
     docker_host: str = Field(
         default="", description="Docker engine URL; empty uses DOCKER_HOST or the local socket."
     )
+    image_repository: str = Field(
+        default="agent-sandbox", min_length=1, description="Profile P's image is REPOSITORY:P."
+    )
     profile: str = Field(default="minimal", description="The image profile of a run that names none.")
     profiles: list[str] = Field(
         default=["minimal"], min_length=1, description="The only image profiles a run may use."
     )
-
-    @field_validator("profile", "profiles")
-    @classmethod
-    def _known_profiles(cls, value: str | list[str]) -> str | list[str]:
-        for name in [value] if isinstance(value, str) else value:
-            if name not in PROFILES:
-                raise ValueError(f"unknown image profile {name!r}; known profiles: {sorted(PROFILES)}")
-        return value
 
     network: str = Field(default="", description="Docker network for sandboxes; empty: no network at all.")
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
@@ -63,6 +58,18 @@ class EngineSettings(_Section):
     pool_max_idle_s: float = Field(
         default=300.0, gt=0, description="A warm container older than this is replaced."
     )
+
+    @field_validator("profile", "profiles")
+    @classmethod
+    def _known_profiles(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if name not in PROFILES:
+                raise ValueError(f"unknown image profile {name!r}; known profiles: {sorted(PROFILES)}")
+        return value
+
+    def image_of(self, profile: str) -> str:
+        """The image tag of ``profile`` on the engine."""
+        return f"{self.image_repository}:{profile}"
 
 
 class LimitSettings(_Section):

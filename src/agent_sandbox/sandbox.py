@@ -15,7 +15,6 @@ from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, RunSpec
-from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.models import InstallReport, LimitRequest, Limits, RunRequest, RunResult
 from agent_sandbox.packages import (
     SANDBOX_TARGET,
@@ -88,7 +87,7 @@ class Sandbox:
     async def __aenter__(self) -> Sandbox:
         engine_settings = self.settings.engine
         if engine_settings.pool_size > 0:
-            image = get_profile(engine_settings.profile).image
+            image = engine_settings.image_of(engine_settings.profile)
             shape = ContainerShape.of(image, self.default_limits(), engine_settings.network)
             pool = WarmPool(self.engine, shape, engine_settings.pool_size, engine_settings.pool_max_idle_s)
             self.pool = await pool.__aenter__()
@@ -112,7 +111,7 @@ class Sandbox:
         """
         version = ""
         for name in self.settings.engine.profiles:
-            version = self.engine.check(get_profile(name).image)
+            version = self.engine.check(self.settings.engine.image_of(name))
         removed = self.engine.remove_leftovers(older_than_s=self.longest_container_life_s())
         if removed:
             log.info("removed %d container(s) left behind by an earlier process", removed)
@@ -155,7 +154,7 @@ class Sandbox:
                 "limit; send the data as a file instead and read it from /work"
             )
         return RunSpec(
-            image=get_profile(self.profile_of(request)).image,
+            image=self.settings.engine.image_of(self.profile_of(request)),
             archive=archive.data,
             entrypoint=request.entrypoint,
             args=tuple(request.args),
@@ -210,6 +209,7 @@ class Sandbox:
                 if on_progress is not None:
                     await on_progress("resolving")
                 resolution = await self.resolve(requirements)
+            if resolution is not None and resolution.wheels:  # markers may leave nothing to install
                 folder = stack.enter_context(self.wheels.cache.staged(resolution.wheels))
                 mount = PackageMount(str(folder), self.settings.packages.install_mib)
                 wheels = tuple(wheel.filename for wheel in resolution.wheels)
@@ -243,7 +243,7 @@ class Sandbox:
 
 
 def _install_report(resolution: Resolution | None, outcome: Outcome) -> InstallReport | None:
-    if resolution is None or outcome.install is None:
+    if resolution is None:
         return None
     installed = outcome.install
     return InstallReport(
@@ -251,7 +251,7 @@ def _install_report(resolution: Resolution | None, outcome: Outcome) -> InstallR
         wheels=[wheel.filename for wheel in resolution.wheels],
         from_cache=resolution.from_cache,
         resolve_s=round(resolution.seconds, 3),
-        install_s=installed.seconds,
-        ok=installed.finished and installed.exit_code == 0,
-        output=installed.output,
+        install_s=installed.seconds if installed else 0.0,
+        ok=installed.finished and installed.exit_code == 0 if installed else True,
+        output=installed.output if installed else "nothing to install: no requirement applies here",
     )

@@ -55,12 +55,30 @@ def test_a_limit_hit_is_shown_in_the_status_line(tmp_path: Path) -> None:
         (("run", "--timeout", "9999", "examples/hello.py"), "timeout_s 9999 is above the maximum"),
         (("run", "examples/hello.py", "--entrypoint", "nope.py"), "entrypoint 'nope.py' is not one"),
         (("run", "no/such/path.py"), "neither a file nor a folder"),
+        (("run", "examples/hello.py", "-r", "docopt"), "only source distributions"),
+        (
+            ("run", "examples/hello.py", "--image", "datascience"),
+            "image profile 'datascience' is not offered",
+        ),
+        (
+            ("image", "build", "--profile", "minimal", "--profile", "datascience", "--tag", "x:1"),
+            "--tag names one image",
+        ),
     ],
 )
 def test_refusals_exit_2_with_a_clear_message(args: tuple[str, ...], words: str) -> None:
     done = cli(*args)
     assert done.returncode == 2
     assert words in done.stderr
+
+
+def test_run_with_a_requirement_reports_the_install_apart(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("import six\nprint(six.__name__)\n")
+    done = cli("run", str(tmp_path / "main.py"), "-r", "six", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["stdout"] == "six\n"
+    assert result["install"]["ok"] is True
 
 
 def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
@@ -86,8 +104,7 @@ def test_a_missing_image_exits_3_and_says_how_to_build_it() -> None:
         cwd=ROOT,
         env={
             "PATH": "/usr/bin:/bin",
-            "AGENT_SANDBOX_ENGINE__IMAGE": "agent-sandbox:does-not-exist",
-            "AGENT_SANDBOX_ENGINE__ALLOWED_IMAGES": '["agent-sandbox:does-not-exist"]',
+            "AGENT_SANDBOX_ENGINE__IMAGE_REPOSITORY": "agent-sandbox-does-not-exist",
         },
         timeout=60,
     )

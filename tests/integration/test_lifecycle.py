@@ -121,7 +121,7 @@ def test_leftovers_of_a_dead_owner_are_removed_and_live_owners_kept(
 
     def labelled(owner: str) -> Container:
         return docker_client.containers.create(
-            engine.settings.image, ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: owner}
+            engine.settings.image_of("minimal"), ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: owner}
         )
 
     dead = labelled(f"{host}:999999999")

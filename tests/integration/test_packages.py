@@ -114,6 +114,14 @@ async def test_an_unknown_package_or_version_is_refused_saying_which(sandbox: Sa
         await sandbox.run(snippet("pass", requirements=["six==99"]))
 
 
+async def test_requirements_whose_markers_exclude_them_install_nothing(sandbox: Sandbox) -> None:
+    result = await sandbox.run(snippet("print('ran')", requirements=['tomli; python_version < "3.11"']))
+    assert result.stdout == "ran\n"
+    assert result.install is not None
+    assert result.install.ok
+    assert result.install.wheels == []
+
+
 MOUNTS = """
 import errno, json, os
 mounts = {line.split()[1]: line.split()[3].split(",") for line in open("/proc/mounts")}

@@ -13,7 +13,6 @@ from mcp import Client
 
 from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
-from agent_sandbox.images import profiles
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
 from tests.helpers import while_running
@@ -242,10 +241,10 @@ async def test_cancelling_a_call_removes_its_container_at_once(
     ],
 )
 async def test_infrastructure_failures_are_tool_errors_with_a_fix(
-    monkeypatch: pytest.MonkeyPatch, image_repository: str, docker_host: str, words: str
+    image_repository: str, docker_host: str, words: str
 ) -> None:
-    monkeypatch.setattr(profiles, "IMAGE_REPOSITORY", image_repository)
-    sandbox = Sandbox(Settings(engine=EngineSettings(docker_host=docker_host)))
+    settings = Settings(engine=EngineSettings(docker_host=docker_host, image_repository=image_repository))
+    sandbox = Sandbox(settings)
     async with Client(build_server(sandbox)) as client:
         result = await client.call_tool("run_python", {"code": "print(1)"})
     assert result.is_error is True

@@ -95,7 +95,7 @@ async def test_http_binds_to_loopback_only_and_logs_to_stderr_only() -> None:
     assert stdout == ""
     assert '"POST /mcp HTTP/1.1" 200' in stderr  # uvicorn's access log too
     assert "serving MCP over streamable-http" in stderr
-    assert "image agent-sandbox:minimal" in stderr
+    assert "profiles minimal" in stderr
     assert "Docker engine" in stderr
     assert process.returncode == 0
 
@@ -119,8 +119,7 @@ def test_stdio_keeps_stdout_for_protocol_messages_only() -> None:
     [
         (
             {
-                "AGENT_SANDBOX_ENGINE__IMAGE": "agent-sandbox:missing",
-                "AGENT_SANDBOX_ENGINE__ALLOWED_IMAGES": '["agent-sandbox:missing"]',
+                "AGENT_SANDBOX_ENGINE__IMAGE_REPOSITORY": "agent-sandbox-missing",
             },
             "agent-sandbox image build",
         ),

@@ -38,20 +38,17 @@ class ImageBuildError(Exception):
     """The image could not be built; the message says what to fix."""
 
 
-def build_image(
-    client: docker.DockerClient, profile: Profile, wheels: WheelResolver, tag: str | None = None
-) -> str:
-    """Build ``profile`` (and the profile it builds on, if that image is missing) and tag it
-    ``tag`` (default: the profile's image); returns the image id."""
+def build_image(client: docker.DockerClient, profile: Profile, wheels: WheelResolver, tag: str) -> str:
+    """Build ``profile`` and tag it ``tag`` (``REPOSITORY:NAME``); the profile it builds on is
+    ``REPOSITORY:BASE``, built first if missing. Returns the image id."""
     if profile.base_profile is None:
         base = _choose_base(client)
         requirements = [INSTALLER_REQUIREMENT]
     else:
-        base = get_profile(profile.base_profile).image
+        base = f"{tag.rpartition(':')[0]}:{profile.base_profile}"
         if not _image_exists(client, base):
-            build_image(client, get_profile(profile.base_profile), wheels)
+            build_image(client, get_profile(profile.base_profile), wheels, base)
         requirements = profile.packages()
-    tag = tag or profile.image
     with tempfile.TemporaryDirectory(prefix="agent-sandbox-build-") as tmp:
         context = Path(tmp) / "context"
         shutil.copytree(profile.folder, context)

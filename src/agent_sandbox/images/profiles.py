@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_REPOSITORY = "agent-sandbox"
 IMAGES_DIR = Path(__file__).parent
 # Baked into every profile: installs a run's wheels offline in tens of milliseconds.
 INSTALLER_REQUIREMENT = "uv==0.13.9"
@@ -23,11 +22,6 @@ class Profile:
     name: str
     summary: str
     base_profile: str | None = None  # None: built from the Debian or public Python base
-
-    @property
-    def image(self) -> str:
-        """The image's tag on the Docker engine."""
-        return f"{IMAGE_REPOSITORY}:{self.name}"
 
     @property
     def folder(self) -> Path:

@@ -192,7 +192,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
             {
                 "profile": settings.engine.profile,
                 "profiles": {
-                    name: {"image": get_profile(name).image, "packages": get_profile(name).packages()}
+                    name: {"image": settings.engine.image_of(name), "packages": get_profile(name).packages()}
                     for name in settings.engine.profiles
                 },
                 "packages": settings.packages.model_dump(exclude={"cache_dir"}),
