@@ -26,6 +26,7 @@ from agent_sandbox.engine.docker import DockerEngine, EngineError
 from agent_sandbox.images.build import ImageBuildError, build_image
 from agent_sandbox.images.profiles import PROFILES, UnknownProfile, get_profile
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
+from agent_sandbox.packages.resolver import WheelResolver
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server import build_server
@@ -35,6 +36,7 @@ from agent_sandbox.server.transports import TRANSPORTS, serve
 EXIT_REFUSED = 2
 EXIT_ENGINE = 3
 EXIT_LIMIT = 4
+IMAGE_WHEELS_MIB = 4096  # a profile's packages are the operator's choice, not a caller's
 SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
 
 log = logging.getLogger("agent_sandbox")
@@ -214,7 +216,7 @@ def _image_build(options: argparse.Namespace, settings: Settings) -> int:
     if options.tag and len(names) != 1:
         raise RequestError(f"--tag names one image, but {len(names)} profiles are to be built; add --profile")
     engine = DockerEngine(settings.engine)
-    wheels = Sandbox(settings, engine).wheels
+    wheels = WheelResolver.from_settings(settings.packages, max_download_mib=IMAGE_WHEELS_MIB)
     for name in names:
         build_image(engine.client, get_profile(name), wheels, options.tag or settings.engine.image_of(name))
     return 0

@@ -143,6 +143,7 @@ class PackageSettings(_Section):
         default=86_400.0, ge=0, description="How long a resolved requirement list is reused."
     )
     cache_dir: str = Field(default="", description="Wheel cache; empty: ~/.cache/agent-sandbox.")
+    max_cache_mib: int = Field(default=4096, ge=1, description="Least recently used wheels go past this.")
 
     @field_validator("allow", "deny")
     @classmethod
@@ -153,7 +154,7 @@ class PackageSettings(_Section):
     def cache_path(self) -> Path:
         """Where wheels are cached: ``cache_dir``, else the user's cache folder."""
         if self.cache_dir:
-            return Path(self.cache_dir).expanduser()
+            return Path(self.cache_dir).expanduser().absolute()  # Docker bind-mounts from it
         root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(root) / "agent-sandbox"
 

@@ -16,18 +16,14 @@ from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, RunSpec
 from agent_sandbox.models import InstallReport, LimitRequest, Limits, RunRequest, RunResult
-from agent_sandbox.packages import (
-    SANDBOX_TARGET,
+from agent_sandbox.packages.policy import check_requested, check_resolved
+from agent_sandbox.packages.requirements import (
+    REQUIREMENTS_FILE,
     PackageRefused,
-    Resolution,
-    WheelCache,
-    WheelResolver,
-    check_requested,
-    check_resolved,
     parse_requirements,
     requirements_file,
 )
-from agent_sandbox.packages.requirements import REQUIREMENTS_FILE
+from agent_sandbox.packages.resolver import Resolution, WheelResolver
 from agent_sandbox.verdict import judge
 
 log = logging.getLogger(__name__)
@@ -72,13 +68,7 @@ class Sandbox:
         self.settings = settings
         self.engine = engine or DockerEngine(settings.engine)
         self.pool: WarmPool | None = None
-        packages = settings.packages
-        self.wheels = WheelResolver(
-            WheelCache(packages.cache_path),
-            SANDBOX_TARGET,
-            timeout_s=packages.resolve_timeout_s,
-            max_age_s=packages.resolution_ttl_s,
-        )
+        self.wheels = WheelResolver.from_settings(settings.packages)
 
     def default_limits(self) -> Limits:
         """The limits of a run that asks for nothing."""
@@ -115,7 +105,7 @@ class Sandbox:
         removed = self.engine.remove_leftovers(older_than_s=self.longest_container_life_s())
         if removed:
             log.info("removed %d container(s) left behind by an earlier process", removed)
-        self.wheels.cache.remove_stale_runs(older_than_s=self.longest_container_life_s())
+        self.wheels.cache.remove_stale(older_than_s=self.longest_container_life_s())
         return version
 
     def longest_container_life_s(self) -> float:
@@ -252,6 +242,6 @@ def _install_report(resolution: Resolution | None, outcome: Outcome) -> InstallR
         from_cache=resolution.from_cache,
         resolve_s=round(resolution.seconds, 3),
         install_s=installed.seconds if installed else 0.0,
-        ok=installed.finished and installed.exit_code == 0 if installed else True,
+        ok=(installed.finished and installed.exit_code == 0) if installed else True,
         output=installed.output if installed else "nothing to install: no requirement applies here",
     )

@@ -165,13 +165,17 @@ def _install_failed(outcome: Outcome, install: InstallOutcome, limits: Limits) -
                 "fewer or smaller packages."
             ],
         )
-    return Verdict(
-        violations=[],
-        notes=[
+    if not install.finished:
+        note = (
+            "The sandbox stopped before the requirements were installed, so the program did not "
+            "run; stderr may say why."
+        )
+    else:
+        note = (
             f"Installing the requirements failed (installer exit code {install.exit_code}), so the "
             "program did not run; install.output has the installer's message."
-        ],
-    )
+        )
+    return Verdict(violations=[], notes=[note])
 
 
 def _evidence(pattern: re.Pattern[str], text: str) -> str:

@@ -156,7 +156,9 @@ async def test_the_audit_log_records_every_call_without_contents(
         await client.call_tool(
             "run_project", {"files": [{"path": "a.py", "content": "x"}], "entrypoint": "b.py"}
         )
-        await client.call_tool("run_python", {"code": "raise SystemExit(4)", "timeout_s": 5})
+        await client.call_tool(
+            "run_python", {"code": "raise SystemExit(4)", "timeout_s": 5, "requirements": ["six"]}
+        )
     text = audit.read_text()
     assert "TOP-SECRET-CONTENT" not in text
     records = [json.loads(line) for line in text.splitlines()]
@@ -181,6 +183,9 @@ async def test_the_audit_log_records_every_call_without_contents(
     assert "'b.py' is not one of the files sent" in refused["refused"]
     assert failed["exit_code"] == 4
     assert failed["limits"]["timeout_s"] == 5
+    assert failed["requirements"] == ["six"]
+    assert failed["wheels"][0].startswith("six-")
+    assert ok["requirements"] == []
     assert oct(audit.stat().st_mode & 0o777) == "0o600"
 
 

@@ -77,7 +77,7 @@ def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
 
 def test_the_job_travels_length_prefixed_before_the_tar() -> None:
     spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536})
-    header = spec.header(nonce="n0nce")
+    header = spec.header(nonce="n0nce", install_nonce="other")
     size, _, job = header.partition(b"\n")
     assert int(size) == len(job)
     assert json.loads(job) == {
@@ -87,6 +87,7 @@ def test_the_job_travels_length_prefixed_before_the_tar() -> None:
         "env": {"MY_VAR": "1"},
         "wheels": [],
         "nonce": "n0nce",
+        "install_nonce": "other",
     }
 
 
@@ -123,10 +124,6 @@ def test_a_run_without_requirements_has_neither_wheels_nor_packages() -> None:
     options = container_options(SHAPE, owner="h:1")
     assert options["mounts"] == []
     assert set(options["tmpfs"]) == {"/work", "/tmp"}
-
-
-def test_a_job_with_requirements_never_takes_a_warm_container() -> None:
-    assert WITH_WHEELS.shape != SHAPE
 
 
 def test_jobs_that_differ_only_in_time_output_or_content_share_a_shape() -> None:

@@ -11,16 +11,11 @@ from pathlib import Path
 import pytest
 
 from agent_sandbox.config import PackageSettings
-from agent_sandbox.packages import (
-    CachedWheel,
-    PackageRefused,
-    WheelCache,
-    WheelTarget,
-    check_requested,
-    check_resolved,
-    parse_requirements,
-    requirements_file,
-)
+from agent_sandbox.packages.cache import CachedWheel, WheelCache
+from agent_sandbox.packages.policy import check_requested, check_resolved
+from agent_sandbox.packages.requirements import PackageRefused, parse_requirements, requirements_file
+from agent_sandbox.packages.resolver import WheelResolver, no_match, resolution_key
+from agent_sandbox.packages.target import WheelTarget
 
 SIX = "six-1.17.0-py2.py3-none-any.whl"
 
@@ -44,6 +39,9 @@ def test_duplicates_are_dropped() -> None:
         ("--index-url=https://evil.invalid/simple", "is a pip option"),
         ("-e .", "is a pip option"),
         ("./local/package", "not a valid requirement"),
+        ("evil.tar.gz", "points at a URL or file"),
+        ("evil.zip", "points at a URL or file"),
+        ("other-1.0-py3-none-any.whl", "points at a URL or file"),
         ("six==", "not a valid requirement"),
         ("", "empty"),
         ("a" * 201, "longer than 200"),
@@ -161,13 +159,78 @@ def test_a_run_sees_exactly_its_wheels_and_the_folder_goes_afterwards(tmp_path: 
     assert not folder.exists()
 
 
-def test_run_folders_a_crash_left_behind_are_removed(tmp_path: Path) -> None:
+def test_run_and_download_folders_a_crash_left_behind_are_removed(tmp_path: Path) -> None:
     cache = WheelCache(tmp_path / "cache")
-    stale = cache.runs / "dead"
-    stale.mkdir(parents=True)
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    stale_run = cache.runs / "dead"
+    stale_run.mkdir(parents=True)
+    stale_download = cache.root / "download-dead"
+    stale_download.mkdir()
+    for stale in (stale_run, stale_download):
+        os.utime(stale, (time.time() - 3600, time.time() - 3600))
     fresh = cache.runs / "live"
     fresh.mkdir()
-    assert cache.remove_stale_runs(older_than_s=600) == 1
-    assert not stale.exists()
+    assert cache.remove_stale(older_than_s=600) == 2
+    assert not stale_run.exists()
+    assert not stale_download.exists()
     assert fresh.exists()
+
+
+TARGET = WheelTarget(python="3.11", glibc=(2, 36), machine="x86_64")
+
+
+def test_the_cache_key_ignores_spelling_and_order() -> None:
+    key = resolution_key(parse_requirements(["Six>=1", "python_dateutil[Extra_A]"]), TARGET)
+    assert key == resolution_key(parse_requirements(["python-dateutil[extra-a]", "six>=1"]), TARGET)
+    assert key != resolution_key(parse_requirements(["six>=2", "python-dateutil[extra-a]"]), TARGET)
+    other_target = WheelTarget(python="3.12", glibc=(2, 36), machine="x86_64")
+    assert key != resolution_key(parse_requirements(["six>=1", "python-dateutil[extra-a]"]), other_target)
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (
+            "ERROR: Could not find a version that satisfies the requirement docopt (from versions: none)",
+            ("docopt", []),
+        ),
+        (
+            "ERROR: Could not find a version that satisfies the requirement six==99 (from versions: 1.16.0, 1.17.0)",
+            ("six==99", ["1.16.0", "1.17.0"]),
+        ),
+        (  # a dependency without a wheel
+            "ERROR: Could not find a version that satisfies the requirement foo>=1 (from bar) (from versions: none)",
+            ("foo>=1", []),
+        ),
+        ("ERROR: ResolutionImpossible: conflicting dependencies", None),
+    ],
+)
+def test_pips_no_match_error_is_read(output: str, expected: tuple[str, list[str]] | None) -> None:
+    assert no_match("WARNING: noise\n" + output + "\nERROR: No matching distribution found") == expected
+
+
+@pytest.mark.anyio
+async def test_a_host_python_unlike_the_sandboxes_refuses_requirements(tmp_path: Path) -> None:
+    """pip would evaluate markers for the host's Python: refuse rather than resolve wrongly."""
+    target = WheelTarget(python="3.99", glibc=(2, 36), machine="x86_64")
+    resolver = WheelResolver(
+        WheelCache(tmp_path), target, timeout_s=5, max_age_s=60, max_download_mib=1, max_cache_mib=1
+    )
+    with pytest.raises(PackageRefused, match=r"runs on Python 3\.\d+ but the sandbox has 3\.99"):
+        await resolver.resolve(parse_requirements(["six"]))
+
+
+def test_the_least_recently_used_wheels_are_trimmed_first(tmp_path: Path) -> None:
+    cache = WheelCache(tmp_path / "cache")
+    old = add_wheel(cache, tmp_path, "old-1-py3-none-any.whl", b"o" * 100)
+    used = add_wheel(cache, tmp_path, "used-1-py3-none-any.whl", b"u" * 100)
+    new = add_wheel(cache, tmp_path, "new-1-py3-none-any.whl", b"n" * 100)
+    for age, wheel in ((300, old), (200, used), (100, new)):
+        os.utime(wheel.path, (time.time() - age, time.time() - age))
+    cache.remember("k", ["used"], [used])
+    assert cache.recall("k", max_age_s=60) == [used]  # marks it as just used
+    assert cache.trim(max_bytes=200, keep=[]) == 1
+    assert not old.path.exists()
+    assert used.path.exists()
+    assert new.path.exists()
+    assert cache.trim(max_bytes=0, keep=[new]) == 1
+    assert new.path.exists()

@@ -6,7 +6,16 @@ import struct
 
 import pytest
 
-from agent_sandbox.engine.streams import END_PREFIX, STDERR, STDOUT, Capture, EndOfJob, FrameDecoder
+from agent_sandbox.engine.streams import (
+    END_PREFIX,
+    INSTALLED_PREFIX,
+    STDERR,
+    STDOUT,
+    Capture,
+    EndOfJob,
+    FrameDecoder,
+    InstallDone,
+)
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -81,3 +90,28 @@ def test_an_unfinished_end_line_has_no_report() -> None:
     end = EndOfJob(NONCE)
     assert end.feed(LINE[:-3]) == b""
     assert end.report is None
+
+
+INSTALL_LINE = INSTALLED_PREFIX + NONCE.encode() + b' {"exit_code": 0}\n'
+
+
+@pytest.mark.parametrize("split", [1, 3, 11, len(INSTALL_LINE), len(INSTALL_LINE) + 4])
+def test_the_install_line_is_found_and_the_program_output_after_it_kept(split: int) -> None:
+    """How DockerEngine._watch reads stdout: the install gate first, whatever follows it goes on."""
+    wire = INSTALL_LINE + b"program says hi\n"
+    gate = InstallDone(NONCE)
+    program = b""
+    for piece in (wire[i : i + split] for i in range(0, len(wire), split)):
+        if gate.report is None:
+            before = gate.feed(piece)
+            program += before + (gate.rest if gate.report is not None else b"")
+        else:
+            program += piece
+    assert gate.report == b'{"exit_code": 0}'
+    assert program == b"program says hi\n"
+
+
+def test_an_end_line_is_not_an_install_line() -> None:
+    gate = InstallDone(NONCE)
+    assert gate.feed(LINE) + gate.flush() == LINE
+    assert gate.report is None

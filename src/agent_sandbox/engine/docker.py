@@ -320,12 +320,12 @@ class DockerEngine:
         (or the stream ends), and kill the container on timeout or flood."""
         container, stream = started_container.container, started_container.attachment.sock
         limits = spec.limits
-        nonce = secrets.token_hex(16)
+        nonce, install_nonce = secrets.token_hex(16), secrets.token_hex(16)
         started = program_started = time.monotonic()
         # With requirements, the install gets its own time; the program's starts after it.
-        installing = InstallDone(nonce) if spec.install is not None else None
+        installing = InstallDone(install_nonce) if spec.install is not None else None
         deadline = started + (spec.install.timeout_s if spec.install is not None else limits.timeout_s)
-        payload = spec.header(nonce) + spec.archive + (spec.stdin or b"")
+        payload = spec.header(nonce, install_nonce) + spec.archive + (spec.stdin or b"")
         finished = threading.Event()
         threading.Thread(target=_feed, args=(stream, payload, finished), daemon=True).start()
 
@@ -354,7 +354,10 @@ class DockerEngine:
                 if not chunk:
                     break
                 for kind, data in decoder.feed(chunk):
-                    if kind == STDOUT and installing is not None and installing.report is None:
+                    # Not after a kill: an install line that comes too late must not pass as done.
+                    awaiting_install = installing is not None and installing.report is None
+                    if kind == STDOUT and awaiting_install and stop_reading_at is None:
+                        assert installing is not None
                         data = installing.feed(data)
                         if installing.report is not None:
                             data += installing.rest
@@ -368,7 +371,8 @@ class DockerEngine:
                     _kill(container)
                     stop_reading_at = time.monotonic() + _DRAIN_S
         finished.set()
-        duration = time.monotonic() - program_started
+        program_ran = installing is None or installing.report is not None
+        duration = time.monotonic() - program_started if program_ran else 0.0
         for kind, end in ends.items():
             captures[kind].add(end.flush())
         report = _end_report(ends[STDOUT].report, ends[STDERR].report)
@@ -378,7 +382,8 @@ class DockerEngine:
         else:
             exit_code, oom_killed = _final_state(container)
         install = None
-        if spec.install is not None and installing is not None:
+        if spec.install is not None:
+            assert installing is not None
             install = _install_outcome(installing.report, time.monotonic() - started, spec.install.timeout_s)
             if not install.finished or install.exit_code != 0:
                 exit_code = None  # the program never ran

@@ -21,13 +21,16 @@ Self-contained and standard-library only: it runs on the sandbox image's Python.
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
+import termios
 import time
 
 WORK = "/work"
@@ -159,6 +162,20 @@ def _install(wheels: "list[str]") -> "dict[str, object]":
     }
 
 
+def _wait_until_read(fd: int, limit_s: float = 2.0) -> None:
+    """Hold the program back until the host has taken our line out of the output pipe: the
+    program could otherwise read it first (by opening /proc/self/fd/1) and keep it from the host."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return  # not a pipe: nobody can read it back
+        if pending == 0:
+            return
+        time.sleep(0.001)
+
+
 def _marked_line(prefix: bytes, nonce: str, report: "dict[str, object]") -> bytes:
     return prefix + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
 
@@ -198,7 +215,8 @@ def main() -> None:
     installed = True
     if job.get("wheels"):
         install = _install(list(job["wheels"]))  # type: ignore[call-overload]
-        os.write(1, _marked_line(INSTALLED_PREFIX, nonce, install))
+        os.write(1, _marked_line(INSTALLED_PREFIX, str(job["install_nonce"]), install))
+        _wait_until_read(1)
         installed = install["exit_code"] == 0
         env["PYTHONPATH"] = PACKAGES
         env["PATH"] = f"{PACKAGES}/bin:{env['PATH']}"

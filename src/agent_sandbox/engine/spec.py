@@ -82,9 +82,9 @@ class RunSpec:
         mount = self.install.mount if self.install else None
         return ContainerShape.of(self.image, self.limits, self.network, mount)
 
-    def header(self, nonce: str) -> bytes:
+    def header(self, nonce: str, install_nonce: str = "") -> bytes:
         """What the launcher reads first: the job's size and the job (how many tar bytes follow,
-        what to run, and the secret that marks the launcher's end-of-job line)."""
+        what to run, and the secrets that mark the launcher's end-of-job and install lines)."""
         job = {
             "archive_bytes": len(self.archive),
             "entrypoint": self.entrypoint,
@@ -92,6 +92,7 @@ class RunSpec:
             "env": self.env,
             "wheels": list(self.install.wheels) if self.install else [],
             "nonce": nonce,
+            "install_nonce": install_nonce,
         }
         encoded = json.dumps(job).encode()
         return b"%d\n" % len(encoded) + encoded

@@ -10,7 +10,6 @@ wheels (the same cache as per-run requirements) and the build context carries th
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,9 @@ import docker
 import docker.errors
 
 from agent_sandbox.images.profiles import INSTALLER_REQUIREMENT, Profile, get_profile
-from agent_sandbox.packages import PackageRefused, WheelResolver, parse_requirements
+from agent_sandbox.packages.cache import link_or_copy
+from agent_sandbox.packages.requirements import PackageRefused, parse_requirements
+from agent_sandbox.packages.resolver import WheelResolver
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,7 @@ def _add_wheels(folder: Path, requirements: list[str], wheels: WheelResolver) ->
         raise ImageBuildError(f"the image's packages cannot be fetched: {exc}") from None
     folder.mkdir()
     for wheel in resolution.wheels:
-        try:
-            os.link(wheel.path, folder / wheel.filename)
-        except OSError:
-            shutil.copyfile(wheel.path, folder / wheel.filename)
+        link_or_copy(wheel.path, folder / wheel.filename)
     size_mib = sum(wheel.size for wheel in resolution.wheels) / (1024 * 1024)
     source = "from the cache" if resolution.from_cache else f"in {resolution.seconds:.1f} s"
     log.info("%d wheel(s), %.0f MiB, %s", len(resolution.wheels), size_mib, source)

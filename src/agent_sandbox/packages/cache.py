@@ -84,10 +84,32 @@ class WheelCache:
             path = self.wheels / entry["sha256"] / entry["filename"]
             with contextlib.suppress(OSError):
                 if path.stat().st_size == entry["size"]:
+                    os.utime(path)  # recently used: trimmed last
                     wheels.append(CachedWheel(entry["filename"], entry["sha256"], entry["size"], path))
                     continue
-            return None  # a wheel was removed by hand: resolve again
+            return None  # a wheel was trimmed or removed by hand: resolve again
         return wheels
+
+    def trim(self, max_bytes: int, keep: Sequence[CachedWheel] = ()) -> int:
+        """Remove the least recently used wheels (never those in ``keep``) until the cache holds
+        at most ``max_bytes``; returns how many went."""
+        kept = {wheel.path for wheel in keep}
+        stored = []
+        for path in self.wheels.glob("*/*.whl"):
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                stored.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in stored)
+        removed = 0
+        for _, size, path in sorted(stored):
+            if total <= max_bytes:
+                break
+            if path in kept:
+                continue
+            shutil.rmtree(path.parent, ignore_errors=True)
+            total -= size
+            removed += 1
+        return removed
 
     @contextlib.contextmanager
     def download_folder(self) -> Iterator[Path]:
@@ -108,25 +130,30 @@ class WheelCache:
         os.chmod(folder, _READABLE_DIR)  # whatever the umask
         try:
             for wheel in wheels:
-                try:
-                    os.link(wheel.path, folder / wheel.filename)
-                except OSError:
-                    shutil.copyfile(wheel.path, folder / wheel.filename)
-                    os.chmod(folder / wheel.filename, _READABLE_FILE)
+                link_or_copy(wheel.path, folder / wheel.filename)
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def remove_stale_runs(self, older_than_s: float) -> int:
-        """Remove run folders a crashed process left behind; returns how many."""
+    def remove_stale(self, older_than_s: float) -> int:
+        """Remove run and download folders a crashed process left behind; returns how many."""
         removed = 0
         now = time.time()
-        for folder in self.runs.glob("*") if self.runs.is_dir() else []:
+        for folder in [*self.runs.glob("*"), *self.root.glob("download-*")]:
             with contextlib.suppress(OSError):
                 if now - folder.stat().st_mtime > older_than_s:
                     shutil.rmtree(folder)
                     removed += 1
         return removed
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (free, same file system), or copy it, readable by all."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        os.chmod(target, _READABLE_FILE)
 
 
 def _sha256(path: Path) -> str:

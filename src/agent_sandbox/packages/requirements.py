@@ -7,6 +7,11 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 REQUIREMENTS_FILE = "requirements.txt"
 _MAX_SPEC_CHARS = 200
+# pip reads a name like these as a local file to build, not as a project on the index.
+_ARCHIVE_SUFFIXES = (
+    ".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tlz", ".tar.lz",
+    ".tar.lzma",
+)  # fmt: skip
 
 
 class PackageRefused(ValueError):
@@ -54,7 +59,7 @@ def _parse(spec: str, original: str) -> Requirement:
             f"requirement {original!r} is not a valid requirement ({exc}); write it like 'six' or "
             "'pandas>=2,<3'"
         ) from None
-    if requirement.url:
+    if requirement.url or requirement.name.lower().endswith(_ARCHIVE_SUFFIXES):
         raise PackageRefused(
             f"requirement {original!r} points at a URL or file; only packages from the host's "
             "package index can be installed: name the package and a version instead"

@@ -53,6 +53,8 @@ class AuditLog:
                 "arg_count": len(request.args),
                 "env_names": sorted(request.env),
                 "stdin_bytes": len(request.stdin.encode()) if request.stdin is not None else None,
+                "profile": request.profile,
+                "requirements": request.requirements,
             }
         if result is not None:
             entry |= {
@@ -63,6 +65,7 @@ class AuditLog:
                 "warm_start": result.warm_start,
                 "violations": [violation.kind.value for violation in result.violations],
                 "duration_s": result.duration_s,
+                "wheels": result.install.wheels if result.install else [],
             }
         if refusal is not None:
             entry["refused"] = refusal
