@@ -333,7 +333,7 @@ class DockerEngine:
         captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
         ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
         decoder = FrameDecoder()
-        timed_out = output_killed = False
+        timed_out = output_killed = installed_in_time = False
         stop_reading_at: float | None = None
         with stream:
             while not all(end.report is not None for end in ends.values()):
@@ -354,13 +354,12 @@ class DockerEngine:
                 if not chunk:
                     break
                 for kind, data in decoder.feed(chunk):
-                    # Not after a kill: an install line that comes too late must not pass as done.
-                    awaiting_install = installing is not None and installing.report is None
-                    if kind == STDOUT and awaiting_install and stop_reading_at is None:
-                        assert installing is not None
+                    if kind == STDOUT and installing is not None and installing.report is None:
                         data = installing.feed(data)
                         if installing.report is not None:
                             data += installing.rest
+                            # A line that comes after a kill came too late: the install did not finish.
+                            installed_in_time = stop_reading_at is None
                             program_started = time.monotonic()
                             deadline = program_started + limits.timeout_s
                     if kind in captures:
@@ -371,7 +370,7 @@ class DockerEngine:
                     _kill(container)
                     stop_reading_at = time.monotonic() + _DRAIN_S
         finished.set()
-        program_ran = installing is None or installing.report is not None
+        program_ran = installing is None or installed_in_time
         duration = time.monotonic() - program_started if program_ran else 0.0
         for kind, end in ends.items():
             captures[kind].add(end.flush())
@@ -384,7 +383,8 @@ class DockerEngine:
         install = None
         if spec.install is not None:
             assert installing is not None
-            install = _install_outcome(installing.report, time.monotonic() - started, spec.install.timeout_s)
+            line = installing.report if installed_in_time else None
+            install = _install_outcome(line, time.monotonic() - started, spec.install.timeout_s)
             if not install.finished or install.exit_code != 0:
                 exit_code = None  # the program never ran
         out, err = captures[STDOUT], captures[STDERR]
