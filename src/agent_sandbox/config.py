@@ -159,6 +159,20 @@ class PackageSettings(_Section):
         return Path(root) / "agent-sandbox"
 
 
+class ResultSettings(_Section):
+    """What comes back besides the output: files, images, the last expression, the summary."""
+
+    max_artifacts: int = Field(default=50, ge=0, le=10_000, description="Files returned per run.")
+    max_artifact_kib: int = Field(default=10 * 1024, ge=0, description="Their total size.")
+    max_inline_text_kib: int = Field(default=64, ge=0, description="Text files shown inline up to this.")
+    max_images: int = Field(default=4, ge=0, le=100, description="Images shown to the model per run.")
+    max_image_kib: int = Field(default=2048, ge=1, description="Largest image shown to the model.")
+    max_return_value_chars: int = Field(
+        default=2000, ge=16, le=12_000, description="Cap on the last expression's repr."
+    )
+    summary_kib: int = Field(default=16, ge=2, description="The text a model reads first, at most.")
+
+
 class Settings(BaseSettings):
     """All of agent-sandbox's settings."""
 
@@ -174,6 +188,7 @@ class Settings(BaseSettings):
     files: FileSettings = FileSettings()
     server: ServerSettings = ServerSettings()
     packages: PackageSettings = PackageSettings()
+    results: ResultSettings = ResultSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -258,6 +273,7 @@ __all__ = [
     "FileSettings",
     "LimitSettings",
     "PackageSettings",
+    "ResultSettings",
     "ServerSettings",
     "Settings",
     "load_settings",

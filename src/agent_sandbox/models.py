@@ -49,6 +49,14 @@ class RunRequest(_Model):
         default_factory=list, description="Packages to install first, e.g. ['six', 'pandas>=2']."
     )
     profile: str | None = Field(default=None, description="Image profile; None: the server's default.")
+    notebook: bool = Field(
+        default=False,
+        description="Run the entrypoint like a notebook cell: figures shown with plt.show() are "
+        "saved as /work/figure_N.png (and so come back).",
+    )
+    return_last_expression: bool = Field(
+        default=False, description="With notebook: a last expression's repr comes back as return_value."
+    )
 
     @field_validator("env")
     @classmethod
@@ -122,6 +130,31 @@ class InstallReport(_Model):
     output: str = Field(description="The installer's own output (its end, when long).")
 
 
+class ErrorInfo(_Model):
+    """The uncaught exception the program died on, from its traceback (which stays in stderr)."""
+
+    type: str = Field(description="e.g. 'ZeroDivisionError'.")
+    message: str
+    file: str = Field(description="Where it was raised: the innermost frame in the program's own files.")
+    line: int
+    function: str | None = Field(default=None, description="The function it was raised in.")
+    source: str | None = Field(default=None, description="That line of code, as the traceback shows it.")
+
+
+class Artifact(_Model):
+    """A file under /work the program created or changed."""
+
+    path: str = Field(description="Relative to /work.")
+    size: int
+    mime_type: str
+    sha256: str | None = Field(description="Of the content; null when the file was left out.")
+    content: str | None = Field(
+        default=None, description="The text itself, for UTF-8 text files up to the inline cap."
+    )
+    omitted: str | None = Field(default=None, description="Why the file did not come back, if it did not.")
+    data: bytes | None = Field(default=None, exclude=True, repr=False)  # raw bytes, never serialised
+
+
 class RunResult(_Model):
     """Everything a caller needs to know about one run."""
 
@@ -144,4 +177,11 @@ class RunResult(_Model):
     profile: str = Field(description="The image profile the run used.")
     install: InstallReport | None = Field(
         default=None, description="Present when the run had requirements: kept apart from its output."
+    )
+    return_value: str | None = Field(
+        default=None, description="repr() of the snippet's last expression, as in a notebook cell."
+    )
+    error: ErrorInfo | None = Field(default=None, description="The uncaught exception, if it died on one.")
+    artifacts: list[Artifact] = Field(
+        default_factory=list, description="Files under /work the program created or changed."
     )

@@ -11,10 +11,11 @@ import docker.errors
 from packaging.requirements import Requirement
 
 from agent_sandbox.archive import ArchiveError, build_archive, check_path, decode_content
+from agent_sandbox.artifacts import collect_artifacts
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
-from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, RunSpec
+from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, ResultCaps, RunSpec
 from agent_sandbox.models import InstallReport, LimitRequest, Limits, RunRequest, RunResult
 from agent_sandbox.packages.policy import check_requested, check_resolved
 from agent_sandbox.packages.requirements import (
@@ -24,6 +25,7 @@ from agent_sandbox.packages.requirements import (
     requirements_file,
 )
 from agent_sandbox.packages.resolver import Resolution, WheelResolver
+from agent_sandbox.tracebacks import parse_error
 from agent_sandbox.verdict import judge
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,18 @@ class Sandbox:
             env=dict(request.env),
             limits=resolve_limits(request.limits, self.settings.limits),
             network=self.settings.engine.network,
+            results=self.result_caps(request),
+        )
+
+    def result_caps(self, request: RunRequest) -> ResultCaps:
+        """What the launcher sends back for ``request`` besides its output."""
+        results = self.settings.results
+        return ResultCaps(
+            max_files=results.max_artifacts,
+            max_bytes=results.max_artifact_kib * 1024,
+            max_listed=results.max_artifacts,
+            notebook=request.notebook,
+            return_value_chars=results.max_return_value_chars if request.return_last_expression else 0,
         )
 
     def profile_of(self, request: RunRequest) -> str:
@@ -206,16 +220,20 @@ class Sandbox:
                 install = InstallSpec(mount, wheels, self.settings.packages.install_timeout_s)
                 spec = dataclasses.replace(spec, install=install)
             outcome = await self.engine.run(spec, on_progress)
+        stderr = outcome.stderr.decode("utf-8", errors="replace")
+        error = parse_error(stderr) if outcome.exit_code not in (0, None) else None
         verdict = judge(
             outcome,
             spec.limits,
             max_timeout_s=self.settings.limits.max_timeout_s,
             had_stdin=request.stdin is not None,
+            error=error,
         )
+        artifacts, artifact_notes = collect_artifacts(outcome.files, self.settings.results)
         return RunResult(
             exit_code=outcome.exit_code,
             stdout=outcome.stdout.decode("utf-8", errors="replace"),
-            stderr=outcome.stderr.decode("utf-8", errors="replace"),
+            stderr=stderr,
             stdout_truncated=outcome.stdout_truncated,
             stderr_truncated=outcome.stderr_truncated,
             stdout_bytes=outcome.stdout_bytes,
@@ -225,10 +243,13 @@ class Sandbox:
             oom_killed=outcome.oom_killed,
             warm_start=outcome.warm_start,
             violations=verdict.violations,
-            notes=verdict.notes,
+            notes=verdict.notes + artifact_notes,
             limits=spec.limits,
             profile=self.profile_of(request),
             install=_install_report(resolution, outcome),
+            return_value=outcome.return_value,
+            error=error,
+            artifacts=artifacts,
         )
 
 

@@ -7,7 +7,7 @@ import signal
 from dataclasses import dataclass
 
 from agent_sandbox.engine.spec import InstallOutcome, Outcome
-from agent_sandbox.models import Limits, Violation, ViolationKind
+from agent_sandbox.models import ErrorInfo, Limits, Violation, ViolationKind
 
 SIGXFSZ_EXIT = 128 + signal.SIGXFSZ
 
@@ -33,7 +33,9 @@ class Verdict:
     notes: list[str]
 
 
-def judge(outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: bool) -> Verdict:
+def judge(
+    outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: bool, error: ErrorInfo | None = None
+) -> Verdict:
     """Name every limit ``outcome`` shows evidence of, most decisive first."""
     if outcome.install is not None and not (outcome.install.finished and outcome.install.exit_code == 0):
         return _install_failed(outcome, outcome.install, limits)
@@ -130,7 +132,7 @@ def judge(outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: 
             "the output above is what it printed."
         )
     elif not violations and outcome.exit_code != 0:
-        notes.append(_exit_note(outcome.exit_code))
+        notes.append(_error_note(error) if error else _exit_note(outcome.exit_code))
     return Verdict(violations=violations, notes=notes)
 
 
@@ -194,6 +196,16 @@ def _fork_eagain(text: str) -> str:
         if _EAGAIN.search(line) and any(_FORK_CONTEXT.search(earlier) for earlier in context):
             return line.strip()[:200]
     return ""
+
+
+def _error_note(error: ErrorInfo) -> str:
+    where = f"{error.file} line {error.line}" + (f" (in {error.function})" if error.function else "")
+    code = f": `{error.source}`" if error.source else ""
+    message = f": {error.message}" if error.message else ""
+    return (
+        f"The program stopped on an uncaught {error.type}{message}, raised at {where}{code}. Fix "
+        "that line or what feeds it; the full traceback is in stderr."
+    )
 
 
 def _exit_note(exit_code: int) -> str:

@@ -34,8 +34,16 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount, Ulimit
 
 from agent_sandbox.config import EngineSettings
-from agent_sandbox.engine.spec import ContainerShape, InstallOutcome, Outcome, RunSpec
-from agent_sandbox.engine.streams import STDERR, STDOUT, Capture, EndOfJob, FrameDecoder, InstallDone
+from agent_sandbox.engine.spec import ContainerShape, FilesOut, InstallOutcome, Outcome, RunSpec
+from agent_sandbox.engine.streams import (
+    STDERR,
+    STDOUT,
+    Capture,
+    EndOfJob,
+    FilesBlock,
+    FrameDecoder,
+    InstallDone,
+)
 
 LABEL = "io.agent-sandbox"
 OWNER_LABEL = "io.agent-sandbox.owner"
@@ -54,6 +62,7 @@ BASE_ENV = {
 _TICK_S = 0.1
 _ENGINE_CALL_THREADS = 16
 _DRAIN_S = 2.0
+_FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
 
 ProgressCallback = Callable[[str], Awaitable[None]]
 
@@ -332,6 +341,8 @@ class DockerEngine:
         cap = limits.output_capture_kib * 1024
         captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
         ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
+        files = FilesBlock(nonce)
+        program_ended: float | None = None
         decoder = FrameDecoder()
         timed_out = output_killed = installed_in_time = False
         stop_reading_at: float | None = None
@@ -362,6 +373,13 @@ class DockerEngine:
                             installed_in_time = stop_reading_at is None
                             program_started = time.monotonic()
                             deadline = program_started + limits.timeout_s
+                    if kind == STDOUT and not files.complete:
+                        data = files.feed(data)
+                        if files.manifest is not None and program_ended is None:
+                            # The launcher sends files only once everything of the program is gone.
+                            program_ended = time.monotonic()
+                            if stop_reading_at is None:
+                                deadline = max(deadline, program_ended + _FILES_GRACE_S)
                     if kind in captures:
                         captures[kind].add(ends[kind].feed(data))
                 seen = sum(capture.seen for capture in captures.values())
@@ -371,13 +389,15 @@ class DockerEngine:
                     stop_reading_at = time.monotonic() + _DRAIN_S
         finished.set()
         program_ran = installing is None or installed_in_time
-        duration = time.monotonic() - program_started if program_ran else 0.0
+        duration = (program_ended or time.monotonic()) - program_started if program_ran else 0.0
+        captures[STDOUT].add(ends[STDOUT].feed(files.flush()))
         for kind, end in ends.items():
             captures[kind].add(end.flush())
         report = _end_report(ends[STDOUT].report, ends[STDERR].report)
         exit_code: int | None
+        return_value = None
         if report is not None and not (timed_out or output_killed):
-            exit_code, oom_killed = report
+            exit_code, oom_killed, return_value = report
         else:
             exit_code, oom_killed = _final_state(container)
         install = None
@@ -401,6 +421,8 @@ class DockerEngine:
             oom_killed=oom_killed,
             output_killed=output_killed,
             install=install,
+            files=_files_out(files),
+            return_value=return_value,
         )
 
     def _remove(self, container: Container) -> None:
@@ -454,20 +476,29 @@ def _kill(container: Container) -> None:
     threading.Thread(target=kill, daemon=True).start()
 
 
-def _end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> tuple[int | None, bool] | None:
-    """Exit code (None: the program never ran) and OOM kill from the launcher's end-of-job line,
-    if both streams carried it."""
+def _end_report(
+    stdout_line: bytes | None, stderr_line: bytes | None
+) -> tuple[int | None, bool, str | None] | None:
+    """Exit code (None: the program never ran), OOM kill and a last expression's repr from the
+    launcher's end-of-job line, if both streams carried it."""
     if stdout_line is None or stdout_line != stderr_line:
         return None
     try:
         report = json.loads(stdout_line)
-        code, oom_kills = report["exit_code"], report["oom_kills"]
+        code, oom_kills, value = report["exit_code"], report["oom_kills"], report.get("return_value")
         exit_code = None if code is None else int(code)
     except (ValueError, KeyError, TypeError):
         return None
     if oom_kills is None:
         return None  # no cgroup counter to read: ask Docker instead
-    return exit_code, int(oom_kills) > 0
+    return exit_code, int(oom_kills) > 0, value if isinstance(value, str) else None
+
+
+def _files_out(block: FilesBlock) -> FilesOut | None:
+    if block.manifest is None or not block.complete:
+        return None
+    manifest = block.manifest
+    return FilesOut(manifest["files"], manifest["omitted"], manifest["changed"], bytes(block.data))
 
 
 def _install_outcome(line: bytes | None, elapsed_s: float, timeout_s: float) -> InstallOutcome:

@@ -2,19 +2,22 @@
 
 The container starts with no job. Standard input then carries the job (its size in decimal and a
 newline, then that much JSON: ``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``wheels``,
-``nonce``), a tar of exactly ``archive_bytes`` bytes, and the caller's stdin. The launcher reads
+``notebook``, ``artifacts``, the nonces), a tar of exactly ``archive_bytes`` bytes, and the
+caller's stdin. The launcher reads
 the line and the tar with unbuffered reads, unpacks regular files and folders under /work
 (re-checking every name: defence in depth), installs the job's wheels (if any) from the read-only
 /wheels into /packages, offline, and reports that on a first stdout line of its own; then it runs
-``python3 ENTRYPOINT ARGS...`` as its child, which inherits the rest of stdin.
-Because the job arrives over stdin, a container can be started ahead of time and handed exactly
-one job.
+``python3 ENTRYPOINT ARGS...`` as its child (through the notebook runner, when the job has it),
+which inherits the rest of stdin. Because the job arrives over stdin, a container can be started
+ahead of time and handed exactly one job.
 
-When the child exits, the launcher kills whatever the program left running and writes an
-end-of-job line (the host's nonce, the exit code and the container's OOM-kill count) to stdout and
-to stderr, so the host has the whole result without waiting for the engine to tear the container
-down. The launcher makes itself non-dumpable first, so the program (same uid) cannot read the
-nonce out of its memory.
+When the child exits, the launcher kills whatever the program left running, writes the files the
+program created or changed under /work as one block on stdout (a marked line with a manifest,
+then the files' bytes), and writes an end-of-job line (the host's nonce, the exit code, the
+container's OOM-kill count and a last expression's value) to stdout and to stderr, so the host
+has the whole result without waiting for the engine to tear the container down. The launcher
+makes itself non-dumpable first, so the program (same uid) cannot read the nonce out of its
+memory.
 
 Self-contained and standard-library only: it runs on the sandbox image's Python.
 """
@@ -26,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -41,6 +45,7 @@ FAILURE_EXIT = 125
 MAX_HEADER_BYTES = 1 << 20
 END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
+FILES_PREFIX = b"\x00agent-sandbox-files "
 PR_SET_DUMPABLE = 4
 OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
 
@@ -99,7 +104,10 @@ def _target(name: str) -> str:
     return os.path.join(WORK, *parts)
 
 
-def _unpack(archive: _ArchiveInput) -> None:
+def _unpack(archive: _ArchiveInput) -> "dict[str, tuple[int, int]]":
+    """Unpack the caller's files; returns each one's size and modification time, to tell
+    later which ones the program changed."""
+    sent = {}
     with tarfile.open(fileobj=archive, mode="r|") as tar:  # type: ignore[call-overload]
         for member in tar:
             target = _target(member.name)
@@ -111,9 +119,12 @@ def _unpack(archive: _ArchiveInput) -> None:
                 os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
                 with open(target, "xb") as out:
                     shutil.copyfileobj(source, out)
+                status = os.stat(target)
+                sent[member.name] = (status.st_size, status.st_mtime_ns)
             else:
                 _fail(f"refusing archive member {member.name!r}: not a file or folder")
     archive.drain()
+    return sent
 
 
 def _oom_kills() -> "int | None":
@@ -180,22 +191,79 @@ def _marked_line(prefix: bytes, nonce: str, report: "dict[str, object]") -> byte
     return prefix + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
 
 
-def _run(entrypoint: str, args: "list[str]", env: "dict[str, str]") -> int:
-    """Run the program as our child in a process group of its own; its exit code, as a shell
-    gives it (128+N when killed by signal N)."""
+def _run(
+    entrypoint: str, args: "list[str]", env: "dict[str, str]", notebook: "dict[str, object]"
+) -> "tuple[int, str | None]":
+    """Run the program as our child in a process group of its own: its exit code, as a shell
+    gives it (128+N when killed by signal N), and what the notebook runner reported, if used."""
+    report_read, report_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.setpgid(0, 0)  # its killpg(0, ...) must not reach us
+            os.close(report_read)
             script = "./" + entrypoint if entrypoint.startswith("-") else entrypoint  # not an option
-            os.execvpe("python3", ["python3", script, *args], env)
+            command = ["python3", script, *args]
+            if notebook:
+                os.set_inheritable(report_write, True)
+                limit = str(notebook["max_chars"])
+                runner = str(notebook["runner"])
+                command = ["python3", "-c", runner, str(report_write), limit, script, *args]
+            os.execvpe("python3", command, env)
         except BaseException as exc:
             os.write(2, f"agent-sandbox launcher: cannot start python3: {exc}\n".encode())
         finally:
             os._exit(127)
+    os.close(report_write)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    _end_everything_else()  # no one else may still hold the pipe open
+    with os.fdopen(report_read, "rb") as report:
+        reported = report.read(1 << 16).decode("utf-8", errors="replace")
+    return (128 - code if code < 0 else code), (reported or None)
+
+
+def _changed_files(sent: "dict[str, tuple[int, int]]") -> "list[tuple[str, int]]":
+    """Regular files under /work that the caller did not send, or that changed since."""
+    found = []
+    for root, folders, files in os.walk(WORK):
+        folders.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            status = os.lstat(path)
+            relative = os.path.relpath(path, WORK)
+            if stat.S_ISREG(status.st_mode) and sent.get(relative) != (status.st_size, status.st_mtime_ns):
+                found.append((relative, status.st_size))
+    return found
+
+
+def _send_files(nonce: str, sent: "dict[str, tuple[int, int]]", caps: "dict[str, int]") -> None:
+    """Write the program's new and changed files to stdout as one block: a marked line with the
+    manifest (the files that follow, in order; those left out, with why; how many changed), then
+    exactly their bytes."""
+    chosen: list[dict[str, object]] = []
+    omitted: list[dict[str, object]] = []
+    total = changed = 0
+    for path, size in _changed_files(sent):
+        changed += 1
+        if len(chosen) < caps["max_files"] and total + size <= caps["max_bytes"]:
+            chosen.append({"path": path, "size": size})
+            total += size
+        elif len(omitted) < caps["max_listed"]:
+            if len(chosen) >= caps["max_files"]:
+                reason = f"only {caps['max_files']} files come back"
+            else:
+                reason = f"only {caps['max_bytes'] // 1024} KiB of files come back"
+            omitted.append({"path": path, "size": size, "reason": reason})
+    os.write(1, _marked_line(FILES_PREFIX, nonce, {"files": chosen, "omitted": omitted, "changed": changed}))
+    for entry in chosen:
+        remaining = int(entry["size"])  # type: ignore[call-overload]
+        with open(os.path.join(WORK, str(entry["path"])), "rb") as source:
+            while remaining:
+                # Nothing runs any more, so files cannot shrink; pad if one did, to keep the count.
+                block = source.read(min(remaining, 1 << 16)) or bytes(min(remaining, 1 << 16))
+                os.write(1, block)
+                remaining -= len(block)
 
 
 def _end_everything_else() -> None:
@@ -210,7 +278,7 @@ def main() -> None:
     nonce = str(job["nonce"])
     if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         _fail("cannot protect the launcher's memory (prctl PR_SET_DUMPABLE)")
-    _unpack(_ArchiveInput(int(job["archive_bytes"])))  # type: ignore[call-overload]
+    sent = _unpack(_ArchiveInput(int(job["archive_bytes"])))  # type: ignore[call-overload]
     env = {**os.environ, **job["env"]}  # type: ignore[dict-item]
     installed = True
     if job.get("wheels"):
@@ -221,11 +289,15 @@ def main() -> None:
         env["PYTHONPATH"] = PACKAGES
         env["PATH"] = f"{PACKAGES}/bin:{env['PATH']}"
     os.chdir(WORK)
-    exit_code = None
+    exit_code, return_value = None, None
     if installed:
-        exit_code = _run(str(job["entrypoint"]), list(job["args"]), env)  # type: ignore[call-overload]
+        notebook: dict[str, object] = job["notebook"]  # type: ignore[assignment]
+        args: list[str] = job["args"]  # type: ignore[assignment]
+        exit_code, return_value = _run(str(job["entrypoint"]), args, env, notebook)
     _end_everything_else()
-    line = _marked_line(END_PREFIX, nonce, {"exit_code": exit_code, "oom_kills": _oom_kills()})
+    _send_files(nonce, sent, job["artifacts"])  # type: ignore[arg-type]
+    report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills()}
+    line = _marked_line(END_PREFIX, nonce, {**report, "return_value": return_value})
     os.write(1, line)
     os.write(2, line)
     sys.exit(FAILURE_EXIT if exit_code is None else exit_code)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from agent_sandbox.models import Limits
 
@@ -24,6 +25,22 @@ class InstallSpec:
     mount: PackageMount
     wheels: tuple[str, ...]  # file names in mount.wheels_dir
     timeout_s: float
+
+
+NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
+
+
+@dataclass(frozen=True)
+class ResultCaps:
+    """What the launcher sends back besides output: files it finds changed under /work (how many,
+    how many bytes, how many left-out ones it lists) and, for a run as a notebook cell, the last
+    expression's repr (at most ``return_value_chars``)."""
+
+    max_files: int = 0
+    max_bytes: int = 0
+    max_listed: int = 0
+    notebook: bool = False
+    return_value_chars: int = 0  # 0: no return value
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class RunSpec:
     limits: Limits
     network: str = ""
     install: InstallSpec | None = None
+    results: ResultCaps = field(default_factory=ResultCaps)
 
     @property
     def shape(self) -> ContainerShape:
@@ -91,6 +109,16 @@ class RunSpec:
             "args": list(self.args),
             "env": self.env,
             "wheels": list(self.install.wheels) if self.install else [],
+            "notebook": (
+                {"runner": NOTEBOOK_RUNNER, "max_chars": self.results.return_value_chars}
+                if self.results.notebook
+                else {}
+            ),
+            "artifacts": {
+                "max_files": self.results.max_files,
+                "max_bytes": self.results.max_bytes,
+                "max_listed": self.results.max_listed,
+            },
             "nonce": nonce,
             "install_nonce": install_nonce,
         }
@@ -110,6 +138,25 @@ class InstallOutcome:
 
 
 @dataclass(frozen=True)
+class FilesOut:
+    """The files the launcher sent back: its manifest, and their bytes in manifest order."""
+
+    files: list[dict[str, object]]  # {"path", "size"}
+    omitted: list[dict[str, object]]  # {"path", "size", "reason"}
+    changed: int  # files the program created or changed, sent or not
+    data: bytes
+
+    def contents(self) -> list[tuple[str, bytes]]:
+        """Each sent file's path and bytes."""
+        found, offset = [], 0
+        for entry in self.files:
+            size = int(str(entry["size"]))
+            found.append((str(entry["path"]), self.data[offset : offset + size]))
+            offset += size
+        return found
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The raw facts of one run, before any judgement."""
 
@@ -126,3 +173,5 @@ class Outcome:
     output_killed: bool
     warm_start: bool = False
     install: InstallOutcome | None = None
+    files: FilesOut | None = None
+    return_value: str | None = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 STDOUT = 1
 STDERR = 2
@@ -142,3 +144,55 @@ class InstallDone(MarkedLine):
 
     def __init__(self, nonce: str):
         super().__init__(INSTALLED_PREFIX, nonce)
+
+
+FILES_PREFIX = b"\x00agent-sandbox-files "
+
+
+class FilesBlock:
+    """The launcher's files block on stdout, written after the program and everything it started
+    have ended, before the end-of-job line: a marked line with a JSON manifest, then exactly the
+    bytes of the files it lists. ``feed`` returns what is not part of the block."""
+
+    def __init__(self, nonce: str):
+        self.header = MarkedLine(FILES_PREFIX, nonce)
+        self.manifest: dict[str, Any] | None = None
+        self.data = bytearray()
+        self._expected = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None and len(self.data) >= self._expected
+
+    def feed(self, data: bytes) -> bytes:
+        if self.complete:
+            return data
+        before = b""
+        if self.manifest is None:
+            before = self.header.feed(data)
+            if self.header.report is None:
+                return before
+            self.manifest = _manifest(self.header.report)
+            self._expected = sum(int(entry["size"]) for entry in self.manifest["files"])
+            data = self.header.rest
+        wanted = self._expected - len(self.data)
+        self.data += data[:wanted]
+        return before + data[wanted:]
+
+    def flush(self) -> bytes:
+        """At end of stream: bytes held back as a possible start of the header were the program's."""
+        return self.header.flush() if self.manifest is None else b""
+
+
+def _manifest(line: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(line)
+        for entry in manifest["files"]:
+            int(entry["size"])
+        return {
+            "files": manifest["files"],
+            "omitted": manifest["omitted"],
+            "changed": int(manifest["changed"]),
+        }
+    except (ValueError, KeyError, TypeError):
+        return {"files": [], "omitted": [], "changed": 0}

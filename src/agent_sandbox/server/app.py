@@ -14,7 +14,7 @@ from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from agent_sandbox.engine.docker import EngineError, ProgressCallback
@@ -23,7 +23,7 @@ from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResul
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server.audit import AuditLog
 from agent_sandbox.server.client_limits import ClientLimitError, ClientLimits
-from agent_sandbox.server.summary import summarise
+from agent_sandbox.server.content import tool_content
 
 SERVER_NAME = "agent-sandbox"
 CONFIG_URI = "sandbox://config"
@@ -44,6 +44,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
     """An ``MCPServer`` whose tools run code through ``sandbox``."""
     settings = sandbox.settings
     limits = settings.limits
+    results = settings.results
     calls = _Calls(
         sandbox,
         transport,
@@ -75,9 +76,12 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         f"{limits.memory_mib} MiB of memory (files in /work and /tmp count), {limits.cpus:g} CPU, "
         f"{limits.pids} processes and threads, {limits.timeout_s:g} s by default (timeout_s up to "
         f"{limits.max_timeout_s:g} s), the first {limits.output_capture_kib} KiB of stdout and of "
-        f"stderr kept. The result has exit_code, stdout, stderr, timed_out, oom_killed, and "
-        f"violations and notes that say which limit was hit and what to change. A program that "
-        f"fails is not a tool error: read exit_code and stderr."
+        f"stderr kept. The result has exit_code, stdout, stderr, timed_out, oom_killed, "
+        f"violations and notes that say which limit was hit and what to change, error (the "
+        f"uncaught exception's type, message and line) and artifacts: files the program wrote "
+        f"under /work come back (images as pictures you can see; up to {results.max_artifacts} "
+        f"files, {results.max_artifact_kib} KiB). A program that fails is not a tool error: read "
+        f"exit_code, error and stderr."
     )
     server = MCPServer(
         SERVER_NAME,
@@ -114,6 +118,13 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         timeout_s: Annotated[float | None, timeout_field] = None,
         requirements: Annotated[list[str] | None, requirements_field] = None,
         image: Annotated[str | None, image_field] = None,
+        return_last_expression: Annotated[
+            bool,
+            Field(
+                description="When the code ends with an expression, return its repr() as "
+                "return_value, as a notebook cell shows it (printing is unchanged)."
+            ),
+        ] = True,
     ) -> Annotated[CallToolResult, RunResult]:
         return await calls.run(
             "run_python",
@@ -124,6 +135,8 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
                 limits=LimitRequest(timeout_s=timeout_s),
                 requirements=requirements or [],
                 profile=image,
+                notebook=True,
+                return_last_expression=return_last_expression,
             ),
         )
 
@@ -168,7 +181,9 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
     server.add_tool(
         run_python,
         title="Run Python",
-        description="Run a Python snippet and return its output. " + environment,
+        description="Run a Python snippet and return its output. Like a notebook cell, a last "
+        "expression comes back as return_value, and plt.show() saves the open matplotlib figures "
+        "as /work/figure_N.png, which come back as images. " + environment,
         annotations=ANNOTATIONS,
     )
     server.add_tool(
@@ -236,7 +251,7 @@ class _Calls:
         self._record("finished", tool, client, request, result, None)
         await ctx.report_progress(len(_STAGES), len(_STAGES), "finished")
         return CallToolResult(
-            content=[TextContent(type="text", text=summarise(result))],
+            content=tool_content(result, self.sandbox.settings.results),
             structured_content=result.model_dump(mode="json"),
         )
 

@@ -1,0 +1,91 @@
+"""The files a program left under /work, as a caller gets them back. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+
+from agent_sandbox.config import ResultSettings
+from agent_sandbox.engine.spec import FilesOut
+from agent_sandbox.models import Artifact
+
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple[list[Artifact], list[str]]:
+    """The artifacts (sent ones with their bytes, then those left out) and notes on what was
+    left out and why."""
+    if files is None:
+        return [], []
+    artifacts = [_artifact(_readable(path), data, settings) for path, data in files.contents()]
+    artifacts += [
+        Artifact(
+            path=_readable(str(entry["path"])),
+            size=int(str(entry["size"])),
+            mime_type=mime_type(str(entry["path"]), b""),
+            sha256=None,
+            omitted=str(entry["reason"]),
+        )
+        for entry in files.omitted
+    ]
+    notes = []
+    left_out = files.changed - len(files.files)
+    if left_out:
+        listed = len(files.omitted)
+        unlisted = f" ({listed} are listed in artifacts)" if listed < left_out else ""
+        notes.append(
+            f"The program created or changed {files.changed} files under /work; {len(files.files)} "
+            f"came back and {left_out} were left out{unlisted}: at most {settings.max_artifacts} files "
+            f"and {settings.max_artifact_kib} KiB come back. Write fewer or smaller files, e.g. one "
+            "archive or a summary."
+        )
+    return artifacts, notes
+
+
+def mime_type(path: str, data: bytes) -> str:
+    """The file's type from its first bytes for images, else from its name; text if it decodes."""
+    for signature, kind in _SIGNATURES:
+        if data.startswith(signature):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    guessed, _ = mimetypes.guess_type(path, strict=False)
+    if guessed:
+        return guessed
+    if data and _text(data) is not None:
+        return "text/plain"
+    return "application/octet-stream"
+
+
+def _artifact(path: str, data: bytes, settings: ResultSettings) -> Artifact:
+    kind = mime_type(path, data)
+    inline = None
+    if kind not in IMAGE_TYPES and len(data) <= settings.max_inline_text_kib * 1024:
+        inline = _text(data)
+    return Artifact(
+        path=path,
+        size=len(data),
+        mime_type=kind,
+        sha256=hashlib.sha256(data).hexdigest(),
+        content=inline,
+        data=data,
+    )
+
+
+def _readable(path: str) -> str:
+    """A file name as valid UTF-8: bytes that are not (the program chose the name) become U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _text(data: bytes) -> str | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if "\x00" not in text else None

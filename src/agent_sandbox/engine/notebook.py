@@ -1,0 +1,97 @@
+"""Runs a ``run_python`` snippet like a notebook cell; its source is passed to ``python3 -c``.
+
+Arguments: the file descriptor to report on, the most characters to report (0: report nothing),
+the script, then the program's own arguments. The
+script runs as ``__main__`` with its own file name in tracebacks (this runner's frame is left
+out), and two things are added to what ``python3 SCRIPT`` would do:
+
+- when the script ends with an expression, its ``repr()`` is written to the descriptor (the
+  program prints nothing more than it would have);
+- ``matplotlib.pyplot.show()``, which does nothing under the non-interactive backend, saves every
+  open figure as ``/work/figure_N.png`` and closes it, so the figures come back as files.
+
+Standard library only: it runs on the sandbox image's Python.
+"""
+
+import ast
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import traceback
+import types
+from collections.abc import Callable, Sequence
+
+
+class _PatchPyplotShow(importlib.abc.MetaPathFinder):
+    """On the first import of matplotlib.pyplot, wrap its ``show``."""
+
+    def find_spec(
+        self, name: str, path: "Sequence[str] | None" = None, target: "types.ModuleType | None" = None
+    ) -> "importlib.machinery.ModuleSpec | None":
+        if name != "matplotlib.pyplot":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        original_exec = spec.loader.exec_module
+
+        def exec_module(module: types.ModuleType) -> None:
+            original_exec(module)
+            module.show = _saving_show(module)  # type: ignore[attr-defined]
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _saving_show(pyplot: types.ModuleType) -> "Callable[..., None]":
+    def show(*args: object, **kwargs: object) -> None:
+        for number in pyplot.get_fignums():
+            name = f"figure_{number}.png"
+            pyplot.figure(number).savefig(os.path.join("/work", name))
+            print(f"[figure {number} saved as /work/{name}]", file=sys.stderr)
+        pyplot.close("all")
+
+    return show
+
+
+def main() -> None:
+    report_fd, max_chars, script = int(sys.argv[1]), int(sys.argv[2]), os.path.abspath(sys.argv[3])
+    os.set_inheritable(report_fd, False)  # the program's own children do not get it
+    sys.argv = sys.argv[3:]
+    sys.path[0] = os.path.dirname(script)
+    sys.meta_path.insert(0, _PatchPyplotShow())
+
+    with open(script, encoding="utf-8") as source_file:
+        source = source_file.read()
+    module = types.ModuleType("__main__")
+    module.__file__ = script
+    module.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    sys.modules["__main__"] = module
+    try:
+        tree = ast.parse(source, script)
+        last = tree.body[-1] if tree.body and max_chars else None
+        if isinstance(last, ast.Expr):
+            tree.body.pop()
+        else:
+            last = None
+        exec(compile(tree, script, "exec"), module.__dict__)
+        if last is not None:
+            value = eval(compile(ast.Expression(last.value), script, "eval"), module.__dict__)
+            if value is not None:
+                # Well under a pipe's buffer: the launcher reads it only after we exit.
+                os.write(report_fd, repr(value)[:max_chars].encode("utf-8", errors="replace"))
+    except SystemExit:
+        raise
+    except SyntaxError as exc:  # in the script itself: shown as Python shows it, with no frames
+        traceback.print_exception(type(exc), exc, None)
+        sys.exit(1)
+    except BaseException as exc:
+        # As Python itself would report it, without this runner's frame.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
+        sys.exit(1)
+
+
+main()

@@ -1,0 +1,65 @@
+"""What a tool call returns as MCP content: the summary, images a multimodal model can see, and
+the other files as embedded resources. The full result is the structured content."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote
+
+from mcp_types import (
+    BlobResourceContents,
+    ContentBlock,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
+
+from agent_sandbox.artifacts import IMAGE_TYPES
+from agent_sandbox.config import ResultSettings
+from agent_sandbox.models import Artifact, RunResult
+from agent_sandbox.server.summary import summarise
+
+
+def tool_content(result: RunResult, settings: ResultSettings) -> list[ContentBlock]:
+    """The summary first, then up to ``max_images`` images, then every other file that came back."""
+    images = [a for a in result.artifacts if _showable_image(a, settings)][: settings.max_images]
+    blocks: list[ContentBlock] = [
+        TextContent(
+            type="text",
+            text=summarise(result, settings.summary_kib * 1024, frozenset(a.path for a in images)),
+        )
+    ]
+    blocks += [
+        ImageContent(type="image", data=base64.b64encode(a.data or b"").decode(), mime_type=a.mime_type)
+        for a in images
+    ]
+    others = [a for a in result.artifacts if a.data is not None and a.mime_type not in IMAGE_TYPES]
+    blocks += [_resource(a) for a in others]
+    return blocks
+
+
+def _showable_image(artifact: Artifact, settings: ResultSettings) -> bool:
+    return (
+        artifact.data is not None
+        and artifact.mime_type in IMAGE_TYPES
+        and artifact.size <= settings.max_image_kib * 1024
+    )
+
+
+def _resource(artifact: Artifact) -> EmbeddedResource:
+    uri = "file:///work/" + quote(artifact.path)
+    text = artifact.content
+    if text is None and artifact.data is not None:
+        try:
+            text = artifact.data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+    if text is not None:
+        return EmbeddedResource(
+            type="resource", resource=TextResourceContents(uri=uri, mime_type=artifact.mime_type, text=text)
+        )
+    blob = base64.b64encode(artifact.data or b"").decode()
+    return EmbeddedResource(
+        type="resource", resource=BlobResourceContents(uri=uri, mime_type=artifact.mime_type, blob=blob)
+    )
