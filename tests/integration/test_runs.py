@@ -107,7 +107,7 @@ async def test_without_stdin_the_program_reads_end_of_file(sandbox: Sandbox) -> 
     ("code", "exit_code", "note"),
     [
         ("import sys; sys.exit(3)", 3, "exited with code 3"),
-        ("raise ValueError('boom')", 1, "exited with code 1"),
+        ("raise ValueError('boom')", 1, "uncaught ValueError: boom, raised at /work/main.py line 1"),
         ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", 143, "SIGTERM"),
     ],
 )

@@ -30,7 +30,7 @@ def sandbox(engine: DockerEngine) -> Sandbox:
 RESULT_FIELDS = {
     "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "stdout_bytes",
     "stderr_bytes", "duration_s", "timed_out", "oom_killed", "warm_start", "violations", "notes", "limits",
-    "profile", "install",
+    "profile", "install", "return_value", "error", "artifacts",
 }  # fmt: skip
 
 
@@ -49,7 +49,14 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
     assert set(tools) == {"run_python", "run_project"}
     python, project = tools["run_python"], tools["run_project"]
     assert python.input_schema["required"] == ["code"]
-    assert set(python.input_schema["properties"]) == {"code", "stdin", "timeout_s", "requirements", "image"}
+    assert set(python.input_schema["properties"]) == {
+        "code",
+        "stdin",
+        "timeout_s",
+        "requirements",
+        "image",
+        "return_last_expression",
+    }
     assert project.input_schema["required"] == ["files"]
     assert set(project.input_schema["properties"]) == {
         "files",
@@ -105,7 +112,8 @@ async def test_a_failing_program_is_a_successful_call(client: Client) -> None:
     assert result.is_error is False
     assert result.structured_content["exit_code"] == 1
     assert "KeyError: 'missing'" in result.structured_content["stderr"]
-    assert "exited with code 1" in result.content[0].text
+    assert result.structured_content["error"]["type"] == "KeyError"
+    assert "uncaught KeyError: 'missing'" in result.content[0].text
 
 
 async def test_a_limit_hit_comes_back_as_violations_and_notes(client: Client) -> None:

@@ -6,7 +6,7 @@ import json
 
 from agent_sandbox.config import LimitSettings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, container_options
-from agent_sandbox.engine.spec import ContainerShape, InstallSpec, PackageMount, RunSpec
+from agent_sandbox.engine.spec import ContainerShape, InstallSpec, PackageMount, ResultCaps, RunSpec
 from agent_sandbox.models import Limits
 
 LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model_fields})
@@ -86,9 +86,21 @@ def test_the_job_travels_length_prefixed_before_the_tar() -> None:
         "args": ["--flag", "value"],
         "env": {"MY_VAR": "1"},
         "wheels": [],
+        "notebook": {},
+        "artifacts": {"max_files": 0, "max_bytes": 0, "max_listed": 0},
         "nonce": "n0nce",
         "install_nonce": "other",
     }
+
+
+def test_a_notebook_job_carries_the_runner_and_the_caps() -> None:
+    caps = ResultCaps(max_files=5, max_bytes=1024, max_listed=5, notebook=True, return_value_chars=100)
+    spec = RunSpec(**{**SPEC.__dict__, "results": caps})
+    job = json.loads(spec.header(nonce="n").partition(b"\n")[2])
+    assert job["notebook"]["max_chars"] == 100
+    assert "def main()" in job["notebook"]["runner"]
+    assert job["artifacts"] == {"max_files": 5, "max_bytes": 1024, "max_listed": 5}
+    assert spec.shape == SHAPE  # result caps travel with the job: warm containers still fit
 
 
 WITH_WHEELS = RunSpec(
