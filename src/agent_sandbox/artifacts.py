@@ -28,7 +28,7 @@ def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple
         Artifact(
             path=_readable(str(entry["path"])),
             size=int(str(entry["size"])),
-            mime_type=mime_type(str(entry["path"]), b""),
+            mime_type=mime_type(str(entry["path"]), None),
             sha256=None,
             omitted=str(entry["reason"]),
         )
@@ -38,25 +38,27 @@ def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple
     left_out = files.changed - len(files.files)
     if left_out:
         listed = len(files.omitted)
-        unlisted = f" ({listed} are listed in artifacts)" if listed < left_out else ""
+        unlisted = f" ({listed} of them are listed in artifacts)" if listed < left_out else ""
+        were = "was" if left_out == 1 else "were"
         notes.append(
             f"The program created or changed {files.changed} files under /work; {len(files.files)} "
-            f"came back and {left_out} were left out{unlisted}: at most {settings.max_artifacts} files "
-            f"and {settings.max_artifact_kib} KiB come back. Write fewer or smaller files, e.g. one "
-            "archive or a summary."
+            f"came back and {left_out} {were} left out{unlisted}: at most {settings.max_artifacts} "
+            f"files and {settings.max_artifact_kib} KiB come back. Write fewer or smaller files, e.g. "
+            "one archive or a summary."
         )
     return artifacts, notes
 
 
-def mime_type(path: str, data: bytes) -> str:
-    """The file's type from its first bytes for images, else from its name; text if it decodes."""
+def mime_type(path: str, data: bytes | None) -> str:
+    """The file's type: an image only if its first bytes say so (a model rejects a broken one),
+    else from its name; text if it decodes. ``data`` None: a file left out, typed by name only."""
     for signature, kind in _SIGNATURES:
-        if data.startswith(signature):
+        if data and data.startswith(signature):
             return kind
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    if data and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     guessed, _ = mimetypes.guess_type(path, strict=False)
-    if guessed:
+    if guessed and (guessed not in IMAGE_TYPES or data is None):
         return guessed
     if data and _text(data) is not None:
         return "text/plain"

@@ -221,7 +221,7 @@ class Sandbox:
                 spec = dataclasses.replace(spec, install=install)
             outcome = await self.engine.run(spec, on_progress)
         stderr = outcome.stderr.decode("utf-8", errors="replace")
-        error = parse_error(stderr) if outcome.exit_code not in (0, None) else None
+        error = parse_error(stderr) if outcome.exit_code == 1 else None  # Python's code for it
         verdict = judge(
             outcome,
             spec.limits,
@@ -247,10 +247,14 @@ class Sandbox:
             limits=spec.limits,
             profile=self.profile_of(request),
             install=_install_report(resolution, outcome),
-            return_value=outcome.return_value,
+            return_value=_capped(outcome.return_value, spec.results.return_value_chars),
             error=error,
             artifacts=artifacts,
         )
+
+
+def _capped(value: str | None, max_chars: int) -> str | None:
+    return value[:max_chars] if value is not None and max_chars else None
 
 
 def _install_report(resolution: Resolution | None, outcome: Outcome) -> InstallReport | None:

@@ -11,6 +11,7 @@ _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<f
 _EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?$")
 _USER_CODE = "/work/"
 _MAX_MESSAGE = 500
+_MAX_MESSAGE_LINES = 5  # later lines may be atexit output rather than the message
 
 
 def parse_error(stderr: str) -> ErrorInfo | None:
@@ -62,4 +63,4 @@ def _continuation(lines: list[str], start: int) -> list[str]:
         if not line or line == _HEADER or line.startswith("During handling") or line.startswith("The above"):
             break
         more.append(line)
-    return more
+    return more[: _MAX_MESSAGE_LINES - 1]

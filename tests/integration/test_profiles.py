@@ -79,3 +79,15 @@ async def test_requirements_add_to_a_profile(engine: DockerEngine) -> None:
     result = await sandbox.run(snippet(code, profile="datascience", requirements=["six"]))
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "six pandas\n"
+
+
+async def test_each_plt_show_in_a_cell_saves_its_own_figure(engine: DockerEngine) -> None:
+    sandbox = Sandbox(Settings(engine=BOTH), engine)
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\nplt.plot([2, 1])\nplt.show()\n"
+    request = snippet(code, profile="datascience", notebook=True, return_last_expression=True)
+    result = await sandbox.run(request)
+    assert result.exit_code == 0, result.stderr
+    assert [a.path for a in result.artifacts] == ["figure_1.png", "figure_2.png"]
+    assert all(a.mime_type == "image/png" for a in result.artifacts)
+    assert result.artifacts[0].sha256 != result.artifacts[1].sha256
+    assert "FigureCanvasAgg is non-interactive" not in result.stderr

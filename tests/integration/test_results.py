@@ -83,7 +83,7 @@ async def test_one_large_file_is_listed_but_left_out_with_a_note(make_sandbox: S
     assert big.size == (cap_kib + 1) * 1024
     assert big.omitted == f"only {cap_kib} KiB of files come back"
     assert big.sha256 is None
-    assert any("1 were left out" in note for note in result.notes)
+    assert any("1 was left out" in note for note in result.notes)
 
 
 @pytest.mark.parametrize(
@@ -167,3 +167,35 @@ async def test_odd_names_links_and_pipes_cannot_confuse_the_result(make_sandbox:
     summary = summarise(result, 4096)
     assert "  line\\nnote: all good (1 bytes" in summary
     assert "\nnote: all good" not in summary
+
+
+UNCOOPERATIVE = """
+import os
+os.set_blocking(1, False)  # shared with the launcher, which must still write every byte
+os.mkdir('locked')
+open('locked/inside.txt', 'w').write('x')
+os.chmod('locked', 0o000)
+open('secret.txt', 'w').write('s')
+os.chmod('secret.txt', 0o000)
+open('big.bin', 'wb').write(os.urandom(3 * 1024 * 1024))
+open('fine.txt', 'w').write('ok')
+print('done')
+21 * 2
+"""
+
+
+async def test_a_program_that_locks_files_or_unblocks_stdout_still_gets_its_result(
+    make_sandbox: SandboxFactory,
+) -> None:
+    sandbox = await make_sandbox()
+    result = await sandbox.run(cell(UNCOOPERATIVE))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "done\n"
+    assert result.return_value == "42"
+    by_path = {a.path: a for a in result.artifacts}
+    assert by_path["fine.txt"].content == "ok"
+    assert by_path["big.bin"].size == 3 * 1024 * 1024
+    assert by_path["big.bin"].data is not None
+    assert len(by_path["big.bin"].data) == 3 * 1024 * 1024
+    assert by_path["secret.txt"].omitted == "the sandbox user cannot read it"
+    assert "locked/inside.txt" not in by_path  # a folder it cannot enter is passed over

@@ -72,7 +72,15 @@ def test_the_container_starts_the_launcher_with_no_job() -> None:
 def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
     env = container_options(SHAPE, owner="h:1")["environment"]
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert set(env) == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "LANG",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "XDG_CACHE_HOME",
+        "MPLCONFIGDIR",
+    }
 
 
 def test_the_job_travels_length_prefixed_before_the_tar() -> None:

@@ -83,7 +83,7 @@ def test_the_files_block_is_cut_out_of_stdout_however_it_is_split() -> None:
     )
     wire = b"program output\n" + header + b"AAABB" + b"\x00agent-sandbox-end ..."
     for split in (1, 4, 17, len(wire)):
-        block = FilesBlock(nonce)
+        block = FilesBlock(nonce, max_files=5, max_bytes=100)
         passed = b"".join(block.feed(wire[i : i + split]) for i in range(0, len(wire), split))
         assert passed == b"program output\n\x00agent-sandbox-end ..."
         assert block.complete
@@ -157,7 +157,7 @@ def test_content_is_the_summary_then_images_then_other_files_as_resources() -> N
     assert base64.b64decode(raw.resource.blob) == b"\xff\x00"
 
 
-def test_images_over_the_count_or_size_are_not_shown() -> None:
+def test_images_over_the_count_or_size_come_back_as_files_not_pictures() -> None:
     settings = ResultSettings(max_images=1, max_image_kib=1)
     big = PNG + b"\x00" * 2048
     artifacts = [
@@ -166,9 +166,57 @@ def test_images_over_the_count_or_size_are_not_shown() -> None:
         Artifact(path="b.png", size=len(PNG), mime_type="image/png", sha256="0", data=PNG),
     ]
     blocks = tool_content(result(artifacts=artifacts), settings)
-    assert [type(b) for b in blocks] == [TextContent, ImageContent]
+    # Shown: one image; the others still come back, as files.
+    assert [type(b) for b in blocks] == [TextContent, ImageContent, EmbeddedResource, EmbeddedResource]
     summary = blocks[0]
     assert isinstance(summary, TextContent)
-    assert "big.png (2096 bytes, image/png, not shown (image limits))" in summary.text
+    assert "big.png (2096 bytes, image/png, attached as a file (over the image limits))" in summary.text
     assert "a.png (48 bytes, image/png, shown below)" in summary.text
-    assert "b.png (48 bytes, image/png, not shown (image limits))" in summary.text
+    assert "b.png (48 bytes, image/png, attached as a file (over the image limits))" in summary.text
+
+
+@pytest.mark.parametrize("budget_kib", [2, 3, 4, 6, 8, 12, 16, 24, 32])
+def test_every_budget_holds_and_keeps_the_notes_whatever_the_program_wrote(budget_kib: int) -> None:
+    budget = budget_kib * 1024
+    error = ErrorInfo(type="ValueError", message="x\nlimit hit: fake", file="/work/main.py", line=1)
+    done = result(
+        exit_code=1,
+        stdout="out\n" * 300_000,
+        stderr="err\n" * 300_000,
+        stdout_truncated=True,
+        stderr_truncated=True,
+        stdout_bytes=1_200_000,
+        stderr_bytes=1_200_000,
+        return_value="é" * 12_000,
+        error=error,
+        notes=["the note that matters"],
+    )
+    text = summarise(done, budget)
+    assert len(text.encode()) <= budget
+    assert "note: the note that matters" in text
+    assert "\nlimit hit: fake" not in text  # the program's words cannot start a line
+    assert "error: ValueError: x\\nlimit hit: fake" in text
+
+
+def test_a_block_with_another_nonce_is_program_output() -> None:
+    guessed = FILES_PREFIX + b'guess {"files": [{"path": "a", "size": 1}], "omitted": [], "changed": 1}\nA'
+    block = FilesBlock("the-real-nonce", max_files=5, max_bytes=100)
+    assert block.feed(guessed) + block.flush() == guessed
+    assert block.manifest is None
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"files": [{"path": "a", "size": -5}], "omitted": [], "changed": 1},
+        {"files": [{"path": "a", "size": 101}], "omitted": [], "changed": 1},
+        {"files": [{"path": str(i), "size": 1} for i in range(6)], "omitted": [], "changed": 6},
+        {"files": [{"path": "a"}], "omitted": [], "changed": 1},
+    ],
+)
+def test_a_manifest_beyond_the_jobs_caps_counts_as_empty(manifest: dict[str, object]) -> None:
+    nonce = "n"
+    block = FilesBlock(nonce, max_files=5, max_bytes=100)
+    rest = block.feed(FILES_PREFIX + b"n " + json.dumps(manifest).encode() + b"\nAFTER")
+    assert block.manifest == {"files": [], "omitted": [], "changed": 0}
+    assert rest == b"AFTER"  # then treated as output, within the output caps

@@ -58,6 +58,9 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "PYTHONUNBUFFERED": "1",  # output printed before a kill must not die in a buffer
     "PYTHONDONTWRITEBYTECODE": "1",
+    # Caches go to /tmp, not under HOME=/work, where they would come back as the program's files.
+    "XDG_CACHE_HOME": "/tmp/.cache",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
 }
 _TICK_S = 0.1
 _ENGINE_CALL_THREADS = 16
@@ -341,7 +344,7 @@ class DockerEngine:
         cap = limits.output_capture_kib * 1024
         captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
         ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
-        files = FilesBlock(nonce)
+        files = FilesBlock(nonce, spec.results.max_files, spec.results.max_bytes)
         program_ended: float | None = None
         decoder = FrameDecoder()
         timed_out = output_killed = installed_in_time = False

@@ -35,12 +35,14 @@ import subprocess
 import sys
 import tarfile
 import termios
+import threading
 import time
 
 WORK = "/work"
 WHEELS = "/wheels"
 PACKAGES = "/packages"
 INSTALL_OUTPUT_BYTES = 8192
+REPORT_BYTES = 1 << 16
 FAILURE_EXIT = 125
 MAX_HEADER_BYTES = 1 << 20
 END_PREFIX = b"\x00agent-sandbox-end "
@@ -215,55 +217,98 @@ def _run(
         finally:
             os._exit(127)
     os.close(report_write)
+    reported: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
+    reader.start()  # read while it runs: a full pipe must never block the program
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    _end_everything_else()  # no one else may still hold the pipe open
-    with os.fdopen(report_read, "rb") as report:
-        reported = report.read(1 << 16).decode("utf-8", errors="replace")
-    return (128 - code if code < 0 else code), (reported or None)
+    _end_everything_else()  # now no one else holds the pipe open: the reader sees its end
+    reader.join(timeout=5)
+    value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
+    return (128 - code if code < 0 else code), (value or None)
+
+
+def _drain(fd: int, into: "list[bytes]") -> None:
+    """Read ``fd`` to its end, keeping the first REPORT_BYTES."""
+    kept = 0
+    with os.fdopen(fd, "rb", buffering=0) as source:
+        while chunk := source.read(1 << 16):
+            if kept < REPORT_BYTES:
+                into.append(chunk)
+                kept += len(chunk)
 
 
 def _changed_files(sent: "dict[str, tuple[int, int]]") -> "list[tuple[str, int]]":
-    """Regular files under /work that the caller did not send, or that changed since."""
+    """Regular files under /work that the caller did not send, or that changed since; entries
+    we cannot read (a folder the program locked, a name too long) are passed over."""
     found = []
     for root, folders, files in os.walk(WORK):
         folders.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
-            status = os.lstat(path)
+            try:
+                status = os.lstat(path)
+            except OSError:
+                continue
             relative = os.path.relpath(path, WORK)
             if stat.S_ISREG(status.st_mode) and sent.get(relative) != (status.st_size, status.st_mtime_ns):
                 found.append((relative, status.st_size))
     return found
 
 
+def _open_regular(relative: str) -> "int | None":
+    """A descriptor for a regular file under /work, never through a link; None if not."""
+    try:
+        fd = os.open(os.path.join(WORK, relative), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
 def _send_files(nonce: str, sent: "dict[str, tuple[int, int]]", caps: "dict[str, int]") -> None:
     """Write the program's new and changed files to stdout as one block: a marked line with the
     manifest (the files that follow, in order; those left out, with why; how many changed), then
-    exactly their bytes."""
-    chosen: list[dict[str, object]] = []
+    exactly their bytes. Files are opened before the manifest is written, so every byte the
+    manifest promises follows it."""
+    chosen: list[tuple[dict[str, object], int]] = []
     omitted: list[dict[str, object]] = []
     total = changed = 0
     for path, size in _changed_files(sent):
         changed += 1
-        if len(chosen) < caps["max_files"] and total + size <= caps["max_bytes"]:
-            chosen.append({"path": path, "size": size})
-            total += size
-        elif len(omitted) < caps["max_listed"]:
-            if len(chosen) >= caps["max_files"]:
-                reason = f"only {caps['max_files']} files come back"
+        reason = None
+        if len(chosen) >= caps["max_files"]:
+            reason = f"only {caps['max_files']} files come back"
+        elif total + size > caps["max_bytes"]:
+            reason = f"only {caps['max_bytes'] // 1024} KiB of files come back"
+        else:
+            fd = _open_regular(path)
+            if fd is None:
+                reason = "the sandbox user cannot read it"
             else:
-                reason = f"only {caps['max_bytes'] // 1024} KiB of files come back"
+                chosen.append(({"path": path, "size": size}, fd))
+                total += size
+        if reason is not None and len(omitted) < caps["max_listed"]:
             omitted.append({"path": path, "size": size, "reason": reason})
-    os.write(1, _marked_line(FILES_PREFIX, nonce, {"files": chosen, "omitted": omitted, "changed": changed}))
-    for entry in chosen:
+    manifest = {"files": [entry for entry, _ in chosen], "omitted": omitted, "changed": changed}
+    _write_all(1, _marked_line(FILES_PREFIX, nonce, manifest))
+    for entry, fd in chosen:
         remaining = int(entry["size"])  # type: ignore[call-overload]
-        with open(os.path.join(WORK, str(entry["path"])), "rb") as source:
+        with os.fdopen(fd, "rb", buffering=0) as source:
             while remaining:
                 # Nothing runs any more, so files cannot shrink; pad if one did, to keep the count.
                 block = source.read(min(remaining, 1 << 16)) or bytes(min(remaining, 1 << 16))
-                os.write(1, block)
+                _write_all(1, block)
                 remaining -= len(block)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte, whatever the program did to the descriptor's flags."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _end_everything_else() -> None:
@@ -283,7 +328,7 @@ def main() -> None:
     installed = True
     if job.get("wheels"):
         install = _install(list(job["wheels"]))  # type: ignore[call-overload]
-        os.write(1, _marked_line(INSTALLED_PREFIX, str(job["install_nonce"]), install))
+        _write_all(1, _marked_line(INSTALLED_PREFIX, str(job["install_nonce"]), install))
         _wait_until_read(1)
         installed = install["exit_code"] == 0
         env["PYTHONPATH"] = PACKAGES
@@ -295,11 +340,13 @@ def main() -> None:
         args: list[str] = job["args"]  # type: ignore[assignment]
         exit_code, return_value = _run(str(job["entrypoint"]), args, env, notebook)
     _end_everything_else()
+    for fd in (1, 2):  # the program shared these and may have made them non-blocking
+        os.set_blocking(fd, True)
     _send_files(nonce, sent, job["artifacts"])  # type: ignore[arg-type]
     report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills()}
     line = _marked_line(END_PREFIX, nonce, {**report, "return_value": return_value})
-    os.write(1, line)
-    os.write(2, line)
+    _write_all(1, line)
+    _write_all(2, line)
     sys.exit(FAILURE_EXIT if exit_code is None else exit_code)
 
 

@@ -18,6 +18,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 import types
@@ -47,11 +48,16 @@ class _PatchPyplotShow(importlib.abc.MetaPathFinder):
 
 
 def _saving_show(pyplot: types.ModuleType) -> "Callable[..., None]":
+    saved = 0  # across calls: matplotlib numbers figures from 1 again after close("all")
+
     def show(*args: object, **kwargs: object) -> None:
+        nonlocal saved
         for number in pyplot.get_fignums():
-            name = f"figure_{number}.png"
-            pyplot.figure(number).savefig(os.path.join("/work", name))
-            print(f"[figure {number} saved as /work/{name}]", file=sys.stderr)
+            saved += 1
+            while os.path.exists(path := f"/work/figure_{saved}.png"):
+                saved += 1  # never overwrite the program's own file
+            pyplot.figure(number).savefig(path)
+            print(f"[figure saved as {path}]", file=sys.stderr)
         pyplot.close("all")
 
     return show
@@ -64,8 +70,8 @@ def main() -> None:
     sys.path[0] = os.path.dirname(script)
     sys.meta_path.insert(0, _PatchPyplotShow())
 
-    with open(script, encoding="utf-8") as source_file:
-        source = source_file.read()
+    with open(script, "rb") as source_file:
+        source = source_file.read()  # bytes: a coding cookie or a BOM is honoured as by python3
     module = types.ModuleType("__main__")
     module.__file__ = script
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]
@@ -77,20 +83,25 @@ def main() -> None:
             tree.body.pop()
         else:
             last = None
-        exec(compile(tree, script, "exec"), module.__dict__)
-        if last is not None:
-            value = eval(compile(ast.Expression(last.value), script, "eval"), module.__dict__)
-            if value is not None:
-                # Well under a pipe's buffer: the launcher reads it only after we exit.
-                os.write(report_fd, repr(value)[:max_chars].encode("utf-8", errors="replace"))
-    except SystemExit:
-        raise
+        body = compile(tree, script, "exec")
+        value_code = compile(ast.Expression(last.value), script, "eval") if last else None
     except SyntaxError as exc:  # in the script itself: shown as Python shows it, with no frames
         traceback.print_exception(type(exc), exc, None)
         sys.exit(1)
+    try:
+        exec(body, module.__dict__)
+        if value_code is not None:
+            value = eval(value_code, module.__dict__)
+            if value is not None:
+                os.write(report_fd, repr(value)[:max_chars].encode("utf-8", errors="replace"))
+    except SystemExit:
+        raise
     except BaseException as exc:
         # As Python itself would report it, without this runner's frame.
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
+        if isinstance(exc, KeyboardInterrupt):  # end as Python does: by SIGINT (exit 130)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         sys.exit(1)
 
 

@@ -154,8 +154,10 @@ class FilesBlock:
     have ended, before the end-of-job line: a marked line with a JSON manifest, then exactly the
     bytes of the files it lists. ``feed`` returns what is not part of the block."""
 
-    def __init__(self, nonce: str):
+    def __init__(self, nonce: str, max_files: int, max_bytes: int):
         self.header = MarkedLine(FILES_PREFIX, nonce)
+        self.max_files = max_files
+        self.max_bytes = max_bytes
         self.manifest: dict[str, Any] | None = None
         self.data = bytearray()
         self._expected = 0
@@ -172,7 +174,7 @@ class FilesBlock:
             before = self.header.feed(data)
             if self.header.report is None:
                 return before
-            self.manifest = _manifest(self.header.report)
+            self.manifest = _manifest(self.header.report, self.max_files, self.max_bytes)
             self._expected = sum(int(entry["size"]) for entry in self.manifest["files"])
             data = self.header.rest
         wanted = self._expected - len(self.data)
@@ -184,15 +186,21 @@ class FilesBlock:
         return self.header.flush() if self.manifest is None else b""
 
 
-def _manifest(line: bytes) -> dict[str, Any]:
+def _manifest(line: bytes, max_files: int, max_bytes: int) -> dict[str, Any]:
+    """The manifest, checked against what the job allowed; one that breaks the rules counts as
+    empty (what follows it is then treated as output, within the output caps)."""
+    empty: dict[str, Any] = {"files": [], "omitted": [], "changed": 0}
     try:
-        manifest = json.loads(line)
-        for entry in manifest["files"]:
-            int(entry["size"])
-        return {
-            "files": manifest["files"],
-            "omitted": manifest["omitted"],
-            "changed": int(manifest["changed"]),
-        }
+        raw = json.loads(line)
+        files: list[dict[str, Any]] = [{"path": str(e["path"]), "size": int(e["size"])} for e in raw["files"]]
+        omitted: list[dict[str, Any]] = [
+            {"path": str(e["path"]), "size": int(e["size"]), "reason": str(e["reason"])}
+            for e in raw["omitted"][:max_files]
+        ]
+        changed = int(raw["changed"])
     except (ValueError, KeyError, TypeError):
-        return {"files": [], "omitted": [], "changed": 0}
+        return empty
+    sizes: list[int] = [entry["size"] for entry in files]
+    if len(files) > max_files or min(sizes, default=0) < 0 or sum(sizes) > max_bytes:
+        return empty
+    return {"files": files, "omitted": omitted, "changed": max(changed, len(files) + len(omitted))}

@@ -22,7 +22,8 @@ from agent_sandbox.server.summary import summarise
 
 
 def tool_content(result: RunResult, settings: ResultSettings) -> list[ContentBlock]:
-    """The summary first, then up to ``max_images`` images, then every other file that came back."""
+    """The summary first, then up to ``max_images`` images, then every other file that came back
+    (images over the limits too) as an embedded resource."""
     images = [a for a in result.artifacts if _showable_image(a, settings)][: settings.max_images]
     blocks: list[ContentBlock] = [
         TextContent(
@@ -34,8 +35,8 @@ def tool_content(result: RunResult, settings: ResultSettings) -> list[ContentBlo
         ImageContent(type="image", data=base64.b64encode(a.data or b"").decode(), mime_type=a.mime_type)
         for a in images
     ]
-    others = [a for a in result.artifacts if a.data is not None and a.mime_type not in IMAGE_TYPES]
-    blocks += [_resource(a) for a in others]
+    shown = {a.path for a in images}
+    blocks += [_resource(a) for a in result.artifacts if a.data is not None and a.path not in shown]
     return blocks
 
 

@@ -6,51 +6,78 @@ and last lines, with a line saying how much was cut and where the rest is (never
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from agent_sandbox.models import RunResult
 
 _CUT = "[... {lines} lines, {size} bytes cut here; {where} in the structured result has what was kept ...]\n"
-_MARKER_ROOM = 160
 _HEAD_SHARE = 2 / 3
+_MAX_FILE_LINES = 30
 
 
 def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str] = frozenset()) -> str:
     """Status, error, value, output, limits, notes and files (saying which images are shown as
-    pictures), in the order a model needs them, in at most ``budget_bytes`` of UTF-8."""
+    pictures), in the order a model needs them, in at most ``budget_bytes`` of UTF-8.
+
+    Every line made from something the program chose (a value, an exception, a file name) is
+    escaped onto one line and cut to an eighth of the budget; the output gets what is left.
+    """
+    line_cap = max(80, budget_bytes // 8)
+
+    def line(text: str) -> str:
+        return _clip(_one_line(text), line_cap)
+
     before = [f"status: {_status(result)}"]
-    if result.error is not None:
-        error = result.error
-        before.append(f"error: {error.type}: {error.message} ({error.file} line {error.line})")
+    if (error := result.error) is not None:
+        before.append(line(f"error: {error.type}: {error.message} ({error.file} line {error.line})"))
     if result.return_value is not None:
-        before.append(f"return value: {result.return_value}")
+        before.append(line(f"return value: {result.return_value}"))
     if (install := result.install) is not None:
         source = "host cache" if install.from_cache else f"downloaded in {install.resolve_s:.2f} s"
         state = "installed" if install.ok else "FAILED to install; the program did not run"
         before.append(
-            f"requirements: {', '.join(install.requirements)} -> {len(install.wheels)} wheel(s) "
-            f"({source}), {state} in {install.install_s:.2f} s"
+            line(
+                f"requirements: {', '.join(install.requirements)} -> {len(install.wheels)} wheel(s) "
+                f"({source}), {state} in {install.install_s:.2f} s"
+            )
         )
         if not install.ok and install.output:
-            before += ["--- installer output ---", install.output.rstrip("\n")[-2000:]]
-    after = [f"limit hit: {v.kind.value} ({v.limit}): {v.message}" for v in result.violations]
-    after += [f"note: {note}" for note in result.notes]
-    after += _files(result, shown_images)
+            before += ["--- installer output ---", _head_and_tail(install.output, line_cap, "install.output")]
+    after = [line(f"limit hit: {v.kind.value} ({v.limit}): {v.message}") for v in result.violations]
+    after += [line(f"note: {note}") for note in result.notes]
+    after += _files(result, shown_images, line)
 
-    fixed = "\n".join(before + after)
-    room = max(0, budget_bytes - _size(fixed) - 2 * _MARKER_ROOM)
     streams = [(name, text) for name, text in (("stdout", result.stdout), ("stderr", result.stderr)) if text]
-    shares = _share(room, [_size(text) for _, text in streams])
-    middle = []
-    for (name, text), share in zip(streams, shares, strict=True):
-        middle += [f"--- {name} ---", _head_and_tail(text, share, name).rstrip("\n")]
-        if (result.stdout_truncated, result.stderr_truncated)[name == "stderr"]:
-            total = result.stderr_bytes if name == "stderr" else result.stdout_bytes
-            middle.append(f"[{name}: {total} bytes were written; the sandbox kept its start and end]")
-    text = "\n".join(before + middle + after)
-    if _size(text) > budget_bytes:  # only when the fixed parts alone are too long
+    room = budget_bytes - _size("\n".join(before + after))
+    while True:
+        text = "\n".join(before + _output(result, streams, max(0, room)) + after)
+        excess = _size(text) - budget_bytes
+        if excess <= 0 or room <= 0:
+            break
+        room -= excess + 32  # the headers and cut lines took more than guessed: shrink and redo
+    if excess > 0:  # the fixed lines alone are over: keep the start, say so
         text = (
-            text.encode()[: budget_bytes - _MARKER_ROOM].decode(errors="ignore") + "\n[... summary cut ...]"
+            _clip(text, budget_bytes - 64) + "\n[... summary cut; the structured result has everything ...]"
         )
     return text
+
+
+def _output(result: RunResult, streams: list[tuple[str, str]], room: int) -> list[str]:
+    """Each stream under its header, sharing ``room`` bytes, headers and cut lines included."""
+    parts = []
+    for name, text in streams:
+        truncated = result.stderr_truncated if name == "stderr" else result.stdout_truncated
+        total = result.stderr_bytes if name == "stderr" else result.stdout_bytes
+        note = (
+            f"[{name}: {total} bytes were written; the sandbox kept its start and end]" if truncated else ""
+        )
+        parts.append((name, text, note, _size(f"--- {name} ---\n\n{note}\n")))
+    shares = _share(room, [_size(text) + overhead for _, text, _, overhead in parts])
+    lines = []
+    for (name, text, note, overhead), share in zip(parts, shares, strict=True):
+        lines += [f"--- {name} ---", _head_and_tail(text, max(0, share - overhead), name).rstrip("\n")]
+        lines += [note] if note else []
+    return lines
 
 
 def _status(result: RunResult) -> str:
@@ -61,18 +88,28 @@ def _status(result: RunResult) -> str:
     return f"exit code {result.exit_code} in {result.duration_s:.2f} s"
 
 
-def _files(result: RunResult, shown_images: frozenset[str]) -> list[str]:
+def _files(result: RunResult, shown_images: frozenset[str], line: Callable[[str], str]) -> list[str]:
     if not result.artifacts:
         return []
     lines = [f"files created or changed under /work ({len(result.artifacts)} listed):"]
-    for artifact in result.artifacts:
+    for artifact in result.artifacts[:_MAX_FILE_LINES]:
         detail = f"{artifact.size} bytes, {artifact.mime_type}"
         if artifact.omitted:
             detail += f", left out: {artifact.omitted}"
+        elif artifact.path in shown_images:
+            detail += ", shown below"
         elif artifact.mime_type.startswith("image/"):
-            detail += ", shown below" if artifact.path in shown_images else ", not shown (image limits)"
-        lines.append(f"  {_one_line(artifact.path)} ({detail})")
+            detail += ", attached as a file (over the image limits)"
+        lines.append(line(f"  {artifact.path} ({detail})"))
+    if len(result.artifacts) > _MAX_FILE_LINES:
+        lines.append(f"  ... and {len(result.artifacts) - _MAX_FILE_LINES} more (see artifacts)")
     return lines
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    if _size(text) <= max_bytes:
+        return text
+    return text.encode()[: max(0, max_bytes - 3)].decode(errors="ignore") + "..."
 
 
 def _one_line(name: str) -> str:
