@@ -61,6 +61,7 @@ async def test_no_runtime_socket_and_no_kubernetes_token(posture: dict[str, Any]
 async def test_the_environment_holds_only_what_the_sandbox_sets(posture: dict[str, Any]) -> None:
     assert set(posture["environment"]) <= {
         "PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "MPLBACKEND", "HOSTNAME",
+        "XDG_CACHE_HOME", "MPLCONFIGDIR",
     }  # fmt: skip
 
 
