@@ -53,7 +53,12 @@ def p95(samples: list[float]) -> float:
 
 
 def server_env(pool_size: int) -> dict[str, str]:
-    return {**os.environ, "AGENT_SANDBOX_ENGINE__POOL_SIZE": str(pool_size)}
+    # The per-client rate limit (120 a minute) would refuse most of a throughput row's calls.
+    return {
+        **os.environ,
+        "AGENT_SANDBOX_ENGINE__POOL_SIZE": str(pool_size),
+        "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",
+    }
 
 
 async def mcp_stdio(pool_size: int, runs: int, gap_s: float) -> list[float]:

@@ -13,27 +13,25 @@ out), and two things are added to what ``python3 SCRIPT`` would do:
 Standard library only: it runs on the sandbox image's Python.
 """
 
-import ast
-import importlib.abc
-import importlib.machinery
-import importlib.util
+import _ast  # the parser's node types, without the cost of importing ``ast``
 import os
 import signal
 import sys
-import traceback
 import types
-from collections.abc import Callable, Sequence
+
+ONLY_AST = 0x400  # ast.PyCF_ONLY_AST
 
 
-class _PatchPyplotShow(importlib.abc.MetaPathFinder):
-    """On the first import of matplotlib.pyplot, wrap its ``show``."""
+class _PatchPyplotShow:
+    """A meta path finder: on the first import of matplotlib.pyplot, wrap its ``show``. (Plain
+    class, not importlib.abc's: importing that costs more than the whole program.)"""
 
-    def find_spec(
-        self, name: str, path: "Sequence[str] | None" = None, target: "types.ModuleType | None" = None
-    ) -> "importlib.machinery.ModuleSpec | None":
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
         if name != "matplotlib.pyplot":
             return None
-        sys.meta_path.remove(self)
+        sys.meta_path.remove(self)  # type: ignore[arg-type]  # duck-typed finder, see above
+        import importlib.util
+
         spec = importlib.util.find_spec(name)
         if spec is None or spec.loader is None:
             return spec
@@ -47,7 +45,7 @@ class _PatchPyplotShow(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _saving_show(pyplot: types.ModuleType) -> "Callable[..., None]":
+def _saving_show(pyplot: types.ModuleType) -> object:
     saved = 0  # across calls: matplotlib numbers figures from 1 again after close("all")
 
     def show(*args: object, **kwargs: object) -> None:
@@ -68,7 +66,7 @@ def main() -> None:
     os.set_inheritable(report_fd, False)  # the program's own children do not get it
     sys.argv = sys.argv[3:]
     sys.path[0] = os.path.dirname(script)
-    sys.meta_path.insert(0, _PatchPyplotShow())
+    sys.meta_path.insert(0, _PatchPyplotShow())  # type: ignore[arg-type]
 
     with open(script, "rb") as source_file:
         source = source_file.read()  # bytes: a coding cookie or a BOM is honoured as by python3
@@ -77,15 +75,17 @@ def main() -> None:
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     sys.modules["__main__"] = module
     try:
-        tree = ast.parse(source, script)
+        tree = compile(source, script, "exec", ONLY_AST)
         last = tree.body[-1] if tree.body and max_chars else None
-        if isinstance(last, ast.Expr):
+        if isinstance(last, _ast.Expr):
             tree.body.pop()
         else:
             last = None
         body = compile(tree, script, "exec")
-        value_code = compile(ast.Expression(last.value), script, "eval") if last else None
+        value_code = compile(_ast.Expression(last.value), script, "eval") if last else None
     except SyntaxError as exc:  # in the script itself: shown as Python shows it, with no frames
+        import traceback
+
         traceback.print_exception(type(exc), exc, None)
         sys.exit(1)
     try:
@@ -97,6 +97,8 @@ def main() -> None:
     except SystemExit:
         raise
     except BaseException as exc:
+        import traceback
+
         # As Python itself would report it, without this runner's frame.
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
         if isinstance(exc, KeyboardInterrupt):  # end as Python does: by SIGINT (exit 130)
