@@ -53,11 +53,13 @@ def p95(samples: list[float]) -> float:
 
 
 def server_env(pool_size: int) -> dict[str, str]:
-    # The per-client rate limit (120 a minute) would refuse most of a throughput row's calls.
+    # The per-client limits (120 runs a minute, 4 at once) would refuse a throughput row's
+    # calls: sessions without an id (protocol 2026-07-28) from one address are one client.
     return {
         **os.environ,
         "AGENT_SANDBOX_ENGINE__POOL_SIZE": str(pool_size),
         "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",
+        "AGENT_SANDBOX_SERVER__MAX_RUNS_PER_CLIENT": "64",
     }
 
 
