@@ -199,3 +199,13 @@ async def test_a_program_that_locks_files_or_unblocks_stdout_still_gets_its_resu
     assert len(by_path["big.bin"].data) == 3 * 1024 * 1024
     assert by_path["secret.txt"].omitted == "the sandbox user cannot read it"
     assert "locked/inside.txt" not in by_path  # a folder it cannot enter is passed over
+
+
+async def test_files_written_before_a_timeout_still_come_back(make_sandbox: SandboxFactory) -> None:
+    sandbox = await make_sandbox()
+    code = "open('partial.csv', 'w').write('row 1\\n')\nprint('working', flush=True)\nimport time; time.sleep(60)"
+    result = await sandbox.run(snippet(code, limits={"timeout_s": 1}))
+    assert result.timed_out
+    assert result.stdout == "working\n"
+    assert [(a.path, a.content) for a in result.artifacts] == [("partial.csv", "row 1\n")]
+    assert 1.0 <= result.duration_s < 3

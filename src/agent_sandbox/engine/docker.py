@@ -66,6 +66,7 @@ _TICK_S = 0.1
 _ENGINE_CALL_THREADS = 16
 _DRAIN_S = 2.0
 _FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
+_LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
 
 ProgressCallback = Callable[[str], Awaitable[None]]
 
@@ -336,7 +337,9 @@ class DockerEngine:
         started = program_started = time.monotonic()
         # With requirements, the install gets its own time; the program's starts after it.
         installing = InstallDone(install_nonce) if spec.install is not None else None
-        deadline = started + (spec.install.timeout_s if spec.install is not None else limits.timeout_s)
+        # The launcher stops the program at its limit; ours is the backstop should it not.
+        program_deadline_s = limits.timeout_s + _LAUNCHER_GRACE_S
+        deadline = started + (spec.install.timeout_s if spec.install is not None else program_deadline_s)
         payload = spec.header(nonce, install_nonce) + spec.archive + (spec.stdin or b"")
         finished = threading.Event()
         threading.Thread(target=_feed, args=(stream, payload, finished), daemon=True).start()
@@ -375,7 +378,7 @@ class DockerEngine:
                             # A line that comes after a kill came too late: the install did not finish.
                             installed_in_time = stop_reading_at is None
                             program_started = time.monotonic()
-                            deadline = program_started + limits.timeout_s
+                            deadline = program_started + program_deadline_s
                     if kind == STDOUT and not files.complete:
                         data = files.feed(data)
                         if files.manifest is not None and program_ended is None:
@@ -400,7 +403,9 @@ class DockerEngine:
         exit_code: int | None
         return_value = None
         if report is not None and not (timed_out or output_killed):
-            exit_code, oom_killed, return_value = report
+            exit_code, return_value = report.exit_code, report.return_value
+            timed_out = report.timed_out
+            oom_killed = report.oom_killed if report.oom_killed is not None else _final_state(container)[1]
         else:
             exit_code, oom_killed = _final_state(container)
         install = None
@@ -479,22 +484,29 @@ def _kill(container: Container) -> None:
     threading.Thread(target=kill, daemon=True).start()
 
 
-def _end_report(
-    stdout_line: bytes | None, stderr_line: bytes | None
-) -> tuple[int | None, bool, str | None] | None:
-    """Exit code (None: the program never ran), OOM kill and a last expression's repr from the
-    launcher's end-of-job line, if both streams carried it."""
+@dataclass(frozen=True)
+class _EndReport:
+    exit_code: int | None  # None: the program never ran
+    oom_killed: bool | None  # None: no cgroup counter to read, ask Docker
+    return_value: str | None
+    timed_out: bool  # the launcher stopped the program at its time limit
+
+
+def _end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> _EndReport | None:
+    """What the launcher's end-of-job line says, if both streams carried it."""
     if stdout_line is None or stdout_line != stderr_line:
         return None
     try:
         report = json.loads(stdout_line)
         code, oom_kills, value = report["exit_code"], report["oom_kills"], report.get("return_value")
-        exit_code = None if code is None else int(code)
+        return _EndReport(
+            exit_code=None if code is None else int(code),
+            oom_killed=None if oom_kills is None else int(oom_kills) > 0,
+            return_value=value if isinstance(value, str) else None,
+            timed_out=report.get("timed_out") is True,
+        )
     except (ValueError, KeyError, TypeError):
         return None
-    if oom_kills is None:
-        return None  # no cgroup counter to read: ask Docker instead
-    return exit_code, int(oom_kills) > 0, value if isinstance(value, str) else None
 
 
 def _files_out(block: FilesBlock) -> FilesOut | None:

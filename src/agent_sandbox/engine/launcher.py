@@ -194,10 +194,16 @@ def _marked_line(prefix: bytes, nonce: str, report: "dict[str, object]") -> byte
 
 
 def _run(
-    entrypoint: str, args: "list[str]", env: "dict[str, str]", notebook: "dict[str, object]"
-) -> "tuple[int, str | None]":
-    """Run the program as our child in a process group of its own: its exit code, as a shell
-    gives it (128+N when killed by signal N), and what the notebook runner reported, if used."""
+    entrypoint: str,
+    args: "list[str]",
+    env: "dict[str, str]",
+    notebook: "dict[str, object]",
+    timeout_s: float,
+) -> "tuple[int, str | None, bool]":
+    """Run the program as our child in a process group of its own, killing that group after
+    ``timeout_s``: its exit code, as a shell gives it (128+N when killed by signal N), what the
+    notebook runner reported, if used, and whether time ran out. Stopping it here, not by
+    killing the container, is what lets the files it wrote still come back."""
     report_read, report_write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -220,12 +226,22 @@ def _run(
     reported: list[bytes] = []
     reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
     reader.start()  # read while it runs: a full pipe must never block the program
-    _, status = os.waitpid(pid, 0)
+    timed_out = []
+
+    def out_of_time(signum: int, frame: object) -> None:
+        timed_out.append(True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    _, status = os.waitpid(pid, 0)  # resumed after the handler (PEP 475)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     code = os.waitstatus_to_exitcode(status)
     _end_everything_else()  # now no one else holds the pipe open: the reader sees its end
     reader.join(timeout=5)
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
-    return (128 - code if code < 0 else code), (value or None)
+    return (128 - code if code < 0 else code), (value or None), bool(timed_out)
 
 
 def _drain(fd: int, into: "list[bytes]") -> None:
@@ -334,16 +350,17 @@ def main() -> None:
         env["PYTHONPATH"] = PACKAGES
         env["PATH"] = f"{PACKAGES}/bin:{env['PATH']}"
     os.chdir(WORK)
-    exit_code, return_value = None, None
+    exit_code, return_value, timed_out = None, None, False
     if installed:
         notebook: dict[str, object] = job["notebook"]  # type: ignore[assignment]
         args: list[str] = job["args"]  # type: ignore[assignment]
-        exit_code, return_value = _run(str(job["entrypoint"]), args, env, notebook)
+        timeout_s = float(job["timeout_s"])  # type: ignore[arg-type]
+        exit_code, return_value, timed_out = _run(str(job["entrypoint"]), args, env, notebook, timeout_s)
     _end_everything_else()
     for fd in (1, 2):  # the program shared these and may have made them non-blocking
         os.set_blocking(fd, True)
     _send_files(nonce, sent, job["artifacts"])  # type: ignore[arg-type]
-    report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills()}
+    report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills(), "timed_out": timed_out}
     line = _marked_line(END_PREFIX, nonce, {**report, "return_value": return_value})
     _write_all(1, line)
     _write_all(2, line)

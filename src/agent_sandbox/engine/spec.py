@@ -119,6 +119,7 @@ class RunSpec:
                 "max_bytes": self.results.max_bytes,
                 "max_listed": self.results.max_listed,
             },
+            "timeout_s": self.limits.timeout_s,
             "nonce": nonce,
             "install_nonce": install_nonce,
         }
