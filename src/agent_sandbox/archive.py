@@ -75,6 +75,15 @@ def build_archive(files: Sequence[ProjectFile], limits: FileSettings) -> Archive
     return Archive(data=_pack(directories, contents), paths=frozenset(contents), total_bytes=total)
 
 
+def pack_files(contents: dict[str, bytes]) -> bytes:
+    """A tar of ``contents`` (path -> bytes), every path checked as a caller's would be."""
+    normalised = {}
+    for path in contents:
+        check_path(path, repr(path))
+        normalised[unicodedata.normalize("NFC", path)] = path
+    return _pack(_directories(contents, normalised), contents)
+
+
 def check_path(path: str, where: str) -> None:
     """Raise ``ArchiveError`` unless ``path`` is a safe relative path under /work."""
     if not path:

@@ -173,6 +173,28 @@ class ResultSettings(_Section):
     summary_kib: int = Field(default=16, ge=2, description="The text a model reads first, at most.")
 
 
+class WorkspaceSettings(_Section):
+    """Workspaces: /work kept between runs (as a snapshot on disk), never a container."""
+
+    enabled: bool = Field(default=True, description="False refuses every workspace call.")
+    dir: str = Field(default="", description="Where snapshots live; empty: the user's data folder.")
+    max_kib: int = Field(
+        default=50 * 1024, ge=1, description="Largest snapshot; a bigger /work is not saved."
+    )
+    max_count: int = Field(default=200, ge=1, description="Workspaces on this server.")
+    max_per_client: int = Field(default=10, ge=1, description="Workspaces one client may have.")
+    idle_ttl_s: float = Field(default=86_400.0, gt=0, description="Unused this long: dropped.")
+    shared: bool = Field(default=False, description="Any client may use any workspace id it knows.")
+
+    @property
+    def path(self) -> Path:
+        """Where snapshots live: ``dir``, else $XDG_DATA_HOME or ~/.local/share."""
+        if self.dir:
+            return Path(self.dir).expanduser().absolute()
+        root = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(root) / "agent-sandbox" / "workspaces"
+
+
 class Settings(BaseSettings):
     """All of agent-sandbox's settings."""
 
@@ -189,6 +211,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     packages: PackageSettings = PackageSettings()
     results: ResultSettings = ResultSettings()
+    workspaces: WorkspaceSettings = WorkspaceSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -197,6 +220,10 @@ class Settings(BaseSettings):
         if self.engine.profile not in self.engine.profiles:
             raise ValueError(
                 f"engine.profile {self.engine.profile!r} is not in engine.profiles; add it there"
+            )
+        if self.workspaces.max_kib > self.files.max_total_kib:
+            raise ValueError(
+                "workspaces.max_kib must fit in files.max_total_kib (a snapshot is sent as files)"
             )
         largest_call_kib = self.files.max_total_kib * 4 // 3 + self.files.max_stdin_kib + 64
         if self.server.max_request_kib < largest_call_kib:
@@ -276,5 +303,6 @@ __all__ = [
     "ResultSettings",
     "ServerSettings",
     "Settings",
+    "WorkspaceSettings",
     "load_settings",
 ]

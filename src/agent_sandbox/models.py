@@ -49,6 +49,9 @@ class RunRequest(_Model):
         default_factory=list, description="Packages to install first, e.g. ['six', 'pandas>=2']."
     )
     profile: str | None = Field(default=None, description="Image profile; None: the server's default.")
+    workspace: str | None = Field(
+        default=None, description="Start from this workspace's files and save /work into it afterwards."
+    )
     notebook: bool = Field(
         default=False,
         description="Run the entrypoint like a notebook cell: figures shown with plt.show() are "
@@ -155,6 +158,16 @@ class Artifact(_Model):
     data: bytes | None = Field(default=None, exclude=True, repr=False)  # raw bytes, never serialised
 
 
+class WorkspaceReport(_Model):
+    """What a run did to its workspace."""
+
+    id: str
+    saved: bool = Field(description="/work at the end of the run is now the workspace's state.")
+    files: int = Field(description="Files in the workspace now.")
+    bytes: int = Field(description="Their total size.")
+    note: str | None = Field(default=None, description="Why it was not saved, or what was left out.")
+
+
 class RunResult(_Model):
     """Everything a caller needs to know about one run."""
 
@@ -185,3 +198,4 @@ class RunResult(_Model):
     artifacts: list[Artifact] = Field(
         default_factory=list, description="Files under /work the program created or changed."
     )
+    workspace: WorkspaceReport | None = Field(default=None, description="For a run in a workspace.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -15,8 +16,24 @@ from agent_sandbox.artifacts import collect_artifacts
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
-from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, ResultCaps, RunSpec
-from agent_sandbox.models import InstallReport, LimitRequest, Limits, RunRequest, RunResult
+from agent_sandbox.engine.spec import (
+    ContainerShape,
+    FilesOut,
+    InstallSpec,
+    Outcome,
+    PackageMount,
+    ResultCaps,
+    RunSpec,
+)
+from agent_sandbox.models import (
+    InstallReport,
+    LimitRequest,
+    Limits,
+    ProjectFile,
+    RunRequest,
+    RunResult,
+    WorkspaceReport,
+)
 from agent_sandbox.packages.policy import check_requested, check_resolved
 from agent_sandbox.packages.requirements import (
     REQUIREMENTS_FILE,
@@ -27,6 +44,7 @@ from agent_sandbox.packages.requirements import (
 from agent_sandbox.packages.resolver import Resolution, WheelResolver
 from agent_sandbox.tracebacks import parse_error
 from agent_sandbox.verdict import judge
+from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +89,7 @@ class Sandbox:
         self.engine = engine or DockerEngine(settings.engine)
         self.pool: WarmPool | None = None
         self.wheels = WheelResolver.from_settings(settings.packages)
+        self.workspaces = WorkspaceStore(settings.workspaces)
 
     def default_limits(self) -> Limits:
         """The limits of a run that asks for nothing."""
@@ -166,6 +185,8 @@ class Sandbox:
             max_listed=results.max_artifacts,
             notebook=request.notebook,
             return_value_chars=results.max_return_value_chars if request.return_last_expression else 0,
+            snapshot_files=self.settings.files.max_files if request.workspace else 0,
+            snapshot_bytes=self.settings.workspaces.max_kib * 1024 if request.workspace else 0,
         )
 
     def profile_of(self, request: RunRequest) -> str:
@@ -202,9 +223,52 @@ class Sandbox:
             raise RequestError(str(exc)) from None
         return resolution
 
-    async def run(self, request: RunRequest, on_progress: ProgressCallback | None = None) -> RunResult:
+    async def run(
+        self, request: RunRequest, on_progress: ProgressCallback | None = None, client: str = "local"
+    ) -> RunResult:
         """Run ``request`` in a fresh container; refusals raise ``RequestError``,
-        infrastructure failures ``EngineError``."""
+        infrastructure failures ``EngineError``. ``client`` owns the workspaces it creates."""
+        if request.workspace is None:
+            result, _ = await self._execute(request, on_progress)
+            return result
+        workspace = request.workspace
+        try:
+            with self.workspaces.in_use(workspace, client):
+                stored = self.workspaces.files(workspace, client)
+                result, snapshot = await self._execute(_on_top_of(stored, request), on_progress)
+                report = self._save(workspace, client, snapshot)
+        except WorkspaceError as exc:
+            raise RequestError(str(exc)) from None
+        notes = result.notes + ([f"Workspace {workspace}: {report.note}"] if report.note else [])
+        return result.model_copy(update={"workspace": report, "notes": notes})
+
+    def _save(self, workspace: str, client: str, snapshot: FilesOut | None) -> WorkspaceReport:
+        """Keep /work as the workspace's state, or say why it was not kept."""
+        why_not = _unsaveable(snapshot)
+        if snapshot is not None and why_not is None:
+            contents = dict(snapshot.contents())
+            try:
+                self.workspaces.save(workspace, client, contents)
+            except WorkspaceError as exc:
+                why_not = str(exc)
+            else:
+                left_out = [str(entry["path"]) for entry in snapshot.omitted]
+                note = f"saved without files it could not read: {', '.join(left_out)}" if left_out else None
+                size = sum(map(len, contents.values()))
+                return WorkspaceReport(id=workspace, saved=True, files=len(contents), bytes=size, note=note)
+        kept = self.workspaces.describe(workspace, client).files
+        return WorkspaceReport(
+            id=workspace,
+            saved=False,
+            files=len(kept),
+            bytes=sum(kept.values()),
+            note=f"not saved, the previous state is kept: {why_not}",
+        )
+
+    async def _execute(
+        self, request: RunRequest, on_progress: ProgressCallback | None
+    ) -> tuple[RunResult, FilesOut | None]:
+        """Run ``request``; its result, and all of /work when it is a workspace run."""
         spec = self.prepare(request)
         requirements = self.requirements(request)
         resolution = None
@@ -230,7 +294,7 @@ class Sandbox:
             error=error,
         )
         artifacts, artifact_notes = collect_artifacts(outcome.files, self.settings.results)
-        return RunResult(
+        result = RunResult(
             exit_code=outcome.exit_code,
             stdout=outcome.stdout.decode("utf-8", errors="replace"),
             stderr=stderr,
@@ -251,6 +315,27 @@ class Sandbox:
             error=error,
             artifacts=artifacts,
         )
+        return result, outcome.snapshot
+
+
+def _unsaveable(snapshot: FilesOut | None) -> str | None:
+    """Why the launcher's snapshot cannot become the workspace's state, if it cannot."""
+    if snapshot is None:
+        return "the run ended without handing back its files (stopped for output, or by the engine)"
+    if not snapshot.files and snapshot.omitted and snapshot.omitted[0]["path"] == ".":
+        return str(snapshot.omitted[0]["reason"])  # /work was over the workspace's caps
+    return None
+
+
+def _on_top_of(stored: dict[str, bytes], request: RunRequest) -> RunRequest:
+    """``request`` with the workspace's files added under its own: the caller's files win."""
+    sent = {file.path for file in request.files}
+    kept = [
+        ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
+        for path, data in stored.items()
+        if path not in sent
+    ]
+    return request.model_copy(update={"files": kept + list(request.files)})
 
 
 def _capped(value: str | None, max_chars: int) -> str | None:

@@ -96,6 +96,7 @@ def test_the_job_travels_length_prefixed_before_the_tar() -> None:
         "wheels": [],
         "notebook": {},
         "artifacts": {"max_files": 0, "max_bytes": 0, "max_listed": 0},
+        "snapshot": {},
         "timeout_s": 30.0,
         "nonce": "n0nce",
         "install_nonce": "other",

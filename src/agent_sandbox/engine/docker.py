@@ -36,6 +36,7 @@ from docker.types import LogConfig, Mount, Ulimit
 from agent_sandbox.config import EngineSettings
 from agent_sandbox.engine.spec import ContainerShape, FilesOut, InstallOutcome, Outcome, RunSpec
 from agent_sandbox.engine.streams import (
+    SNAPSHOT_PREFIX,
     STDERR,
     STDOUT,
     Capture,
@@ -348,6 +349,9 @@ class DockerEngine:
         captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
         ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
         files = FilesBlock(nonce, spec.results.max_files, spec.results.max_bytes)
+        snapshot = FilesBlock(
+            nonce, spec.results.snapshot_files, spec.results.snapshot_bytes, SNAPSHOT_PREFIX
+        )
         program_ended: float | None = None
         decoder = FrameDecoder()
         timed_out = output_killed = installed_in_time = False
@@ -386,6 +390,8 @@ class DockerEngine:
                             program_ended = time.monotonic()
                             if stop_reading_at is None:
                                 deadline = max(deadline, program_ended + _FILES_GRACE_S)
+                    if kind == STDOUT and spec.results.snapshot_files and not snapshot.complete:
+                        data = snapshot.feed(data)
                     if kind in captures:
                         captures[kind].add(ends[kind].feed(data))
                 seen = sum(capture.seen for capture in captures.values())
@@ -396,7 +402,7 @@ class DockerEngine:
         finished.set()
         program_ran = installing is None or installed_in_time
         duration = (program_ended or time.monotonic()) - program_started if program_ran else 0.0
-        captures[STDOUT].add(ends[STDOUT].feed(files.flush()))
+        captures[STDOUT].add(ends[STDOUT].feed(files.flush() + snapshot.flush()))
         for kind, end in ends.items():
             captures[kind].add(end.flush())
         report = _end_report(ends[STDOUT].report, ends[STDERR].report)
@@ -430,6 +436,7 @@ class DockerEngine:
             output_killed=output_killed,
             install=install,
             files=_files_out(files),
+            snapshot=_files_out(snapshot),
             return_value=return_value,
         )
 

@@ -48,6 +48,7 @@ MAX_HEADER_BYTES = 1 << 20
 END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
+SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
 PR_SET_DUMPABLE = 4
 OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
 
@@ -308,8 +309,44 @@ def _send_files(nonce: str, sent: "dict[str, tuple[int, int]]", caps: "dict[str,
                 total += size
         if reason is not None and len(omitted) < caps["max_listed"]:
             omitted.append({"path": path, "size": size, "reason": reason})
+    _write_block(FILES_PREFIX, nonce, chosen, omitted, changed)
+
+
+def _send_snapshot(nonce: str, caps: "dict[str, int]") -> None:
+    """Write all of /work as a second block (same layout) for the workspace to keep; if it is
+    over the workspace's caps, the block holds no file and says why."""
+    everything = _changed_files({})
+    total = sum(size for _, size in everything)
+    if len(everything) > caps["max_files"] or total > caps["max_bytes"]:
+        reason = (
+            f"/work holds {len(everything)} files and {total // 1024} KiB, over the workspace's "
+            f"{caps['max_files']} files or {caps['max_bytes'] // 1024} KiB"
+        )
+        _write_block(
+            SNAPSHOT_PREFIX, nonce, [], [{"path": ".", "size": total, "reason": reason}], len(everything)
+        )
+        return
+    chosen: list[tuple[dict[str, object], int]] = []
+    omitted: list[dict[str, object]] = []
+    for path, size in everything:
+        fd = _open_regular(path)
+        if fd is None:
+            omitted.append({"path": path, "size": size, "reason": "the sandbox user cannot read it"})
+        else:
+            chosen.append(({"path": path, "size": size}, fd))
+    _write_block(SNAPSHOT_PREFIX, nonce, chosen, omitted[: caps["max_files"]], len(everything))
+
+
+def _write_block(
+    prefix: bytes,
+    nonce: str,
+    chosen: "list[tuple[dict[str, object], int]]",
+    omitted: "list[dict[str, object]]",
+    changed: int,
+) -> None:
+    """A marked manifest line, then exactly the bytes of each chosen (already open) file."""
     manifest = {"files": [entry for entry, _ in chosen], "omitted": omitted, "changed": changed}
-    _write_all(1, _marked_line(FILES_PREFIX, nonce, manifest))
+    _write_all(1, _marked_line(prefix, nonce, manifest))
     for entry, fd in chosen:
         remaining = int(entry["size"])  # type: ignore[call-overload]
         with os.fdopen(fd, "rb", buffering=0) as source:
@@ -360,6 +397,8 @@ def main() -> None:
     for fd in (1, 2):  # the program shared these and may have made them non-blocking
         os.set_blocking(fd, True)
     _send_files(nonce, sent, job["artifacts"])  # type: ignore[arg-type]
+    if job["snapshot"]:
+        _send_snapshot(nonce, job["snapshot"])  # type: ignore[arg-type]
     report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills(), "timed_out": timed_out}
     line = _marked_line(END_PREFIX, nonce, {**report, "return_value": return_value})
     _write_all(1, line)

@@ -41,6 +41,8 @@ class ResultCaps:
     max_listed: int = 0
     notebook: bool = False
     return_value_chars: int = 0  # 0: no return value
+    snapshot_files: int = 0  # a workspace run: all of /work comes back too, within these caps
+    snapshot_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,11 @@ class RunSpec:
                 "max_bytes": self.results.max_bytes,
                 "max_listed": self.results.max_listed,
             },
+            "snapshot": (
+                {"max_files": self.results.snapshot_files, "max_bytes": self.results.snapshot_bytes}
+                if self.results.snapshot_files
+                else {}
+            ),
             "timeout_s": self.limits.timeout_s,
             "nonce": nonce,
             "install_nonce": install_nonce,
@@ -175,4 +182,5 @@ class Outcome:
     warm_start: bool = False
     install: InstallOutcome | None = None
     files: FilesOut | None = None
+    snapshot: FilesOut | None = None  # all of /work, for a workspace run
     return_value: str | None = None

@@ -147,15 +147,17 @@ class InstallDone(MarkedLine):
 
 
 FILES_PREFIX = b"\x00agent-sandbox-files "
+SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
 
 
 class FilesBlock:
     """The launcher's files block on stdout, written after the program and everything it started
     have ended, before the end-of-job line: a marked line with a JSON manifest, then exactly the
-    bytes of the files it lists. ``feed`` returns what is not part of the block."""
+    bytes of the files it lists. ``feed`` returns what is not part of the block. A workspace run
+    has a second one, the snapshot, with its own prefix."""
 
-    def __init__(self, nonce: str, max_files: int, max_bytes: int):
-        self.header = MarkedLine(FILES_PREFIX, nonce)
+    def __init__(self, nonce: str, max_files: int, max_bytes: int, prefix: bytes = FILES_PREFIX):
+        self.header = MarkedLine(prefix, nonce)
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.manifest: dict[str, Any] | None = None

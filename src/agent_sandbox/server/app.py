@@ -24,6 +24,7 @@ from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server.audit import AuditLog
 from agent_sandbox.server.client_limits import ClientLimitError, ClientLimits
 from agent_sandbox.server.content import tool_content
+from agent_sandbox.server.workspace_tools import add_workspace_tools
 
 SERVER_NAME = "agent-sandbox"
 CONFIG_URI = "sandbox://config"
@@ -105,6 +106,11 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         description=f"Image profile: one of {settings.engine.profiles} "
         f"(default {settings.engine.profile!r}).",
     )
+    workspace_field = Field(
+        default=None,
+        description="A workspace id (workspace_create): start from its files, your files on top, "
+        "and save /work into it when the run ends.",
+    )
     requirements_field = Field(
         default=None,
         description="Packages to install before the program runs, as pip requirement specifiers, "
@@ -118,6 +124,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         timeout_s: Annotated[float | None, timeout_field] = None,
         requirements: Annotated[list[str] | None, requirements_field] = None,
         image: Annotated[str | None, image_field] = None,
+        workspace: Annotated[str | None, workspace_field] = None,
         return_last_expression: Annotated[
             bool,
             Field(
@@ -135,6 +142,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
                 limits=LimitRequest(timeout_s=timeout_s),
                 requirements=requirements or [],
                 profile=image,
+                workspace=workspace,
                 notebook=True,
                 return_last_expression=return_last_expression,
             ),
@@ -162,6 +170,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         timeout_s: Annotated[float | None, timeout_field] = None,
         requirements: Annotated[list[str] | None, requirements_field] = None,
         image: Annotated[str | None, image_field] = None,
+        workspace: Annotated[str | None, workspace_field] = None,
     ) -> Annotated[CallToolResult, RunResult]:
         return await calls.run(
             "run_project",
@@ -175,6 +184,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
                 limits=LimitRequest(timeout_s=timeout_s),
                 requirements=requirements or [],
                 profile=image,
+                workspace=workspace,
             ),
         )
 
@@ -193,6 +203,9 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         "top-level requirements.txt among them is installed like `requirements`. " + environment,
         annotations=ANNOTATIONS,
     )
+
+    if settings.workspaces.enabled:
+        add_workspace_tools(server, sandbox.workspaces, lambda ctx: _client_of(ctx, transport))
 
     @server.resource(
         CONFIG_URI,
@@ -240,7 +253,7 @@ class _Calls:
             request = self._validated(make_request)
             with self.limits.admit(client):
                 self._record("started", tool, client, request, None, None)
-                result = await self.sandbox.run(request, _progress_reporter(ctx))
+                result = await self.sandbox.run(request, _progress_reporter(ctx), client)
         except (RequestError, ClientLimitError, EngineError) as exc:
             message = _tool_error_message(exc)
             self._record("refused", tool, client, request, None, message)

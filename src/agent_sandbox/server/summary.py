@@ -30,6 +30,9 @@ def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str]
     before = [f"status: {_status(result)}"]
     if (error := result.error) is not None:
         before.append(line(f"error: {error.type}: {error.message} ({error.file} line {error.line})"))
+    if (workspace := result.workspace) is not None:
+        state = "saved" if workspace.saved else "NOT saved (see notes)"
+        before.append(f"workspace: {workspace.id} {state}: {workspace.files} files, {workspace.bytes} bytes")
     if result.return_value is not None:
         before.append(line(f"return value: {result.return_value}"))
     if (install := result.install) is not None:

@@ -1,0 +1,100 @@
+"""The MCP tools that manage workspaces: create one, list and read its files, delete it. Runs use
+a workspace through the ``workspace`` argument of ``run_python`` and ``run_project``."""
+
+# No `from __future__ import annotations`: the SDK evaluates the tools' annotations.
+import base64
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+
+from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
+
+ClientOf = Callable[[Context], str]
+_ID_FIELD = Field(description="A workspace id from workspace_create.")
+
+
+def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: ClientOf) -> None:
+    """Register the workspace tools on ``server``; each acts for the calling client only."""
+    settings = store.settings
+
+    def answer(summary: str, data: dict[str, Any]) -> CallToolResult:
+        return CallToolResult(content=[TextContent(type="text", text=summary)], structured_content=data)
+
+    def refused(exc: WorkspaceError) -> ToolError:
+        return ToolError(f"refused: {exc}")
+
+    async def workspace_create(ctx: Context) -> CallToolResult:
+        try:
+            info = store.create(client_of(ctx))
+        except WorkspaceError as exc:
+            raise refused(exc) from None
+        return answer(
+            f"workspace {info.id} created; pass workspace={info.id!r} to run_python or run_project",
+            {"workspace": info.id, "idle_ttl_s": settings.idle_ttl_s, "max_kib": settings.max_kib},
+        )
+
+    async def workspace_files(workspace: Annotated[str, _ID_FIELD], ctx: Context) -> CallToolResult:
+        try:
+            info = store.describe(workspace, client_of(ctx))
+        except WorkspaceError as exc:
+            raise refused(exc) from None
+        files = [{"path": path, "size": size} for path, size in sorted(info.files.items())]
+        listing = "\n".join(f"  {entry['path']} ({entry['size']} bytes)" for entry in files) or "  (empty)"
+        total = sum(info.files.values())
+        return answer(
+            f"workspace {workspace}: {len(files)} files, {total} bytes\n{listing}",
+            {"workspace": workspace, "files": files, "bytes": total},
+        )
+
+    async def workspace_read(
+        workspace: Annotated[str, _ID_FIELD],
+        path: Annotated[str, Field(description="A file's path in the workspace, e.g. 'src/app.py'.")],
+        ctx: Context,
+    ) -> CallToolResult:
+        try:
+            data = store.read(workspace, client_of(ctx), path)
+        except WorkspaceError as exc:
+            raise refused(exc) from None
+        try:
+            text, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(data).decode(), "base64"
+        return answer(text, {"path": path, "size": len(data), "encoding": encoding, "content": text})
+
+    async def workspace_delete(workspace: Annotated[str, _ID_FIELD], ctx: Context) -> CallToolResult:
+        try:
+            store.delete(workspace, client_of(ctx))
+        except WorkspaceError as exc:
+            raise refused(exc) from None
+        return answer(f"workspace {workspace} deleted", {"workspace": workspace, "deleted": True})
+
+    keep = (
+        f"A workspace keeps /work between runs (up to {settings.max_kib} KiB, dropped after "
+        f"{settings.idle_ttl_s:g} s unused); every run still gets a fresh container."
+    )
+    for tool, title, description, read_only in (
+        (workspace_create, "Create a workspace", "Create a workspace and return its id. " + keep, False),
+        (workspace_files, "List a workspace", "List the files in a workspace, with sizes.", True),
+        (
+            workspace_read,
+            "Read a workspace file",
+            "Read one file of a workspace (UTF-8 text or base64).",
+            True,
+        ),
+        (workspace_delete, "Delete a workspace", "Delete a workspace and its files.", False),
+    ):
+        server.add_tool(
+            tool,
+            title=title,
+            description=description,
+            annotations=ToolAnnotations(
+                read_only_hint=read_only,
+                destructive_hint=tool is workspace_delete,
+                idempotent_hint=read_only,
+                open_world_hint=False,
+            ),
+        )

@@ -1,0 +1,231 @@
+"""Workspaces: a run's /work kept between calls as a snapshot on the host's disk, restored into
+the next run's fresh container. Never a kept container, and never unpacked on the host.
+
+Layout under the configured folder: ``<id>/meta.json`` (owner, created, last used) and
+``<id>/snapshot.tar``, which this module writes itself from files the sandbox streamed out, and
+reads back member by member into memory, refusing anything but regular files and folders with
+clean paths within the size cap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent_sandbox.archive import ArchiveError, check_path, pack_files
+from agent_sandbox.config import WorkspaceSettings
+
+_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+_TAR_OVERHEAD = 1024 * 1024  # headers and padding a snapshot of max_kib may add
+
+
+class WorkspaceError(ValueError):
+    """A workspace call was refused; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    """One workspace and what it holds."""
+
+    id: str
+    owner: str
+    created: float
+    used: float
+    files: dict[str, int]  # path -> size
+
+
+class WorkspaceStore:
+    """Workspaces on disk, each owned by the client that created it (unless shared)."""
+
+    def __init__(self, settings: WorkspaceSettings):
+        self.settings = settings
+        self.root = settings.path
+        self._busy: set[str] = set()
+
+    def create(self, owner: str) -> WorkspaceInfo:
+        """A new, empty workspace for ``owner``."""
+        self._check_enabled()
+        self.expire()
+        existing = [self._meta(folder) for folder in self._folders()]
+        if len(existing) >= self.settings.max_count:
+            raise WorkspaceError(
+                f"this server already keeps {self.settings.max_count} workspaces; delete one you "
+                "no longer need (workspace_delete), or work without one"
+            )
+        if sum(meta.get("owner") == owner for meta in existing) >= self.settings.max_per_client:
+            raise WorkspaceError(
+                f"this client already has {self.settings.max_per_client} workspaces; delete one "
+                "you no longer need (workspace_delete)"
+            )
+        workspace_id = secrets.token_urlsafe(16)
+        folder = self.root / workspace_id
+        folder.mkdir(parents=True, mode=0o700)
+        now = time.time()
+        self._write_meta(folder, {"owner": owner, "created": now, "used": now})
+        self._write_snapshot(folder, {})
+        return WorkspaceInfo(workspace_id, owner, now, now, {})
+
+    def describe(self, workspace_id: str, owner: str) -> WorkspaceInfo:
+        """The workspace and the size of every file in it."""
+        folder, meta = self._owned(workspace_id, owner)
+        files = {path: len(data) for path, data in self._read_snapshot(folder).items()}
+        return WorkspaceInfo(workspace_id, meta["owner"], meta["created"], meta["used"], files)
+
+    def files(self, workspace_id: str, owner: str) -> dict[str, bytes]:
+        """Every file in the workspace, read from its snapshot into memory."""
+        folder, _ = self._owned(workspace_id, owner)
+        return self._read_snapshot(folder)
+
+    def read(self, workspace_id: str, owner: str, path: str) -> bytes:
+        """One file of the workspace."""
+        files = self.files(workspace_id, owner)
+        if path not in files:
+            listed = ", ".join(sorted(files)[:20]) or "none"
+            raise WorkspaceError(f"workspace {workspace_id!r} has no file {path!r}; it has: {listed}")
+        return files[path]
+
+    def save(self, workspace_id: str, owner: str, contents: dict[str, bytes]) -> None:
+        """Make ``contents`` the workspace's state (replacing the snapshot in one step)."""
+        folder, meta = self._owned(workspace_id, owner)
+        try:
+            self._write_snapshot(folder, contents)
+        except ArchiveError as exc:
+            raise WorkspaceError(f"a file name cannot be kept: {exc}") from None
+        self._write_meta(folder, {**meta, "used": time.time()})
+
+    def delete(self, workspace_id: str, owner: str) -> None:
+        """Remove the workspace and its files."""
+        folder, _ = self._owned(workspace_id, owner)
+        if workspace_id in self._busy:
+            raise WorkspaceError(f"workspace {workspace_id!r} is in use by a run; delete it when that ends")
+        shutil.rmtree(folder)
+
+    def expire(self) -> int:
+        """Drop workspaces idle longer than ``idle_ttl_s``; returns how many."""
+        dropped = 0
+        now = time.time()
+        for folder in self._folders():
+            meta = self._meta(folder)
+            idle = now - float(meta.get("used", 0))
+            if folder.name not in self._busy and idle > self.settings.idle_ttl_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                dropped += 1
+        return dropped
+
+    @contextlib.contextmanager
+    def in_use(self, workspace_id: str, owner: str) -> Iterator[None]:
+        """Hold the workspace for one run; a second run on it meanwhile is refused."""
+        self._owned(workspace_id, owner)
+        if workspace_id in self._busy:
+            raise WorkspaceError(
+                f"workspace {workspace_id!r} is in use by another run; wait for that run to finish, "
+                "then try again (runs on one workspace go one at a time)"
+            )
+        self._busy.add(workspace_id)
+        try:
+            yield
+        finally:
+            self._busy.discard(workspace_id)
+
+    def _owned(self, workspace_id: str, owner: str) -> tuple[Path, dict[str, Any]]:
+        self._check_enabled()
+        self.expire()
+        missing = WorkspaceError(
+            f"there is no workspace {workspace_id!r} for this client: it was deleted, dropped after "
+            f"{self.settings.idle_ttl_s:g} s unused, or belongs to another client. Create one with "
+            "workspace_create"
+        )
+        if not _ID.fullmatch(workspace_id):
+            raise missing
+        folder = self.root / workspace_id
+        if not folder.is_dir():
+            raise missing
+        meta = self._meta(folder)
+        if meta.get("owner") != owner and not self.settings.shared:
+            raise missing  # the same answer as for an unknown id: ids are not probed
+        return folder, meta
+
+    def _check_enabled(self) -> None:
+        if not self.settings.enabled:
+            raise WorkspaceError("workspaces are turned off on this server; send every file with each call")
+
+    def _folders(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [folder for folder in self.root.iterdir() if _ID.fullmatch(folder.name) and folder.is_dir()]
+
+    @staticmethod
+    def _meta(folder: Path) -> dict[str, Any]:
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    @staticmethod
+    def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+        _replace(folder / "meta.json", json.dumps(meta).encode())
+
+    def _write_snapshot(self, folder: Path, contents: dict[str, bytes]) -> None:
+        _replace(folder / "snapshot.tar", pack_files(contents))
+
+    def _read_snapshot(self, folder: Path) -> dict[str, bytes]:
+        """The snapshot's files, read into memory member by member; anything but regular files
+        and folders with clean paths, within the cap, refuses the whole snapshot."""
+        path = folder / "snapshot.tar"
+        cap = self.settings.max_kib * 1024
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise WorkspaceError(
+                f"workspace {folder.name!r} has no snapshot; delete it and create another"
+            ) from None
+        if size > cap + _TAR_OVERHEAD:
+            raise _refused(folder.name, f"it is {size} bytes, over the {self.settings.max_kib} KiB cap")
+        contents: dict[str, bytes] = {}
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                for member in tar:
+                    try:
+                        check_path(member.name, repr(member.name))
+                    except ArchiveError as exc:
+                        raise _refused(folder.name, str(exc)) from None
+                    if member.isdir():
+                        continue
+                    if not member.isfile():
+                        raise _refused(folder.name, f"{member.name!r} is not a regular file or folder")
+                    if sum(map(len, contents.values())) + member.size > cap:
+                        raise _refused(
+                            folder.name, f"its files add up to more than {self.settings.max_kib} KiB"
+                        )
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    contents[member.name] = source.read()
+        except (tarfile.TarError, OSError) as exc:
+            raise _refused(folder.name, f"it cannot be read ({exc})") from None
+        return contents
+
+
+def _refused(workspace_id: str, why: str) -> WorkspaceError:
+    return WorkspaceError(
+        f"the snapshot of workspace {workspace_id!r} was refused and nothing was unpacked: {why}. "
+        "Delete the workspace (workspace_delete) and start a new one"
+    )
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` in one step: a reader sees the old content or the new, never half."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as out:
+        out.write(data)
+    os.replace(out.name, path)
