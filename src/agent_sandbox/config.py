@@ -221,10 +221,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"engine.profile {self.engine.profile!r} is not in engine.profiles; add it there"
             )
-        if self.workspaces.max_kib > self.files.max_total_kib:
-            raise ValueError(
-                "workspaces.max_kib must fit in files.max_total_kib (a snapshot is sent as files)"
-            )
         largest_call_kib = self.files.max_total_kib * 4 // 3 + self.files.max_stdin_kib + 64
         if self.server.max_request_kib < largest_call_kib:
             raise ValueError(

@@ -186,8 +186,12 @@ class Sandbox:
             notebook=request.notebook,
             return_value_chars=results.max_return_value_chars if request.return_last_expression else 0,
             snapshot_files=self.settings.files.max_files if request.workspace else 0,
-            snapshot_bytes=self.settings.workspaces.max_kib * 1024 if request.workspace else 0,
+            snapshot_bytes=self.snapshot_kib() * 1024 if request.workspace else 0,
         )
+
+    def snapshot_kib(self) -> int:
+        """The most a workspace may hold: its cap, and what one call may send back in."""
+        return min(self.settings.workspaces.max_kib, self.settings.files.max_total_kib)
 
     def profile_of(self, request: RunRequest) -> str:
         """The image profile ``request`` runs in, if the server offers it."""

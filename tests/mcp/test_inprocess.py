@@ -30,7 +30,7 @@ def sandbox(engine: DockerEngine) -> Sandbox:
 RESULT_FIELDS = {
     "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "stdout_bytes",
     "stderr_bytes", "duration_s", "timed_out", "oom_killed", "warm_start", "violations", "notes", "limits",
-    "profile", "install", "return_value", "error", "artifacts",
+    "profile", "install", "return_value", "error", "artifacts", "workspace",
 }  # fmt: skip
 
 
@@ -46,7 +46,14 @@ async def call(client: Client, tool: str, arguments: dict[str, Any]) -> Any:
 
 async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: Client) -> None:
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {"run_python", "run_project"}
+    assert set(tools) == {
+        "run_python",
+        "run_project",
+        "workspace_create",
+        "workspace_files",
+        "workspace_read",
+        "workspace_delete",
+    }
     python, project = tools["run_python"], tools["run_project"]
     assert python.input_schema["required"] == ["code"]
     assert set(python.input_schema["properties"]) == {
@@ -55,6 +62,7 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
         "timeout_s",
         "requirements",
         "image",
+        "workspace",
         "return_last_expression",
     }
     assert project.input_schema["required"] == ["files"]
@@ -67,8 +75,9 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
         "timeout_s",
         "requirements",
         "image",
+        "workspace",
     }
-    for tool in tools.values():
+    for tool in (python, project):
         assert tool.output_schema is not None
         assert set(tool.output_schema["properties"]) >= RESULT_FIELDS
         assert "NO network" in (tool.description or "")

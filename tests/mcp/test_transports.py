@@ -28,8 +28,16 @@ PROJECT = {
 async def exercise(client: Client) -> None:
     """What every transport must do: list both tools, then run each and get the structured result."""
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {"run_python", "run_project"}
-    assert all(tool.output_schema for tool in tools.values())
+    assert set(tools) == {
+        "run_python",
+        "run_project",
+        "workspace_create",
+        "workspace_files",
+        "workspace_read",
+        "workspace_delete",
+    }
+    assert tools["run_python"].output_schema
+    assert tools["run_project"].output_schema
 
     snippet = await client.call_tool("run_python", {"code": "import sys; print(sys.version_info[:2])"})
     assert snippet.is_error is False
