@@ -23,10 +23,10 @@ def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple
     left out and why."""
     if files is None:
         return [], []
-    artifacts = [_artifact(_readable(path), data, settings) for path, data in files.contents()]
+    artifacts = [_artifact(readable_name(path), data, settings) for path, data in files.contents()]
     artifacts += [
         Artifact(
-            path=_readable(str(entry["path"])),
+            path=readable_name(str(entry["path"])),
             size=int(str(entry["size"])),
             mime_type=mime_type(str(entry["path"]), None),
             sha256=None,
@@ -80,7 +80,7 @@ def _artifact(path: str, data: bytes, settings: ResultSettings) -> Artifact:
     )
 
 
-def _readable(path: str) -> str:
+def readable_name(path: str) -> str:
     """A file name as valid UTF-8: bytes that are not (the program chose the name) become U+FFFD."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 

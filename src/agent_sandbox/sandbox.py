@@ -6,13 +6,15 @@ import base64
 import contextlib
 import dataclasses
 import logging
+import unicodedata
 from types import TracebackType
 
+import anyio.to_thread
 import docker.errors
 from packaging.requirements import Requirement
 
 from agent_sandbox.archive import ArchiveError, build_archive, check_path, decode_content
-from agent_sandbox.artifacts import collect_artifacts
+from agent_sandbox.artifacts import collect_artifacts, readable_name
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
@@ -89,7 +91,7 @@ class Sandbox:
         self.engine = engine or DockerEngine(settings.engine)
         self.pool: WarmPool | None = None
         self.wheels = WheelResolver.from_settings(settings.packages)
-        self.workspaces = WorkspaceStore(settings.workspaces)
+        self.workspaces = WorkspaceStore(settings.workspaces, max_members=2 * settings.files.max_files)
 
     def default_limits(self) -> Limits:
         """The limits of a run that asks for nothing."""
@@ -238,9 +240,9 @@ class Sandbox:
         workspace = request.workspace
         try:
             with self.workspaces.in_use(workspace, client):
-                stored = self.workspaces.files(workspace, client)
+                stored = await anyio.to_thread.run_sync(self.workspaces.files, workspace, client)
                 result, snapshot = await self._execute(_on_top_of(stored, request), on_progress)
-                report = self._save(workspace, client, snapshot)
+                report = await anyio.to_thread.run_sync(self._save, workspace, client, snapshot)
         except WorkspaceError as exc:
             raise RequestError(str(exc)) from None
         notes = result.notes + ([f"Workspace {workspace}: {report.note}"] if report.note else [])
@@ -250,17 +252,20 @@ class Sandbox:
         """Keep /work as the workspace's state, or say why it was not kept."""
         why_not = _unsaveable(snapshot)
         if snapshot is not None and why_not is None:
-            contents = dict(snapshot.contents())
+            contents, unnamable = _keepable(snapshot)
             try:
-                self.workspaces.save(workspace, client, contents)
+                self.workspaces.save(workspace, client, contents, self.settings.files)
             except WorkspaceError as exc:
                 why_not = str(exc)
             else:
-                left_out = [str(entry["path"]) for entry in snapshot.omitted]
-                note = f"saved without files it could not read: {', '.join(left_out)}" if left_out else None
+                left_out = [str(entry["path"]) for entry in snapshot.omitted] + unnamable
+                note = f"saved without these files: {', '.join(left_out)}" if left_out else None
                 size = sum(map(len, contents.values()))
                 return WorkspaceReport(id=workspace, saved=True, files=len(contents), bytes=size, note=note)
-        kept = self.workspaces.describe(workspace, client).files
+        try:
+            kept = self.workspaces.describe(workspace, client).files
+        except WorkspaceError:
+            kept = {}  # deleted or expired meanwhile
         return WorkspaceReport(
             id=workspace,
             saved=False,
@@ -322,6 +327,21 @@ class Sandbox:
         return result, outcome.snapshot
 
 
+def _keepable(snapshot: FilesOut) -> tuple[dict[str, bytes], list[str]]:
+    """The snapshot's files a later run can be given, and the names of those it cannot (names
+    that are not valid UTF-8 become readable; ones a caller could not send are left out)."""
+    contents, unnamable = {}, []
+    for path, data in snapshot.contents():
+        name = readable_name(path)
+        try:
+            check_path(name, repr(name))
+        except ArchiveError:
+            unnamable.append(name)
+            continue
+        contents[name] = data
+    return contents, unnamable
+
+
 def _unsaveable(snapshot: FilesOut | None) -> str | None:
     """Why the launcher's snapshot cannot become the workspace's state, if it cannot."""
     if snapshot is None:
@@ -333,11 +353,11 @@ def _unsaveable(snapshot: FilesOut | None) -> str | None:
 
 def _on_top_of(stored: dict[str, bytes], request: RunRequest) -> RunRequest:
     """``request`` with the workspace's files added under its own: the caller's files win."""
-    sent = {file.path for file in request.files}
+    sent = {unicodedata.normalize("NFC", file.path) for file in request.files}
     kept = [
         ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
         for path, data in stored.items()
-        if path not in sent
+        if unicodedata.normalize("NFC", path) not in sent
     ]
     return request.model_copy(update={"files": kept + list(request.files)})
 

@@ -9,6 +9,7 @@ clean paths within the size cap.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -23,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_sandbox.archive import ArchiveError, check_path, pack_files
-from agent_sandbox.config import WorkspaceSettings
+from pydantic import ValidationError
+
+from agent_sandbox.archive import ArchiveError, build_archive, check_path, pack_files
+from agent_sandbox.config import FileSettings, WorkspaceSettings
+from agent_sandbox.models import ProjectFile
 
 _ID = re.compile(r"[A-Za-z0-9_-]{22}")
 _TAR_OVERHEAD = 1024 * 1024  # headers and padding a snapshot of max_kib may add
@@ -48,9 +52,10 @@ class WorkspaceInfo:
 class WorkspaceStore:
     """Workspaces on disk, each owned by the client that created it (unless shared)."""
 
-    def __init__(self, settings: WorkspaceSettings):
+    def __init__(self, settings: WorkspaceSettings, max_members: int = 100_000):
         self.settings = settings
         self.root = settings.path
+        self.max_members = max_members  # entries a snapshot may hold: files and their folders
         self._busy: set[str] = set()
 
     def create(self, owner: str) -> WorkspaceInfo:
@@ -95,13 +100,21 @@ class WorkspaceStore:
             raise WorkspaceError(f"workspace {workspace_id!r} has no file {path!r}; it has: {listed}")
         return files[path]
 
-    def save(self, workspace_id: str, owner: str, contents: dict[str, bytes]) -> None:
-        """Make ``contents`` the workspace's state (replacing the snapshot in one step)."""
+    def save(self, workspace_id: str, owner: str, contents: dict[str, bytes], files: FileSettings) -> None:
+        """Make ``contents`` the workspace's state (replacing the snapshot in one step), if it
+        is one a later run can start from: within the rules for a caller's files."""
         folder, meta = self._owned(workspace_id, owner)
         try:
+            sendable = [
+                ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
+                for path, data in contents.items()
+            ]
+            build_archive(sendable, files)  # the same checks a restore will meet
             self._write_snapshot(folder, contents)
-        except ArchiveError as exc:
-            raise WorkspaceError(f"a file name cannot be kept: {exc}") from None
+        except (ArchiveError, ValidationError) as exc:
+            raise WorkspaceError(f"a later run could not start from it: {_first_line(exc)}") from None
+        except (UnicodeError, OSError) as exc:
+            raise WorkspaceError(f"it could not be written: {exc}") from None
         self._write_meta(folder, {**meta, "used": time.time()})
 
     def delete(self, workspace_id: str, owner: str) -> None:
@@ -182,21 +195,22 @@ class WorkspaceStore:
 
     def _read_snapshot(self, folder: Path) -> dict[str, bytes]:
         """The snapshot's files, read into memory member by member; anything but regular files
-        and folders with clean paths, within the cap, refuses the whole snapshot."""
+        and folders with clean paths, within the caps, refuses the whole snapshot."""
         path = folder / "snapshot.tar"
         cap = self.settings.max_kib * 1024
         try:
             size = path.stat().st_size
         except OSError:
-            raise WorkspaceError(
-                f"workspace {folder.name!r} has no snapshot; delete it and create another"
-            ) from None
+            raise _refused(folder.name, "it is missing") from None
         if size > cap + _TAR_OVERHEAD:
             raise _refused(folder.name, f"it is {size} bytes, over the {self.settings.max_kib} KiB cap")
         contents: dict[str, bytes] = {}
+        total = 0
         try:
             with tarfile.open(path, mode="r:") as tar:
-                for member in tar:
+                for count, member in enumerate(tar):
+                    if count >= self.max_members:
+                        raise _refused(folder.name, f"it has more than {self.max_members} entries")
                     try:
                         check_path(member.name, repr(member.name))
                     except ArchiveError as exc:
@@ -205,13 +219,14 @@ class WorkspaceStore:
                         continue
                     if not member.isfile():
                         raise _refused(folder.name, f"{member.name!r} is not a regular file or folder")
-                    if sum(map(len, contents.values())) + member.size > cap:
+                    total += member.size
+                    if total > cap:
                         raise _refused(
                             folder.name, f"its files add up to more than {self.settings.max_kib} KiB"
                         )
                     source = tar.extractfile(member)
                     assert source is not None
-                    contents[member.name] = source.read()
+                    contents[member.name] = source.read(member.size)
         except (tarfile.TarError, OSError) as exc:
             raise _refused(folder.name, f"it cannot be read ({exc})") from None
         return contents
@@ -224,8 +239,16 @@ def _refused(workspace_id: str, why: str) -> WorkspaceError:
     )
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0]
+
+
 def _replace(path: Path, data: bytes) -> None:
     """Write ``path`` in one step: a reader sees the old content or the new, never half."""
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as out:
-        out.write(data)
+        try:
+            out.write(data)
+        except OSError:
+            os.unlink(out.name)
+            raise
     os.replace(out.name, path)

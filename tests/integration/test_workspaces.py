@@ -223,3 +223,13 @@ async def test_the_number_of_workspaces_is_capped(engine: DockerEngine, tmp_path
     sandbox.workspaces.create("client-b")
     with pytest.raises(WorkspaceError, match="already keeps 3 workspaces"):
         sandbox.workspaces.create("client-c")
+
+
+async def test_files_with_names_a_caller_could_not_send_are_left_out_with_a_note(sandbox: Sandbox) -> None:
+    workspace = sandbox.workspaces.create(ME).id
+    code = "open('ok.txt', 'w').write('1')\nopen('tab\\there', 'w').write('2')"
+    result = await sandbox.run(call(workspace, code), client=ME)
+    assert result.workspace is not None
+    assert result.workspace.saved
+    assert "saved without these files: tab\there" in (result.workspace.note or "")
+    assert sorted(sandbox.workspaces.describe(workspace, ME).files) == ["main.py", "ok.txt"]

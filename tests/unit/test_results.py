@@ -214,9 +214,12 @@ def test_a_block_with_another_nonce_is_program_output() -> None:
         {"files": [{"path": "a"}], "omitted": [], "changed": 1},
     ],
 )
-def test_a_manifest_beyond_the_jobs_caps_counts_as_empty(manifest: dict[str, object]) -> None:
+def test_a_manifest_beyond_the_jobs_caps_is_rejected_and_says_so(manifest: dict[str, object]) -> None:
     nonce = "n"
     block = FilesBlock(nonce, max_files=5, max_bytes=100)
     rest = block.feed(FILES_PREFIX + b"n " + json.dumps(manifest).encode() + b"\nAFTER")
-    assert block.manifest == {"files": [], "omitted": [], "changed": 0}
+    assert block.manifest is not None
+    assert block.manifest["files"] == []
+    assert block.manifest["omitted"][0]["path"] == "."  # a workspace never saves this as empty
+    assert "broke the job's rules" in block.manifest["omitted"][0]["reason"]
     assert rest == b"AFTER"  # then treated as output, within the output caps

@@ -68,6 +68,7 @@ _ENGINE_CALL_THREADS = 16
 _DRAIN_S = 2.0
 _FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
 _LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
+_UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the backstop only
 
 ProgressCallback = Callable[[str], Awaitable[None]]
 
@@ -339,7 +340,8 @@ class DockerEngine:
         # With requirements, the install gets its own time; the program's starts after it.
         installing = InstallDone(install_nonce) if spec.install is not None else None
         # The launcher stops the program at its limit; ours is the backstop should it not.
-        program_deadline_s = limits.timeout_s + _LAUNCHER_GRACE_S
+        unpack_s = len(spec.archive) / _UNPACK_BYTES_PER_S  # the launcher's timer starts after it
+        program_deadline_s = limits.timeout_s + _LAUNCHER_GRACE_S + unpack_s
         deadline = started + (spec.install.timeout_s if spec.install is not None else program_deadline_s)
         payload = spec.header(nonce, install_nonce) + spec.archive + (spec.stdin or b"")
         finished = threading.Event()

@@ -231,8 +231,9 @@ def _run(
 
     def out_of_time(signum: int, frame: object) -> None:
         timed_out.append(True)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        for kill in (os.killpg, os.kill):  # the group, and the child should it have left it
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid, signal.SIGKILL)
 
     signal.signal(signal.SIGALRM, out_of_time)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
@@ -242,7 +243,9 @@ def _run(
     _end_everything_else()  # now no one else holds the pipe open: the reader sees its end
     reader.join(timeout=5)
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
-    return (128 - code if code < 0 else code), (value or None), bool(timed_out)
+    # Killed by our timer, not merely finished as it fired.
+    stopped = bool(timed_out) and code == -signal.SIGKILL
+    return (128 - code if code < 0 else code), (value or None), stopped
 
 
 def _drain(fd: int, into: "list[bytes]") -> None:

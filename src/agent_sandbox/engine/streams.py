@@ -191,7 +191,8 @@ class FilesBlock:
 def _manifest(line: bytes, max_files: int, max_bytes: int) -> dict[str, Any]:
     """The manifest, checked against what the job allowed; one that breaks the rules counts as
     empty (what follows it is then treated as output, within the output caps)."""
-    empty: dict[str, Any] = {"files": [], "omitted": [], "changed": 0}
+    rejected = {"path": ".", "size": 0, "reason": "the sandbox's list of files broke the job's rules"}
+    empty: dict[str, Any] = {"files": [], "omitted": [rejected], "changed": 0}
     try:
         raw = json.loads(line)
         files: list[dict[str, Any]] = [{"path": str(e["path"]), "size": int(e["size"])} for e in raw["files"]]

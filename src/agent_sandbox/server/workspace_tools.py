@@ -6,6 +6,7 @@ import base64
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
@@ -14,6 +15,7 @@ from pydantic import Field
 from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
 
 ClientOf = Callable[[Context], str]
+MAX_READ_BYTES = 1024 * 1024
 _ID_FIELD = Field(description="A workspace id from workspace_create.")
 
 
@@ -39,7 +41,7 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
 
     async def workspace_files(workspace: Annotated[str, _ID_FIELD], ctx: Context) -> CallToolResult:
         try:
-            info = store.describe(workspace, client_of(ctx))
+            info = await anyio.to_thread.run_sync(store.describe, workspace, client_of(ctx))
         except WorkspaceError as exc:
             raise refused(exc) from None
         files = [{"path": path, "size": size} for path, size in sorted(info.files.items())]
@@ -56,9 +58,14 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
         ctx: Context,
     ) -> CallToolResult:
         try:
-            data = store.read(workspace, client_of(ctx), path)
+            data = await anyio.to_thread.run_sync(store.read, workspace, client_of(ctx), path)
         except WorkspaceError as exc:
             raise refused(exc) from None
+        if len(data) > MAX_READ_BYTES:
+            raise ToolError(
+                f"refused: {path!r} is {len(data)} bytes; workspace_read returns at most "
+                f"{MAX_READ_BYTES // 1024} KiB. Run a program in the workspace that prints the part you need"
+            )
         try:
             text, encoding = data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
