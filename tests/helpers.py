@@ -12,12 +12,28 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 from mcp import Client
+from pydantic import BaseModel
 
+from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 ROOT = Path(__file__).parents[1]
+TOOLS = {
+    "run_python",
+    "run_project",
+    "workspace_create",
+    "workspace_files",
+    "workspace_read",
+    "workspace_delete",
+}
+
+
+def cold_sandbox(engine: DockerEngine, **sections: BaseModel) -> Sandbox:
+    """A sandbox on ``engine`` with no warm pool and the given settings sections."""
+    return Sandbox(Settings(engine=EngineSettings(pool_size=0), **sections), engine)  # type: ignore[arg-type]
 
 
 def snippet(code: str, **fields: object) -> RunRequest:

@@ -16,7 +16,7 @@ from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.packages.target import SANDBOX_TARGET
 from agent_sandbox.sandbox import RequestError, Sandbox
-from tests.helpers import snippet
+from tests.helpers import cold_sandbox, snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -24,11 +24,7 @@ SIX = "import six; print('six', six.__version__)"
 
 
 def make(engine: DockerEngine, cache: Path, **packages: object) -> Sandbox:
-    settings = Settings(
-        engine=EngineSettings(pool_size=0),
-        packages=PackageSettings(cache_dir=str(cache), **packages),  # type: ignore[arg-type]
-    )
-    return Sandbox(settings, engine)
+    return cold_sandbox(engine, packages=PackageSettings(cache_dir=str(cache), **packages))  # type: ignore[arg-type]
 
 
 @pytest.fixture

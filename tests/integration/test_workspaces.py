@@ -16,6 +16,7 @@ from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.workspaces import WorkspaceError
+from tests.helpers import cold_sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -23,11 +24,7 @@ ME = "client-a"
 
 
 def make(engine: DockerEngine, folder: Path, **workspaces: object) -> Sandbox:
-    settings = Settings(
-        engine=EngineSettings(pool_size=0),
-        workspaces=WorkspaceSettings(dir=str(folder), **workspaces),  # type: ignore[arg-type]
-    )
-    return Sandbox(settings, engine)
+    return cold_sandbox(engine, workspaces=WorkspaceSettings(dir=str(folder), **workspaces))  # type: ignore[arg-type]
 
 
 @pytest.fixture

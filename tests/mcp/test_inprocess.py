@@ -15,7 +15,7 @@ from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
-from tests.helpers import while_running
+from tests.helpers import TOOLS, while_running
 
 pytestmark = pytest.mark.anyio
 
@@ -46,14 +46,7 @@ async def call(client: Client, tool: str, arguments: dict[str, Any]) -> Any:
 
 async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: Client) -> None:
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {
-        "run_python",
-        "run_project",
-        "workspace_create",
-        "workspace_files",
-        "workspace_read",
-        "workspace_delete",
-    }
+    assert set(tools) == TOOLS
     python, project = tools["run_python"], tools["run_project"]
     assert python.input_schema["required"] == ["code"]
     assert set(python.input_schema["properties"]) == {

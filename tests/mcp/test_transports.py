@@ -12,6 +12,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 
+from tests.helpers import TOOLS
+
 from .conftest import ROOT, serving
 
 pytestmark = pytest.mark.anyio
@@ -28,14 +30,7 @@ PROJECT = {
 async def exercise(client: Client) -> None:
     """What every transport must do: list both tools, then run each and get the structured result."""
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {
-        "run_python",
-        "run_project",
-        "workspace_create",
-        "workspace_files",
-        "workspace_read",
-        "workspace_delete",
-    }
+    assert set(tools) == TOOLS
     assert tools["run_python"].output_schema
     assert tools["run_project"].output_schema
 
