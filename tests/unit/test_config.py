@@ -21,6 +21,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def assert_refused(tmp_path: Path, toml: str, pattern: str) -> None:
+    """A config file holding ``toml`` is refused with an error matching ``pattern``."""
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=pattern):
+        load_settings(path)
+
+
 def test_default_toml_lists_every_setting_with_its_default() -> None:
     documented = tomllib.loads((CONFIGS / "default.toml").read_text())
     defaults = Settings().model_dump()
@@ -57,24 +65,15 @@ def test_the_config_path_can_come_from_the_environment(
 
 
 def test_an_unknown_key_is_an_error_that_names_it(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text("[limits]\nmemroy_mib = 256\n")
-    with pytest.raises(ConfigError, match=r"limits\.memroy_mib"):
-        load_settings(path)
+    assert_refused(tmp_path, "[limits]\nmemroy_mib = 256\n", r"limits\.memroy_mib")
 
 
 def test_an_unknown_section_is_an_error_that_names_it(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text("[limit]\nmemory_mib = 256\n")
-    with pytest.raises(ConfigError, match="limit"):
-        load_settings(path)
+    assert_refused(tmp_path, "[limit]\nmemory_mib = 256\n", "limit")
 
 
 def test_an_invalid_value_is_an_error_that_names_the_key(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text("[limits]\npids = 0\n")
-    with pytest.raises(ConfigError, match=r"limits\.pids.*greater than or equal to 8"):
-        load_settings(path)
+    assert_refused(tmp_path, "[limits]\npids = 0\n", r"limits\.pids.*greater than or equal to 8")
 
 
 def test_an_invalid_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,10 +89,9 @@ def test_a_misspelt_environment_override_is_an_error(monkeypatch: pytest.MonkeyP
 
 
 def test_a_default_profile_outside_the_allowed_profiles_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text('[engine]\nprofile = "datascience"\n')
-    with pytest.raises(ConfigError, match=r"'datascience' is not in engine\.profiles"):
-        load_settings(path)
+    assert_refused(
+        tmp_path, '[engine]\nprofile = "datascience"\n', r"'datascience' is not in engine\.profiles"
+    )
 
 
 def test_package_names_in_the_policy_are_normalised(tmp_path: Path) -> None:
@@ -110,10 +108,9 @@ def test_the_wheel_cache_defaults_to_the_users_cache_folder(monkeypatch: pytest.
 
 
 def test_a_request_cap_too_small_for_the_files_limits_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text("[server]\nmax_request_kib = 1024\n")
-    with pytest.raises(ConfigError, match=r"server\.max_request_kib must be at least"):
-        load_settings(path)
+    assert_refused(
+        tmp_path, "[server]\nmax_request_kib = 1024\n", r"server\.max_request_kib must be at least"
+    )
 
 
 def test_the_auth_token_never_shows_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,10 +121,7 @@ def test_the_auth_token_never_shows_in_the_settings_repr(monkeypatch: pytest.Mon
 
 
 def test_inconsistent_limits_are_refused(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text("[limits]\ntimeout_s = 500\n")
-    with pytest.raises(ConfigError, match="max_timeout_s"):
-        load_settings(path)
+    assert_refused(tmp_path, "[limits]\ntimeout_s = 500\n", "max_timeout_s")
 
 
 def test_a_missing_or_broken_file_is_a_clear_error(tmp_path: Path) -> None:
