@@ -187,6 +187,16 @@ class DockerEngine:
         self.warm: ContainerSource | None = None
 
     @property
+    def running(self) -> int:
+        """Runs holding a slot now."""
+        return self.settings.max_concurrent_runs - self._slots.value
+
+    @property
+    def queued(self) -> int:
+        """Runs waiting for a slot now."""
+        return self._waiting
+
+    @property
     def client(self) -> docker.DockerClient:
         """The Docker client, connected on first use."""
         if self._client is None:
