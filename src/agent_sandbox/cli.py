@@ -9,25 +9,24 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
+import functools
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 from pydantic import ValidationError
 
 from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
+from agent_sandbox.doctor import checks
 from agent_sandbox.engine.docker import DockerEngine, EngineError
 from agent_sandbox.images.build import ImageBuildError, build_image
 from agent_sandbox.images.profiles import PROFILES, UnknownProfile, get_profile
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.packages.resolver import WheelResolver
-from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server import build_server
 from agent_sandbox.server.auth import AuthConfigError, require_token_off_loopback
@@ -88,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="Seconds before the program is stopped.")
     run.add_argument("--stdin", type=Path, help="File whose content is the program's stdin.")
     run.add_argument("--json", action="store_true", help="Print the structured result as JSON.")
+    run.add_argument("--out", type=Path, help="Folder to save the files the program wrote into.")
     run.add_argument(
         "-r", "--requirement", action="append", default=[], help="A package to install first (repeatable)."
     )
@@ -107,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--tag", help="Tag to give it, with one --profile (default REPOSITORY:PROFILE).")
     build.set_defaults(handler=_image_build)
 
-    doctor = commands.add_parser("doctor", help="Check the engine and the image.")
+    doctor = commands.add_parser(
+        "doctor",
+        help="Check the config, the engine, its runtime, the images and a live run; say what to fix.",
+    )
     doctor.set_defaults(handler=_doctor)
     # `agent-sandbox` with no command serves MCP over stdio, as MCP clients expect.
     parser.set_defaults(handler=_serve, transport="stdio", host="127.0.0.1", port=8000)
@@ -124,7 +127,7 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
         "serving MCP over %s on %s; config %s; profiles %s; Docker engine %s; warm pool of %d",
         options.transport,
         where,
-        options.config or os.environ.get(CONFIG_PATH_ENV) or "built-in defaults",
+        _config_source(options),
         ", ".join(settings.engine.profiles),
         version,
         settings.engine.pool_size,
@@ -148,6 +151,10 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _config_source(options: argparse.Namespace) -> str:
+    return str(options.config or os.environ.get(CONFIG_PATH_ENV) or "built-in defaults")
+
+
 def _run(options: argparse.Namespace, settings: Settings) -> int:
     files, entrypoint = _collect(options.path, options.entrypoint)
     request = RunRequest(
@@ -161,13 +168,14 @@ def _run(options: argparse.Namespace, settings: Settings) -> int:
     )
     sandbox = Sandbox(settings)
     sandbox.start()
-    result = anyio.run(sandbox.run, request)
+    # A person sees the output as it comes; --json keeps stdout for the one JSON document.
+    live = None if options.json else _write_live
+    result = anyio.run(functools.partial(sandbox.run, request, _show_long_steps, on_output=live))
+    saved = _save_files(result, options.out) if options.out else []
     if options.json:
         print(result.model_dump_json(indent=2))
     else:
-        sys.stdout.write(result.stdout)
-        sys.stderr.write(result.stderr)
-        print(_status_line(result), file=sys.stderr)
+        print(_status_line(result, saved), file=sys.stderr)
     if result.exit_code is None:
         return EXIT_ENGINE
     if result.exit_code == 0 and result.violations:
@@ -203,11 +211,43 @@ def _project_file(path: Path, name: str) -> ProjectFile:
         return ProjectFile(path=name, content=base64.b64encode(data).decode(), encoding="base64")
 
 
-def _status_line(result: RunResult) -> str:
+def _write_live(stream: int, data: bytes) -> None:
+    out = sys.stdout if stream == 1 else sys.stderr
+    out.buffer.write(data)
+    out.flush()
+
+
+async def _show_long_steps(stage: str) -> None:
+    """Say so on stderr when a run waits on something slower than starting a container."""
+    waits = {"resolving": "fetching wheels for the requirements ...", "queued": "waiting for a free slot ..."}
+    if stage in waits:
+        print(f"[agent-sandbox] {waits[stage]}", file=sys.stderr, flush=True)
+
+
+def _save_files(result: RunResult, folder: Path) -> list[str]:
+    """Write the files that came back under ``folder``; the paths saved."""
+    saved = []
+    root = folder.resolve()
+    for artifact in result.artifacts:
+        target = (root / artifact.path).resolve()
+        if artifact.data is None or not target.is_relative_to(root):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(artifact.data)
+        saved.append(str(folder / artifact.path))
+    return saved
+
+
+def _status_line(result: RunResult, saved: list[str]) -> str:
+    """One line for a person: how it ended, the limits hit, the files; then the notes."""
     status = "timed out" if result.timed_out else f"exit {result.exit_code}"
     line = f"[agent-sandbox] {status} in {result.duration_s:.2f} s"
     if result.violations:
         line += "; limits hit: " + ", ".join(v.kind.value for v in result.violations)
+    if saved:
+        line += f"; {len(saved)} file(s) saved: " + ", ".join(saved)
+    elif result.artifacts:
+        line += f"; {len(result.artifacts)} file(s) written (--out DIR saves them)"
     return "\n".join([line, *(f"[agent-sandbox] {note}" for note in result.notes)])
 
 
@@ -223,40 +263,12 @@ def _image_build(options: argparse.Namespace, settings: Settings) -> int:
 
 
 def _doctor(options: argparse.Namespace, settings: Settings) -> int:
-    sandbox = Sandbox(settings)
-    version = sandbox.start()
-    images = ", ".join(settings.engine.image_of(name) for name in settings.engine.profiles)
-    log.info("engine %s answers; images %s are present", version, images)
-    result = anyio.run(sandbox.run, RunRequest(files=[ProjectFile(path="main.py", content=POSTURE_PROBE)]))
-    if result.exit_code != 0:
-        log.error("a trial run failed: exit %s, stderr %s", result.exit_code, result.stderr[-500:])
+    failed = 0
+    for check in checks(settings, _config_source(options)):
+        print(check, flush=True)
+        failed += check.status == "FAIL"
+    if failed:
+        print(f"{failed} problem(s): fix them from the top, then run `agent-sandbox doctor` again")
         return EXIT_ENGINE
-    log.info("a trial run works (%.2f s)", result.duration_s)
-    problems = posture_problems(json.loads(result.stdout), settings)
-    for problem in problems:
-        log.error("posture: %s", problem)
-    if problems:
-        return EXIT_ENGINE
-    log.info("posture: non-root, no capabilities, no network, read-only root, noexec /work and /tmp")
+    print("all checks passed")
     return 0
-
-
-def posture_problems(report: dict[str, Any], settings: Settings) -> list[str]:
-    """What a live posture probe shows that the sandbox promises not to allow."""
-    problems = []
-    if report["uid"] == 0 or report["euid"] == 0:
-        problems.append("the program runs as root")
-    if any(mask.strip("0") for mask in report["capabilities"].values()):
-        problems.append(f"the program has capabilities: {report['capabilities']}")
-    if report["no_new_privs"] != "1" or report["seccomp"] != "2":
-        problems.append("no-new-privileges or the seccomp filter is missing")
-    if not settings.engine.network and report["interfaces"] != ["lo"]:
-        problems.append(f"the sandbox has network interfaces: {report['interfaces']}")
-    if report["root_write"] != "EROFS":
-        problems.append("the root filesystem is writable")
-    for mount in ("work_mount", "tmp_mount"):
-        if not {"noexec", "nosuid"} <= set(report[mount]):
-            problems.append(f"{mount.split('_')[0]} is not noexec,nosuid")
-    if report["runtime_sockets"]:
-        problems.append(f"a container runtime socket is reachable: {report['runtime_sockets']}")
-    return problems

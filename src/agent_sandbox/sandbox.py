@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from agent_sandbox.archive import ArchiveError, build_archive, check_path, decode_content
 from agent_sandbox.artifacts import collect_artifacts, readable_name
 from agent_sandbox.config import LimitSettings, Settings
-from agent_sandbox.engine.docker import DockerEngine, ProgressCallback
+from agent_sandbox.engine.docker import DockerEngine, OutputCallback, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.spec import (
     ContainerShape,
@@ -230,18 +230,23 @@ class Sandbox:
         return resolution
 
     async def run(
-        self, request: RunRequest, on_progress: ProgressCallback | None = None, client: str = "local"
+        self,
+        request: RunRequest,
+        on_progress: ProgressCallback | None = None,
+        client: str = "local",
+        on_output: OutputCallback | None = None,
     ) -> RunResult:
         """Run ``request`` in a fresh container; refusals raise ``RequestError``,
-        infrastructure failures ``EngineError``. ``client`` owns the workspaces it creates."""
+        infrastructure failures ``EngineError``. ``client`` owns the workspaces it creates;
+        ``on_output`` sees the program's output as it comes."""
         if request.workspace is None:
-            result, _ = await self._execute(request, on_progress)
+            result, _ = await self._execute(request, on_progress, on_output)
             return result
         workspace = request.workspace
         try:
             with self.workspaces.in_use(workspace, client):
                 stored = await anyio.to_thread.run_sync(self.workspaces.files, workspace, client)
-                result, snapshot = await self._execute(_on_top_of(stored, request), on_progress)
+                result, snapshot = await self._execute(_on_top_of(stored, request), on_progress, on_output)
                 report = await anyio.to_thread.run_sync(self._save, workspace, client, snapshot)
         except WorkspaceError as exc:
             raise RequestError(str(exc)) from None
@@ -275,7 +280,7 @@ class Sandbox:
         )
 
     async def _execute(
-        self, request: RunRequest, on_progress: ProgressCallback | None
+        self, request: RunRequest, on_progress: ProgressCallback | None, on_output: OutputCallback | None
     ) -> tuple[RunResult, FilesOut | None]:
         """Run ``request``; its result, and all of /work when it is a workspace run."""
         spec = self.prepare(request)
@@ -292,7 +297,7 @@ class Sandbox:
                 wheels = tuple(wheel.filename for wheel in resolution.wheels)
                 install = InstallSpec(mount, wheels, self.settings.packages.install_timeout_s)
                 spec = dataclasses.replace(spec, install=install)
-            outcome = await self.engine.run(spec, on_progress)
+            outcome = await self.engine.run(spec, on_progress, on_output)
         stderr = outcome.stderr.decode("utf-8", errors="replace")
         error = parse_error(stderr) if outcome.exit_code == 1 else None  # Python's code for it
         verdict = judge(

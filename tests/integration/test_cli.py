@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,17 @@ ROOT = Path(__file__).parents[2]
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent_sandbox", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def cli_with_env(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_sandbox", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=120,
     )
 
 
@@ -89,24 +101,77 @@ def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "limits.memory" in done.stderr
 
 
+def test_output_is_shown_as_the_program_prints_it(tmp_path: Path) -> None:
+    program = tmp_path / "steps.py"
+    program.write_text(
+        "import sys, time\nprint('first')\nprint('oops', file=sys.stderr)\ntime.sleep(2)\nprint('second')\n"
+    )
+    command = [sys.executable, "-m", "agent_sandbox", "run", str(program)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.readline() == b"first\n"
+        first_at = time.monotonic()
+        assert process.stderr.readline() == b"oops\n"
+        assert process.stdout.readline() == b"second\n"
+        # The first line came while the program slept, not with the result at the end.
+        assert time.monotonic() - first_at > 1.5
+        assert process.wait(timeout=60) == 0
+        assert process.stderr.read().decode().startswith("[agent-sandbox] exit 0 in 2.")
+
+
+def test_out_saves_the_files_the_program_wrote(tmp_path: Path) -> None:
+    program = tmp_path / "report.py"
+    program.write_text("import os\nos.makedirs('out')\nopen('out/table.csv', 'w').write('a,b\\n1,2\\n')\n")
+    done = cli("run", str(program), "--out", str(tmp_path / "saved"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "saved" / "out" / "table.csv").read_text() == "a,b\n1,2\n"
+    assert f"1 file(s) saved: {tmp_path / 'saved' / 'out' / 'table.csv'}" in done.stderr
+    assert "--out DIR saves them" in cli("run", str(program)).stderr
+
+
 def test_doctor_reports_a_working_sandbox() -> None:
     done = cli("doctor")
-    assert done.returncode == 0, done.stderr
-    assert "a trial run works" in done.stderr
-    assert "posture: non-root, no capabilities, no network" in done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:-1]] == [
+        ["ok", "config"],
+        ["ok", "engine"],
+        ["ok", "runtime"],
+        ["ok", "image"],
+        ["ok", "trial"],
+        ["ok", "posture"],
+    ]
+    assert "runc" in lines[2]
+    assert "uid 1000, no capabilities, seccomp, no-new-privileges, no network" in lines[5]
+    assert lines[-1] == "all checks passed"
+
+
+def test_doctor_names_each_missing_image_and_how_to_build_it() -> None:
+    done = cli_with_env(
+        "doctor",
+        AGENT_SANDBOX_ENGINE__IMAGE_REPOSITORY="agent-sandbox-does-not-exist",
+        AGENT_SANDBOX_ENGINE__PROFILES='["minimal", "datascience"]',
+    )
+    assert done.returncode == 3
+    assert (
+        "FAIL  image      agent-sandbox-does-not-exist:datascience is missing: build it with `agent-sandbox image build --profile datascience`"
+        in done.stdout
+    )
+    assert "skip  trial run" in done.stdout
+    assert "2 problem(s)" in done.stdout
+
+
+def test_doctor_says_how_to_start_an_engine_that_does_not_answer() -> None:
+    done = cli_with_env("doctor", DOCKER_HOST="tcp://127.0.0.1:9")
+    assert done.returncode == 3
+    assert "FAIL  engine" in done.stdout
+    assert "scripts/ensure-engine.sh" in done.stdout
 
 
 def test_a_missing_image_exits_3_and_says_how_to_build_it() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "agent_sandbox", "run", "examples/hello.py"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "AGENT_SANDBOX_ENGINE__IMAGE_REPOSITORY": "agent-sandbox-does-not-exist",
-        },
-        timeout=60,
+    done = cli_with_env(
+        "run", "examples/hello.py", AGENT_SANDBOX_ENGINE__IMAGE_REPOSITORY="agent-sandbox-does-not-exist"
     )
     assert done.returncode == 3
     assert "agent-sandbox image build" in done.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_sandbox.cli import posture_problems
 from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.doctor import posture_problems
 
 GOOD: dict[str, Any] = {
     "uid": 1000, "euid": 1000,

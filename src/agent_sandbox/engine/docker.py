@@ -71,6 +71,9 @@ _LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit 
 _UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the backstop only
 
 ProgressCallback = Callable[[str], Awaitable[None]]
+# Called from the watcher thread as the program's output arrives: the stream (1 stdout, 2 stderr)
+# and its bytes, with the launcher's own lines and files already taken out.
+OutputCallback = Callable[[int, bytes], None]
 
 
 class EngineError(Exception):
@@ -206,7 +209,7 @@ class DockerEngine:
                 else:
                     self._client = docker.from_env()
             except docker.errors.DockerException as exc:
-                raise EngineUnavailable(_unreachable(exc)) from None
+                raise EngineUnavailable(unreachable(exc)) from None
         return self._client
 
     def check(self, image: str) -> str:
@@ -222,7 +225,7 @@ class DockerEngine:
         except docker.errors.ImageNotFound:
             raise _image_missing(image) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineUnavailable(_unreachable(exc)) from None
+            raise EngineUnavailable(unreachable(exc)) from None
         return version
 
     def remove_leftovers(self, older_than_s: float) -> int:
@@ -252,9 +255,14 @@ class DockerEngine:
         mine: dict[str, str | list[str] | bool] = {"label": f"{OWNER_LABEL}={self.owner}"}
         return list(self.client.containers.list(all=True, filters=mine, sparse=True))
 
-    async def run(self, spec: RunSpec, on_progress: ProgressCallback | None = None) -> Outcome:
+    async def run(
+        self,
+        spec: RunSpec,
+        on_progress: ProgressCallback | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> Outcome:
         """Run ``spec`` in a container of its own (warm if one is ready, else a new one) and remove
-        the container, whatever happens (cancellation too)."""
+        the container, whatever happens (cancellation too). ``on_output`` sees the output live."""
         report = on_progress or _ignore
         async with self._slot(report):
             started = self.warm.take(spec.shape) if self.warm else None
@@ -265,7 +273,7 @@ class DockerEngine:
             try:
                 await report("running")
                 outcome = await anyio.to_thread.run_sync(
-                    self._watch, started, spec, abandon_on_cancel=True, limiter=self._watchers
+                    self._watch, started, spec, on_output, abandon_on_cancel=True, limiter=self._watchers
                 )
                 return dataclasses.replace(outcome, warm_start=warm)
             finally:
@@ -340,7 +348,9 @@ class DockerEngine:
             raise _engine_error(exc) from None
         return attachment
 
-    def _watch(self, started_container: StartedContainer, spec: RunSpec) -> Outcome:
+    def _watch(
+        self, started_container: StartedContainer, spec: RunSpec, on_output: OutputCallback | None
+    ) -> Outcome:
         """Send the job, collect output until the launcher's end-of-job line is in on both streams
         (or the stream ends), and kill the container on timeout or flood."""
         container, stream = started_container.container, started_container.attachment.sock
@@ -359,6 +369,12 @@ class DockerEngine:
 
         cap = limits.output_capture_kib * 1024
         captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
+
+        def keep(kind: int, data: bytes) -> None:
+            captures[kind].add(data)
+            if on_output is not None and data:
+                on_output(kind, data)
+
         ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
         files = FilesBlock(nonce, spec.results.max_files, spec.results.max_bytes)
         snapshot = FilesBlock(
@@ -405,7 +421,7 @@ class DockerEngine:
                     if kind == STDOUT and spec.results.snapshot_files and not snapshot.complete:
                         data = snapshot.feed(data)
                     if kind in captures:
-                        captures[kind].add(ends[kind].feed(data))
+                        keep(kind, ends[kind].feed(data))
                 seen = sum(capture.seen for capture in captures.values())
                 if stop_reading_at is None and seen > limits.output_kill_kib * 1024:
                     output_killed = True
@@ -414,9 +430,9 @@ class DockerEngine:
         finished.set()
         program_ran = installing is None or installed_in_time
         duration = (program_ended or time.monotonic()) - program_started if program_ran else 0.0
-        captures[STDOUT].add(ends[STDOUT].feed(files.flush() + snapshot.flush()))
+        keep(STDOUT, ends[STDOUT].feed(files.flush() + snapshot.flush()))
         for kind, end in ends.items():
-            captures[kind].add(end.flush())
+            keep(kind, end.flush())
         report = _end_report(ends[STDOUT].report, ends[STDERR].report)
         exit_code: int | None
         return_value = None
@@ -559,7 +575,7 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
     except docker.errors.NotFound:
         return None, False
     except requests.exceptions.ConnectionError as exc:
-        raise EngineUnavailable(f"the Docker engine went away during the run; {_unreachable(exc)}") from None
+        raise EngineUnavailable(f"the Docker engine went away during the run; {unreachable(exc)}") from None
     except (docker.errors.DockerException, requests.exceptions.RequestException):
         return None, False
     state = container.attrs.get("State", {})
@@ -592,10 +608,11 @@ def _engine_error(exc: BaseException) -> EngineError:
             f"the Docker engine refused to run the sandbox container: {exc.explanation or exc}; "
             "check the limits in the configuration against this machine (agent-sandbox doctor)"
         )
-    return EngineUnavailable(_unreachable(exc))
+    return EngineUnavailable(unreachable(exc))
 
 
-def _unreachable(exc: BaseException) -> str:
+def unreachable(exc: BaseException) -> str:
+    """What to tell someone whose engine does not answer."""
     return (
         f"no Docker engine answers ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
         "start one with `scripts/ensure-engine.sh` (Debian, as root) or set DOCKER_HOST"
