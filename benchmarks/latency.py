@@ -9,12 +9,15 @@ Calls are --gap seconds apart (an agent's think time; the pool refills meanwhile
 tight loop. Then throughput: --calls calls over Streamable HTTP from 1, 4 and 8 concurrent MCP
 client sessions against one server (pool on), with failures and leaked containers counted.
 
-    .venv/bin/python benchmarks/latency.py [--runs 30] [--gap 0.2] [--calls 200]
+    .venv/bin/python benchmarks/latency.py [--runs 30] [--gap 0.2] [--calls 200] [--chart docs/latency.png]
+
+--chart also draws the latency rows as a PNG (the README's chart).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import socket
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import anyio
 import docker
+from chart import latency_chart
 from mcp import Client, StdioServerParameters
 
 from agent_sandbox.config import EngineSettings, Settings, load_settings
@@ -154,15 +158,14 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--gap", type=float, default=0.2, help="Seconds between calls (default 0.2).")
     parser.add_argument("--calls", type=int, default=200, help="Calls per throughput row (0: skip).")
+    parser.add_argument("--chart", type=Path, help="Also draw the latency rows into this PNG.")
     options = parser.parse_args()
     runs, gap = options.runs, options.gap
     engine = load_settings().engine
     image = engine.image_of(engine.profile)
     docker_version = docker.from_env().version()["Version"]
-    print(
-        f"# {platform.machine()}, {os.cpu_count()} CPUs, Docker {docker_version}, "
-        f"{runs} calls each, {gap:g} s apart"
-    )
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Docker {docker_version}"
+    print(f"# {machine}, {runs} calls each, {gap:g} s apart")
     latency = {
         "MCP stdio run_python, warm pool": await mcp_stdio(2, runs, gap),
         "MCP stdio run_python, pool off (cold)": await mcp_stdio(0, runs, gap),
@@ -177,6 +180,12 @@ async def main() -> None:
     for name, samples in latency.items():
         median = statistics.median(samples)
         print(f"{name:40} {median:10.1f} {p95(samples):8.1f} {median / baseline:13.2f}")
+    if options.chart:
+        title = f"run_python hello world, {datetime.date.today()}, {machine}, {runs} calls each"
+        latency_chart(
+            {name: (statistics.median(s), p95(s)) for name, s in latency.items()}, title, options.chart
+        )
+        print(f"chart: {options.chart}")
 
     if options.calls <= 0:
         return
