@@ -1,0 +1,96 @@
+"""A pydantic-ai agent that answers a data question by running Python in agent-sandbox via MCP (stdio).
+
+    .venv/bin/python examples/agents/pydantic_ai_agent.py                    # offline: a scripted model
+    AGENT_MODEL=openai:gpt-4o OPENAI_API_KEY=... .venv/bin/python examples/agents/pydantic_ai_agent.py
+
+Offline (no model configured) a `FunctionModel` stands in for the LLM: it calls `run_python`, then
+answers with what the sandbox returned. `--model` or `AGENT_MODEL` takes any pydantic-ai model name
+(`openai:...`, `anthropic:...`, ...) with that provider's key in its usual environment variable.
+Needs the `examples` extra (`make venv` installs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import textwrap
+
+import anyio
+from fastmcp.client.transports import StdioTransport
+from pydantic_ai import Agent
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.mcp import MCPToolset
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models import Model, infer_model
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+SALES = {"Jan": 4210, "Feb": 3987, "Mar": 4633, "Apr": 5012, "May": 4876, "Jun": 5390,
+         "Jul": 6125, "Aug": 5874, "Sep": 5011, "Oct": 4702, "Nov": 5583, "Dec": 5940}  # fmt: skip
+QUESTION = (
+    f"Monthly sales: {SALES}. Which month had the highest sales, and what is the sample standard "
+    "deviation of the monthly sales, to 4 decimals?"
+)
+INSTRUCTIONS = "Compute every number with the run_python tool; never estimate."
+# The scripted model's program. Its last expression comes back as the result's `return_value`.
+CODE = f"""import statistics
+sales = {SALES!r}
+best = max(sales, key=sales.get)
+{{"best_month": best, "stdev": f"{{statistics.stdev(sales.values()):.4f}}"}}"""
+
+
+def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Turn 1: call run_python. Turn 2: answer from the tool's result, never from CODE."""
+    returns = [part for message in messages for part in message.parts if isinstance(part, ToolReturnPart)]
+    if not returns:
+        return ModelResponse(parts=[ToolCallPart("run_python", {"code": CODE})])
+    result: object = returns[-1].content  # the structured result, as a dict
+    if not isinstance(result, dict) or result.get("exit_code") != 0:
+        return ModelResponse(parts=[TextPart(f"The sandbox run failed: {result!r}")])
+    found = ast.literal_eval(result["return_value"])
+    answer = f"{found['best_month']} had the highest sales; the sample standard deviation is {found['stdev']}"
+    return ModelResponse(parts=[TextPart(answer)])
+
+
+def choose_model(name: str | None) -> Model:
+    if not name:
+        return FunctionModel(scripted_llm)
+    try:
+        return infer_model(name)  # an unknown name or a missing key fails here, before any request
+    except UserError as error:
+        sys.exit(f"cannot use model {name!r}: {error}")
+
+
+def summary(result: object) -> str:
+    """A log line for a run_python result."""
+    if not isinstance(result, dict):
+        return repr(result)[:300]
+    shown = ("exit_code", "stdout", "stderr", "return_value", "error")
+    return ", ".join(f"{key}={result[key]!r}" for key in shown if result.get(key) not in (None, ""))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("AGENT_MODEL"), help="e.g. openai:gpt-4o")
+    model = choose_model(parser.parse_args().model)
+
+    # keep_alive=False: the server, and the containers it keeps warm, stop when the agent is done.
+    server = StdioTransport(sys.executable, ["-m", "agent_sandbox", "serve"], keep_alive=False)
+    agent = Agent(model, instructions=INSTRUCTIONS, toolsets=[MCPToolset(server)])
+    async with agent:
+        result = await agent.run(QUESTION)
+
+    print("tool calls:")
+    for message in result.all_messages():
+        for part in message.parts:
+            if isinstance(part, ToolCallPart):
+                code = str(part.args_as_dict().get("code", ""))
+                print(f"  -> {part.tool_name}, code:\n{textwrap.indent(code, '     | ')}")
+            elif isinstance(part, ToolReturnPart):
+                print(f"  <- {part.tool_name}: {summary(part.content)}")
+    print("answer:", result.output)
+
+
+if __name__ == "__main__":
+    anyio.run(main)

@@ -1,0 +1,88 @@
+"""The agent-framework examples under examples/agents/ answer through the real server and sandbox.
+
+Offline, each example's scripted model asks run_python for a statistic of a fixed data set and
+answers with what came back; only a real run in a real container can produce that number.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import socket
+import statistics
+import subprocess
+import sys
+
+import docker
+import pytest
+
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
+
+from .conftest import ROOT
+
+AGENTS = ROOT / "examples" / "agents"
+EXAMPLES = ["pydantic_ai_agent.py", "openai_agents_sdk.py"]
+# Anything that tried the network anyway would hit a closed loopback port.
+NO_NETWORK = {f"{v}_proxy": "http://127.0.0.1:9" for v in ("http", "https", "HTTP", "HTTPS", "all", "ALL")}
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """This environment without any model or API key, so the examples run their scripted model."""
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_MODEL" and not k.endswith("_API_KEY")}
+    return {**env, **NO_NETWORK, **extra}
+
+
+def run_example(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(AGENTS / name)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+
+
+def orphans(client: docker.DockerClient, before: set[str]) -> list[str]:
+    """Containers that appeared since `before` and outlived the server (on this host) that made them.
+    Other tests' live servers may run containers meanwhile: those owners are still alive."""
+    left = []
+    for summary in client.api.containers(all=True, filters={"label": LABEL}):
+        host, _, pid = (summary.get("Labels") or {}).get(OWNER_LABEL, "").rpartition(":")
+        alive = pid.isdigit() and os.path.exists(f"/proc/{pid}")
+        if summary["Id"] not in before and host == socket.gethostname() and not alive:
+            left.append(summary["Names"][0].lstrip("/"))
+    return left
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_the_example_answers_with_what_the_sandbox_computed(
+    name: str, engine: DockerEngine, docker_client: docker.DockerClient
+) -> None:
+    sales = runpy.run_path(str(AGENTS / name))["SALES"]
+    best = max(sales, key=sales.get)
+    stdev = f"{statistics.stdev(sales.values()):.4f}"
+    before = {c["Id"] for c in docker_client.api.containers(all=True, filters={"label": LABEL})}
+
+    done = run_example(name, offline_env())
+
+    assert done.returncode == 0, done.stderr
+    log, _, answer = done.stdout.partition("\nanswer: ")
+    assert "tool calls:\n  -> run_python, code:" in log
+    assert "exit_code=0" in log
+    assert stdev not in log.split("<-")[0], "the number must come back from the sandbox, not go in"
+    assert answer.strip() == f"{best} had the highest sales; the sample standard deviation is {stdev}"
+    assert orphans(docker_client, before) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "says"),
+    [
+        ("pydantic_ai_agent.py", "no-such-model", "Unknown model: no-such-model"),
+        ("pydantic_ai_agent.py", "openai:no-such-model", "OPENAI_API_KEY"),
+        ("openai_agents_sdk.py", "no-such-model", "set OPENAI_API_KEY"),
+    ],
+)
+def test_a_model_without_a_key_fails_before_any_request(name: str, model: str, says: str) -> None:
+    """Exits with a one-line reason, before starting the server or opening a connection."""
+    done = run_example(name, offline_env(AGENT_MODEL=model))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"cannot use model {model!r}: ")
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
