@@ -6,7 +6,7 @@ PYTHON ?= python3
 
 CONFORMANCE := .tools/conformance/node_modules/.bin/conformance
 
-.PHONY: run serve test lint unit venv engine image conformance-tools clean
+.PHONY: run serve test lint unit venv engine image server-image conformance-tools clean
 
 # The main job: serve MCP over stdio (add ARGS="--transport streamable-http" for HTTP).
 serve: image
@@ -41,6 +41,10 @@ engine:
 image: venv engine
 	$(BIN)/agent-sandbox image build --profile minimal --profile datascience
 
+# The MCP server's own image (Dockerfile at the root): wheels made on the host, no network in the build.
+server-image: venv engine
+	bash scripts/build-server-image.sh agent-sandbox-server:latest
+
 # The MCP conformance suite needs Node >= 22; npm's `node` package brings one along.
 conformance-tools: $(CONFORMANCE)
 
@@ -49,4 +53,4 @@ $(CONFORMANCE):
 		node@22 @modelcontextprotocol/conformance@0.1.16
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build/server-image
