@@ -140,14 +140,21 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
 
     # SIGTERM ends the server like Ctrl-C, so runs in progress are cancelled and cleaned up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupted = False
     try:
         anyio.run(serve_with_pool)
     except KeyboardInterrupt:
+        interrupted = True
         log.info("stopping")
     finally:
         removed = sandbox.close()
         if removed:
             log.info("removed %d container(s) of interrupted runs", removed)
+    if interrupted and options.transport == "stdio":
+        # The transport's reader thread is blocked reading a stdin the client still holds open,
+        # and the interpreter would wait for it forever at exit (docker stop would end in SIGKILL).
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

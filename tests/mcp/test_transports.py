@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import docker
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 
+from agent_sandbox.engine.docker import OWNER_LABEL
 from tests.helpers import TOOLS
 
 from .conftest import ROOT, serving
@@ -115,6 +121,35 @@ def test_stdio_keeps_stdout_for_protocol_messages_only() -> None:
     )
     assert done.stdout == ""
     assert "serving MCP over stdio" in done.stderr
+
+
+def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(
+    docker_client: docker.DockerClient,
+) -> None:
+    """What `docker stop` does to a server image run with `docker run -i`: it must end at once,
+    with its warm containers removed, not hang on the stdin reader until it is SIGKILLed."""
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent_sandbox", "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=ROOT,
+        )
+        owner = {"label": f"{OWNER_LABEL}={socket.gethostname()}:{process.pid}"}
+        try:
+            deadline = time.monotonic() + 30
+            while len(docker_client.containers.list(filters=owner)) < 2:  # the warm pool is up
+                assert time.monotonic() < deadline, "the warm pool did not start"
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+        finally:
+            process.kill()
+            process.wait()
+        stderr.seek(0)
+        assert b"stopping" in stderr.read()
+    assert docker_client.containers.list(all=True, filters=owner) == []
 
 
 @pytest.mark.parametrize(
