@@ -7,6 +7,7 @@ errors whose message tells the model what to change; a program that fails is a s
 # No `from __future__ import annotations`: the SDK evaluates the tools' annotations, which
 # refer to Field objects local to build_server.
 import json
+import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,6 +25,8 @@ from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server.audit import AuditLog
 from agent_sandbox.server.client_limits import ClientLimitError, ClientLimits
 from agent_sandbox.server.content import tool_content
+from agent_sandbox.server.metrics import Metrics
+from agent_sandbox.server.ops import add_routes
 from agent_sandbox.server.workspace_tools import add_workspace_tools
 
 SERVER_NAME = "agent-sandbox"
@@ -42,15 +45,18 @@ ANNOTATIONS = ToolAnnotations(
 
 
 def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
-    """An ``MCPServer`` whose tools run code through ``sandbox``."""
+    """An ``MCPServer`` whose tools run code through ``sandbox``; over HTTP it also serves
+    ``/healthz`` and ``/metrics``."""
     settings = sandbox.settings
     limits = settings.limits
     results = settings.results
+    metrics = Metrics(sandbox)
     calls = _Calls(
         sandbox,
         transport,
         ClientLimits(settings.server.max_runs_per_client, settings.server.runs_per_minute_per_client),
         AuditLog(Path(settings.server.audit_log)) if settings.server.audit_log else None,
+        metrics,
     )
     network = (
         f"only the operator's Docker network {settings.engine.network!r}"
@@ -206,6 +212,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
 
     if settings.workspaces.enabled:
         add_workspace_tools(server, sandbox.workspaces, lambda ctx: _client_of(ctx, transport))
+    add_routes(server, sandbox, metrics)
 
     @server.resource(
         CONFIG_URI,
@@ -238,17 +245,27 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
 
 
 class _Calls:
-    """Runs one tool call: validation, the client's fair share, the run, and the audit record."""
+    """Runs one tool call: validation, the client's fair share, the run, the audit record and
+    the metrics."""
 
-    def __init__(self, sandbox: Sandbox, transport: str, limits: ClientLimits, audit: AuditLog | None):
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        transport: str,
+        limits: ClientLimits,
+        audit: AuditLog | None,
+        metrics: Metrics,
+    ):
         self.sandbox = sandbox
         self.transport = transport
         self.limits = limits
         self.audit = audit
+        self.metrics = metrics
 
     async def run(self, tool: str, ctx: Context, make_request: _RequestFactory) -> CallToolResult:
         client = _client_of(ctx, self.transport)
         request: RunRequest | None = None
+        started = time.monotonic()
         try:
             request = self._validated(make_request)
             with self.limits.admit(client):
@@ -257,11 +274,14 @@ class _Calls:
         except (RequestError, ClientLimitError, EngineError) as exc:
             message = _tool_error_message(exc)
             self._record("refused", tool, client, request, None, message)
+            self.metrics.record_error(tool, exc)
             raise ToolError(message) from None
         except BaseException as exc:  # cancelled by the client, or a bug: still on the record
             self._record("ended", tool, client, request, None, f"interrupted: {type(exc).__name__}")
+            self.metrics.record_error(tool, exc)
             raise
         self._record("finished", tool, client, request, result, None)
+        self.metrics.record_result(tool, result, time.monotonic() - started)
         await ctx.report_progress(len(_STAGES), len(_STAGES), "finished")
         return CallToolResult(
             content=tool_content(result, self.sandbox.settings.results),

@@ -11,7 +11,8 @@ from starlette.types import ASGIApp
 from uvicorn.config import LOGGING_CONFIG
 
 from agent_sandbox.config import ServerSettings
-from agent_sandbox.server.auth import BearerTokenMiddleware, require_token_off_loopback
+from agent_sandbox.server.auth import require_token_off_loopback
+from agent_sandbox.server.ops import behind_token
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 TRANSPORTS: tuple[Transport, ...] = ("stdio", "sse", "streamable-http")
@@ -38,7 +39,8 @@ async def serve(
 
 
 def http_app(server: MCPServer, transport: Transport, host: str, settings: ServerSettings) -> ASGIApp:
-    """The ASGI app of an HTTP transport: body size capped, behind the token when there is one.
+    """The ASGI app of an HTTP transport: body size capped, behind the token when there is one
+    (except ``/healthz``, see ``ops``).
 
     The SDK binds its DNS-rebinding protection to ``host`` (loopback by default)."""
     require_token_off_loopback(host, settings.auth_token)
@@ -47,4 +49,4 @@ def http_app(server: MCPServer, transport: Transport, host: str, settings: Serve
         app: ASGIApp = server.sse_app(host=host, max_request_body_size=body_cap)
     else:
         app = server.streamable_http_app(host=host, max_request_body_size=body_cap)
-    return BearerTokenMiddleware(app, settings.auth_token) if settings.auth_token else app
+    return behind_token(app, settings.auth_token) if settings.auth_token else app

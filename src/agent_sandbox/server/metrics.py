@@ -1,0 +1,120 @@
+"""Prometheus metrics of one server: what its tool calls came to, and the engine's load right now.
+
+Each server has its own ``CollectorRegistry``, so several servers can live in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+from agent_sandbox.engine.docker import EngineBusy
+from agent_sandbox.models import RunResult, ViolationKind
+from agent_sandbox.sandbox import RequestError, Sandbox
+from agent_sandbox.server.client_limits import ClientLimitError
+
+# From a warm snippet (tens of ms) to the longest time limit (300 s), about 1-2-5 per decade.
+DURATION_BUCKETS_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0)
+
+
+class RunOutcome(StrEnum):
+    """How a ``run_python`` / ``run_project`` call ended: the ``outcome`` label of the runs counter."""
+
+    OK = "ok"  # the program exited 0 within its limits
+    PROGRAM_ERROR = "program_error"  # it exited non-zero (or its package install failed), no limit hit
+    LIMIT = "limit"  # it ran into at least one limit (counted by kind in the violations counter)
+    REFUSED = "refused"  # not run: invalid arguments, the package policy, or the client over its share
+    BUSY = "busy"  # not run: every run slot and queue place was taken
+    INFRASTRUCTURE_ERROR = "infrastructure_error"  # the engine failed, or the server had a bug
+    CANCELLED = "cancelled"  # the client cancelled, or the server stopped, before the result
+
+
+def outcome_of(result: RunResult) -> RunOutcome:
+    """The outcome of a call that ran its program."""
+    if result.violations:
+        return RunOutcome.LIMIT
+    return RunOutcome.OK if result.exit_code == 0 else RunOutcome.PROGRAM_ERROR
+
+
+def outcome_of_error(exc: BaseException) -> RunOutcome:
+    """The outcome of a call that ended in ``exc`` instead of a result."""
+    if isinstance(exc, EngineBusy):
+        return RunOutcome.BUSY
+    if isinstance(exc, RequestError | ClientLimitError):
+        return RunOutcome.REFUSED
+    if isinstance(exc, asyncio.CancelledError):  # the server runs on asyncio (uvicorn, anyio.run)
+        return RunOutcome.CANCELLED
+    return RunOutcome.INFRASTRUCTURE_ERROR  # any other EngineError, or a bug
+
+
+class Metrics:
+    """Counts calls as they end; reads gauges from ``sandbox`` at scrape time."""
+
+    def __init__(self, sandbox: Sandbox):
+        self.registry = CollectorRegistry()
+        self._runs = Counter(
+            "agent_sandbox_runs",
+            "Tool calls that run code, by tool and outcome.",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self._violations = Counter(
+            "agent_sandbox_violations",
+            "Limits programs ran into, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in ViolationKind:
+            self._violations.labels(kind=kind.value)  # every kind shows, at 0 until it happens
+        self._duration = Histogram(
+            "agent_sandbox_run_duration_seconds",
+            "Wall time of calls that ran their program, from the request to the result "
+            "(queueing, container start and package install included).",
+            ["tool"],
+            buckets=DURATION_BUCKETS_S,
+            registry=self.registry,
+        )
+        engine, settings = sandbox.engine, sandbox.settings.engine
+        gauges = {
+            "agent_sandbox_runs_in_progress": ("Runs holding a run slot now.", lambda: engine.running),
+            "agent_sandbox_runs_queued": ("Runs waiting for a run slot now.", lambda: engine.queued),
+            "agent_sandbox_run_slots": (
+                "Runs allowed at once (engine.max_concurrent_runs).",
+                lambda: settings.max_concurrent_runs,
+            ),
+            "agent_sandbox_queue_places": (
+                "Runs allowed to wait for a slot (engine.max_queued_runs).",
+                lambda: settings.max_queued_runs,
+            ),
+            "agent_sandbox_warm_pool_ready": (
+                "Warm containers waiting for a job now.",
+                lambda: sandbox.pool.ready if sandbox.pool is not None else 0,
+            ),
+            "agent_sandbox_warm_pool_size": (
+                "Warm containers configured (engine.pool_size).",
+                lambda: settings.pool_size,
+            ),
+        }
+        for name, (documentation, read) in gauges.items():
+            Gauge(name, documentation, registry=self.registry).set_function(read)
+        ProcessCollector(registry=self.registry)
+
+    def record_result(self, tool: str, result: RunResult, seconds: float) -> None:
+        """Count a call that ran its program and returned ``result`` after ``seconds``."""
+        self._runs.labels(tool=tool, outcome=outcome_of(result)).inc()
+        self._duration.labels(tool=tool).observe(seconds)
+        for violation in result.violations:
+            self._violations.labels(kind=violation.kind.value).inc()
+
+    def record_error(self, tool: str, exc: BaseException) -> None:
+        """Count a call that ended in ``exc`` instead of a result."""
+        self._runs.labels(tool=tool, outcome=outcome_of_error(exc)).inc()
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The metrics in the format the ``Accept`` header asks for (Prometheus text by default),
+        and its content type."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
