@@ -11,7 +11,7 @@ import pytest
 from docker.models.containers import Container
 
 from agent_sandbox.config import EngineSettings, Settings
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, EngineBusy
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, EngineBusy, owner_id
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import snippet
 
@@ -117,30 +117,31 @@ async def test_concurrent_runs_do_not_see_each_other(sandbox: Sandbox) -> None:
 def test_leftovers_of_a_dead_owner_are_removed_and_live_owners_kept(
     docker_client: docker.DockerClient, engine: DockerEngine
 ) -> None:
-    host = socket.gethostname()
-
     def labelled(owner: str) -> Container:
         return docker_client.containers.create(
             engine.settings.image_of("minimal"), ["sleep", "60"], labels={LABEL: "1", OWNER_LABEL: owner}
         )
 
-    dead = labelled(f"{host}:999999999")
-    alive_here = labelled(f"{host}:1")
-    elsewhere = labelled("another-host:42")
+    dead = labelled(owner_id(999999999))
+    alive_here = labelled(owner_id(1))
+    elsewhere = labelled("another-host/pidns:1:42")
+    # Same host name, another PID namespace (a server container run with --uts host): its pids
+    # mean nothing here, so only age may remove its containers.
+    same_name_other_namespace = labelled(f"{socket.gethostname()}/pidns:1:999999999")
     try:
         assert engine.remove_leftovers(older_than_s=600) == 1
         remaining = {
             c.id for c in docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
         }
         assert dead.id not in remaining
-        assert {alive_here.id, elsewhere.id} <= remaining
+        assert {alive_here.id, elsewhere.id, same_name_other_namespace.id} <= remaining
         # Older than any run can last: nobody will remove these, so the reaper does.
-        assert engine.remove_leftovers(older_than_s=0) == 2
+        assert engine.remove_leftovers(older_than_s=0) == 3
         remaining = {
             c.id for c in docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
         }
-        assert not {alive_here.id, elsewhere.id} & remaining
+        assert not {alive_here.id, elsewhere.id, same_name_other_namespace.id} & remaining
     finally:
-        for container in (dead, alive_here, elsewhere):
+        for container in (dead, alive_here, elsewhere, same_name_other_namespace):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)

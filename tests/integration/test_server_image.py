@@ -60,7 +60,7 @@ def server_name(docker_client: docker.DockerClient) -> Iterator[str]:
 def owned_by(client: docker.DockerClient, server: str) -> list[str]:
     sandboxes = client.api.containers(all=True, filters={"label": LABEL})
     return [
-        c["Id"] for c in sandboxes if (c.get("Labels") or {}).get(OWNER_LABEL, "").startswith(f"{server}:")
+        c["Id"] for c in sandboxes if (c.get("Labels") or {}).get(OWNER_LABEL, "").startswith(f"{server}/")
     ]
 
 

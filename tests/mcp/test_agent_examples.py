@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import runpy
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import sys
 import docker
 import pytest
 
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, owner_id
 
 from .conftest import ROOT
 
@@ -42,10 +41,11 @@ def orphans(client: docker.DockerClient, before: set[str]) -> list[str]:
     """Containers that appeared since `before` and outlived the server (on this host) that made them.
     Other tests' live servers may run containers meanwhile: those owners are still alive."""
     left = []
+    here = owner_id().rpartition(":")[0]
     for summary in client.api.containers(all=True, filters={"label": LABEL}):
-        host, _, pid = (summary.get("Labels") or {}).get(OWNER_LABEL, "").rpartition(":")
+        place, _, pid = (summary.get("Labels") or {}).get(OWNER_LABEL, "").rpartition(":")
         alive = pid.isdigit() and os.path.exists(f"/proc/{pid}")
-        if summary["Id"] not in before and host == socket.gethostname() and not alive:
+        if summary["Id"] not in before and place == here and not alive:
             left.append(summary["Names"][0].lstrip("/"))
     return left
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 
-from agent_sandbox.engine.docker import OWNER_LABEL
+from agent_sandbox.engine.docker import OWNER_LABEL, owner_id
 from tests.helpers import TOOLS
 
 from .conftest import ROOT, serving
@@ -136,7 +135,7 @@ def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(
             stderr=stderr,
             cwd=ROOT,
         )
-        owner = {"label": f"{OWNER_LABEL}={socket.gethostname()}:{process.pid}"}
+        owner = {"label": f"{OWNER_LABEL}={owner_id(process.pid)}"}
         try:
             deadline = time.monotonic() + 30
             while len(docker_client.containers.list(filters=owner)) < 2:  # the warm pool is up

@@ -92,9 +92,13 @@ class EngineBusy(EngineError):
     """Every run slot and every queue place is taken."""
 
 
-def owner_id() -> str:
-    """Identifies this process in container labels, to tell our leftovers from live runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def owner_id(pid: int | None = None) -> str:
+    """Identifies a process (this one by default) in container labels, to tell our leftovers
+    from live runs: ``HOST/pidns:N:PID``. The PID namespace is part of it, so a server that
+    shares the host's name but not its pids (a container run with ``--uts host``) never takes
+    another's live containers for orphans."""
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    return f"{socket.gethostname()}/pidns:{namespace}:{pid or os.getpid()}"
 
 
 def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
@@ -231,19 +235,19 @@ class DockerEngine:
     def remove_leftovers(self, older_than_s: float) -> int:
         """Remove sandbox containers that no live process will remove; returns how many.
 
-        That is: those of a process on this host that has ended, and any older than
+        That is: those of a process in this host's PID namespace that has ended, and any older than
         ``older_than_s`` (longer than a run and a warm wait can last), whoever made them. A live
         server elsewhere on the same engine keeps its containers."""
-        host = socket.gethostname()
+        here = self.owner.rpartition(":")[0]  # this host and PID namespace
         now = time.time()
         removed = 0
         # The plain list (no per-container inspect) cannot race with containers going away.
         for summary in self.client.api.containers(all=True, filters={"label": LABEL}):
             owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
-            owner_host, _, pid = owner.rpartition(":")
+            owner_place, _, pid = owner.rpartition(":")
             if owner == self.owner:
                 continue
-            orphaned = owner_host == host and not _process_alive(pid)
+            orphaned = owner_place == here and not _process_alive(pid)
             if orphaned or now - float(summary.get("Created", 0)) > older_than_s:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     self.client.api.remove_container(summary["Id"], force=True)
