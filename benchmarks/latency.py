@@ -181,7 +181,7 @@ async def main() -> None:
         median = statistics.median(samples)
         print(f"{name:40} {median:10.1f} {p95(samples):8.1f} {median / baseline:13.2f}")
     if options.chart:
-        title = f"run_python hello world, {datetime.date.today()}, {machine}, {runs} calls each"
+        title = f"run_python hello world, {datetime.date.today()}\n{machine}, {runs} calls each"
         latency_chart(
             {name: (statistics.median(s), p95(s)) for name, s in latency.items()}, title, options.chart
         )

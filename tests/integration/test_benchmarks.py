@@ -1,0 +1,44 @@
+"""The benchmarks still run, end to end, on a few calls each: the README's numbers and chart come
+from them. No timing is asserted here; the numbers are measured by running them in full."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path) -> None:
+    chart = tmp_path / "latency.png"
+    out = bench("benchmarks/latency.py", "--runs", "2", "--gap", "0", "--calls", "4", "--chart", str(chart))
+    for row in ("warm pool", "pool off (cold)", "engine in-process", "docker run", "host /usr/bin/python3"):
+        assert row in out
+    assert "4 calls, 8 concurrent clients" in out
+    assert chart.read_bytes().startswith(PNG_SIGNATURE)
+    assert chart.stat().st_size > 10_000  # a drawn chart, not an empty canvas
+
+
+@pytest.mark.parametrize(
+    ("script", "rows"),
+    [
+        ("benchmarks/packages.py", ("requirements=['six']", "datascience profile", "docker run")),
+        ("benchmarks/workspaces.py", ("no workspace", "run in the workspace")),
+    ],
+)
+def test_the_other_benchmarks_run(script: str, rows: tuple[str, ...]) -> None:
+    out = bench(script, "--runs", "2", "--gap", "0")
+    for row in rows:
+        assert row in out

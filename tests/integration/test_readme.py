@@ -1,0 +1,174 @@
+"""Every command in the README is exercised: run here verbatim, shown here to print what the
+README says it prints, or named with the test (or CI step) that runs it.
+
+The commands are every line of the README's `sh` and `console` blocks, the commands in its
+Troubleshooting table, and the `claude mcp add` line (Claude Code is not on a CI machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+README = (ROOT / "README.md").read_text()
+AGENTS = ROOT / "examples" / "agents"
+VERBATIM = "tests/integration/test_readme.py::test_the_command_runs_as_written"
+TRANSCRIPT = "tests/integration/test_readme.py::test_the_command_prints_what_the_readme_shows"
+CI = "CI: .ci/run runs `make test`, which runs the `engine`, `image`, `lint` and test targets"
+
+# Where each command is exercised. A command added to the README without an entry here, or an
+# entry whose command left the README, fails test_every_readme_command_is_exercised.
+EXERCISED = {
+    "make image": VERBATIM,
+    "make serve": VERBATIM,
+    "make test": CI,
+    "bash scripts/ensure-engine.sh": CI,
+    ".venv/bin/agent-sandbox doctor": TRANSCRIPT,
+    ".venv/bin/agent-sandbox image build": VERBATIM,
+    "agent-sandbox serve": VERBATIM,
+    "docker ps -a --filter label=io.agent-sandbox": VERBATIM,
+    ".venv/bin/pip config list": VERBATIM,
+    ".venv/bin/agent-sandbox run examples/hello.py -- a b": TRANSCRIPT,
+    ".venv/bin/agent-sandbox run --timeout 1 --out results examples/slow.py": TRANSCRIPT,
+    ".venv/bin/python examples/agents/python_client.py": (
+        "tests/mcp/test_examples.py::test_the_python_client_example_runs_both_tools"
+    ),
+    ".venv/bin/python examples/agents/pydantic_ai_agent.py": (
+        "tests/mcp/test_agent_examples.py::test_the_example_answers_with_what_the_sandbox_computed"
+    ),
+    ".venv/bin/python examples/agents/openai_agents_sdk.py": (
+        "tests/mcp/test_agent_examples.py::test_the_example_answers_with_what_the_sandbox_computed"
+    ),
+    # Needs a real key; the test runs the same path up to where the key is checked.
+    "AGENT_MODEL=openai:gpt-4o OPENAI_API_KEY=sk-... .venv/bin/python examples/agents/pydantic_ai_agent.py": (
+        "tests/mcp/test_agent_examples.py::test_a_model_without_a_key_fails_before_any_request"
+    ),
+    "claude mcp add agent-sandbox -- /ABSOLUTE/PATH/TO/agent-sandbox/.venv/bin/agent-sandbox serve": (
+        "tests/integration/test_readme.py::test_the_client_configs_start_the_server_the_readme_starts"
+    ),
+    # The transport tests start exactly these, each on a free port instead of 8000.
+    "agent-sandbox serve --transport streamable-http --port 8000": "tests/mcp/test_transports.py::test_streamable_http",
+    "agent-sandbox serve --transport sse --port 8000": "tests/mcp/test_transports.py::test_sse",
+    "curl http://127.0.0.1:8000/healthz": "tests/mcp/test_ops.py::test_healthz_reports_the_engine_the_images_and_the_pool",
+    'curl -H "Authorization: Bearer $AGENT_SANDBOX_SERVER__AUTH_TOKEN" http://127.0.0.1:8000/metrics': (
+        "tests/mcp/test_ops.py::test_with_a_token_metrics_need_it_and_healthz_does_not"
+    ),
+    # The target runs scripts/build-server-image.sh, which the test runs for its own tag.
+    "make server-image": (
+        "tests/integration/test_server_image.py::test_an_mcp_client_runs_python_through_the_server_image"
+    ),
+    'docker run -i --rm --network none -v /var/run/docker.sock:/var/run/docker.sock --group-add "$(stat -c %g /var/run/docker.sock)" agent-sandbox-server:latest': (
+        "tests/integration/test_readme.py::test_the_client_configs_start_the_server_the_readme_starts"
+    ),
+    ".venv/bin/python benchmarks/latency.py --chart docs/latency.png": (
+        "tests/integration/test_benchmarks.py::test_latency_runs_every_row_and_draws_the_chart"
+    ),
+    ".venv/bin/python benchmarks/packages.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
+    ".venv/bin/python benchmarks/workspaces.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
+}
+TYPED = ("make ", ".venv/bin/", "bash ", "docker ", "curl ")
+
+
+def readme_commands() -> list[str]:
+    commands = []
+    for language, body in re.findall(r"```(sh|console)\n(.*?)```", README, re.S):
+        for line in body.replace("\\\n", " ").splitlines():
+            if language == "console":
+                commands += [line.removeprefix("$ ")] if line.startswith("$ ") else []
+            elif line.strip() and not line.startswith("#"):
+                commands.append(" ".join(line.split("  #")[0].split()))
+    troubleshooting = README.split("\n## Troubleshooting\n")[1].split("\n## ")[0]
+    spans = re.findall(r"`([^`\n]+)`", troubleshooting)
+    commands += [span for span in spans if span.startswith(TYPED) and " " in span]  # not a bare path
+    commands += [span for span in re.findall(r"`(claude [^`\n]+)`", README)]
+    return commands
+
+
+def test_every_readme_command_is_exercised() -> None:
+    commands = set(readme_commands())
+    assert commands - EXERCISED.keys() == set(), "README commands no test exercises"
+    assert EXERCISED.keys() - commands == set(), "entries for commands the README no longer has"
+    for where in set(EXERCISED.values()) - {CI}:
+        path, _, name = where.partition("::")
+        assert f"def {name}(" in (ROOT / path).read_text(), f"{where} does not exist"
+
+
+def shell(command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` as a person would in a shell in ``cwd``, with the venv's commands on PATH."""
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    return subprocess.run(
+        ["bash", "-c", command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize("command", [command for command, where in EXERCISED.items() if where == VERBATIM])
+def test_the_command_runs_as_written(command: str) -> None:
+    """Servers among them serve over stdio, so a closed stdin ends them cleanly."""
+    done = shell(command)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    if "serve" in command:
+        assert "serving MCP over stdio" in done.stderr
+
+
+def transcripts() -> dict[str, list[str]]:
+    """Each `$ command` of the console blocks, with the lines the README shows it printing."""
+    shown: dict[str, list[str]] = {}
+    for body in re.findall(r"```console\n(.*?)```", README, re.S):
+        for line in body.splitlines():
+            if line.startswith("$ "):
+                command = line.removeprefix("$ ")
+                shown[command] = []
+            elif line:
+                shown[command].append(line)
+    return shown
+
+
+def normalised(line: str) -> str:
+    """Without what changes from run to run: durations, versions, dates, sizes."""
+    line = re.sub(r"\d+\.\d+ s\b", "N s", line)
+    line = re.sub(r"Docker \S+ at", "Docker V at", line)
+    return re.sub(r"\(\d+ MB, built [^)]*\)", "(N MB, built T)", line)
+
+
+@pytest.mark.parametrize("command", [command for command, where in EXERCISED.items() if where == TRANSCRIPT])
+def test_the_command_prints_what_the_readme_shows(command: str, tmp_path: Path) -> None:
+    # A scratch folder with the examples and the venv, so files the command saves land there.
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    done = shell(command, cwd=tmp_path)
+    printed = [normalised(line) for line in (done.stdout + done.stderr).splitlines() if line]
+    shown = [normalised(line) for line in transcripts()[command]]
+    assert len(printed) == len(shown), printed
+    for line, expected in zip(printed, shown, strict=True):
+        if expected.endswith(" ..."):  # the README cuts a long note short
+            assert line.startswith(expected.removesuffix(" ...")), line
+        elif command.endswith("doctor") and expected.startswith("ok    runtime"):
+            assert line.startswith("ok    runtime    runc ("), line  # the engine's runtimes differ by machine
+        else:
+            assert line == expected
+
+
+def test_the_client_configs_start_the_server_the_readme_starts() -> None:
+    desktop = json.loads((AGENTS / "claude_desktop_config.json").read_text())["mcpServers"]["agent-sandbox"]
+    shown = json.loads(re.findall(r"```json\n(\{\n  \"mcpServers\".*?)```", README, re.S)[0])
+    assert shown["mcpServers"]["agent-sandbox"] == desktop
+    claude_code = next(command for command in readme_commands() if command.startswith("claude mcp add"))
+    assert shlex.split(claude_code.partition(" -- ")[2]) == [desktop["command"], *desktop["args"]]
+
+    docker_run = next(command for command in readme_commands() if command.startswith("docker run"))
+    argv = shlex.split(docker_run.replace('"$(stat -c %g /var/run/docker.sock)"', "DOCKER_SOCKET_GID"))
+    in_docker = json.loads((AGENTS / "claude_desktop_docker.json").read_text())["mcpServers"]["agent-sandbox"]
+    assert argv == [in_docker["command"], *in_docker["args"]]
