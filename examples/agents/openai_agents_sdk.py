@@ -12,7 +12,6 @@ nothing leaves the machine. `--model` or `AGENT_MODEL` takes an OpenAI model nam
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -23,30 +22,14 @@ from agents import Agent, Model, Runner, ToolCallItem, ToolCallOutputItem, set_t
 from agents.mcp import MCPServerStdio
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
 from openai.types.responses import ResponseFunctionToolCall
-
-SALES = {"Jan": 4210, "Feb": 3987, "Mar": 4633, "Apr": 5012, "May": 4876, "Jun": 5390,
-         "Jul": 6125, "Aug": 5874, "Sep": 5011, "Oct": 4702, "Nov": 5583, "Dec": 5940}  # fmt: skip
-QUESTION = (
-    f"Monthly sales: {SALES}. Which month had the highest sales, and what is the sample standard "
-    "deviation of the monthly sales, to 4 decimals?"
-)
-INSTRUCTIONS = "Compute every number with the run_python tool; never estimate."
-# The scripted model's program. Its last expression comes back as the result's `return_value`.
-CODE = f"""import statistics
-sales = {SALES!r}
-best = max(sales, key=sales.get)
-{{"best_month": best, "stdev": f"{{statistics.stdev(sales.values()):.4f}}"}}"""
+from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, summary
 
 
 def answer_from_tool_output(call: ModelCall) -> ModelStep:
     """Turn 2: answer from the run_python output in the model's input, never from CODE."""
     outputs = [item for item in call.input if item.get("type") == "function_call_output"]
     result = json.loads(outputs[-1]["output"])  # the tool's structured result, as JSON text
-    if result.get("exit_code") != 0:
-        return ModelStep(output=[assistant_message(f"The sandbox run failed: {result!r}")])
-    found = ast.literal_eval(result["return_value"])
-    answer = f"{found['best_month']} had the highest sales; the sample standard deviation is {found['stdev']}"
-    return ModelStep(output=[assistant_message(answer)])
+    return ModelStep(output=[assistant_message(answer(result))])
 
 
 def choose_model(name: str | None) -> Model | str:
@@ -59,14 +42,12 @@ def choose_model(name: str | None) -> Model | str:
     return name
 
 
-def summary(output: object) -> str:
-    """A log line for a run_python result."""
+def parsed(output: object) -> object:
+    """A tool output as the SDK hands it over: the structured result as JSON text."""
     try:
-        result = json.loads(str(output))
+        return json.loads(str(output))
     except ValueError:
-        return repr(output)[:300]
-    shown = ("exit_code", "stdout", "stderr", "return_value", "error")
-    return ", ".join(f"{key}={result[key]!r}" for key in shown if result.get(key) not in (None, ""))
+        return output
 
 
 async def main() -> None:
@@ -90,7 +71,7 @@ async def main() -> None:
             code = str(json.loads(item.raw_item.arguments).get("code", ""))
             print(f"  -> {item.raw_item.name}, code:\n{textwrap.indent(code, '     | ')}")
         elif isinstance(item, ToolCallOutputItem):
-            print(f"  <- {summary(item.output)}")
+            print(f"  <- {summary(parsed(item.output))}")
     print("answer:", result.final_output)
 
 

@@ -12,7 +12,6 @@ Needs the `examples` extra (`make venv` installs it).
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import textwrap
@@ -25,19 +24,7 @@ from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-
-SALES = {"Jan": 4210, "Feb": 3987, "Mar": 4633, "Apr": 5012, "May": 4876, "Jun": 5390,
-         "Jul": 6125, "Aug": 5874, "Sep": 5011, "Oct": 4702, "Nov": 5583, "Dec": 5940}  # fmt: skip
-QUESTION = (
-    f"Monthly sales: {SALES}. Which month had the highest sales, and what is the sample standard "
-    "deviation of the monthly sales, to 4 decimals?"
-)
-INSTRUCTIONS = "Compute every number with the run_python tool; never estimate."
-# The scripted model's program. Its last expression comes back as the result's `return_value`.
-CODE = f"""import statistics
-sales = {SALES!r}
-best = max(sales, key=sales.get)
-{{"best_month": best, "stdev": f"{{statistics.stdev(sales.values()):.4f}}"}}"""
+from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, summary
 
 
 def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -45,12 +32,8 @@ def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
     returns = [part for message in messages for part in message.parts if isinstance(part, ToolReturnPart)]
     if not returns:
         return ModelResponse(parts=[ToolCallPart("run_python", {"code": CODE})])
-    result: object = returns[-1].content  # the structured result, as a dict
-    if not isinstance(result, dict) or result.get("exit_code") != 0:
-        return ModelResponse(parts=[TextPart(f"The sandbox run failed: {result!r}")])
-    found = ast.literal_eval(result["return_value"])
-    answer = f"{found['best_month']} had the highest sales; the sample standard deviation is {found['stdev']}"
-    return ModelResponse(parts=[TextPart(answer)])
+    result = returns[-1].content  # the structured result, as a dict
+    return ModelResponse(parts=[TextPart(answer(result) if isinstance(result, dict) else repr(result))])
 
 
 def choose_model(name: str | None) -> Model:
@@ -60,14 +43,6 @@ def choose_model(name: str | None) -> Model:
         return infer_model(name)  # an unknown name or a missing key fails here, before any request
     except UserError as error:
         sys.exit(f"cannot use model {name!r}: {error}")
-
-
-def summary(result: object) -> str:
-    """A log line for a run_python result."""
-    if not isinstance(result, dict):
-        return repr(result)[:300]
-    shown = ("exit_code", "stdout", "stderr", "return_value", "error")
-    return ", ".join(f"{key}={result[key]!r}" for key in shown if result.get(key) not in (None, ""))
 
 
 async def main() -> None:
