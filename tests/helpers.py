@@ -15,7 +15,7 @@ from mcp import Client
 from pydantic import BaseModel
 
 from agent_sandbox.config import EngineSettings, Settings
-from agent_sandbox.engine.docker import DockerEngine
+from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine, owner_id
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
 
@@ -29,6 +29,11 @@ TOOLS = {
     "workspace_read",
     "workspace_delete",
 }
+
+
+def owned_by(pid: int) -> dict[str, str]:
+    """A Docker filter for the containers the server process ``pid`` (on this host) made."""
+    return {"label": f"{OWNER_LABEL}={owner_id(pid)}"}
 
 
 def cold_sandbox(engine: DockerEngine, **sections: BaseModel) -> Sandbox:

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m agent_sandbox``."""
     options = _parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if options.verbose else logging.INFO,
+        level=logging.DEBUG if options.verbose else options.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--image", help="Image profile (default: the configured engine.profile).")
     run.add_argument("args", nargs="*", help="Arguments for the program (after --).")
-    run.set_defaults(handler=_run)
+    # A person running a program wants its output and the status line, not the service's news.
+    run.set_defaults(handler=_run, log_level=logging.WARNING)
 
     image = commands.add_parser("image", help="Manage the sandbox image.")
     image_commands = image.add_subparsers(required=True, metavar="ACTION")
@@ -113,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(handler=_doctor)
     # `agent-sandbox` with no command serves MCP over stdio, as MCP clients expect.
-    parser.set_defaults(handler=_serve, transport="stdio", host="127.0.0.1", port=8000)
+    parser.set_defaults(
+        handler=_serve, transport="stdio", host="127.0.0.1", port=8000, log_level=logging.INFO
+    )
     return parser
 
 
@@ -220,15 +223,18 @@ def _project_file(path: Path, name: str) -> ProjectFile:
 
 def _write_live(stream: int, data: bytes) -> None:
     out = sys.stdout if stream == 1 else sys.stderr
-    out.buffer.write(data)
-    out.flush()
+    try:
+        out.buffer.write(data)
+        out.flush()
+    except BrokenPipeError:
+        # The reader left (`| head`): the run goes on; what it prints goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
 
 
 async def _show_long_steps(stage: str) -> None:
     """Say so on stderr when a run waits on something slower than starting a container."""
-    waits = {"resolving": "fetching wheels for the requirements ...", "queued": "waiting for a free slot ..."}
-    if stage in waits:
-        print(f"[agent-sandbox] {waits[stage]}", file=sys.stderr, flush=True)
+    if stage == "resolving":
+        print("[agent-sandbox] fetching wheels for the requirements ...", file=sys.stderr, flush=True)
 
 
 def _save_files(result: RunResult, folder: Path) -> list[str]:

@@ -40,13 +40,13 @@ def checks(settings: Settings, config_source: str) -> Iterator[Check]:
     yield _config(settings, config_source)
     engine = DockerEngine(settings.engine)
     try:
-        version = str(engine.client.version().get("Version", "?"))
+        version = engine.version()
         info: dict[str, Any] = engine.client.info()
     except EngineError as exc:
         yield Check("FAIL", "engine", str(exc))
         return
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        yield Check("FAIL", "engine", unreachable(exc))
+        yield Check("FAIL", "engine", unreachable(exc))  # it went away between the two calls
         return
     where = settings.engine.docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     yield Check("ok", "engine", f"Docker {version} at {where}")
@@ -95,13 +95,9 @@ def _images(engine: DockerEngine, settings: Settings) -> Generator[Check, None, 
     for profile in settings.engine.profiles:
         image = settings.engine.image_of(profile)
         try:
-            attrs = engine.client.images.get(image).attrs
-        except docker.errors.ImageNotFound:
-            yield Check(
-                "FAIL",
-                "image",
-                f"{image} is missing: build it with `agent-sandbox image build --profile {profile}`",
-            )
+            attrs = engine.image_attrs(image)
+        except EngineError as exc:
+            yield Check("FAIL", "image", str(exc))
             continue
         present.add(image)
         created = datetime.datetime.fromisoformat(attrs["Created"][:19]).strftime("%Y-%m-%d %H:%M")
@@ -121,8 +117,12 @@ def _trial_run(sandbox: Sandbox, settings: Settings) -> Iterator[Check]:
     if result.exit_code != 0:
         yield Check("FAIL", "trial run", f"exit {result.exit_code}: {result.stderr[-500:]}")
         return
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        yield Check("FAIL", "trial run", f"the posture probe printed no report: {result.stdout[-500:]!r}")
+        return
     yield Check("ok", "trial run", f"the posture probe ran in {result.duration_s:.2f} s")
-    report = json.loads(result.stdout)
     problems = posture_problems(report, settings)
     for problem in problems:
         yield Check("FAIL", "posture", problem)

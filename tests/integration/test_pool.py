@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -13,9 +12,9 @@ import docker
 import pytest
 
 from agent_sandbox.config import EngineSettings, LimitSettings, Settings
-from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import snippet, stdio_server
+from tests.helpers import owned_by, snippet, stdio_server
 
 pytestmark = pytest.mark.anyio
 
@@ -133,7 +132,7 @@ async def test_a_pool_of_size_0_is_off(engine: DockerEngine) -> None:
 
 def test_start_up_removes_the_pool_of_a_server_that_was_killed(engine: DockerEngine) -> None:
     server = stdio_server()
-    owner_filter = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{server.pid}"}
+    owner_filter = owned_by(server.pid)
     try:
         deadline = time.monotonic() + 30
         while len(engine.client.containers.list(all=True, sparse=True, filters=owner_filter)) < 2:
@@ -149,7 +148,7 @@ def test_start_up_removes_the_pool_of_a_server_that_was_killed(engine: DockerEng
 
 def test_a_server_stopped_with_sigterm_leaves_no_container(engine: DockerEngine) -> None:
     server = stdio_server()
-    owner_filter = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{server.pid}"}
+    owner_filter = owned_by(server.pid)
     deadline = time.monotonic() + 30
     while len(engine.client.containers.list(all=True, sparse=True, filters=owner_filter)) < 2:
         assert time.monotonic() < deadline, "the server's pool did not fill"

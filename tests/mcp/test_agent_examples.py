@@ -15,7 +15,7 @@ import sys
 import docker
 import pytest
 
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, owner_id
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, owner_id, owner_place
 
 from .conftest import ROOT
 
@@ -41,11 +41,12 @@ def orphans(client: docker.DockerClient, before: set[str]) -> list[str]:
     """Containers that appeared since `before` and outlived the server (on this host) that made them.
     Other tests' live servers may run containers meanwhile: those owners are still alive."""
     left = []
-    here = owner_id().rpartition(":")[0]
+    here = owner_place(owner_id())
     for summary in client.api.containers(all=True, filters={"label": LABEL}):
-        place, _, pid = (summary.get("Labels") or {}).get(OWNER_LABEL, "").rpartition(":")
+        owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
+        pid = owner.rpartition(":")[2]
         alive = pid.isdigit() and os.path.exists(f"/proc/{pid}")
-        if summary["Id"] not in before and place == here and not alive:
+        if summary["Id"] not in before and owner_place(owner) == here and not alive:
             left.append(summary["Names"][0].lstrip("/"))
     return left
 
@@ -54,7 +55,7 @@ def orphans(client: docker.DockerClient, before: set[str]) -> list[str]:
 def test_the_example_answers_with_what_the_sandbox_computed(
     name: str, engine: DockerEngine, docker_client: docker.DockerClient
 ) -> None:
-    sales = runpy.run_path(str(AGENTS / name))["SALES"]
+    sales = runpy.run_path(str(AGENTS / "sales_question.py"))["SALES"]
     best = max(sales, key=sales.get)
     stdev = f"{statistics.stdev(sales.values()):.4f}"
     before = {c["Id"] for c in docker_client.api.containers(all=True, filters={"label": LABEL})}

@@ -16,9 +16,9 @@ import pytest
 from mcp import Client
 
 from agent_sandbox.config import Settings
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import stdio_server
+from tests.helpers import owned_by, stdio_server
 
 from .conftest import ROOT, serving
 
@@ -28,7 +28,7 @@ SLOW = "import time\nprint('started', flush=True)\ntime.sleep(60)"
 
 
 def our_containers(engine: DockerEngine, pid: int | None = None) -> list[Any]:
-    label = f"{OWNER_LABEL}={os.uname().nodename}:{pid}" if pid else LABEL
+    label = owned_by(pid)["label"] if pid else LABEL
     return list(engine.client.containers.list(all=True, sparse=True, filters={"label": label}))
 
 

@@ -5,7 +5,6 @@ server's memory stays bounded (its peak RSS is printed for the record)."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from typing import Any
 
@@ -13,7 +12,8 @@ import anyio
 import pytest
 from mcp import Client
 
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.docker import LABEL, DockerEngine
+from tests.helpers import owned_by
 
 from .conftest import serving
 
@@ -59,7 +59,7 @@ async def test_300_mixed_runs_from_16_clients_each_get_their_own_result(engine: 
                     group.start_soon(client_session)
         peak = peak_rss_mib(process.pid)
         # Before the server stops (its shutdown would sweep leftovers): nothing left over now.
-        owner = {"label": f"{OWNER_LABEL}={os.uname().nodename}:{process.pid}"}
+        owner = owned_by(process.pid)
 
         def only_the_warm_pool_is_left() -> bool:
             left = engine.client.containers.list(all=True, sparse=True, filters=owner)

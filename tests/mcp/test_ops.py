@@ -191,7 +191,7 @@ async def test_healthz_answers_503_naming_what_is_wrong_and_the_fix(
         repository = f"agent-sandbox-missing-{secrets.token_hex(4)}"
         settings = Settings(engine=EngineSettings(pool_size=0, image_repository=repository))
         sandbox = Sandbox(settings, engine)
-        problem = f"the sandbox image {repository}:minimal is not on the Docker engine; build it with `agent-sandbox image build`"
+        problem = f"the sandbox image {repository}:minimal is not on the Docker engine; build it with `agent-sandbox image build --profile minimal`"
     else:
         settings = Settings(engine=EngineSettings(pool_size=0, docker_host="unix:///nonexistent.sock"))
         sandbox = Sandbox(settings)  # an engine of its own, which nothing answers
@@ -203,7 +203,8 @@ async def test_healthz_answers_503_naming_what_is_wrong_and_the_fix(
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert body["engine"] == {"version": None}
+    # The engine's version is known whenever the engine answered.
+    assert body["engine"] == {"version": engine.version() if broken == "image" else None}
     assert body["images"]["minimal"]["present"] is (False if broken == "image" else None)
     assert len(body["problems"]) == 1
     assert body["problems"][0].startswith(problem)

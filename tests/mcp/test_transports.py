@@ -16,8 +16,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 
-from agent_sandbox.engine.docker import OWNER_LABEL, owner_id
-from tests.helpers import TOOLS
+from tests.helpers import TOOLS, owned_by
 
 from .conftest import ROOT, serving
 
@@ -135,7 +134,7 @@ def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(
             stderr=stderr,
             cwd=ROOT,
         )
-        owner = {"label": f"{OWNER_LABEL}={owner_id(process.pid)}"}
+        owner = owned_by(process.pid)
         try:
             deadline = time.monotonic() + 30
             while len(docker_client.containers.list(filters=owner)) < 2:  # the warm pool is up

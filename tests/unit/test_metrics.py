@@ -9,13 +9,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import EngineBusy, EngineError, EngineUnavailable, ImageMissing
-from agent_sandbox.models import Violation, ViolationKind
+from agent_sandbox.models import InstallReport, Violation, ViolationKind
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server.client_limits import ClientLimitError
 from agent_sandbox.server.metrics import Metrics, RunOutcome, outcome_of, outcome_of_error
 from tests.unit.test_results import result
 
 TIMEOUT = Violation(kind=ViolationKind.TIMEOUT, limit="1 s", message="stopped after 1 s")
+FAILED_INSTALL = InstallReport(
+    requirements=["nope"], wheels=[], from_cache=False, resolve_s=0, install_s=0, ok=False, output="failed"
+)
 MEMORY = Violation(kind=ViolationKind.MEMORY, limit="128 MiB", message="killed at 128 MiB")
 
 
@@ -24,7 +27,8 @@ MEMORY = Violation(kind=ViolationKind.MEMORY, limit="128 MiB", message="killed a
     [
         ({"exit_code": 0}, RunOutcome.OK),
         ({"exit_code": 1}, RunOutcome.PROGRAM_ERROR),
-        ({"exit_code": None}, RunOutcome.PROGRAM_ERROR),  # never started: its install failed
+        ({"exit_code": None, "install": FAILED_INSTALL}, RunOutcome.PROGRAM_ERROR),  # never started
+        ({"exit_code": None}, RunOutcome.INFRASTRUCTURE_ERROR),  # the engine could not say how it ended
         ({"exit_code": 137, "violations": [TIMEOUT]}, RunOutcome.LIMIT),
         ({"exit_code": 0, "violations": [MEMORY]}, RunOutcome.LIMIT),  # a child was killed, not main
     ],

@@ -96,9 +96,17 @@ def owner_id(pid: int | None = None) -> str:
     """Identifies a process (this one by default) in container labels, to tell our leftovers
     from live runs: ``HOST/pidns:N:PID``. The PID namespace is part of it, so a server that
     shares the host's name but not its pids (a container run with ``--uts host``) never takes
-    another's live containers for orphans."""
-    namespace = os.stat("/proc/self/ns/pid").st_ino
+    another's live containers for orphans. Without /proc (macOS, Windows) N is 0."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
     return f"{socket.gethostname()}/pidns:{namespace}:{pid or os.getpid()}"
+
+
+def owner_place(owner: str) -> str:
+    """The host and PID namespace part of an ``owner_id``: where its pid means something."""
+    return owner.rpartition(":")[0]
 
 
 def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
@@ -218,19 +226,31 @@ class DockerEngine:
 
     def check(self, image: str) -> str:
         """Fail with a fix unless the engine answers and ``image`` is present; returns its version."""
+        version = self.version()
+        self.image_attrs(image)
+        return version
+
+    def version(self) -> str:
+        """The engine's version; fails with a fix unless it answers over a transport we support."""
         if self.client.api.base_url.startswith(("https://", "http+docker://ssh")):
             raise EngineUnavailable(
                 f"the Docker engine at {self.client.api.base_url} is reached over TLS or SSH, which "
                 "agent-sandbox does not support yet; use the local socket or a plain tcp:// address"
             )
         try:
-            version = str(self.client.version().get("Version", "?"))
-            self.client.images.get(image)
+            return str(self.client.version().get("Version", "?"))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineUnavailable(unreachable(exc)) from None
+
+    def image_attrs(self, image: str) -> dict[str, Any]:
+        """What the engine knows of ``image``; ``ImageMissing``, with how to build it, if absent."""
+        try:
+            attrs: dict[str, Any] = self.client.images.get(image).attrs
         except docker.errors.ImageNotFound:
             raise _image_missing(image) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(unreachable(exc)) from None
-        return version
+        return attrs
 
     def remove_leftovers(self, older_than_s: float) -> int:
         """Remove sandbox containers that no live process will remove; returns how many.
@@ -238,16 +258,15 @@ class DockerEngine:
         That is: those of a process in this host's PID namespace that has ended, and any older than
         ``older_than_s`` (longer than a run and a warm wait can last), whoever made them. A live
         server elsewhere on the same engine keeps its containers."""
-        here = self.owner.rpartition(":")[0]  # this host and PID namespace
+        here = owner_place(self.owner)
         now = time.time()
         removed = 0
         # The plain list (no per-container inspect) cannot race with containers going away.
         for summary in self.client.api.containers(all=True, filters={"label": LABEL}):
             owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
-            owner_place, _, pid = owner.rpartition(":")
             if owner == self.owner:
                 continue
-            orphaned = owner_place == here and not _process_alive(pid)
+            orphaned = owner_place(owner) == here and not _process_alive(owner.rpartition(":")[2])
             if orphaned or now - float(summary.get("Created", 0)) > older_than_s:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     self.client.api.remove_container(summary["Id"], force=True)
@@ -307,15 +326,16 @@ class DockerEngine:
 
     @contextlib.asynccontextmanager
     async def _slot(self, report: ProgressCallback) -> AsyncIterator[None]:
-        if self._slots.value == 0:
-            if self._waiting >= self.settings.max_queued_runs:
-                raise EngineBusy(
-                    f"the sandbox is busy: {self.settings.max_concurrent_runs} runs are in progress "
-                    f"and {self._waiting} are queued; try again in a few seconds"
-                )
-            await report("queued")
-        self._waiting += 1
+        must_wait = self._slots.value == 0
+        if must_wait and self._waiting >= self.settings.max_queued_runs:
+            raise EngineBusy(
+                f"the sandbox is busy: {self.settings.max_concurrent_runs} runs are in progress "
+                f"and {self._waiting} are queued; try again in a few seconds"
+            )
+        self._waiting += 1  # counted before anything awaits, so the queue cap and the gauge hold
         try:
+            if must_wait:
+                await report("queued")
             await self._slots.acquire()
         finally:
             self._waiting -= 1
@@ -374,10 +394,16 @@ class DockerEngine:
         cap = limits.output_capture_kib * 1024
         captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
 
+        watchers = [on_output] if on_output is not None else []
+
         def keep(kind: int, data: bytes) -> None:
             captures[kind].add(data)
-            if on_output is not None and data:
-                on_output(kind, data)
+            for watcher in watchers if data else ():
+                try:
+                    watcher(kind, data)
+                except Exception as exc:  # a reader that went away must not cost the result
+                    logging.getLogger(__name__).warning("live output stopped: %s", exc)
+                    watchers.clear()
 
         ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
         files = FilesBlock(nonce, spec.results.max_files, spec.results.max_bytes)
@@ -600,8 +626,10 @@ def _process_alive(pid: str) -> bool:
 
 
 def _image_missing(image: str) -> ImageMissing:
+    profile = image.rpartition(":")[2]  # our images are tagged REPOSITORY:PROFILE
     return ImageMissing(
-        f"the sandbox image {image} is not on the Docker engine; build it with `agent-sandbox image build`"
+        f"the sandbox image {image} is not on the Docker engine; build it with "
+        f"`agent-sandbox image build --profile {profile}`"
     )
 
 

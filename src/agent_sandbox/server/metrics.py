@@ -28,7 +28,7 @@ class RunOutcome(StrEnum):
     LIMIT = "limit"  # it ran into at least one limit (counted by kind in the violations counter)
     REFUSED = "refused"  # not run: invalid arguments, the package policy, or the client over its share
     BUSY = "busy"  # not run: every run slot and queue place was taken
-    INFRASTRUCTURE_ERROR = "infrastructure_error"  # the engine failed, or the server had a bug
+    INFRASTRUCTURE_ERROR = "infrastructure_error"  # the engine failed or could not say, or a server bug
     CANCELLED = "cancelled"  # the client cancelled, or the server stopped, before the result
 
 
@@ -36,6 +36,9 @@ def outcome_of(result: RunResult) -> RunOutcome:
     """The outcome of a call that ran its program."""
     if result.violations:
         return RunOutcome.LIMIT
+    if result.exit_code is None:  # the program never ran (its install failed), or the engine lost it
+        failed_install = result.install is not None and not result.install.ok
+        return RunOutcome.PROGRAM_ERROR if failed_install else RunOutcome.INFRASTRUCTURE_ERROR
     return RunOutcome.OK if result.exit_code == 0 else RunOutcome.PROGRAM_ERROR
 
 

@@ -84,13 +84,16 @@ class HealthCheck:
         )
 
     def _check_blocking(self) -> EngineState:
-        version: str | None = None
         images: dict[str, bool | None] = {}
         problems: list[str] = []
         settings = self.sandbox.settings.engine
+        try:
+            version = self.sandbox.engine.version()
+        except EngineError as exc:  # no engine: nothing else can be known
+            return self._unknown(str(exc))
         for profile in settings.profiles:
             try:
-                version = self.sandbox.engine.check(settings.image_of(profile))
+                self.sandbox.engine.image_attrs(settings.image_of(profile))
             except ImageMissing as exc:
                 images[profile] = False
                 problems.append(str(exc))
