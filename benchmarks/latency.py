@@ -30,7 +30,6 @@ from pathlib import Path
 
 import anyio
 import docker
-from chart import latency_chart
 from mcp import Client, StdioServerParameters
 
 from agent_sandbox.config import EngineSettings, Settings, load_settings
@@ -181,6 +180,8 @@ async def main() -> None:
         median = statistics.median(samples)
         print(f"{name:40} {median:10.1f} {p95(samples):8.1f} {median / baseline:13.2f}")
     if options.chart:
+        from chart import latency_chart  # matplotlib, only when a chart is asked for
+
         title = f"run_python hello world, {datetime.date.today()}\n{machine}, {runs} calls each"
         latency_chart(
             {name: (statistics.median(s), p95(s)) for name, s in latency.items()}, title, options.chart

@@ -10,16 +10,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.mcp.conftest import serving
+
+pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
 AGENTS = ROOT / "examples" / "agents"
 VERBATIM = "tests/integration/test_readme.py::test_the_command_runs_as_written"
+HTTP = "tests/integration/test_readme.py::test_the_http_commands_run_as_written_on_a_free_port"
 TRANSCRIPT = "tests/integration/test_readme.py::test_the_command_prints_what_the_readme_shows"
 CI = "CI: .ci/run runs `make test`, which runs the `engine`, `image`, `lint` and test targets"
 
@@ -53,19 +61,13 @@ EXERCISED = {
     "claude mcp add agent-sandbox -- /ABSOLUTE/PATH/TO/agent-sandbox/.venv/bin/agent-sandbox serve": (
         "tests/integration/test_readme.py::test_the_client_configs_start_the_server_the_readme_starts"
     ),
-    # The transport tests start exactly these, each on a free port instead of 8000.
-    "agent-sandbox serve --transport streamable-http --port 8000": "tests/mcp/test_transports.py::test_streamable_http",
-    "agent-sandbox serve --transport sse --port 8000": "tests/mcp/test_transports.py::test_sse",
-    "curl http://127.0.0.1:8000/healthz": "tests/mcp/test_ops.py::test_healthz_reports_the_engine_the_images_and_the_pool",
-    'curl -H "Authorization: Bearer $AGENT_SANDBOX_SERVER__AUTH_TOKEN" http://127.0.0.1:8000/metrics': (
-        "tests/mcp/test_ops.py::test_with_a_token_metrics_need_it_and_healthz_does_not"
-    ),
-    # The target runs scripts/build-server-image.sh, which the test runs for its own tag.
-    "make server-image": (
-        "tests/integration/test_server_image.py::test_an_mcp_client_runs_python_through_the_server_image"
-    ),
+    "agent-sandbox serve --transport streamable-http --port 8000": HTTP,
+    "agent-sandbox serve --transport sse --port 8000": HTTP,
+    "curl http://127.0.0.1:8000/healthz": HTTP,
+    'curl -H "Authorization: Bearer $AGENT_SANDBOX_SERVER__AUTH_TOKEN" http://127.0.0.1:8000/metrics': HTTP,
+    "make server-image": "tests/integration/test_readme.py::test_the_server_image_commands_run_as_written",
     'docker run -i --rm --network none -v /var/run/docker.sock:/var/run/docker.sock --group-add "$(stat -c %g /var/run/docker.sock)" agent-sandbox-server:latest': (
-        "tests/integration/test_readme.py::test_the_client_configs_start_the_server_the_readme_starts"
+        "tests/integration/test_readme.py::test_the_server_image_commands_run_as_written"
     ),
     ".venv/bin/python benchmarks/latency.py --chart docs/latency.png": (
         "tests/integration/test_benchmarks.py::test_latency_runs_every_row_and_draws_the_chart"
@@ -100,9 +102,11 @@ def test_every_readme_command_is_exercised() -> None:
         assert f"def {name}(" in (ROOT / path).read_text(), f"{where} does not exist"
 
 
-def shell(command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def shell(
+    command: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``command`` as a person would in a shell in ``cwd``, with the venv's commands on PATH."""
-    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", **(env or {})}
     return subprocess.run(
         ["bash", "-c", command],
         stdin=subprocess.DEVNULL,
@@ -121,6 +125,42 @@ def test_the_command_runs_as_written(command: str) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     if "serve" in command:
         assert "serving MCP over stdio" in done.stderr
+
+
+def test_the_server_image_commands_run_as_written() -> None:
+    """The image builds, and the README's `docker run` serves MCP over stdio until stdin closes."""
+    build, run = (
+        command for command in readme_commands() if command.startswith(("make server-image", "docker run"))
+    )
+    done = shell(build)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = shell(run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "serving MCP over stdio" in done.stderr
+
+
+def test_the_http_commands_run_as_written_on_a_free_port() -> None:
+    """Each HTTP serve command as written (on a free port, not 8000), and the curl lines against it."""
+    token = secrets.token_urlsafe(24)
+    env = {
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+        "AGENT_SANDBOX_SERVER__AUTH_TOKEN": token,
+    }
+    curls = [command for command, where in EXERCISED.items() if where == HTTP and command.startswith("curl")]
+    for command in [command for command, where in EXERCISED.items() if where == HTTP and "serve" in command]:
+        words = shlex.split(command)
+        transport = words[words.index("--transport") + 1]
+        with serving(transport, env=env, argv=shlex.split(command.replace("8000", "{port}"))) as (url, _, _):
+            health, metrics = (shell(curl.replace("http://127.0.0.1:8000", url), env=env) for curl in curls)
+        assert json.loads(health.stdout)["status"] == "ok", health.stdout
+        assert "agent_sandbox_warm_pool_size 2.0" in metrics.stdout, metrics.stdout[:500]
+
+
+def test_the_python_example_runs() -> None:
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[0]
+    done = shell(f"python3 - <<'EOF'\n{code}EOF")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "0 42\n"
 
 
 def transcripts() -> dict[str, list[str]]:
@@ -172,3 +212,19 @@ def test_the_client_configs_start_the_server_the_readme_starts() -> None:
     argv = shlex.split(docker_run.replace('"$(stat -c %g /var/run/docker.sock)"', "DOCKER_SOCKET_GID"))
     in_docker = json.loads((AGENTS / "claude_desktop_docker.json").read_text())["mcpServers"]["agent-sandbox"]
     assert argv == [in_docker["command"], *in_docker["args"]]
+
+
+async def test_the_example_calls_return_what_the_readme_shows() -> None:
+    """Each `{"name": ..., "arguments": ...}` call in the README, made over stdio, gives the text
+    content shown in the next `text` block (durations aside)."""
+    examples = re.findall(r'```json\n(\{"name": .*?)\n```\n.*?```text\n(.*?)```', README, re.S)
+    assert len(examples) == 2
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "agent_sandbox", "serve"], cwd=str(ROOT)
+    )
+    async with Client(server) as client:
+        for call, shown in examples:
+            request = json.loads(call)
+            result = await client.call_tool(request["name"], request["arguments"])
+            text = result.content[0].text  # type: ignore[union-attr]
+            assert normalised(text).splitlines() == [normalised(line) for line in shown.splitlines()]

@@ -42,15 +42,16 @@ class Logs:
 
 @contextmanager
 def serving(
-    transport: str, env: dict[str, str] | None = None
+    transport: str, env: dict[str, str] | None = None, argv: list[str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Logs]]:
-    """Start `agent-sandbox serve` on a loopback port; yield its base URL, the process and its
-    logs; stop it with SIGTERM."""
+    """Start `agent-sandbox serve` on a loopback port (or ``argv``, with ``{port}`` in it); yield
+    its base URL, the process and its logs; stop it with SIGTERM."""
     port = free_port()
+    default = [sys.executable, "-m", "agent_sandbox", "serve", "--transport", transport, "--port", "{port}"]
     logs = Logs(Path(tempfile.mkdtemp(prefix="agent-sandbox-serve-")))
     with (logs.folder / "stdout").open("wb") as stdout, (logs.folder / "stderr").open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "agent_sandbox", "serve", "--transport", transport, "--port", str(port)],
+            [arg.replace("{port}", str(port)) for arg in argv or default],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdout=stdout,
