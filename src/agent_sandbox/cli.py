@@ -166,6 +166,8 @@ def _config_source(options: argparse.Namespace) -> str:
 
 
 def _run(options: argparse.Namespace, settings: Settings) -> int:
+    if options.out and options.out.exists() and not options.out.is_dir():
+        raise RequestError(f"--out {options.out} is a file; name a folder (it is created if missing)")
     files, entrypoint = _collect(options.path, options.entrypoint)
     request = RunRequest(
         files=files,
@@ -238,16 +240,24 @@ async def _show_long_steps(stage: str) -> None:
 
 
 def _save_files(result: RunResult, folder: Path) -> list[str]:
-    """Write the files that came back under ``folder``; the paths saved."""
+    """Write the files that came back under ``folder``, never over an existing file; the paths
+    saved. Each file not saved is named with the reason."""
     saved = []
     root = folder.resolve()
     for artifact in result.artifacts:
         target = (root / artifact.path).resolve()
-        if artifact.data is None or not target.is_relative_to(root):
+        if artifact.data is None:
+            why_not = artifact.omitted or "it did not come back"
+        elif not target.is_relative_to(root):
+            why_not = f"it would land outside {folder}"
+        elif target.exists() or target.is_symlink():
+            why_not = f"{folder / artifact.path} exists and is kept"
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(artifact.data)
+            saved.append(str(folder / artifact.path))
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(artifact.data)
-        saved.append(str(folder / artifact.path))
+        log.warning("not saving %s: %s", artifact.path, why_not)
     return saved
 
 

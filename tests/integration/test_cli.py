@@ -147,6 +147,13 @@ def test_out_saves_the_files_the_program_wrote(tmp_path: Path) -> None:
     assert f"1 file(s) saved: {tmp_path / 'saved' / 'out' / 'table.csv'}" in done.stderr
     assert "--out DIR saves them" in cli("run", str(program)).stderr
 
+    again = cli("run", str(program), "--out", str(tmp_path / "saved"))  # never over a file
+    assert "not saving out/table.csv: " in again.stderr
+    assert "exists and is kept" in again.stderr
+    refused = cli("run", str(program), "--out", str(program))
+    assert refused.returncode == 2
+    assert "is a file; name a folder" in refused.stderr
+
 
 def test_doctor_reports_a_working_sandbox() -> None:
     done = cli("doctor")
