@@ -153,16 +153,42 @@ async def test_metrics_count_each_outcome_and_show_the_load(transport: Transport
 
 @pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
 async def test_with_a_token_metrics_need_it_and_healthz_does_not(transport: Transport) -> None:
+    """/healthz answers anyone, but only the status unless the token comes with the request."""
+    authorized = {"authorization": f"Bearer {TOKEN}"}
     with serving(transport, env={"AGENT_SANDBOX_SERVER__AUTH_TOKEN": TOKEN}) as (url, _, _):
         anonymous = await get(f"{url}/metrics")
         wrong = await get(f"{url}/metrics", {"authorization": "Bearer " + "x" * len(TOKEN)})
-        samples = await scrape(url, {"authorization": f"Bearer {TOKEN}"})
+        samples = await scrape(url, authorized)
         health = await get(f"{url}/healthz")
+        detailed = await get(f"{url}/healthz", authorized)
         mcp = await get(f"{url}/{'sse' if transport == 'sse' else 'mcp'}")
     assert (anonymous.status_code, wrong.status_code, mcp.status_code) == (401, 401, 401)
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
     assert value(samples, "agent_sandbox_warm_pool_size") == 2
-    assert (health.status_code, health.json()["status"]) == (200, "ok")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert (detailed.status_code, detailed.json()["status"]) == (200, "ok")
+    assert detailed.json()["images"]["minimal"]["present"] is True
+
+
+@pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
+async def test_without_a_token_only_loopback_host_names_reach_healthz_and_metrics(
+    transport: Transport,
+) -> None:
+    """A DNS-rebinding page sends its own name as Host: the SDK guards MCP, this guards the rest."""
+    with serving(transport) as (url, _, _):
+        port = url.rpartition(":")[2]
+        answers = {
+            (path, host): (await get(f"{url}{path}", {"host": host})).status_code
+            for path in ("/healthz", "/metrics")
+            for host in (
+                f"attacker.example:{port}",
+                f"localhost:{port}",
+                f"127.0.0.1:{port}",
+                f"[::1]:{port}",
+            )
+        }
+    for (_, host), status in answers.items():
+        assert status == (421 if host.startswith("attacker") else 200), answers
 
 
 @asynccontextmanager

@@ -48,6 +48,10 @@ class BearerTokenMiddleware:
         self.app = app
         self._expected = f"Bearer {token}".encode()
 
+    def admits(self, scope: Scope) -> bool:
+        """Whether the request carries the token."""
+        return hmac.compare_digest(dict(scope["headers"]).get(b"authorization", b""), self._expected)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
@@ -55,8 +59,7 @@ class BearerTokenMiddleware:
         if scope["type"] != "http":  # no websockets or anything else past the token
             await send({"type": "websocket.close", "code": 1008})
             return
-        sent = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(sent, self._expected):
+        if self.admits(scope):
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error": "unauthorized", "detail": "send Authorization: Bearer <token>"}).encode()

@@ -2,11 +2,13 @@
 
 They are the SDK's custom routes, so both HTTP transports serve them and stdio ignores them.
 
-Auth: with ``server.auth_token`` set, ``/metrics`` needs the bearer token like MCP itself does
-(run counts tell how the server is used). ``/healthz`` stays open: orchestrators' probes rarely
-carry credentials, and it says only whether runs can start (engine version, image names and
-whether they are present, warm-pool fill). The SDK's DNS-rebinding check guards its MCP endpoints
-only, not these: they change nothing and reveal no run's contents.
+Access (``guard``): with ``server.auth_token`` set, ``/metrics`` needs the bearer token like MCP
+itself does (run counts tell how the server is used), and ``/healthz`` answers anyone, since
+orchestrators' probes rarely carry credentials, but tells a caller without the token only the
+status; the engine version and image names are for those with it. Without a token the server is
+loopback-only, and these routes answer only requests whose Host is a loopback name: the SDK's
+DNS-rebinding check guards its MCP endpoints, not custom routes, and a web page in a local
+browser must not read them through a rebound name.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent_sandbox.engine.docker import EngineError, ImageMissing
 from agent_sandbox.sandbox import Sandbox
-from agent_sandbox.server.auth import BearerTokenMiddleware
+from agent_sandbox.server.auth import LOOPBACK_HOSTS, BearerTokenMiddleware
 from agent_sandbox.server.metrics import Metrics
 
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 FRESH_S = 2.0  # a probe storm reaches the engine at most once per this
 CHECK_TIMEOUT_S = 5.0
+FULL_HEALTH = "agent_sandbox.full_health"  # scope state: may this caller see the details?
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,18 @@ class HealthCheck:
                 self._last = await self._check()
             return self._last
 
-    async def response(self) -> JSONResponse:
-        """200 with what was found when runs can start; 503 naming what is wrong otherwise."""
+    async def response(self, details: bool = True) -> JSONResponse:
+        """200 with what was found when runs can start; 503 naming what is wrong otherwise.
+        Without ``details``, the status alone."""
         state = await self.state()
+        status = "unavailable" if state.problems else "ok"
+        status_code = 503 if state.problems else 200
+        if not details:
+            return JSONResponse({"status": status}, status_code=status_code)
         settings = self.sandbox.settings.engine
         pool = self.sandbox.pool
         body = {
-            "status": "unavailable" if state.problems else "ok",
+            "status": status,
             "engine": {"version": state.version},
             "images": {
                 profile: {"image": settings.image_of(profile), "present": present}
@@ -73,7 +81,7 @@ class HealthCheck:
             "pool": {"ready": pool.ready if pool is not None else 0, "size": settings.pool_size},
             **({"problems": state.problems} if state.problems else {}),
         }
-        return JSONResponse(body, status_code=503 if state.problems else 200)
+        return JSONResponse(body, status_code=status_code)
 
     async def _check(self) -> EngineState:
         with anyio.move_on_after(CHECK_TIMEOUT_S):
@@ -114,7 +122,7 @@ def add_routes(server: MCPServer, sandbox: Sandbox, metrics: Metrics) -> None:
     # The SDK leaves custom_route unannotated.
     @server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> Response:
-        return await health.response()
+        return await health.response(details=request.scope.get("state", {}).get(FULL_HEALTH, True))
 
     @server.custom_route(METRICS_PATH, methods=["GET"], include_in_schema=False)  # type: ignore[untyped-decorator]
     async def scrape(request: Request) -> Response:
@@ -122,14 +130,30 @@ def add_routes(server: MCPServer, sandbox: Sandbox, metrics: Metrics) -> None:
         return Response(body, headers={"content-type": content_type})
 
 
-def behind_token(app: ASGIApp, token: str) -> ASGIApp:
-    """``app`` with every request but ``/healthz`` behind the bearer ``token``."""
-    guarded = BearerTokenMiddleware(app, token)
+def guard(app: ASGIApp, token: str) -> ASGIApp:
+    """``app`` behind the bearer ``token`` when there is one, with the ops routes' own rules (see
+    the module docstring)."""
+    behind_token = BearerTokenMiddleware(app, token) if token else None
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == HEALTH_PATH:
-            await app(scope, receive, send)
+        path = scope["path"] if scope["type"] == "http" else None
+        if behind_token is None:
+            if path in (HEALTH_PATH, METRICS_PATH) and _host_name(scope) not in LOOPBACK_HOSTS:
+                await JSONResponse({"error": "Invalid Host header"}, status_code=421)(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+        elif path == HEALTH_PATH:
+            state = {**scope.get("state", {}), FULL_HEALTH: behind_token.admits(scope)}
+            await app({**scope, "state": state}, receive, send)
         else:
-            await guarded(scope, receive, send)
+            await behind_token(scope, receive, send)
 
     return dispatch
+
+
+def _host_name(scope: Scope) -> str:
+    """The name in the request's Host header, without its port (``[::1]:8000`` is ``::1``)."""
+    host: str = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if ":" in host else host

@@ -12,7 +12,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from agent_sandbox.config import ServerSettings
 from agent_sandbox.server.auth import require_token_off_loopback
-from agent_sandbox.server.ops import behind_token
+from agent_sandbox.server.ops import guard
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 TRANSPORTS: tuple[Transport, ...] = ("stdio", "sse", "streamable-http")
@@ -40,7 +40,7 @@ async def serve(
 
 def http_app(server: MCPServer, transport: Transport, host: str, settings: ServerSettings) -> ASGIApp:
     """The ASGI app of an HTTP transport: body size capped, behind the token when there is one
-    (except ``/healthz``, see ``ops``).
+    (``/healthz`` and ``/metrics`` have rules of their own, see ``ops``).
 
     The SDK binds its DNS-rebinding protection to ``host`` (loopback by default)."""
     require_token_off_loopback(host, settings.auth_token)
@@ -49,4 +49,4 @@ def http_app(server: MCPServer, transport: Transport, host: str, settings: Serve
         app: ASGIApp = server.sse_app(host=host, max_request_body_size=body_cap)
     else:
         app = server.streamable_http_app(host=host, max_request_body_size=body_cap)
-    return behind_token(app, settings.auth_token) if settings.auth_token else app
+    return guard(app, settings.auth_token)
