@@ -4,8 +4,9 @@
 #   scripts/build-server-image.sh [IMAGE [DOCKER-BUILD-OPTION...]]
 #   (IMAGE defaults to agent-sandbox-server:latest; options such as --no-cache go to docker build)
 # 1. The host's pip makes the wheels: the project's (from a copy of the sources) and its
-#    dependencies' (for CPython 3.11 on glibc 2.36, the image's platform) under
-#    build/server-image/. Each set is rebuilt only when its inputs change.
+#    dependencies' (for CPython 3.11 on glibc 2.36, the image's platform, at the versions
+#    `pip freeze` shows where it runs) under build/server-image/. Each set is rebuilt only when
+#    its inputs change.
 # 2. The base: $BASE if set, else python:3.11-slim-bookworm if here or pullable, else
 #    agent-sandbox-base:bookworm, bootstrapped with debootstrap if missing.
 # 3. docker build --network none. Cheap when nothing changed: the wheels and the layers are reused.
@@ -72,12 +73,15 @@ else
   log "project wheel unchanged: $(basename "$OUT"/project/*.whl)"
 fi
 
-# Its dependencies, downloaded again only when pyproject.toml (or the CPU) changes.
-deps_key="$(digest pyproject.toml) $MACHINE"
+# Its dependencies at the versions installed where this runs (the venv the tests ran in, when
+# there is one), so the image ships what was tested; downloaded again when those change.
+"${PIP[@]}" freeze --exclude-editable >"$OUT/constraints.txt"
+deps_key="$(digest pyproject.toml) $(sha256sum <"$OUT/constraints.txt" | cut -c1-64) $MACHINE"
 if [ "$(cat "$OUT/deps.key" 2>/dev/null)" != "$deps_key" ] || ! ls "$OUT"/deps/pip-*.whl >/dev/null 2>&1; then
   log "downloading the dependencies' wheels for CPython 3.11 on $MACHINE ..."
   rm -rf "$OUT/deps.new"
-  "${PIP[@]}" download --quiet --dest "$OUT/deps.new" "${TARGET[@]}" "$OUT"/project/*.whl >&2
+  "${PIP[@]}" download --quiet --dest "$OUT/deps.new" "${TARGET[@]}" --constraint "$OUT/constraints.txt" \
+    "$OUT"/project/*.whl >&2
   rm -f "$OUT"/deps.new/agent_sandbox-*.whl  # pip copies the requirement itself too
   rm -rf "$OUT/deps" && mv "$OUT/deps.new" "$OUT/deps"
   echo "$deps_key" >"$OUT/deps.key"
