@@ -235,8 +235,12 @@ def _write_live(stream: int, data: bytes) -> None:
 
 async def _show_long_steps(stage: str) -> None:
     """Say so on stderr when a run waits on something slower than starting a container."""
-    if stage == "resolving":
-        print("[agent-sandbox] fetching wheels for the requirements ...", file=sys.stderr, flush=True)
+    steps = {
+        "resolving": "fetching wheels for the requirements",
+        "installing": "installing them in the sandbox",
+    }
+    if stage in steps:
+        print(f"[agent-sandbox] {steps[stage]} ...", file=sys.stderr, flush=True)
 
 
 def _save_files(result: RunResult, folder: Path) -> list[str]:

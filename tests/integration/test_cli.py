@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -91,6 +94,12 @@ def test_run_with_a_requirement_reports_the_install_apart(tmp_path: Path) -> Non
     result = json.loads(done.stdout)
     assert result["stdout"] == "six\n"
     assert result["install"]["ok"] is True
+    shown = cli("run", str(tmp_path / "main.py"), "-r", "six")  # the long steps, as they start
+    assert shown.stderr.splitlines()[:2] == [
+        "[agent-sandbox] fetching wheels for the requirements ...",
+        "[agent-sandbox] installing them in the sandbox ...",
+    ]
+    assert shown.stdout == "six\n"
 
 
 def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
@@ -101,23 +110,30 @@ def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "limits.memory" in done.stderr
 
 
+@contextlib.contextmanager
+def running(program: Path) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]]:
+    """`agent-sandbox run PROGRAM`, with its stdout and stderr to read as they come."""
+    command = [sys.executable, "-m", "agent_sandbox", "run", str(program)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        yield process, process.stdout, process.stderr
+
+
 def test_output_is_shown_as_the_program_prints_it(tmp_path: Path) -> None:
     program = tmp_path / "steps.py"
     program.write_text(
         "import sys, time\nprint('first')\nprint('oops', file=sys.stderr)\ntime.sleep(3)\nprint('second')\n"
     )
-    command = [sys.executable, "-m", "agent_sandbox", "run", str(program)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT) as process:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        assert process.stdout.readline() == b"first\n"
+    with running(program) as (process, stdout, stderr):
+        assert stdout.readline() == b"first\n"
         first_at = time.monotonic()
-        assert process.stderr.readline() == b"oops\n"
-        assert process.stdout.readline() == b"second\n"
+        assert stderr.readline() == b"oops\n"
+        assert stdout.readline() == b"second\n"
         # The first line came while the program slept, not with the result at the end.
         assert time.monotonic() - first_at > 1
         assert process.wait(timeout=60) == 0
-        assert process.stderr.read().decode().startswith("[agent-sandbox] exit 0 in 3.")
+        assert stderr.read().decode().startswith("[agent-sandbox] exit 0 in 3.")
 
 
 def test_a_reader_that_leaves_early_costs_nothing_but_the_output(tmp_path: Path) -> None:
@@ -126,16 +142,13 @@ def test_a_reader_that_leaves_early_costs_nothing_but_the_output(tmp_path: Path)
     program.write_text(
         "import sys, time\nprint('first', flush=True)\ntime.sleep(1)\nprint('x' * 100_000)\nsys.exit(3)\n"
     )
-    command = [sys.executable, "-m", "agent_sandbox", "run", str(program)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT) as process:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        assert process.stdout.readline() == b"first\n"
-        process.stdout.close()
+    with running(program) as (process, stdout, stderr):
+        assert stdout.readline() == b"first\n"
+        stdout.close()
         assert process.wait(timeout=60) == 3
-        stderr = process.stderr.read().decode()
-    assert "Traceback" not in stderr
-    assert stderr.startswith("[agent-sandbox] exit 3 in ")
+        errors = stderr.read().decode()
+    assert "Traceback" not in errors
+    assert errors.startswith("[agent-sandbox] exit 3 in ")
 
 
 def test_out_saves_the_files_the_program_wrote(tmp_path: Path) -> None:

@@ -294,7 +294,7 @@ class DockerEngine:
                 await report("starting")
                 started = await self.start_container(spec.shape)
             try:
-                await report("running")
+                await report("installing" if spec.install is not None else "running")
                 outcome = await anyio.to_thread.run_sync(
                     self._watch, started, spec, on_output, abandon_on_cancel=True, limiter=self._watchers
                 )

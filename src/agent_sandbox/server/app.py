@@ -32,11 +32,13 @@ from agent_sandbox.server.workspace_tools import add_workspace_tools
 SERVER_NAME = "agent-sandbox"
 CONFIG_URI = "sandbox://config"
 _RequestFactory = Callable[[], RunRequest]
-_STAGES = {"resolving": 0, "queued": 1, "starting": 2, "running": 3}
+_STAGES = {"resolving": 0, "queued": 1, "starting": 2, "installing": 3, "running": 3}  # one or the other
+_FINISHED = max(_STAGES.values()) + 1
 _STAGE_MESSAGES = {
     "resolving": "fetching the requirements' wheels on the host",
     "queued": "waiting for a free sandbox slot",
     "starting": "creating a fresh container",
+    "installing": "installing the requirements in the sandbox, then running the program",
     "running": "the program is running",
 }
 ANNOTATIONS = ToolAnnotations(
@@ -282,7 +284,7 @@ class _Calls:
             raise
         self._record("finished", tool, client, request, result, None)
         self.metrics.record_result(tool, result, time.monotonic() - started)
-        await ctx.report_progress(len(_STAGES), len(_STAGES), "finished")
+        await ctx.report_progress(_FINISHED, _FINISHED, "finished")
         return CallToolResult(
             content=tool_content(result, self.sandbox.settings.results),
             structured_content=result.model_dump(mode="json"),
@@ -326,7 +328,7 @@ def _tool_error_message(exc: Exception) -> str:
 
 def _progress_reporter(ctx: Context) -> ProgressCallback:
     async def report(stage: str) -> None:
-        await ctx.report_progress(_STAGES[stage], len(_STAGES), _STAGE_MESSAGES[stage])
+        await ctx.report_progress(_STAGES[stage], _FINISHED, _STAGE_MESSAGES[stage])
 
     return report
 
