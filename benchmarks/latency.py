@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import socket
@@ -159,6 +160,8 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="Calls per throughput row (0: skip).")
     parser.add_argument("--chart", type=Path, help="Also draw the latency rows into this PNG.")
     options = parser.parse_args()
+    if options.chart and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--chart needs matplotlib: pip install -e '.[bench]'")
     runs, gap = options.runs, options.gap
     engine = load_settings().engine
     image = engine.image_of(engine.profile)

@@ -75,7 +75,7 @@ fi
 
 # Its dependencies at the versions installed where this runs (the venv the tests ran in, when
 # there is one), so the image ships what was tested; downloaded again when those change.
-"${PIP[@]}" freeze --exclude-editable >"$OUT/constraints.txt"
+"${PIP[@]}" freeze --all --exclude-editable >"$OUT/constraints.txt"  # --all: pip is a dependency too
 deps_key="$(digest pyproject.toml) $(sha256sum <"$OUT/constraints.txt" | cut -c1-64) $MACHINE"
 if [ "$(cat "$OUT/deps.key" 2>/dev/null)" != "$deps_key" ] || ! ls "$OUT"/deps/pip-*.whl >/dev/null 2>&1; then
   log "downloading the dependencies' wheels for CPython 3.11 on $MACHINE ..."

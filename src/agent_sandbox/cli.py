@@ -1,14 +1,13 @@
 """The ``agent-sandbox`` command: ``serve``, ``run``, ``image build`` and ``doctor``.
 
-Exit codes: ``run`` returns the program's own exit code; 2 means the request or the
-configuration was refused, 3 that the engine or the image is not usable, 4 that the program
-hit a limit while exiting 0.
+Exit codes: ``run`` returns the program's own exit code (1 when its requirements failed to
+install); 2 means the request or the configuration was refused, 3 that the engine or the image
+is not usable, 4 that the program hit a limit while exiting 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
 import logging
 import os
@@ -20,12 +19,13 @@ from pathlib import Path
 import anyio
 from pydantic import ValidationError
 
+from agent_sandbox import local_run
 from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
 from agent_sandbox.doctor import checks
 from agent_sandbox.engine.docker import DockerEngine, EngineError
 from agent_sandbox.images.build import ImageBuildError, build_image
 from agent_sandbox.images.profiles import PROFILES, UnknownProfile, get_profile
-from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
+from agent_sandbox.models import LimitRequest, RunRequest
 from agent_sandbox.packages.resolver import WheelResolver
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server import build_server
@@ -36,7 +36,6 @@ EXIT_REFUSED = 2
 EXIT_ENGINE = 3
 EXIT_LIMIT = 4
 IMAGE_WHEELS_MIB = 4096  # a profile's packages are the operator's choice, not a caller's
-SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
 
 log = logging.getLogger("agent_sandbox")
 
@@ -168,7 +167,7 @@ def _config_source(options: argparse.Namespace) -> str:
 def _run(options: argparse.Namespace, settings: Settings) -> int:
     if options.out and options.out.exists() and not options.out.is_dir():
         raise RequestError(f"--out {options.out} is a file; name a folder (it is created if missing)")
-    files, entrypoint = _collect(options.path, options.entrypoint)
+    files, entrypoint = local_run.collect(options.path, options.entrypoint)
     request = RunRequest(
         files=files,
         entrypoint=entrypoint,
@@ -181,101 +180,14 @@ def _run(options: argparse.Namespace, settings: Settings) -> int:
     sandbox = Sandbox(settings)
     sandbox.start()
     # A person sees the output as it comes; --json keeps stdout for the one JSON document.
-    live = None if options.json else _write_live
-    result = anyio.run(functools.partial(sandbox.run, request, _show_long_steps, on_output=live))
-    saved = _save_files(result, options.out) if options.out else []
+    live = None if options.json else local_run.write_live
+    result = anyio.run(functools.partial(sandbox.run, request, local_run.show_long_steps, on_output=live))
+    saved = local_run.save_files(result, options.out) if options.out else []
     if options.json:
-        print(result.model_dump_json(indent=2))
+        local_run.say(result.model_dump_json(indent=2), sys.stdout)
     else:
-        print(_status_line(result, saved), file=sys.stderr)
-    if result.exit_code is None:
-        return EXIT_ENGINE
-    if result.exit_code == 0 and result.violations:
-        return EXIT_LIMIT
-    return result.exit_code
-
-
-def _collect(path: Path, entrypoint: str | None) -> tuple[list[ProjectFile], str]:
-    """Read a file or a folder into ``ProjectFile``s; binary files go as base64."""
-    if path.is_file():
-        return [_project_file(path, path.name)], entrypoint or path.name
-    if not path.is_dir():
-        raise RequestError(f"{path} is neither a file nor a folder")
-    files = []
-    root = path.resolve()
-    for file in sorted(path.rglob("*")):
-        relative = file.relative_to(path)
-        if SKIPPED_DIRS.intersection(relative.parts) or not file.is_file():
-            continue
-        if file.is_symlink() or not file.resolve().is_relative_to(root):
-            # A link may point anywhere, e.g. at credentials outside the folder.
-            log.warning("not sending %s: it is a symbolic link", relative)
-            continue
-        files.append(_project_file(file, relative.as_posix()))
-    return files, entrypoint or "main.py"
-
-
-def _project_file(path: Path, name: str) -> ProjectFile:
-    data = path.read_bytes()
-    try:
-        return ProjectFile(path=name, content=data.decode("utf-8"))
-    except UnicodeDecodeError:
-        return ProjectFile(path=name, content=base64.b64encode(data).decode(), encoding="base64")
-
-
-def _write_live(stream: int, data: bytes) -> None:
-    out = sys.stdout if stream == 1 else sys.stderr
-    try:
-        out.buffer.write(data)
-        out.flush()
-    except BrokenPipeError:
-        # The reader left (`| head`): the run goes on; what it prints goes nowhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-
-
-async def _show_long_steps(stage: str) -> None:
-    """Say so on stderr when a run waits on something slower than starting a container."""
-    steps = {
-        "resolving": "fetching wheels for the requirements",
-        "installing": "installing them in the sandbox",
-    }
-    if stage in steps:
-        print(f"[agent-sandbox] {steps[stage]} ...", file=sys.stderr, flush=True)
-
-
-def _save_files(result: RunResult, folder: Path) -> list[str]:
-    """Write the files that came back under ``folder``, never over an existing file; the paths
-    saved. Each file not saved is named with the reason."""
-    saved = []
-    root = folder.resolve()
-    for artifact in result.artifacts:
-        target = (root / artifact.path).resolve()
-        if artifact.data is None:
-            why_not = artifact.omitted or "it did not come back"
-        elif not target.is_relative_to(root):
-            why_not = f"it would land outside {folder}"
-        elif target.exists() or target.is_symlink():
-            why_not = f"{folder / artifact.path} exists and is kept"
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(artifact.data)
-            saved.append(str(folder / artifact.path))
-            continue
-        log.warning("not saving %s: %s", artifact.path, why_not)
-    return saved
-
-
-def _status_line(result: RunResult, saved: list[str]) -> str:
-    """One line for a person: how it ended, the limits hit, the files; then the notes."""
-    status = "timed out" if result.timed_out else f"exit {result.exit_code}"
-    line = f"[agent-sandbox] {status} in {result.duration_s:.2f} s"
-    if result.violations:
-        line += "; limits hit: " + ", ".join(v.kind.value for v in result.violations)
-    if saved:
-        line += f"; {len(saved)} file(s) saved: " + ", ".join(saved)
-    elif result.artifacts:
-        line += f"; {len(result.artifacts)} file(s) written (--out DIR saves them)"
-    return "\n".join([line, *(f"[agent-sandbox] {note}" for note in result.notes)])
+        local_run.say(local_run.status_line(result, saved, options.out))
+    return local_run.exit_code(result, limit_code=EXIT_LIMIT, engine_code=EXIT_ENGINE)
 
 
 def _image_build(options: argparse.Namespace, settings: Settings) -> int:

@@ -157,7 +157,8 @@ def test_out_saves_the_files_the_program_wrote(tmp_path: Path) -> None:
     done = cli("run", str(program), "--out", str(tmp_path / "saved"))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "saved" / "out" / "table.csv").read_text() == "a,b\n1,2\n"
-    assert f"1 file(s) saved: {tmp_path / 'saved' / 'out' / 'table.csv'}" in done.stderr
+    saved = tmp_path / "saved"
+    assert f"1 of 1 file(s) saved to {saved}: {saved / 'out' / 'table.csv'}" in done.stderr
     assert "--out DIR saves them" in cli("run", str(program)).stderr
 
     again = cli("run", str(program), "--out", str(tmp_path / "saved"))  # never over a file

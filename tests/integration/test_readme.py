@@ -140,24 +140,28 @@ def test_the_server_image_commands_run_as_written() -> None:
 
 
 def test_the_http_commands_run_as_written_on_a_free_port() -> None:
-    """Each HTTP serve command as written (on a free port, not 8000), and the curl lines against it."""
-    token = secrets.token_urlsafe(24)
-    env = {
-        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-        "AGENT_SANDBOX_SERVER__AUTH_TOKEN": token,
-    }
+    """Each HTTP serve command as written (on a free port, not 8000) and the curl lines against
+    it: /healthz answers what the README shows; /metrics with the README's token, set or not."""
+    shown_health = json.loads(re.findall(r'```json\n(\{"status":"ok".*?)\n```', README, re.S)[0])
     curls = [command for command, where in EXERCISED.items() if where == HTTP and command.startswith("curl")]
-    for command in [command for command, where in EXERCISED.items() if where == HTTP and "serve" in command]:
+    serves = [command for command, where in EXERCISED.items() if where == HTTP and "serve" in command]
+    venv = {"PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "AGENT_SANDBOX_SERVER__AUTH_TOKEN": ""}
+    with_token = {**venv, "AGENT_SANDBOX_SERVER__AUTH_TOKEN": secrets.token_urlsafe(24)}
+    for command, env in [*((serve, venv) for serve in serves), (serves[0], with_token)]:
         words = shlex.split(command)
         transport = words[words.index("--transport") + 1]
         with serving(transport, env=env, argv=shlex.split(command.replace("8000", "{port}"))) as (url, _, _):
             health, metrics = (shell(curl.replace("http://127.0.0.1:8000", url), env=env) for curl in curls)
-        assert json.loads(health.stdout)["status"] == "ok", health.stdout
         assert "agent_sandbox_warm_pool_size 2.0" in metrics.stdout, metrics.stdout[:500]
+        if env is venv:
+            answer = json.loads(health.stdout)
+            assert answer.keys() == shown_health.keys(), answer
+            assert answer["images"] == shown_health["images"]
+            assert answer["pool"]["size"] == shown_health["pool"]["size"]
 
 
 def test_the_python_example_runs() -> None:
-    code = re.findall(r"```python\n(.*?)```", README, re.S)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
     done = shell(f"python3 - <<'EOF'\n{code}EOF")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "0 42\n"

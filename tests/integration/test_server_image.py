@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from importlib.metadata import requires, version
 from pathlib import Path
 
 import anyio
@@ -18,6 +19,7 @@ import docker
 import docker.errors
 import pytest
 from mcp import Client, StdioServerParameters
+from packaging.requirements import Requirement
 
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL
 
@@ -90,6 +92,23 @@ def test_the_image_runs_as_an_unprivileged_user_and_is_not_a_sandbox(
     assert config["Cmd"] == ["serve"]
     assert LABEL not in (config.get("Labels") or {})  # servers reap what carries it
     assert "AGENT_SANDBOX_PACKAGES__ENABLED=false" in config["Env"]
+
+
+def test_the_image_ships_the_dependency_versions_the_tests_ran_with(
+    server_image: str, docker_client: docker.DockerClient
+) -> None:
+    runtime = [Requirement(line) for line in requires("agent-sandbox") or [] if "extra ==" not in line]
+    names = [requirement.name for requirement in runtime]
+    assert "mcp" in names
+    script = f"from importlib.metadata import version; print(*(version(n) for n in {names!r}))"
+    inside = docker_client.containers.run(
+        server_image,
+        ["-c", script],
+        entrypoint="/opt/agent-sandbox/bin/python",
+        network_disabled=True,
+        remove=True,
+    )
+    assert inside.decode().split() == [version(name) for name in names]
 
 
 async def test_an_mcp_client_runs_python_through_the_server_image(

@@ -326,19 +326,20 @@ class DockerEngine:
 
     @contextlib.asynccontextmanager
     async def _slot(self, report: ProgressCallback) -> AsyncIterator[None]:
-        must_wait = self._slots.value == 0
-        if must_wait and self._waiting >= self.settings.max_queued_runs:
-            raise EngineBusy(
-                f"the sandbox is busy: {self.settings.max_concurrent_runs} runs are in progress "
-                f"and {self._waiting} are queued; try again in a few seconds"
-            )
-        self._waiting += 1  # counted before anything awaits, so the queue cap and the gauge hold
-        try:
-            if must_wait:
+        if self._slots.value > 0:
+            self._slots.acquire_nowait()  # no await: nobody can take it meanwhile
+        else:
+            if self._waiting >= self.settings.max_queued_runs:
+                raise EngineBusy(
+                    f"the sandbox is busy: {self.settings.max_concurrent_runs} runs are in progress "
+                    f"and {self._waiting} are queued; try again in a few seconds"
+                )
+            self._waiting += 1  # before anything awaits, so the queue cap and the gauge hold
+            try:
                 await report("queued")
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
         try:
             yield
         finally:
@@ -616,6 +617,8 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
 def _process_alive(pid: str) -> bool:
     if not pid.isdigit():
         return False
+    if os.name != "posix":  # os.kill(pid, 0) there sends a signal instead of asking: rely on age
+        return True
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

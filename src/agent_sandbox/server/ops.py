@@ -122,7 +122,7 @@ def add_routes(server: MCPServer, sandbox: Sandbox, metrics: Metrics) -> None:
     # The SDK leaves custom_route unannotated.
     @server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> Response:
-        return await health.response(details=request.scope.get("state", {}).get(FULL_HEALTH, True))
+        return await health.response(details=request.scope.get("state", {}).get(FULL_HEALTH, False))
 
     @server.custom_route(METRICS_PATH, methods=["GET"], include_in_schema=False)  # type: ignore[untyped-decorator]
     async def scrape(request: Request) -> Response:
@@ -141,19 +141,31 @@ def guard(app: ASGIApp, token: str) -> ASGIApp:
             if path in (HEALTH_PATH, METRICS_PATH) and _host_name(scope) not in LOOPBACK_HOSTS:
                 await JSONResponse({"error": "Invalid Host header"}, status_code=421)(scope, receive, send)
             else:
-                await app(scope, receive, send)
+                await app(_with_health_details(scope, True), receive, send)
         elif path == HEALTH_PATH:
-            state = {**scope.get("state", {}), FULL_HEALTH: behind_token.admits(scope)}
-            await app({**scope, "state": state}, receive, send)
+            await app(_with_health_details(scope, behind_token.admits(scope)), receive, send)
         else:
             await behind_token(scope, receive, send)
 
     return dispatch
 
 
+def _with_health_details(scope: Scope, allowed: bool) -> Scope:
+    """``scope`` saying whether /healthz may show its details (it shows none unless told)."""
+    if scope["type"] != "http":
+        return scope
+    return {**scope, "state": {**scope.get("state", {}), FULL_HEALTH: allowed}}
+
+
 def _host_name(scope: Scope) -> str:
-    """The name in the request's Host header, without its port (``[::1]:8000`` is ``::1``)."""
-    host: str = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+    """The name in the request's Host header, lowercased, without its port (``[::1]:8000`` is
+    ``::1``); empty when the header is not a host and an optional port."""
+    host: str = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
     if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if ":" in host else host
+        name, _, after = host[1:].partition("]")
+        if after and not after.startswith(":"):
+            return ""
+        port = after[1:]
+    else:
+        name, _, port = host.partition(":")
+    return name if port == "" or port.isdigit() else ""
