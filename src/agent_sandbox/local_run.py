@@ -129,7 +129,7 @@ def exit_code(result: RunResult, limit_code: int, engine_code: int) -> int:
     """The program's own exit code; ``limit_code`` when it exited 0 but hit a limit; 1 when its
     requirements failed to install (it never ran); ``engine_code`` when the engine cannot say."""
     if result.exit_code is None:
-        return 1 if result.install is not None and not result.install.ok else engine_code
+        return 1 if result.install_failed else engine_code
     if result.exit_code == 0 and result.violations:
         return limit_code
     return result.exit_code

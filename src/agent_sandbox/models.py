@@ -199,3 +199,8 @@ class RunResult(_Model):
         default_factory=list, description="Files under /work the program created or changed."
     )
     workspace: WorkspaceReport | None = Field(default=None, description="For a run in a workspace.")
+
+    @property
+    def install_failed(self) -> bool:
+        """Its requirements did not install, so the program never ran."""
+        return self.install is not None and not self.install.ok

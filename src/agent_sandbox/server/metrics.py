@@ -37,8 +37,7 @@ def outcome_of(result: RunResult) -> RunOutcome:
     if result.violations:
         return RunOutcome.LIMIT
     if result.exit_code is None:  # the program never ran (its install failed), or the engine lost it
-        failed_install = result.install is not None and not result.install.ok
-        return RunOutcome.PROGRAM_ERROR if failed_install else RunOutcome.INFRASTRUCTURE_ERROR
+        return RunOutcome.PROGRAM_ERROR if result.install_failed else RunOutcome.INFRASTRUCTURE_ERROR
     return RunOutcome.OK if result.exit_code == 0 else RunOutcome.PROGRAM_ERROR
 
 
