@@ -42,17 +42,26 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
     assert leftovers == [], f"containers left behind: {[c.name for c in leftovers]}"
 
 
+@pytest.fixture
+def runtime() -> str:
+    """The OCI runtime sandboxes run under: the engine's default. Modules that must hold under
+    every runtime override it with ``params=RUNTIMES``."""
+    return ""
+
+
 @pytest.fixture(params=["cold", "warm"])
-async def make_sandbox(request: pytest.FixtureRequest, engine: DockerEngine) -> AsyncIterator[SandboxFactory]:
+async def make_sandbox(
+    request: pytest.FixtureRequest, engine: DockerEngine, runtime: str
+) -> AsyncIterator[SandboxFactory]:
     """Makes sandboxes with the given limits, each test once with every run starting a container
     cold and once with a warm pool of the same shape (filled before the test goes on): the same
-    assertions must hold for both."""
+    assertions must hold for both. They run under ``runtime``."""
     warm = request.param == "warm"
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(limits: LimitSettings | None = None, files: FileSettings | None = None) -> Sandbox:
             settings = Settings(
-                engine=EngineSettings(pool_size=2 if warm else 0),
+                engine=EngineSettings(pool_size=2 if warm else 0, runtime=runtime),
                 limits=limits or LimitSettings(),
                 files=files or FileSettings(),
             )

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import pytest
 from anyio.abc import TaskGroup
 from mcp import Client
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ from agent_sandbox.sandbox import Sandbox
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 ROOT = Path(__file__).parents[1]
+RUNTIMES = ["runc", "runsc"]  # runsc: gVisor
 TOOLS = {
     "run_python",
     "run_project",
@@ -85,3 +87,12 @@ def stdio_server(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+def runtime_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> str:
+    """The runtime a ``runtime`` fixture with ``params=RUNTIMES`` asks for; skipped where the engine
+    does not offer it (scripts/ensure-engine.sh registers runsc wherever Debian's package installs)."""
+    wanted = str(request.param)
+    if wanted not in engine.runtimes()[1]:
+        pytest.skip(f"the Docker engine offers no {wanted} runtime")
+    return wanted

@@ -50,6 +50,9 @@ class EngineSettings(_Section):
     )
 
     network: str = Field(default="", description="Docker network for sandboxes; empty: no network at all.")
+    runtime: str = Field(
+        default="", description="OCI runtime for sandboxes, e.g. runsc (gVisor); empty: the engine's default."
+    )
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
     max_queued_runs: int = Field(default=16, ge=0, le=10_000)
     pool_size: int = Field(

@@ -101,7 +101,9 @@ class Sandbox:
         engine_settings = self.settings.engine
         if engine_settings.pool_size > 0:
             image = engine_settings.image_of(engine_settings.profile)
-            shape = ContainerShape.of(image, self.default_limits(), engine_settings.network)
+            shape = ContainerShape.of(
+                image, self.default_limits(), engine_settings.network, runtime=engine_settings.runtime
+            )
             pool = WarmPool(self.engine, shape, engine_settings.pool_size, engine_settings.pool_max_idle_s)
             self.pool = await pool.__aenter__()
         return self
@@ -125,6 +127,7 @@ class Sandbox:
         version = ""
         for name in self.settings.engine.profiles:
             version = self.engine.check(self.settings.engine.image_of(name))
+        self.engine.require_runtime(self.settings.engine.runtime)
         removed = self.engine.remove_leftovers(older_than_s=self.longest_container_life_s())
         if removed:
             log.info("removed %d container(s) left behind by an earlier process", removed)
@@ -175,6 +178,7 @@ class Sandbox:
             env=dict(request.env),
             limits=resolve_limits(request.limits, self.settings.limits),
             network=self.settings.engine.network,
+            runtime=self.settings.engine.runtime,
             results=self.result_caps(request),
         )
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from agent_sandbox.config import FileSettings, LimitSettings
+from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import RunResult
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import SandboxFactory, kinds, snippet
+from tests.helpers import RUNTIMES, SandboxFactory, kinds, runtime_or_skip, snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -323,6 +324,12 @@ async def assert_next_run_is_normal(sandbox: Sandbox) -> None:
     assert result.stdout == "still fine\n"
     assert result.violations == []
     assert elapsed < NORMAL_RUN_S, f"a trivial run took {elapsed:.1f} s right after"
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest, engine: DockerEngine) -> str:
+    """Every test here holds under runc and under gVisor."""
+    return runtime_or_skip(request, engine)
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[case.name for case in HOSTILE])

@@ -14,14 +14,20 @@ import docker
 import pytest
 from mcp import Client, StdioServerParameters
 
-from agent_sandbox.engine.docker import LABEL
+from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import snippet, while_running
+from tests.helpers import RUNTIMES, runtime_or_skip, snippet, while_running
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parents[2]
 NO_CAPABILITIES = "0000000000000000"
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest, engine: DockerEngine) -> str:
+    """Every test here holds under runc and under gVisor."""
+    return runtime_or_skip(request, engine)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from agent_sandbox.config import LimitSettings
@@ -20,6 +21,12 @@ SPEC = RunSpec(
     limits=LIMITS,
 )
 SHAPE = SPEC.shape
+
+
+def test_a_configured_runtime_is_used_and_none_leaves_the_engines_default() -> None:
+    gvisor = dataclasses.replace(SHAPE, runtime="runsc")
+    assert container_options(gvisor, owner="h:1")["runtime"] == "runsc"
+    assert "runtime" not in container_options(SHAPE, owner="h:1")
 
 
 def test_the_container_is_offline_read_only_unprivileged_and_limited() -> None:

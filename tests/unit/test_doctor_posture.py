@@ -39,3 +39,22 @@ def test_each_weakness_is_named() -> None:
 def test_interfaces_are_expected_when_the_operator_configured_a_network() -> None:
     settings = Settings(engine=EngineSettings(network="sandbox-net"))
     assert posture_problems({**GOOD, "interfaces": ["eth0", "lo"]}, settings) == []
+
+
+def test_under_gvisor_what_its_proc_cannot_show_is_not_held_against_it() -> None:
+    """gVisor's /proc shows no seccomp line or NoNewPrivs (its filter guards the sentry), and no
+    nosuid among mount options; everything else is judged as under runc."""
+    gvisor = Settings(engine=EngineSettings(runtime="runsc"))
+    as_gvisor_shows_it = {
+        **GOOD,
+        "seccomp": "0",
+        "no_new_privs": "",
+        "work_mount": ["rw", "noexec"],
+        "tmp_mount": ["rw", "noexec"],
+    }
+    assert posture_problems(as_gvisor_shows_it, gvisor) == []
+    assert len(posture_problems(as_gvisor_shows_it, Settings())) == 3
+    still_wrong = {**as_gvisor_shows_it, "uid": 0, "work_mount": ["rw"], "root_write": "ok"}
+    problems = "\n".join(posture_problems(still_wrong, gvisor))
+    for words in ("runs as root", "work is not noexec", "root filesystem is writable"):
+        assert words in problems

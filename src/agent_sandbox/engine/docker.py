@@ -138,6 +138,7 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
         "stdin_open": True,  # docker-py then sets StdinOnce: stdin closes when we half-close
         "tty": False,
         **({"network_mode": shape.network} if shape.network else {"network_disabled": True}),
+        **({"runtime": shape.runtime} if shape.runtime else {}),
         "read_only": True,
         "tmpfs": tmpfs,
         "mounts": mounts,
@@ -241,6 +242,23 @@ class DockerEngine:
             return str(self.client.version().get("Version", "?"))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(unreachable(exc)) from None
+
+    def runtimes(self) -> tuple[str, list[str]]:
+        """The engine's default runtime and every runtime it offers."""
+        try:
+            info = self.client.info()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineUnavailable(unreachable(exc)) from None
+        return str(info.get("DefaultRuntime", "")), sorted(info.get("Runtimes") or {})
+
+    def require_runtime(self, wanted: str) -> None:
+        """Fail with a fix unless the engine offers runtime ``wanted`` (empty: its default)."""
+        if wanted and wanted not in (offered := self.runtimes()[1]):
+            raise EngineUnavailable(
+                f"engine.runtime is {wanted!r}, but the Docker engine offers only {', '.join(offered)}: "
+                f"register it in /etc/docker/daemon.json (scripts/ensure-engine.sh does for runsc, "
+                "gVisor) and reload dockerd, or set engine.runtime to one of those"
+            )
 
     def image_attrs(self, image: str) -> dict[str, Any]:
         """What the engine knows of ``image``; ``ImageMissing``, with how to build it, if absent."""

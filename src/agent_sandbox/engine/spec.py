@@ -62,14 +62,21 @@ class ContainerShape:
     tmp_mib: int
     network: str = ""  # empty: no network at all
     packages: PackageMount | None = None  # a run's own, so such a container is never warm
+    runtime: str = ""  # the OCI runtime (runsc: gVisor); empty: the engine's default
 
     @classmethod
     def of(
-        cls, image: str, limits: Limits, network: str = "", packages: PackageMount | None = None
+        cls,
+        image: str,
+        limits: Limits,
+        network: str = "",
+        packages: PackageMount | None = None,
+        runtime: str = "",
     ) -> ContainerShape:
         return cls(
             image=image,
             network=network,
+            runtime=runtime,
             packages=packages,
             memory_mib=limits.memory_mib,
             cpus=limits.cpus,
@@ -94,13 +101,14 @@ class RunSpec:
     env: dict[str, str]
     limits: Limits
     network: str = ""
+    runtime: str = ""
     install: InstallSpec | None = None
     results: ResultCaps = field(default_factory=ResultCaps)
 
     @property
     def shape(self) -> ContainerShape:
         mount = self.install.mount if self.install else None
-        return ContainerShape.of(self.image, self.limits, self.network, mount)
+        return ContainerShape.of(self.image, self.limits, self.network, mount, self.runtime)
 
     def header(self, nonce: str, install_nonce: str = "") -> bytes:
         """What the launcher reads first: the job's size and the job (how many tar bytes follow,

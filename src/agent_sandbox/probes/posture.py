@@ -156,7 +156,8 @@ def main() -> None:
         "dns": dns_lookup(),
         "runtime_sockets": [path for path in RUNTIME_SOCKETS if os.path.exists(path)],
         "environment": sorted(os.environ),
-        "root_write": write_to("/usr/bin/owned"),
+        # World-writable, so only a read-only root can refuse it (gVisor checks ownership first).
+        "root_write": write_to("/var/tmp/owned"),
         "root_mount": all_mounts.get("/", []),
         "work_mount": all_mounts.get("/work", []),
         "tmp_mount": all_mounts.get("/tmp", []),
