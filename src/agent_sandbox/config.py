@@ -27,6 +27,9 @@ ENV_NESTED_DELIMITER = "__"
 CONFIG_PATH_ENV = "AGENT_SANDBOX_CONFIG"
 
 
+GVISOR = "runsc"  # the OCI runtime name gVisor registers under
+
+
 class ConfigError(Exception):
     """The configuration file or an environment override is invalid."""
 

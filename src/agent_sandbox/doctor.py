@@ -14,7 +14,7 @@ import anyio
 import docker
 import requests
 
-from agent_sandbox.config import Settings
+from agent_sandbox.config import GVISOR, Settings
 from agent_sandbox.engine.docker import DockerEngine, EngineError, unreachable
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.probes import POSTURE_PROBE
@@ -139,7 +139,7 @@ def _trial_run(sandbox: Sandbox, settings: Settings) -> Iterator[Check]:
     if not problems:
         network = "no network" if not settings.engine.network else "network on (engine.network)"
         # Under gVisor the filter and the flag guard its kernel, where the probe cannot see them.
-        kernel = "gVisor's kernel" if settings.engine.runtime == "runsc" else "seccomp, no-new-privileges"
+        kernel = "gVisor's kernel" if settings.engine.runtime == GVISOR else "seccomp, no-new-privileges"
         yield Check(
             "ok",
             "posture",
@@ -156,14 +156,14 @@ def posture_problems(report: dict[str, Any], settings: Settings) -> list[str]:
     if any(mask.strip("0") for mask in report["capabilities"].values()):
         problems.append(f"the program has capabilities: {report['capabilities']}")
     # gVisor's /proc shows neither: its seccomp filter guards the sentry, on the host's side.
-    if settings.engine.runtime != "runsc" and (report["no_new_privs"] != "1" or report["seccomp"] != "2"):
+    if settings.engine.runtime != GVISOR and (report["no_new_privs"] != "1" or report["seccomp"] != "2"):
         problems.append("no-new-privileges or the seccomp filter is missing")
     if not settings.engine.network and report["interfaces"] != ["lo"]:
         problems.append(f"the sandbox has network interfaces: {report['interfaces']}")
     if report["root_write"] != "EROFS":
         problems.append("the root filesystem is writable")
     # gVisor enforces noexec but does not list nosuid among a mount's options.
-    wanted = {"noexec"} if settings.engine.runtime == "runsc" else {"noexec", "nosuid"}
+    wanted = {"noexec"} if settings.engine.runtime == GVISOR else {"noexec", "nosuid"}
     for mount in ("work_mount", "tmp_mount"):
         if not wanted <= set(report[mount]):
             problems.append(f"{mount.split('_')[0]} is not {','.join(sorted(wanted))}")

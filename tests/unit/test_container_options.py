@@ -29,6 +29,19 @@ def test_a_configured_runtime_is_used_and_none_leaves_the_engines_default() -> N
     assert "runtime" not in container_options(SHAPE, owner="h:1")
 
 
+def test_under_gvisor_the_process_limit_is_gvisors_rlimit_and_the_cgroup_bounds_its_sentry() -> None:
+    """The pids cgroup counts the Sentry's host threads under gVisor, so the program's limit is
+    RLIMIT_NPROC there (gVisor counts it inside the sandbox); runc gets no nproc rlimit, since
+    the host would count every uid-1000 process against it."""
+    under_gvisor = container_options(dataclasses.replace(SHAPE, runtime="runsc", pids=32), owner="h:1")
+    nproc = [u for u in under_gvisor["ulimits"] if u["Name"] == "nproc"]
+    assert [(u["Soft"], u["Hard"]) for u in nproc] == [(32, 32)]
+    assert under_gvisor["pids_limit"] > 5 * 32 + 38  # measured: 38 idle, ~5 host tasks per process
+    under_runc = container_options(dataclasses.replace(SHAPE, pids=32), owner="h:1")
+    assert under_runc["pids_limit"] == 32
+    assert "nproc" not in {u["Name"] for u in under_runc["ulimits"]}
+
+
 def test_the_container_is_offline_read_only_unprivileged_and_limited() -> None:
     options = container_options(SHAPE, owner="host:1")
     assert options["network_disabled"] is True

@@ -33,7 +33,7 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.types import LogConfig, Mount, Ulimit
 
-from agent_sandbox.config import EngineSettings
+from agent_sandbox.config import GVISOR, EngineSettings
 from agent_sandbox.engine.spec import ContainerShape, FilesOut, InstallOutcome, Outcome, RunSpec
 from agent_sandbox.engine.streams import (
     SNAPSHOT_PREFIX,
@@ -69,6 +69,10 @@ _DRAIN_S = 2.0
 _FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
 _LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
 _UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the backstop only
+# Host tasks gVisor's Sentry needs for itself (measured: 38 idle) and per sandboxed process
+# (about 5 each on its default ptrace platform; threads cost far less).
+_GVISOR_HOST_TASKS = 64
+_GVISOR_HOST_TASKS_PER_PROCESS = 8
 
 ProgressCallback = Callable[[str], Awaitable[None]]
 # Called from the watcher thread as the program's output arrives: the stream (1 stdout, 2 stderr)
@@ -121,6 +125,7 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
         WORKDIR: f"size={shape.work_mib}m,{tmpfs_flags}",
         "/tmp": f"size={shape.tmp_mib}m,{tmpfs_flags}",
     }
+    host_tasks, process_rlimit = _process_limit(shape)
     mounts = []
     if shape.packages is not None:
         # Docker's tmpfs default is noexec: say exec, or no C extension could load from it.
@@ -144,7 +149,7 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
         "mounts": mounts,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
-        "pids_limit": shape.pids,
+        "pids_limit": host_tasks,
         "mem_limit": memory,
         "memswap_limit": memory,
         "nano_cpus": int(shape.cpus * 1e9),
@@ -153,12 +158,26 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
             Ulimit(name="nofile", soft=shape.open_files, hard=shape.open_files),
             Ulimit(name="fsize", soft=file_size, hard=file_size),
             Ulimit(name="core", soft=0, hard=0),
+            *process_rlimit,
         ],
         "ipc_mode": "none",
         "init": True,
         "cgroupns": "private",
         "log_config": LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
     }
+
+
+def _process_limit(shape: ContainerShape) -> tuple[int, list[Ulimit]]:
+    """The host's pids limit and the rlimits that hold the program to ``shape.pids`` processes and
+    threads. Under runc the pids cgroup counts exactly those. Under gVisor it counts the Sentry's
+    own host threads and stub processes instead, and a fork bomb that exhausts it kills the
+    whole sandbox with no word why; so gVisor's kernel enforces the limit as RLIMIT_NPROC, which
+    it counts inside the sandbox (EAGAIN, as under runc), and the cgroup only bounds the Sentry.
+    (Under runc RLIMIT_NPROC would count every process of uid 1000 on the host.)"""
+    if shape.runtime != GVISOR:
+        return shape.pids, []
+    host_tasks = _GVISOR_HOST_TASKS + _GVISOR_HOST_TASKS_PER_PROCESS * shape.pids
+    return host_tasks, [Ulimit(name="nproc", soft=shape.pids, hard=shape.pids)]
 
 
 @dataclass
