@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import docker
 import pytest
 
-from agent_sandbox.config import EngineSettings, FileSettings, LimitSettings, Settings
+from agent_sandbox.config import FileSettings, LimitSettings, Settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import SandboxFactory
@@ -43,27 +43,31 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
 
 
 @pytest.fixture
-def runtime() -> str:
-    """The OCI runtime sandboxes run under: the engine's default. Modules that must hold under
-    every runtime override it with ``params=RUNTIMES``."""
-    return ""
+def profile() -> Settings:
+    """The settings sandboxes start from: the defaults (the engine's default runtime, runc).
+    Modules that must hold under every shipped profile override it with ``params=PROFILES``."""
+    return Settings()
 
 
 @pytest.fixture(params=["cold", "warm"])
 async def make_sandbox(
-    request: pytest.FixtureRequest, engine: DockerEngine, runtime: str
+    request: pytest.FixtureRequest, engine: DockerEngine, profile: Settings
 ) -> AsyncIterator[SandboxFactory]:
-    """Makes sandboxes with the given limits, each test once with every run starting a container
-    cold and once with a warm pool of the same shape (filled before the test goes on): the same
-    assertions must hold for both. They run under ``runtime``."""
+    """Makes sandboxes from ``profile`` with the given limits (only those a test sets replace the
+    profile's), each test once with every run starting a container cold and once with a warm
+    pool of the same shape (filled before the test goes on): the same assertions must hold."""
     warm = request.param == "warm"
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(limits: LimitSettings | None = None, files: FileSettings | None = None) -> Sandbox:
+            chosen = limits.model_dump(include=limits.model_fields_set) if limits else {}
             settings = Settings(
-                engine=EngineSettings(pool_size=2 if warm else 0, runtime=runtime),
-                limits=limits or LimitSettings(),
-                files=files or FileSettings(),
+                **{
+                    **profile.model_dump(),
+                    "engine": {**profile.engine.model_dump(), "pool_size": 2 if warm else 0},
+                    "limits": {**profile.limits.model_dump(), **chosen},
+                    "files": files or profile.files,
+                }
             )
             sandbox = Sandbox(settings, engine)
             if warm:

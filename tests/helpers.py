@@ -15,14 +15,15 @@ from anyio.abc import TaskGroup
 from mcp import Client
 from pydantic import BaseModel
 
-from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.config import EngineSettings, Settings, load_settings
 from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine, owner_id
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 ROOT = Path(__file__).parents[1]
-RUNTIMES = ["runc", "runsc"]  # runsc: gVisor
+# configs/NAME.toml: the default (runc) and the strict profile (gVisor, smaller limits).
+PROFILES = ["default", "strict"]
 TOOLS = {
     "run_python",
     "run_project",
@@ -89,10 +90,15 @@ def stdio_server(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     )
 
 
-def runtime_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> str:
-    """The runtime a ``runtime`` fixture with ``params=RUNTIMES`` asks for; skipped where the engine
-    does not offer it (scripts/ensure-engine.sh registers runsc wherever Debian's package installs)."""
-    wanted = str(request.param)
-    if wanted not in engine.runtimes()[1]:
-        pytest.skip(f"the Docker engine offers no {wanted} runtime")
-    return wanted
+def profile_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> Settings:
+    """The shipped profile a ``profile`` fixture with ``params=PROFILES`` asks for. Skipped where
+    the engine does not offer its runtime (scripts/ensure-engine.sh registers runsc wherever
+    Debian's package installs), unless AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES (CI) names it."""
+    settings = load_settings(ROOT / "configs" / f"{request.param}.toml")
+    wanted = settings.engine.runtime
+    if wanted and wanted not in engine.runtimes()[1]:
+        message = f"the Docker engine offers no {wanted} runtime (configs/{request.param}.toml)"
+        if wanted in os.environ.get("AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES", "").split(","):
+            pytest.fail(message)
+        pytest.skip(message)
+    return settings

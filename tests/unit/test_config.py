@@ -40,6 +40,19 @@ def test_every_shipped_config_loads() -> None:
         load_settings(path)
 
 
+def test_the_strict_profile_runs_gvisor_with_smaller_limits_no_requirements_and_a_pool() -> None:
+    strict, default = load_settings(CONFIGS / "strict.toml"), Settings()
+    assert strict.engine.runtime == "runsc"
+    assert strict.engine.pool_size > 0
+    assert not strict.packages.enabled
+    assert strict.engine.network == ""
+    for name, value in strict.limits.model_dump().items():
+        assert value <= getattr(default.limits, name), f"limits.{name} is larger than the default"
+    assert strict.limits.memory_mib < default.limits.memory_mib
+    # gVisor's tmpfs is sandbox memory: a full /work must be reported as disk, not memory.
+    assert strict.limits.work_mib + strict.limits.tmp_mib < strict.limits.memory_mib
+
+
 def test_a_file_value_is_used(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("[limits]\nmemory_mib = 256\n")

@@ -119,6 +119,16 @@ def devices() -> list[str]:
     return found
 
 
+def id_map(path: str) -> list[list[int]]:
+    """The user namespace's id mapping: [inside, outside, count] per line ([[0, 0, 4294967295]]
+    when the container shares the host's ids)."""
+    try:
+        with open(path) as lines:
+            return [[int(field) for field in line.split()] for line in lines if line.strip()]
+    except OSError:
+        return []
+
+
 def process_count() -> int:
     return sum(1 for pid in os.listdir("/proc") if pid.isdigit())
 
@@ -148,6 +158,7 @@ def main() -> None:
     all_mounts = mounts()
     report: dict[str, Any] = {
         "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
+        "uid_map": id_map("/proc/self/uid_map"), "gid_map": id_map("/proc/self/gid_map"),
         "capabilities": {name: me.get(name, "").strip() for name in CAPABILITY_SETS},
         "no_new_privs": me.get("NoNewPrivs", "").strip(),
         "seccomp": me.get("Seccomp", "").strip(),
