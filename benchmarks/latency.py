@@ -2,8 +2,10 @@
 
 Latency of `print("hi")`, median and p95 over --runs calls each:
   - MCP `tools/call run_python` through a real client over stdio, warm pool on (size 2) and off,
+    under the engine's default runtime (runc) and, where the engine offers it, gVisor (runsc),
   - the engine called directly in-process, cold (what MCP adds to a cold start),
   - plain `docker run --rm --network none IMAGE python3 -c ...` (the Docker CLI, no hardening),
+    and the same with `--runtime runsc`,
   - the host's `/usr/bin/python3 -c ...`.
 Calls are --gap seconds apart (an agent's think time; the pool refills meanwhile); --gap 0 is a
 tight loop. Then throughput: --calls calls over Streamable HTTP from 1, 4 and 8 concurrent MCP
@@ -33,7 +35,7 @@ import anyio
 import docker
 from mcp import Client, StdioServerParameters
 
-from agent_sandbox.config import EngineSettings, Settings, load_settings
+from agent_sandbox.config import GVISOR, EngineSettings, Settings, load_settings
 from agent_sandbox.engine.docker import LABEL
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import Sandbox
@@ -56,20 +58,21 @@ def p95(samples: list[float]) -> float:
     return sorted(samples)[max(0, round(0.95 * len(samples)) - 1)]
 
 
-def server_env(pool_size: int) -> dict[str, str]:
+def server_env(pool_size: int, runtime: str = "") -> dict[str, str]:
     # The per-client limits (120 runs a minute, 4 at once) would refuse a throughput row's
     # calls: sessions without an id (protocol 2026-07-28) from one address are one client.
     return {
         **os.environ,
         "AGENT_SANDBOX_ENGINE__POOL_SIZE": str(pool_size),
+        "AGENT_SANDBOX_ENGINE__RUNTIME": runtime,
         "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",
         "AGENT_SANDBOX_SERVER__MAX_RUNS_PER_CLIENT": "64",
     }
 
 
-async def mcp_stdio(pool_size: int, runs: int, gap_s: float) -> list[float]:
+async def mcp_stdio(pool_size: int, runs: int, gap_s: float, runtime: str = "") -> list[float]:
     parameters = StdioServerParameters(
-        command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=server_env(pool_size)
+        command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=server_env(pool_size, runtime)
     )
     async with Client(parameters) as client:
 
@@ -165,7 +168,9 @@ async def main() -> None:
     runs, gap = options.runs, options.gap
     engine = load_settings().engine
     image = engine.image_of(engine.profile)
-    docker_version = docker.from_env().version()["Version"]
+    client = docker.from_env()
+    docker_version = client.version()["Version"]
+    gvisor = GVISOR in (client.info().get("Runtimes") or {})
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Docker {docker_version}"
     print(f"# {machine}, {runs} calls each, {gap:g} s apart")
     latency = {
@@ -177,6 +182,30 @@ async def main() -> None:
         ),
         "host /usr/bin/python3 -c": await command(["/usr/bin/python3", "-c", CODE], runs, gap),
     }
+    if gvisor:  # what the second wall costs (configs/strict.toml)
+        latency |= {
+            "gVisor: MCP stdio, warm pool": await mcp_stdio(2, runs, gap, GVISOR),
+            "gVisor: MCP stdio, pool off (cold)": await mcp_stdio(0, runs, gap, GVISOR),
+            "gVisor: docker run --runtime runsc": await command(
+                [
+                    "docker",
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "--runtime",
+                    GVISOR,
+                    image,
+                    "python3",
+                    "-c",
+                    CODE,
+                ],
+                runs,
+                gap,
+            ),
+        }
+    else:
+        print("# the engine offers no runsc: no gVisor rows (scripts/ensure-engine.sh registers it)")
     baseline = statistics.median(latency["docker run --rm --network none"])
     print(f"{'latency of a hello world':40} {'median ms':>10} {'p95 ms':>8} {'x docker run':>13}")
     for name, samples in latency.items():

@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docker
 import pytest
+
+from agent_sandbox.config import GVISOR
+from agent_sandbox.engine.docker import DockerEngine
+from tests.helpers import skip_unless_offered
 
 ROOT = Path(__file__).parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -27,6 +32,9 @@ def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path) -> None:
     for row in ("warm pool", "pool off (cold)", "engine in-process", "docker run", "host /usr/bin/python3"):
         assert row in out
     assert "4 calls, 8 concurrent clients" in out
+    gvisor = "runsc" in (docker.from_env().info().get("Runtimes") or {})
+    for row in ("gVisor: MCP stdio, warm pool", "gVisor: MCP stdio, pool off (cold)", "gVisor: docker run"):
+        assert (row in out) is gvisor, row
     assert chart.read_bytes().startswith(PNG_SIGNATURE)
     assert chart.stat().st_size > 10_000  # a drawn chart, not an empty canvas
 
@@ -41,4 +49,11 @@ def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path) -> None:
 def test_the_other_benchmarks_run(script: str, rows: tuple[str, ...]) -> None:
     out = bench(script, "--runs", "2", "--gap", "0")
     for row in rows:
+        assert row in out
+
+
+def test_the_runtime_cost_benchmark_runs(engine: DockerEngine) -> None:
+    skip_unless_offered(engine, GVISOR, "benchmarks/runtimes.py")
+    out = bench("benchmarks/runtimes.py", "--runs", "1")
+    for row in ("hello world", "CPU:", "files:", "processes:", "memory:", "idle sandbox memory"):
         assert row in out
