@@ -91,14 +91,19 @@ def stdio_server(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
 
 
 def profile_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> Settings:
-    """The shipped profile a ``profile`` fixture with ``params=PROFILES`` asks for. Skipped where
-    the engine does not offer its runtime (scripts/ensure-engine.sh registers runsc wherever
-    Debian's package installs), unless AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES (CI) names it."""
+    """The shipped profile a ``profile`` fixture with ``params=PROFILES`` asks for; see
+    ``skip_unless_offered``."""
     settings = load_settings(ROOT / "configs" / f"{request.param}.toml")
-    wanted = settings.engine.runtime
-    if wanted and wanted not in engine.runtimes()[1]:
-        message = f"the Docker engine offers no {wanted} runtime (configs/{request.param}.toml)"
-        if wanted in os.environ.get("AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES", "").split(","):
+    skip_unless_offered(engine, settings.engine.runtime, f"configs/{request.param}.toml")
+    return settings
+
+
+def skip_unless_offered(engine: DockerEngine, runtime: str, wanted_by: str) -> None:
+    """Skip where the engine does not offer ``runtime`` (scripts/ensure-engine.sh registers runsc
+    wherever Debian's package installs), or fail if AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES (CI)
+    names it."""
+    if runtime and runtime not in engine.runtimes()[1]:
+        message = f"the Docker engine offers no {runtime} runtime ({wanted_by})"
+        if runtime in os.environ.get("AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES", "").split(","):
             pytest.fail(message)
         pytest.skip(message)
-    return settings

@@ -13,6 +13,10 @@ from typing import IO
 
 import pytest
 
+from agent_sandbox.config import GVISOR
+from agent_sandbox.engine.docker import DockerEngine
+from tests.helpers import skip_unless_offered
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -206,6 +210,37 @@ def test_doctor_says_how_to_start_an_engine_that_does_not_answer() -> None:
     assert done.returncode == 3
     assert "FAIL  engine" in done.stdout
     assert "scripts/ensure-engine.sh" in done.stdout
+
+
+def test_a_runtime_the_engine_does_not_offer_stops_serve_and_fails_doctor() -> None:
+    """engine.runtime names an OCI runtime the engine lacks: serve exits 3 before serving, with the
+    fix; doctor marks the runtime line FAIL and still goes on to the rest."""
+    served = subprocess.run(
+        [sys.executable, "-m", "agent_sandbox", "serve"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "AGENT_SANDBOX_ENGINE__RUNTIME": "gvisor-typo"},
+        stdin=subprocess.PIPE,  # held open: only the failed start-up check can end it
+        timeout=60,
+    )
+    assert served.returncode == 3
+    assert "engine.runtime is 'gvisor-typo', but the Docker engine offers only" in served.stderr
+    assert "scripts/ensure-engine.sh" in served.stderr
+    assert served.stdout == ""
+    checked = cli_with_env("doctor", AGENT_SANDBOX_ENGINE__RUNTIME="gvisor-typo")
+    assert checked.returncode == 3
+    assert "FAIL  runtime    gvisor-typo (engine.runtime; default runc; offered: " in checked.stdout
+    assert "engine.runtime 'gvisor-typo' is not offered" in checked.stdout
+    assert "image" in checked.stdout  # the checks after it still ran
+
+
+def test_doctor_reports_gvisor_when_the_strict_profile_is_used(engine: DockerEngine) -> None:
+    skip_unless_offered(engine, GVISOR, "configs/strict.toml")
+    done = cli("--config", "configs/strict.toml", "doctor")
+    assert done.returncode == 0, done.stdout
+    assert "ok    runtime    runsc (engine.runtime; default runc; offered: " in done.stdout
+    assert "uid 1000, no capabilities, gVisor's kernel, no network" in done.stdout
 
 
 def test_a_missing_image_exits_3_and_says_how_to_build_it() -> None:

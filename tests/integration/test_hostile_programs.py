@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from agent_sandbox.config import GVISOR, FileSettings, LimitSettings, Settings
+from agent_sandbox.config import GVISOR, FileSettings, LimitSettings, Settings, load_settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import RunResult
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import PROFILES, SandboxFactory, kinds, profile_or_skip, snippet
+from tests.helpers import PROFILES, ROOT, SandboxFactory, kinds, profile_or_skip, skip_unless_offered, snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -385,3 +385,24 @@ async def test_a_traceback_after_a_flood_of_stderr_is_kept_and_read(make_sandbox
     result = await sandbox.run(snippet(code))
     assert result.stderr_truncated
     assert "FileNotFoundError" in result.stderr.splitlines()[-1]
+
+
+async def test_under_the_strict_profile_a_full_work_is_a_disk_violation(engine: DockerEngine) -> None:
+    """/work is memory under both runtimes; the strict profile keeps memory_mib above /work and
+    /tmp together, so filling /work to its real size (in files under the file-size limit) is
+    reported as a full disk, not as a memory kill."""
+    strict = load_settings(ROOT / "configs" / "strict.toml")
+    skip_unless_offered(engine, strict.engine.runtime, "configs/strict.toml")
+    files = strict.limits.work_mib // strict.limits.file_size_mib + 1
+    code = (
+        f"for n in range({files}):\n    with open(f'fill{{n}}.bin', 'wb') as f:\n"
+        f"        for _ in range({strict.limits.file_size_mib}):\n            f.write(b'x' * 2**20)"
+    )
+    sandbox = Sandbox(
+        strict.model_copy(update={"engine": strict.engine.model_copy(update={"pool_size": 0})}), engine
+    )
+    result = await sandbox.run(snippet(code))
+    assert "No space left on device" in result.stderr
+    assert not result.oom_killed
+    assert kinds(result) == {"disk"}
+    assert f"/work holds {strict.limits.work_mib} MiB" in result.notes[0]
