@@ -14,7 +14,9 @@ register_runsc() {
   if ! command -v runsc >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
     log "installing runsc (gVisor) ..."
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >&2 || { log "no runsc package: gVisor unavailable"; return 0; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq runsc >&2 || { apt-get update -qq >&2 && apt-get install -y -qq runsc >&2; } ||
+      { log "no runsc package: gVisor unavailable"; return 0; }
   fi
   [ -w /etc/docker ] || { log "cannot register runsc: /etc/docker is not writable"; return 0; }
   python3 -c '
