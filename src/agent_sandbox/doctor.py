@@ -137,15 +137,30 @@ def _trial_run(sandbox: Sandbox, settings: Settings) -> Iterator[Check]:
     for problem in problems:
         yield Check("FAIL", "posture", problem)
     if not problems:
-        network = "no network" if not settings.engine.network else "network on (engine.network)"
-        # Under gVisor the filter and the flag guard its kernel, where the probe cannot see them.
-        kernel = "gVisor's kernel" if settings.engine.runtime == GVISOR else "seccomp, no-new-privileges"
-        yield Check(
-            "ok",
-            "posture",
-            f"uid {report['uid']}, no capabilities, {kernel}, {network}, read-only root, "
-            "noexec /work and /tmp, no runtime socket",
-        )
+        yield Check("ok", "posture", posture_summary(report, settings))
+
+
+def posture_summary(report: dict[str, Any], settings: Settings) -> str:
+    """One line of what the probe found in a sandbox with no problems."""
+    network = "no network" if not settings.engine.network else "network on (engine.network)"
+    # Under gVisor the filter and the flag guard its kernel, where the probe cannot see them.
+    kernel = "gVisor's kernel" if settings.engine.runtime == GVISOR else "seccomp, no-new-privileges"
+    who = f"uid {report['uid']}"
+    host_uid = host_id(report["uid"], report.get("uid_map", []))
+    if host_uid is not None and host_uid != report["uid"]:
+        who += f" (host uid {host_uid}: user namespace remapped)"
+    return (
+        f"{who}, no capabilities, {kernel}, {network}, read-only root, noexec /work and /tmp, "
+        "no runtime socket"
+    )
+
+
+def host_id(inside: int, id_map: list[list[int]]) -> int | None:
+    """The host id ``inside`` maps to through a /proc/PID/uid_map, None if it is unmapped."""
+    for start, outside, count in id_map:
+        if start <= inside < start + count:
+            return outside + inside - start
+    return None
 
 
 def posture_problems(report: dict[str, Any], settings: Settings) -> list[str]:

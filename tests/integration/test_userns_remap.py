@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import docker
 import pytest
 
 from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.doctor import host_id
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
@@ -100,11 +102,10 @@ async def normal_posture(engine: DockerEngine) -> dict[str, Any]:
 
 
 def host_id_of(inside: int, id_map: list[list[int]]) -> int:
-    """The host id that ``inside`` is, through a /proc/PID/uid_map-style map."""
-    for start, outside, count in id_map:
-        if start <= inside < start + count:
-            return outside + inside - start
-    raise AssertionError(f"{inside} is not mapped by {id_map}")
+    """The host id that ``inside`` is, through a /proc/PID/uid_map-style map (doctor's reading)."""
+    found = host_id(inside, id_map)
+    assert found is not None, f"{inside} is not mapped by {id_map}"
+    return found
 
 
 def accounts(path: str) -> set[int]:
@@ -198,6 +199,22 @@ async def test_the_rest_of_the_posture_holds(
         assert {"rw", "noexec", "nosuid", "nodev", f"uid={host_uid}"} <= set(posture[mount]), mount
     assert posture["cgroup_writable"] == posture["release_agent_writable"] == []
     assert posture["unshare_user"] == posture["setuid_0"] == "EPERM"
+
+
+def test_doctor_shows_the_host_uid_the_sandbox_runs_as(
+    remapped_host: str, remapped_posture: dict[str, Any]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_sandbox", "doctor"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "AGENT_SANDBOX_ENGINE__DOCKER_HOST": remapped_host},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    host_uid = host_id_of(SANDBOX_UID, remapped_posture["uid_map"])
+    assert f"ok    posture    uid 1000 (host uid {host_uid}: user namespace remapped), " in done.stdout
 
 
 def test_no_sandbox_container_is_left_on_the_remapped_engine(remapped_client: docker.DockerClient) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_sandbox.config import EngineSettings, Settings
-from agent_sandbox.doctor import posture_problems
+from agent_sandbox.doctor import posture_problems, posture_summary
 
 GOOD: dict[str, Any] = {
     "uid": 1000, "euid": 1000,
@@ -58,3 +58,12 @@ def test_under_gvisor_what_its_proc_cannot_show_is_not_held_against_it() -> None
     problems = "\n".join(posture_problems(still_wrong, gvisor))
     for words in ("runs as root", "work is not noexec", "root filesystem is writable"):
         assert words in problems
+
+
+def test_the_summary_names_the_host_uid_when_the_engine_remaps_user_namespaces() -> None:
+    plain = posture_summary({**GOOD, "uid_map": [[0, 0, 4294967295]]}, Settings())
+    assert plain.startswith("uid 1000, no capabilities, seccomp, no-new-privileges, no network")
+    remapped = posture_summary({**GOOD, "uid_map": [[0, 100000, 65536]]}, Settings())
+    assert remapped.startswith("uid 1000 (host uid 101000: user namespace remapped), no capabilities")
+    gvisor = posture_summary(GOOD, Settings(engine=EngineSettings(runtime="runsc")))
+    assert "no capabilities, gVisor's kernel, no network" in gvisor
