@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
+from agent_sandbox.config import GVISOR
+from agent_sandbox.engine.docker import DockerEngine
+from tests.helpers import skip_unless_offered
 from tests.mcp.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -39,6 +42,7 @@ EXERCISED = {
     "make test": CI,
     "bash scripts/ensure-engine.sh": CI,
     ".venv/bin/agent-sandbox doctor": TRANSCRIPT,
+    ".venv/bin/agent-sandbox --config configs/strict.toml doctor": TRANSCRIPT,
     ".venv/bin/agent-sandbox image build": VERBATIM,
     "agent-sandbox serve": VERBATIM,
     "docker ps -a --filter label=io.agent-sandbox": VERBATIM,
@@ -74,6 +78,7 @@ EXERCISED = {
     ),
     ".venv/bin/python benchmarks/packages.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
     ".venv/bin/python benchmarks/workspaces.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
+    ".venv/bin/python benchmarks/runtimes.py": "tests/integration/test_benchmarks.py::test_the_runtime_cost_benchmark_runs",
 }
 TYPED = ("make ", ".venv/bin/", "bash ", "docker ", "curl ")
 
@@ -188,10 +193,13 @@ def normalised(line: str) -> str:
 
 
 @pytest.mark.parametrize("command", [command for command, where in EXERCISED.items() if where == TRANSCRIPT])
-def test_the_command_prints_what_the_readme_shows(command: str, tmp_path: Path) -> None:
+def test_the_command_prints_what_the_readme_shows(command: str, tmp_path: Path, engine: DockerEngine) -> None:
+    if "configs/strict.toml" in command:
+        skip_unless_offered(engine, GVISOR, command)
     # A scratch folder with the examples and the venv, so files the command saves land there.
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
     done = shell(command, cwd=tmp_path)
     printed = [normalised(line) for line in (done.stdout + done.stderr).splitlines() if line]
     shown = [normalised(line) for line in transcripts()[command]]
@@ -200,7 +208,8 @@ def test_the_command_prints_what_the_readme_shows(command: str, tmp_path: Path) 
         if expected.endswith(" ..."):  # the README cuts a long note short
             assert line.startswith(expected.removesuffix(" ...")), line
         elif command.endswith("doctor") and expected.startswith("ok    runtime"):
-            assert line.startswith("ok    runtime    runc ("), line  # the engine's runtimes differ by machine
+            # The runtime used is as shown; the runtimes the engine offers differ by machine.
+            assert line.startswith(expected.partition("offered: ")[0] + "offered: "), line
         else:
             assert line == expected
 
