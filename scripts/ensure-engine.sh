@@ -5,6 +5,8 @@
 set -euo pipefail
 
 log() { echo "[ensure-engine] $*" >&2; }
+# A process that exists and is not a zombie (a killed daemon nobody reaped still shows in pgrep).
+alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
 
 # gVisor's runsc as a second runtime (engine.runtime = "runsc"): Debian packages it, and dockerd
 # reloads its runtimes on SIGHUP. It needs --network=none to start containers without a network.
@@ -18,6 +20,7 @@ register_runsc() {
     apt-get install -y -qq runsc >&2 || { apt-get update -qq >&2 && apt-get install -y -qq runsc >&2; } ||
       { log "no runsc package: gVisor unavailable"; return 0; }
   fi
+  mkdir -p /etc/docker 2>/dev/null || true
   [ -w /etc/docker ] || { log "cannot register runsc: /etc/docker is not writable"; return 0; }
   python3 -c '
 import json, pathlib, sys
@@ -26,7 +29,11 @@ config = json.loads(path.read_text()) if path.exists() else {}
 config.setdefault("runtimes", {})["runsc"] = {"path": sys.argv[1], "runtimeArgs": ["--network=none"]}
 path.write_text(json.dumps(config, indent=2) + "\n")
 ' "$(command -v runsc)"
-  kill -HUP "$(pgrep -x dockerd | head -1)"
+  # The engine's own dockerd (its pid file), never another on this machine (scripts/userns-engine.sh).
+  local main
+  main="$(cat /var/run/docker.pid 2>/dev/null || true)"
+  alive "$main" || { log "cannot register runsc: no /var/run/docker.pid of a live dockerd"; return 0; }
+  kill -HUP "$main"
   for _ in $(seq 1 20); do has_runsc && { log "registered runsc (gVisor) with dockerd"; return 0; }; sleep 0.5; done
   log "dockerd did not pick up runsc; see /var/log/dockerd.log"
 }
@@ -56,8 +63,6 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# A process that exists and is not a zombie (a killed daemon nobody reaped still shows in pgrep).
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
 
 # A killed daemon leaves pid files behind (its own and its containerd's); the next dockerd
 # refuses to start, or waits for a containerd that is gone, until they are removed.
@@ -68,11 +73,9 @@ for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
   fi
 done
 
-running=""
-for pid in $(pgrep -x dockerd || true); do
-  if alive "$pid"; then running="$pid"; fi
-done
-if [ -z "$running" ]; then
+# The engine's own dockerd writes /var/run/docker.pid; another dockerd on this machine (such as
+# scripts/userns-engine.sh's, with a pid file of its own) is not the engine.
+if ! alive "$(cat /var/run/docker.pid 2>/dev/null || true)"; then
   log "starting dockerd in the background (log: /var/log/dockerd.log)"
   nohup dockerd >/var/log/dockerd.log 2>&1 &
 fi

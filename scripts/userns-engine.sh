@@ -90,12 +90,24 @@ clean_stale() {
   fi
 }
 
+# Its own config file, so the main engine's /etc/docker/daemon.json is never read; the settings
+# are flags, which a key in the file must not repeat. It only registers gVisor's runsc (as
+# scripts/ensure-engine.sh does for the main engine) where it is installed, so the strict profile
+# can run on a remapped engine too.
+write_config() {
+  mkdir -p "$STATE_DIR"
+  local runsc
+  runsc=$(command -v runsc || true)
+  if [ -n "$runsc" ]; then
+    printf '{"runtimes": {"runsc": {"path": "%s", "runtimeArgs": ["--network=none"]}}}\n' "$runsc" >"$CONFIG"
+  else
+    echo '{}' >"$CONFIG"
+  fi
+}
+
 start_daemon() {
   mkdir -p "$STATE_DIR" "$EXEC_ROOT"
   chmod 0711 "$STATE_DIR"  # the remapped root must be able to pass through to its data root
-  # Its own config file, so the main engine's /etc/docker/daemon.json is never read; the
-  # settings are flags, which a key in the file must not repeat.
-  [ -f "$CONFIG" ] || echo '{}' >"$CONFIG"
   log "starting dockerd with --userns-remap=default on $HOST (log: $LOG)"
   nohup dockerd \
     --host "$HOST" \
@@ -159,13 +171,17 @@ load_image() {
   log "loading $image from $SOURCE (its files are re-owned into the remapped range)..."
   docker -H "$SOURCE" save "$image" | docker -H "$HOST" load >/dev/null
   log "loaded $image in $((SECONDS - started)) s"
+  # The copy it replaces (an older build under the same tag) would stay in the data root for good.
+  docker -H "$HOST" image prune -f >/dev/null
 }
 
 cmd_start() {
   require_root_and_dockerd
   clean_stale
+  write_config
   if answers; then
-    log "the remapped engine already answers on $HOST"
+    log "the remapped engine already answers on $HOST (reloading its config)"
+    kill -HUP "$(pid_in "$PIDFILE")" 2>/dev/null || true
   else
     start_daemon
     wait_until_it_answers

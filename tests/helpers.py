@@ -100,10 +100,35 @@ def profile_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> Set
 
 def skip_unless_offered(engine: DockerEngine, runtime: str, wanted_by: str) -> None:
     """Skip where the engine does not offer ``runtime`` (scripts/ensure-engine.sh registers runsc
-    wherever Debian's package installs), or fail if AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES (CI)
+    wherever Debian's package installs), or fail if SANDBOX_TESTS_REQUIRE_RUNTIMES (CI)
     names it."""
     if runtime and runtime not in engine.runtimes()[1]:
         message = f"the Docker engine offers no {runtime} runtime ({wanted_by})"
-        if runtime in os.environ.get("AGENT_SANDBOX_TEST_REQUIRE_RUNTIMES", "").split(","):
+        if runtime in os.environ.get("SANDBOX_TESTS_REQUIRE_RUNTIMES", "").split(","):
             pytest.fail(message)
         pytest.skip(message)
+
+
+def host_status(pid: int) -> dict[str, str]:
+    """The fields of a host process's /proc/PID/status (Uid, CapEff, Seccomp, ...)."""
+    with open(f"/proc/{pid}/status") as lines:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def host_ids(pid: int) -> tuple[list[int], list[int]]:
+    """Real, effective, saved and filesystem uids and gids of host process ``pid``."""
+    status = host_status(pid)
+    return [int(n) for n in status["Uid"].split()], [int(n) for n in status["Gid"].split()]
+
+
+def gvisor_gofers(container_id: str) -> list[int]:
+    """Host pids of gVisor's gofer (the process that opens files for the sandbox) of a container."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+        if command.startswith("runsc-gofer ") and container_id in command:
+            found.append(int(name))
+    return found

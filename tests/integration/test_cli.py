@@ -215,19 +215,22 @@ def test_doctor_says_how_to_start_an_engine_that_does_not_answer() -> None:
 def test_a_runtime_the_engine_does_not_offer_stops_serve_and_fails_doctor() -> None:
     """engine.runtime names an OCI runtime the engine lacks: serve exits 3 before serving, with the
     fix; doctor marks the runtime line FAIL and still goes on to the rest."""
-    served = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-m", "agent_sandbox", "serve"],
-        capture_output=True,
+        stdin=subprocess.PIPE,  # held open: only the failed start-up check can end it
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "AGENT_SANDBOX_ENGINE__RUNTIME": "gvisor-typo"},
-        stdin=subprocess.PIPE,  # held open: only the failed start-up check can end it
-        timeout=60,
-    )
-    assert served.returncode == 3
-    assert "engine.runtime is 'gvisor-typo', but the Docker engine offers only" in served.stderr
-    assert "scripts/ensure-engine.sh" in served.stderr
-    assert served.stdout == ""
+    ) as served:
+        assert served.stdout is not None
+        assert served.stderr is not None
+        assert served.wait(timeout=60) == 3
+        assert served.stdout.read() == ""
+        errors = served.stderr.read()
+    assert "engine.runtime is 'gvisor-typo', but the Docker engine offers only" in errors
+    assert "scripts/ensure-engine.sh" in errors
     checked = cli_with_env("doctor", AGENT_SANDBOX_ENGINE__RUNTIME="gvisor-typo")
     assert checked.returncode == 3
     assert "FAIL  runtime    gvisor-typo (engine.runtime; default runc; offered: " in checked.stdout

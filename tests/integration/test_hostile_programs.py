@@ -63,6 +63,7 @@ def memory_bomb(result: RunResult) -> None:
 
 def memory_bomb_in_child(result: RunResult) -> None:
     assert (result.exit_code, result.stdout) == (0, "child returned -9\n")
+    assert [artifact.path for artifact in result.artifacts] == ["before.txt"]
     assert result.oom_killed
     assert kinds(result) == {"memory"}
     assert "in a child process" in result.violations[0].message
@@ -73,6 +74,7 @@ def memory_bomb_in_child_under_gvisor(result: RunResult) -> None:
     all of them: the program and the launcher die together (no files come back), and no one can
     tell which process used the memory."""
     assert (result.exit_code, result.stdout) == (137, "")
+    assert result.artifacts == []  # the launcher that sends them back died with the rest
     assert result.oom_killed
     assert kinds(result) == {"memory"}
     assert "in a child process" not in result.violations[0].message
@@ -225,6 +227,7 @@ HOSTILE = [
     Hostile(
         "memory bomb in a child",
         "import subprocess, sys\n"
+        "open('before.txt', 'w').write('written before the child ran')\n"
         "child = subprocess.run([sys.executable, '-c', 'x = b\"x\" * (200 * 2**20)'])\n"
         "print('child returned', child.returncode)",
         memory_bomb_in_child,

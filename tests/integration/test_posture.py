@@ -19,7 +19,15 @@ from agent_sandbox.config import GVISOR, Settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import PROFILES, profile_or_skip, snippet, while_running
+from tests.helpers import (
+    PROFILES,
+    gvisor_gofers,
+    host_ids,
+    host_status,
+    profile_or_skip,
+    snippet,
+    while_running,
+)
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parents[2]
@@ -159,12 +167,17 @@ async def test_the_user_namespace_mapping_is_reported(posture: dict[str, Any]) -
 
 
 async def test_seen_from_the_host_the_sandbox_is_confined(
-    sandbox: Sandbox, docker_client: docker.DockerClient, gvisor: bool
+    engine: DockerEngine, profile: Settings, docker_client: docker.DockerClient, gvisor: bool
 ) -> None:
-    """The process the engine started, read from the host's /proc. Under runc it is the program's
-    init: uid 1000, no capabilities, no-new-privileges, seccomp. Under gVisor it is the Sentry,
-    which serves the program's system calls: uid 65534 in a user namespace of its own where no
-    other id is mapped, no-new-privileges, and a seccomp filter of its own."""
+    """The processes the engine started, read from the host's /proc (one cold sandbox, so the only
+    container running is the run's). Under runc: the program's init, uid 1000 with no
+    capabilities, no-new-privileges and seccomp. Under gVisor: the Sentry, which serves the
+    program's system calls, as uid 65534 in a user namespace of its own where no other id is
+    mapped, with no-new-privileges and a seccomp filter of its own; and its gofer, which opens
+    files for it, under seccomp, as the host's root (userns-remap makes it the remapped root:
+    tests/integration/test_userns_remap.py)."""
+    settings = profile.model_copy(update={"engine": profile.engine.model_copy(update={"pool_size": 0})})
+    sandbox = Sandbox(settings, engine)
     async with anyio.create_task_group() as group:
         group.start_soon(sandbox.run, snippet("import time\ntime.sleep(30)"))
         with anyio.fail_after(20):
@@ -172,21 +185,23 @@ async def test_seen_from_the_host_the_sandbox_is_confined(
                 running := docker_client.containers.list(filters={"label": LABEL, "status": "running"})
             ):
                 await anyio.sleep(0.1)
-        for container in running:
-            pid = container.attrs["State"]["Pid"]
-            status = dict(
-                line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-            )
-            assert status["NoNewPrivs"] == "1"
-            assert status["Seccomp"] == "2"
-            own_namespace = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
-            if gvisor:
-                assert status["Uid"].split() == ["65534"] * 4
-                assert own_namespace
-                assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["65534", "65534", "1"]
-            else:
-                assert status["Uid"].split() == ["1000"] * 4
-                assert status["CapEff"] == status["CapPrm"] == NO_CAPABILITIES
+        (container,) = running
+        pid = container.attrs["State"]["Pid"]
+        status = host_status(pid)
+        assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+        own_namespace = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+        if gvisor:
+            assert host_ids(pid)[0] == [65534] * 4
+            assert own_namespace
+            assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["65534", "65534", "1"]
+            gofers = gvisor_gofers(container.id)
+            assert gofers, "no runsc-gofer process for the container"
+            for gofer in gofers:
+                assert host_status(gofer)["Seccomp"] == "2"
+                assert host_ids(gofer)[0] == [0] * 4  # the host's root, with a few capabilities
+        else:
+            assert host_ids(pid)[0] == [1000] * 4
+            assert status["CapEff"] == status["CapPrm"] == NO_CAPABILITIES
         group.cancel_scope.cancel()
 
 

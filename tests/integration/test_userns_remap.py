@@ -21,12 +21,12 @@ import anyio
 import docker
 import pytest
 
-from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.config import GVISOR, EngineSettings, Settings, load_settings
 from agent_sandbox.doctor import host_id
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import cold_sandbox, snippet
+from tests.helpers import cold_sandbox, gvisor_gofers, host_ids, skip_unless_offered, snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -53,13 +53,13 @@ def remapped_host() -> Iterator[str]:
         pytest.skip("user-namespace remapping needs a second dockerd, which needs root")
     if shutil.which("dockerd") is None:
         pytest.skip("dockerd is not installed (scripts/ensure-engine.sh installs docker.io)")
-    started = subprocess.run(
-        ["bash", str(SCRIPT), "start"], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
-    assert started.returncode == 0, f"scripts/userns-engine.sh start failed:\n{started.stderr[-4000:]}"
-    host = started.stdout.strip()
-    assert host.startswith("unix://"), started.stdout
-    try:
+    try:  # stopped even when start fails half-way (a daemon up, its image not loaded)
+        started = subprocess.run(
+            ["bash", str(SCRIPT), "start"], capture_output=True, text=True, cwd=ROOT, timeout=300
+        )
+        assert started.returncode == 0, f"scripts/userns-engine.sh start failed:\n{started.stderr[-4000:]}"
+        host = started.stdout.strip()
+        assert host.startswith("unix://"), started.stdout
         yield host
     finally:
         stopped = subprocess.run(
@@ -70,8 +70,13 @@ def remapped_host() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def remapped_client(remapped_host: str) -> Iterator[docker.DockerClient]:
+    """A client of the remapped engine; after the module, no sandbox container may be left on it."""
     client = docker.DockerClient(base_url=remapped_host)
     yield client
+    deadline = time.monotonic() + 10  # a cancelled run removes its container shielded, but in a thread
+    while leftovers := client.containers.list(all=True, sparse=True, filters={"label": LABEL}):
+        assert time.monotonic() < deadline, f"left behind: {[c.name for c in leftovers]}"
+        time.sleep(0.2)
     client.close()
 
 
@@ -85,6 +90,7 @@ def remapped(remapped_host: str, remapped_client: docker.DockerClient) -> Sandbo
 
 
 async def probe(sandbox: Sandbox) -> dict[str, Any]:
+    """The posture probe's report from a run in ``sandbox``."""
     result = await sandbox.run(snippet(POSTURE_PROBE))
     assert result.exit_code == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
@@ -112,13 +118,6 @@ def accounts(path: str) -> set[int]:
     """The ids of every entry of /etc/passwd or /etc/group."""
     with open(path) as lines:
         return {int(line.split(":")[2]) for line in lines if line.count(":") >= 3}
-
-
-def status_ids(pid: int) -> tuple[list[int], list[int]]:
-    """Real, effective, saved and filesystem uids and gids of host process ``pid``."""
-    with open(f"/proc/{pid}/status") as lines:
-        fields = dict(line.rstrip("\n").split(":\t", 1) for line in lines if ":\t" in line)
-    return [int(n) for n in fields["Uid"].split()], [int(n) for n in fields["Gid"].split()]
 
 
 async def test_the_probe_reports_a_private_id_map_only_under_remapping(
@@ -152,7 +151,7 @@ async def test_the_sandbox_runs_as_an_unmapped_host_uid(
     async with anyio.create_task_group() as group:
         group.start_soon(remapped.run, snippet("import time\ntime.sleep(60)"))
         with anyio.fail_after(20):
-            while ["python3", "main.py"] not in seen_commands(remapped_client, seen):
+            while ["python3", "main.py"] not in record_processes(remapped_client, seen):
                 await anyio.sleep(0.1)
         group.cancel_scope.cancel()  # the run is cancelled; its container is removed
     # Every process of the sandbox, seen from the host: docker-init, the launcher, the program.
@@ -162,11 +161,11 @@ async def test_the_sandbox_runs_as_an_unmapped_host_uid(
         assert gids == [host_gid] * 4, f"host pid {pid}: Gid {gids}"
 
 
-def seen_commands(
+def record_processes(
     client: docker.DockerClient, seen: dict[int, tuple[list[int], list[int]]]
 ) -> list[list[str]]:
-    """The command lines of the running sandbox's processes (host view, from `docker top`); their
-    host pids' ids go into ``seen``."""
+    """Record the host ids of every running sandbox's processes (host view, from `docker top`) in
+    ``seen``, by host pid; return their command lines."""
     commands = []
     for container in client.containers.list(filters={"label": LABEL}):
         top = container.top()
@@ -174,7 +173,7 @@ def seen_commands(
         for row in top["Processes"] or []:
             process = dict(zip(titles, row, strict=True))
             try:
-                seen[int(process["PID"])] = status_ids(int(process["PID"]))
+                seen[int(process["PID"])] = host_ids(int(process["PID"]))
             except FileNotFoundError:
                 continue  # it ended meanwhile
             commands.append(process["CMD"].split())
@@ -217,8 +216,32 @@ def test_doctor_shows_the_host_uid_the_sandbox_runs_as(
     assert f"ok    posture    uid 1000 (host uid {host_uid}: user namespace remapped), " in done.stdout
 
 
-def test_no_sandbox_container_is_left_on_the_remapped_engine(remapped_client: docker.DockerClient) -> None:
-    deadline = time.monotonic() + 10  # a cancelled run removes its container shielded, but in a thread
-    while leftovers := remapped_client.containers.list(all=True, sparse=True, filters={"label": LABEL}):
-        assert time.monotonic() < deadline, f"left behind: {[c.name for c in leftovers]}"
-        time.sleep(0.2)
+async def test_gvisor_on_the_remapped_engine_runs_its_gofer_as_an_unmapped_uid(
+    remapped_host: str, remapped_client: docker.DockerClient, remapped_posture: dict[str, Any]
+) -> None:
+    """The two walls together (configs/strict.toml on a remapped engine). gVisor's Sentry runs as
+    uid 65534 either way; its gofer, which opens files for the sandbox, runs as the host's root on
+    a plain engine and as the remapped root N here."""
+    engine = DockerEngine(EngineSettings(docker_host=remapped_host), client=remapped_client)
+    skip_unless_offered(engine, GVISOR, "the remapped engine (scripts/userns-engine.sh registers it)")
+    strict = load_settings(ROOT / "configs" / "strict.toml")
+    settings = strict.model_copy(
+        update={"engine": strict.engine.model_copy(update={"docker_host": remapped_host, "pool_size": 0})}
+    )
+    sandbox = Sandbox(settings, engine)
+    report = await probe(sandbox)
+    assert report["uid"] == SANDBOX_UID
+    remapped_root = host_id_of(0, remapped_posture["uid_map"])
+    async with anyio.create_task_group() as group:
+        group.start_soon(sandbox.run, snippet("import time\ntime.sleep(60)"))
+        with anyio.fail_after(20):
+            while not (running := remapped_client.containers.list(filters={"label": LABEL})):
+                await anyio.sleep(0.1)
+        (container,) = running
+        sentry = container.attrs["State"]["Pid"]
+        gofers = gvisor_gofers(container.id)
+        assert host_ids(sentry)[0] == [65534] * 4
+        assert gofers, "no runsc-gofer process for the container"
+        for gofer in gofers:
+            assert host_ids(gofer)[0] == [remapped_root] * 4, f"gofer {gofer}"
+        group.cancel_scope.cancel()
