@@ -36,7 +36,7 @@ import docker
 from mcp import Client, StdioServerParameters
 
 from agent_sandbox.config import GVISOR, EngineSettings, Settings, load_settings
-from agent_sandbox.engine.docker import LABEL
+from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import Sandbox
 
@@ -170,7 +170,7 @@ async def main() -> None:
     image = engine.image_of(engine.profile)
     client = docker.from_env()
     docker_version = client.version()["Version"]
-    gvisor = GVISOR in (client.info().get("Runtimes") or {})
+    gvisor = GVISOR in DockerEngine(engine, client=client).runtimes()[1]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Docker {docker_version}"
     print(f"# {machine}, {runs} calls each, {gap:g} s apart")
     latency = {

@@ -2,9 +2,11 @@
 sandbox under runc and in one under gVisor (runsc), all in the same run.
 
 Each workload runs --runs times per column, through the engine in-process (pool off); a row is
-the median of the program's own duration (the result's `duration_s`, start-up excluded; for the
-host, the wall-clock time of `python3 -c`). Then the memory an idle sandbox holds, as the
-engine's cgroup counts it (`docker stats`), under each runtime.
+the median of the result's `duration_s`: from handing the job to the started container to the
+program's end (unpacking, starting `python3`, running), with creating and starting the container
+left out; for the host, the wall-clock time of `python3 -c`. Then the memory a warm sandbox
+holds while it waits for a job (its launcher, and under gVisor the Sentry), as the engine's
+cgroup counts it (`docker stats`), under each runtime.
 
     .venv/bin/python benchmarks/runtimes.py [--runs 5]
 """
@@ -22,6 +24,7 @@ import anyio
 import docker
 
 from agent_sandbox.config import GVISOR, EngineSettings, Settings
+from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine, owner_id
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import Sandbox
 
@@ -42,6 +45,7 @@ RUNTIMES = {"runc": "", "gVisor": GVISOR}
 
 
 async def in_sandbox(runtime: str, code: str, runs: int) -> float:
+    """Median `duration_s` in ms of ``runs`` cold runs of ``code`` under ``runtime``."""
     settings = Settings(engine=EngineSettings(pool_size=0, runtime=runtime))
     sandbox = Sandbox(settings)
     request = RunRequest(files=[ProjectFile(path="main.py", content=code)])
@@ -54,6 +58,7 @@ async def in_sandbox(runtime: str, code: str, runs: int) -> float:
 
 
 async def on_host(code: str, runs: int) -> float:
+    """Median wall-clock ms of ``runs`` runs of the host's `python3 -c code`."""
     durations = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -63,15 +68,15 @@ async def on_host(code: str, runs: int) -> float:
     return statistics.median(durations)
 
 
-def idle_memory_mib(client: docker.DockerClient, image: str, runtime: str) -> float:
-    container = client.containers.run(
-        image, ["sleep", "30"], detach=True, remove=True, network_disabled=True, runtime=runtime or None
-    )
-    try:
-        time.sleep(2)
-        return float(container.stats(stream=False)["memory_stats"]["usage"]) / 2**20
-    finally:
-        container.kill()
+async def idle_memory_mib(client: docker.DockerClient, runtime: str) -> float:
+    """MiB a warm sandbox under ``runtime`` holds while it waits for its job (`docker stats`)."""
+    settings = Settings(engine=EngineSettings(pool_size=1, runtime=runtime))
+    async with Sandbox(settings) as sandbox:
+        assert sandbox.pool is not None
+        await sandbox.pool.filled()
+        await anyio.sleep(1)  # let it settle
+        (waiting,) = client.containers.list(filters={"label": f"{OWNER_LABEL}={owner_id()}"})
+        return float(waiting.stats(stream=False)["memory_stats"]["usage"]) / 2**20
 
 
 async def main() -> None:
@@ -79,7 +84,7 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     options = parser.parse_args()
     client = docker.from_env()
-    if GVISOR not in (client.info().get("Runtimes") or {}):
+    if GVISOR not in DockerEngine(Settings().engine, client=client).runtimes()[1]:
         sys.exit("the Docker engine offers no runsc runtime: bash scripts/ensure-engine.sh registers it")
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, Docker {client.version()['Version']}, "
@@ -90,10 +95,9 @@ async def main() -> None:
         host = await on_host(code, options.runs)
         runc, gvisor = [await in_sandbox(runtime, code, options.runs) for runtime in RUNTIMES.values()]
         print(f"{name:46} {host:8.1f} {runc:8.1f} {gvisor:8.1f} {gvisor / runc:12.2f}")
-    image = Settings().engine.image_of(Settings().engine.profile)
-    runc, gvisor = (idle_memory_mib(client, image, runtime) for runtime in RUNTIMES.values())
-    row = "idle sandbox memory, MiB (docker stats)"
-    print(f"{row:46} {'':8} {runc:8.1f} {gvisor:8.1f} {gvisor / runc:12.2f}")
+    runc, gvisor = [await idle_memory_mib(client, runtime) for runtime in RUNTIMES.values()]
+    row = "warm sandbox waiting, MiB (docker stats)"
+    print(f"{row:46} {'':8} {runc:8.2f} {gvisor:8.2f} {gvisor / runc:12.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import docker
 import pytest
 
 from agent_sandbox.config import GVISOR
@@ -26,13 +25,13 @@ def bench(*args: str) -> str:
     return done.stdout
 
 
-def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path) -> None:
+def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path, engine: DockerEngine) -> None:
     chart = tmp_path / "latency.png"
     out = bench("benchmarks/latency.py", "--runs", "2", "--gap", "0", "--calls", "4", "--chart", str(chart))
     for row in ("warm pool", "pool off (cold)", "engine in-process", "docker run", "host /usr/bin/python3"):
         assert row in out
     assert "4 calls, 8 concurrent clients" in out
-    gvisor = "runsc" in (docker.from_env().info().get("Runtimes") or {})
+    gvisor = GVISOR in engine.runtimes()[1]
     for row in ("gVisor: MCP stdio, warm pool", "gVisor: MCP stdio, pool off (cold)", "gVisor: docker run"):
         assert (row in out) is gvisor, row
     assert chart.read_bytes().startswith(PNG_SIGNATURE)
@@ -55,5 +54,5 @@ def test_the_other_benchmarks_run(script: str, rows: tuple[str, ...]) -> None:
 def test_the_runtime_cost_benchmark_runs(engine: DockerEngine) -> None:
     skip_unless_offered(engine, GVISOR, "benchmarks/runtimes.py")
     out = bench("benchmarks/runtimes.py", "--runs", "1")
-    for row in ("hello world", "CPU:", "files:", "processes:", "memory:", "idle sandbox memory"):
+    for row in ("hello world", "CPU:", "files:", "processes:", "memory:", "warm sandbox waiting"):
         assert row in out
