@@ -8,7 +8,8 @@ the line and the tar with unbuffered reads, unpacks regular files and folders un
 (re-checking every name: defence in depth), installs the job's wheels (if any) from the read-only
 /wheels into /packages, offline, and reports that on a first stdout line of its own; then it runs
 ``python3 ENTRYPOINT ARGS...`` as its child (through the notebook runner, when the job has it),
-which inherits the rest of stdin. Because the job arrives over stdin, a container can be started
+which inherits the rest of stdin; its stdout and stderr are pipes the launcher relays to its own,
+every byte. Because the job arrives over stdin, a container can be started
 ahead of time and handed exactly one job.
 
 When the child exits, the launcher kills whatever the program left running, writes the files the
@@ -206,11 +207,16 @@ def _run(
     notebook runner reported, if used, and whether time ran out. Stopping it here, not by
     killing the container, is what lets the files it wrote still come back."""
     report_read, report_write = os.pipe()
+    outputs = {1: os.pipe(), 2: os.pipe()}  # the program's stdout and stderr, relayed by us
     pid = os.fork()
     if pid == 0:
         try:
             os.setpgid(0, 0)  # its killpg(0, ...) must not reach us
             os.close(report_read)
+            for target, (read_end, write_end) in outputs.items():
+                os.dup2(write_end, target)
+                os.close(write_end)
+                os.close(read_end)
             script = "./" + entrypoint if entrypoint.startswith("-") else entrypoint  # not an option
             command = ["python3", script, *args]
             if notebook:
@@ -227,6 +233,11 @@ def _run(
     reported: list[bytes] = []
     reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
     reader.start()  # read while it runs: a full pipe must never block the program
+    relays = []
+    for target, (read_end, write_end) in outputs.items():
+        os.close(write_end)
+        relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
+        relays[-1].start()
     timed_out = []
 
     def out_of_time(signum: int, frame: object) -> None:
@@ -240,12 +251,26 @@ def _run(
     _, status = os.waitpid(pid, 0)  # resumed after the handler (PEP 475)
     signal.setitimer(signal.ITIMER_REAL, 0)
     code = os.waitstatus_to_exitcode(status)
-    _end_everything_else()  # now no one else holds the pipe open: the reader sees its end
-    reader.join(timeout=5)
+    _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
+    for thread in (reader, *relays):
+        thread.join(timeout=5)
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
     # Killed by our timer, not merely finished as it fired.
     stopped = bool(timed_out) and code == -signal.SIGKILL
     return (128 - code if code < 0 else code), (value or None), stopped
+
+
+def _relay(source: int, target: int) -> None:
+    """Copy the program's output from ``source`` to our ``target`` as it comes, every byte: under
+    gVisor one large write to the container's pipe can be taken only in part (a short write),
+    and Python's unbuffered stdout drops the rest; a pipe inside the sandbox takes it whole.
+    Should our side fail, the program gets EPIPE from then on, as it would have."""
+    with os.fdopen(source, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(1 << 16):
+            try:
+                _write_all(target, chunk)
+            except OSError:
+                return
 
 
 def _drain(fd: int, into: "list[bytes]") -> None:
@@ -397,7 +422,7 @@ def main() -> None:
         timeout_s = float(job["timeout_s"])  # type: ignore[arg-type]
         exit_code, return_value, timed_out = _run(str(job["entrypoint"]), args, env, notebook, timeout_s)
     _end_everything_else()
-    for fd in (1, 2):  # the program shared these and may have made them non-blocking
+    for fd in (1, 2):  # a program may have reached them (gVisor lets it open /proc/PPID/fd/1)
         os.set_blocking(fd, True)
     _send_files(nonce, sent, job["artifacts"])  # type: ignore[arg-type]
     if job["snapshot"]:
