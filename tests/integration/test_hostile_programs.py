@@ -119,9 +119,9 @@ def huge_line(result: RunResult) -> None:
 
 
 def large_writes_arrive_whole(result: RunResult) -> None:
-    """Every byte is counted: under gVisor, before the launcher relayed the program's output, a
-    write into a pipe with less room than it was short, and Python dropped the rest (a third of
-    these 8 MiB arrived)."""
+    """Every byte is counted. Under gVisor, before the launcher relayed the program's output, a
+    write into the container's pipe with less room than it needed came back short and Python
+    dropped the rest: a third of these 8 MiB arrived."""
     assert result.exit_code == 0
     assert (result.stdout_truncated, result.stdout_bytes) == (True, 128 * 64 * 1024)
     assert kinds(result) == {"output"}
@@ -186,6 +186,14 @@ def daemonised_child(result: RunResult) -> None:
 def stdin_forever(result: RunResult) -> None:
     timed_out_with_note(result)
     assert "stdin" in result.notes[0]
+
+
+def eavesdropping_daemon(result: RunResult) -> None:
+    """The daemon may take some of the program's own output off the pipe, never a line of the
+    launcher's: it is dead before the files block and the end line are written."""
+    assert (result.exit_code, result.timed_out) == (0, False)  # the real end line arrived
+    for artifact in result.artifacts:
+        assert "agent-sandbox" not in (artifact.content or ""), artifact.path
 
 
 def killed_parent(result: RunResult) -> None:
@@ -357,6 +365,15 @@ HOSTILE = [
         "raise SystemExit(3)",
         forged_end,
         under_gvisor=forged_end_under_gvisor,
+    ),
+    Hostile(
+        "a daemon reading the launcher's stdout",
+        "import os, time\nlauncher = os.getppid()\nif os.fork() == 0:\n    os.setsid()\n    try:\n"
+        "        pipe = os.open(f'/proc/{launcher}/fd/1', os.O_RDONLY)\n    except OSError:\n"
+        "        os._exit(0)\n    with open('stolen.txt', 'wb', buffering=0) as out:\n"
+        "        while True:\n            out.write(os.read(pipe, 65536))\n"
+        "time.sleep(0.5)\nprint('parent done')",
+        eavesdropping_daemon,
     ),
     Hostile(
         "killing its own parent",

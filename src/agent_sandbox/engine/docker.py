@@ -419,6 +419,7 @@ class DockerEngine:
         limits = spec.limits
         nonce, install_nonce = secrets.token_hex(16), secrets.token_hex(16)
         started = program_started = time.monotonic()
+        job_sent_at = time.time()
         # With requirements, the install gets its own time; the program's starts after it.
         installing = InstallDone(install_nonce) if spec.install is not None else None
         # The launcher stops the program at its limit; ours is the backstop should it not.
@@ -510,6 +511,8 @@ class DockerEngine:
             oom_killed = report.oom_killed if report.oom_killed is not None else _final_state(container)[1]
         else:
             exit_code, oom_killed = _final_state(container)
+            if exit_code == 137 and not (oom_killed or timed_out or output_killed):
+                oom_killed = _oom_event_since(container, job_sent_at)
         install = None
         if spec.install is not None:
             assert installing is not None
@@ -649,6 +652,23 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
     state = container.attrs.get("State", {})
     exit_code = status.get("StatusCode", state.get("ExitCode"))
     return (int(exit_code) if exit_code is not None else None), bool(state.get("OOMKilled"))
+
+
+def _oom_event_since(container: Container, since: float) -> bool:
+    """Whether the engine logged an OOM event for ``container`` since ``since`` (waiting a second
+    for one still on its way). For a sandbox that died whole with SIGKILL (under gVisor, an OOM
+    kills the Sentry, launcher and all): Docker sets OOMKilled only if its OOM event came before
+    the exit, which runsc does not promise."""
+    try:
+        events = container.client.events(  # type: ignore[union-attr]
+            since=int(since) - 1,
+            until=int(time.time()) + 1,
+            filters={"container": container.id, "event": "oom"},
+            decode=True,
+        )
+        return any(True for _ in events)
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return False
 
 
 def _process_alive(pid: str) -> bool:

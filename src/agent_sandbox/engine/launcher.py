@@ -28,6 +28,7 @@ import ctypes
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import stat
@@ -231,13 +232,17 @@ def _run(
             os._exit(127)
     os.close(report_write)
     reported: list[bytes] = []
+    # Read while it runs: a full pipe must never block the program.
     reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
-    reader.start()  # read while it runs: a full pipe must never block the program
     relays = []
     for target, (read_end, write_end) in outputs.items():
         os.close(write_end)
         relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
-        relays[-1].start()
+    # The threads never take SIGALRM: the timer must interrupt our waitpid, not one of them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    for thread in (reader, *relays):
+        thread.start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     timed_out = []
 
     def out_of_time(signum: int, frame: object) -> None:
@@ -252,8 +257,9 @@ def _run(
     signal.setitimer(signal.ITIMER_REAL, 0)
     code = os.waitstatus_to_exitcode(status)
     _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
-    for thread in (reader, *relays):
-        thread.join(timeout=5)
+    reader.join(timeout=5)
+    for relay in relays:  # every byte of output before any line of ours; the host's deadline bounds it
+        relay.join()
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
     # Killed by our timer, not merely finished as it fired.
     stopped = bool(timed_out) and code == -signal.SIGKILL
@@ -261,10 +267,11 @@ def _run(
 
 
 def _relay(source: int, target: int) -> None:
-    """Copy the program's output from ``source`` to our ``target`` as it comes, every byte: under
-    gVisor one large write to the container's pipe can be taken only in part (a short write),
-    and Python's unbuffered stdout drops the rest; a pipe inside the sandbox takes it whole.
-    Should our side fail, the program gets EPIPE from then on, as it would have."""
+    """Copy the program's output from ``source`` to our ``target`` as it comes, every byte (while
+    we live): under gVisor a write into the container's pipe with less room than it needs comes
+    back short, and Python's unbuffered stdout drops the rest; a blocking pipe inside the sandbox
+    takes every write whole. Should our side fail (the host stopped reading), the program gets
+    EPIPE from then on, as it would have."""
     with os.fdopen(source, "rb", buffering=0) as pipe:
         while chunk := pipe.read(1 << 16):
             try:
@@ -389,14 +396,35 @@ def _write_all(fd: int, data: bytes) -> None:
     """Write every byte, whatever the program did to the descriptor's flags."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])  # made non-blocking (and full): wait for room
 
 
 def _end_everything_else() -> None:
-    """Kill every other process of ours (daemons the program left behind) before the end line:
-    none may read it off the output pipes, learn the nonce, and forge a second one."""
+    """Kill every other process of ours (daemons the program left behind) before the end line,
+    and wait until they are gone: none may read it off the output pipes (gVisor lets a process
+    open ours through /proc), learn the nonce, and forge a second one."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(-1, signal.SIGKILL)  # all we may signal but PID 1 and ourselves
+    deadline = time.monotonic() + 5
+    while _others_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _others_alive() -> bool:
+    """Whether a process other than PID 1 and us still runs (a zombie no longer can)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (1, os.getpid()):
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat_line:
+                if stat_line.read().rpartition(b")")[2].split()[0] != b"Z":
+                    return True
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+    return False
 
 
 def main() -> None:
