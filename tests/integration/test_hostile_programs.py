@@ -213,8 +213,8 @@ def forged_end(result: RunResult) -> None:
 def forged_end_under_gvisor(result: RunResult) -> None:
     """gVisor lets the program read its non-dumpable launcher's environment and open its stdout
     (not its memory). Neither gives the nonce away: the environment is the program's own and
-    never holds it, and the launcher writes a marked line only while no other process is alive,
-    or (the install line) holds the program back until the host has read it."""
+    never holds it; the launcher writes its lines after every other process is gone, and the
+    install line before the program starts, which waits (up to 2 s) until the host has read it."""
     assert result.exit_code == 3
     assert "launcher mem: EACCES" in result.stdout
     assert "launcher environ: the program's own" in result.stdout
