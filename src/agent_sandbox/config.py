@@ -119,7 +119,12 @@ class ServerSettings(_Section):
         default="", description="Bearer token for HTTP; required off loopback.", repr=False
     )
     max_request_kib: int = Field(default=96 * 1024, ge=64, description="Largest HTTP request body.")
-    max_runs_per_client: int = Field(default=4, ge=1, description="Runs one client may have at once.")
+    max_runs_per_client: int = Field(
+        default=4, ge=1, description="Runs one HTTP client may have at once; more wait their turn."
+    )
+    max_queued_per_client: int = Field(
+        default=8, ge=0, description="Runs one HTTP client may have waiting; past this: busy."
+    )
     runs_per_minute_per_client: int = Field(default=120, ge=0, description="0: no rate limit.")
     audit_log: str = Field(default="", description="JSON-lines audit log path; empty: off.")
 

@@ -78,7 +78,7 @@ def _silence(out: TextIO) -> None:
     os.close(devnull)
 
 
-async def show_long_steps(stage: str) -> None:
+async def show_long_steps(stage: str, detail: str = "") -> None:
     """Say so when a run waits on something slower than starting a container."""
     if stage in LONG_STEPS:
         say(f"[agent-sandbox] {LONG_STEPS[stage]} ...")

@@ -13,6 +13,7 @@ import anyio.to_thread
 import docker.errors
 from packaging.requirements import Requirement
 
+from agent_sandbox.admission import Admission, Caller, QueuedCallback
 from agent_sandbox.archive import ArchiveError, build_archive, check_path, decode_content
 from agent_sandbox.artifacts import collect_artifacts, readable_name
 from agent_sandbox.config import LimitSettings, Settings
@@ -49,6 +50,7 @@ from agent_sandbox.verdict import judge
 from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
 
 log = logging.getLogger(__name__)
+LOCAL = Caller()  # a caller of this process's own: the command line, a script, a test
 
 
 class RequestError(ValueError):
@@ -90,6 +92,7 @@ class Sandbox:
         self.settings = settings
         self.engine = engine or DockerEngine(settings.engine)
         self.pool: WarmPool | None = None
+        self.admission = Admission(settings.engine.max_concurrent_runs, settings.engine.max_queued_runs)
         self.wheels = WheelResolver.from_settings(settings.packages)
         self.workspaces = WorkspaceStore(settings.workspaces, max_members=2 * settings.files.max_files)
 
@@ -237,21 +240,23 @@ class Sandbox:
         self,
         request: RunRequest,
         on_progress: ProgressCallback | None = None,
-        client: str = "local",
+        caller: Caller = LOCAL,
         on_output: OutputCallback | None = None,
     ) -> RunResult:
-        """Run ``request`` in a fresh container; refusals raise ``RequestError``,
-        infrastructure failures ``EngineError``. ``client`` owns the workspaces it creates;
-        ``on_output`` sees the program's output as it comes."""
+        """Run ``request`` in a fresh container; refusals raise ``RequestError``, a full server
+        ``Busy``, infrastructure failures ``EngineError``. ``caller`` owns the workspaces it
+        uses and waits within its share; ``on_output`` sees the program's output as it comes."""
         if request.workspace is None:
-            result, _ = await self._execute(request, on_progress, on_output)
+            result, _ = await self._execute(request, caller, on_progress, on_output)
             return result
         workspace = request.workspace
         try:
-            with self.workspaces.in_use(workspace, client):
-                stored = await anyio.to_thread.run_sync(self.workspaces.files, workspace, client)
-                result, snapshot = await self._execute(_on_top_of(stored, request), on_progress, on_output)
-                report = await anyio.to_thread.run_sync(self._save, workspace, client, snapshot)
+            with self.workspaces.in_use(workspace, caller.id):
+                stored = await anyio.to_thread.run_sync(self.workspaces.files, workspace, caller.id)
+                result, snapshot = await self._execute(
+                    _on_top_of(stored, request), caller, on_progress, on_output
+                )
+                report = await anyio.to_thread.run_sync(self._save, workspace, caller.id, snapshot)
         except WorkspaceError as exc:
             raise RequestError(str(exc)) from None
         notes = result.notes + ([f"Workspace {workspace}: {report.note}"] if report.note else [])
@@ -284,9 +289,14 @@ class Sandbox:
         )
 
     async def _execute(
-        self, request: RunRequest, on_progress: ProgressCallback | None, on_output: OutputCallback | None
+        self,
+        request: RunRequest,
+        caller: Caller,
+        on_progress: ProgressCallback | None,
+        on_output: OutputCallback | None,
     ) -> tuple[RunResult, FilesOut | None]:
-        """Run ``request``; its result, and all of /work when it is a workspace run."""
+        """Run ``request`` once ``caller`` is admitted; its result, and all of /work when it is
+        a workspace run."""
         spec = self.prepare(request)
         requirements = self.requirements(request)
         resolution = None
@@ -301,7 +311,8 @@ class Sandbox:
                 wheels = tuple(wheel.filename for wheel in resolution.wheels)
                 install = InstallSpec(mount, wheels, self.settings.packages.install_timeout_s)
                 spec = dataclasses.replace(spec, install=install)
-            outcome = await self.engine.run(spec, on_progress, on_output)
+            async with self.admission.admit(caller, _queued_reporter(on_progress)):
+                outcome = await self.engine.run(spec, on_progress, on_output)
         stderr = outcome.stderr.decode("utf-8", errors="replace")
         error = parse_error(stderr) if outcome.exit_code == 1 else None  # Python's code for it
         verdict = judge(
@@ -369,6 +380,17 @@ def _on_top_of(stored: dict[str, bytes], request: RunRequest) -> RunRequest:
         if unicodedata.normalize("NFC", path) not in sent
     ]
     return request.model_copy(update={"files": kept + list(request.files)})
+
+
+def _queued_reporter(on_progress: ProgressCallback | None) -> QueuedCallback | None:
+    """Tell ``on_progress`` how many wait ahead while a run waits for a slot."""
+    if on_progress is None:
+        return None
+
+    async def report(ahead: int) -> None:
+        await on_progress("queued", f"{ahead} ahead")
+
+    return report
 
 
 def _capped(value: str | None, max_chars: int) -> str | None:

@@ -10,8 +10,9 @@ import docker
 import pytest
 from docker.models.containers import Container
 
+from agent_sandbox.admission import Busy
 from agent_sandbox.config import EngineSettings, Settings
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, EngineBusy, owner_id
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, owner_id
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import snippet
 
@@ -41,7 +42,7 @@ async def test_no_container_remains_after_a_normal_a_failing_and_a_timed_out_run
 async def test_a_cancelled_run_removes_its_container_at_once(sandbox: Sandbox, engine: DockerEngine) -> None:
     running = anyio.Event()
 
-    async def on_progress(stage: str) -> None:
+    async def on_progress(stage: str, detail: str = "") -> None:
         if stage == "running":
             running.set()
 
@@ -68,15 +69,16 @@ async def test_a_run_cancelled_while_starting_leaves_nothing(sandbox: Sandbox, e
 async def test_runs_beyond_the_slots_queue_and_beyond_the_queue_are_refused(
     docker_client: docker.DockerClient,
 ) -> None:
-    engine = DockerEngine(EngineSettings(max_concurrent_runs=1, max_queued_runs=1), client=docker_client)
-    sandbox = Sandbox(Settings(), engine)
+    settings = Settings(engine=EngineSettings(max_concurrent_runs=1, max_queued_runs=1, pool_size=0))
+    engine = DockerEngine(settings.engine, client=docker_client)
+    sandbox = Sandbox(settings, engine)
     stages: dict[str, list[str]] = {"first": [], "second": []}
     first_running = anyio.Event()
     results = {}
 
     async def run(name: str, code: str) -> None:
-        async def on_progress(stage: str) -> None:
-            stages[name].append(stage)
+        async def on_progress(stage: str, detail: str = "") -> None:
+            stages[name].append(f"{stage}, {detail}" if detail else stage)
             if name == "first" and stage == "running":
                 first_running.set()
 
@@ -87,9 +89,9 @@ async def test_runs_beyond_the_slots_queue_and_beyond_the_queue_are_refused(
         await first_running.wait()
         group.start_soon(run, "second", "print('second')")
         await anyio.sleep(0.2)
-        with pytest.raises(EngineBusy, match="busy: 1 runs are in progress and 1 are queued"):
+        with pytest.raises(Busy, match="busy: 1 runs are in progress and 1 are waiting"):
             await sandbox.run(snippet("print('third')"))
-    assert stages == {"first": ["starting", "running"], "second": ["queued", "starting", "running"]}
+    assert stages == {"first": ["starting", "running"], "second": ["queued, 0 ahead", "starting", "running"]}
     assert results["first"].stdout == "first\n"
     assert results["second"].stdout == "second\n"
     assert engine.our_containers() == []

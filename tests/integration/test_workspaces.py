@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agent_sandbox.admission import Caller
 from agent_sandbox.config import EngineSettings, LimitSettings, Settings, WorkspaceSettings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import ProjectFile, RunRequest
@@ -21,6 +22,7 @@ from tests.helpers import cold_sandbox
 pytestmark = pytest.mark.anyio
 
 ME = "client-a"
+AS_ME = Caller(ME)
 
 
 def make(engine: DockerEngine, folder: Path, **workspaces: object) -> Sandbox:
@@ -39,29 +41,29 @@ def call(workspace: str, code: str, *extra: ProjectFile, **fields: object) -> Ru
 
 async def test_write_import_modify_then_delete(sandbox: Sandbox) -> None:
     workspace = sandbox.workspaces.create(ME).id
-    first = await sandbox.run(call(workspace, "open('helper.py', 'w').write('VALUE = 1\\n')"), client=ME)
+    first = await sandbox.run(call(workspace, "open('helper.py', 'w').write('VALUE = 1\\n')"), caller=AS_ME)
     assert first.workspace is not None
     assert first.workspace.saved
-    second = await sandbox.run(call(workspace, "import helper\nprint(helper.VALUE)"), client=ME)
+    second = await sandbox.run(call(workspace, "import helper\nprint(helper.VALUE)"), caller=AS_ME)
     assert second.stdout == "1\n"
     third = await sandbox.run(
         call(workspace, "open('helper.py', 'a').write('VALUE += 1\\n')\nimport helper\nprint(helper.VALUE)"),
-        client=ME,
+        caller=AS_ME,
     )
     assert third.stdout == "2\n"
     assert sandbox.workspaces.read(workspace, ME, "helper.py") == b"VALUE = 1\nVALUE += 1\n"
     assert third.artifacts[0].path == "helper.py"  # changed in this run, so it comes back too
     sandbox.workspaces.delete(workspace, ME)
     with pytest.raises(RequestError, match=f"there is no workspace '{workspace}' for this client"):
-        await sandbox.run(call(workspace, "print(1)"), client=ME)
+        await sandbox.run(call(workspace, "print(1)"), caller=AS_ME)
 
 
 async def test_the_callers_files_win_over_the_workspaces(sandbox: Sandbox) -> None:
     workspace = sandbox.workspaces.create(ME).id
-    await sandbox.run(call(workspace, "open('data.txt', 'w').write('old')"), client=ME)
+    await sandbox.run(call(workspace, "open('data.txt', 'w').write('old')"), caller=AS_ME)
     result = await sandbox.run(
         call(workspace, "print(open('data.txt').read())", ProjectFile(path="data.txt", content="new")),
-        client=ME,
+        caller=AS_ME,
     )
     assert result.stdout == "new\n"
 
@@ -69,11 +71,11 @@ async def test_the_callers_files_win_over_the_workspaces(sandbox: Sandbox) -> No
 async def test_a_run_stopped_for_time_still_saves_what_it_wrote(sandbox: Sandbox) -> None:
     workspace = sandbox.workspaces.create(ME).id
     code = "open('progress.txt', 'w').write('half done')\nimport time\ntime.sleep(60)"
-    result = await sandbox.run(call(workspace, code, limits={"timeout_s": 1}), client=ME)
+    result = await sandbox.run(call(workspace, code, limits={"timeout_s": 1}), caller=AS_ME)
     assert result.timed_out
     assert result.workspace is not None
     assert result.workspace.saved
-    after = await sandbox.run(call(workspace, "print(open('progress.txt').read())"), client=ME)
+    after = await sandbox.run(call(workspace, "print(open('progress.txt').read())"), caller=AS_ME)
     assert after.stdout == "half done\n"
 
 
@@ -88,7 +90,7 @@ async def test_a_run_killed_for_memory_still_saves_what_it_wrote(
     sandbox = Sandbox(settings, engine)
     workspace = sandbox.workspaces.create(ME).id
     code = "open('before.txt', 'w').write('kept')\nhog = bytearray(200 * 1024 * 1024)"
-    result = await sandbox.run(call(workspace, code), client=ME)
+    result = await sandbox.run(call(workspace, code), caller=AS_ME)
     assert result.oom_killed
     assert result.workspace is not None
     assert result.workspace.saved
@@ -100,14 +102,14 @@ async def test_a_second_run_on_a_busy_workspace_is_refused_clearly(sandbox: Sand
     outcomes: dict[str, object] = {}
 
     async def slow() -> None:
-        outcomes["slow"] = await sandbox.run(call(workspace, "import time; time.sleep(3)"), client=ME)
+        outcomes["slow"] = await sandbox.run(call(workspace, "import time; time.sleep(3)"), caller=AS_ME)
 
     async with anyio.create_task_group() as group:
         group.start_soon(slow)
         await anyio.sleep(1)
         with pytest.raises(RequestError, match="is in use by another run; wait for that run to finish"):
-            await sandbox.run(call(workspace, "print(1)"), client=ME)
-    again = await sandbox.run(call(workspace, "print('after')"), client=ME)
+            await sandbox.run(call(workspace, "print(1)"), caller=AS_ME)
+    again = await sandbox.run(call(workspace, "print('after')"), caller=AS_ME)
     assert again.stdout == "after\n"
 
 
@@ -116,14 +118,14 @@ async def test_workspaces_survive_a_restart_and_the_ttl_drops_idle_ones(
 ) -> None:
     first = make(engine, tmp_path)
     workspace = first.workspaces.create(ME).id
-    await first.run(call(workspace, "open('kept.txt', 'w').write('yes')"), client=ME)
+    await first.run(call(workspace, "open('kept.txt', 'w').write('yes')"), caller=AS_ME)
     restarted = make(engine, tmp_path)  # a new server on the same folder
-    result = await restarted.run(call(workspace, "print(open('kept.txt').read())"), client=ME)
+    result = await restarted.run(call(workspace, "print(open('kept.txt').read())"), caller=AS_ME)
     assert result.stdout == "yes\n"
     short_lived = make(engine, tmp_path, idle_ttl_s=1)
     time.sleep(1.5)
     with pytest.raises(RequestError, match="dropped after 1 s unused"):
-        await short_lived.run(call(workspace, "print(1)"), client=ME)
+        await short_lived.run(call(workspace, "print(1)"), caller=AS_ME)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -133,9 +135,9 @@ async def test_another_client_cannot_use_a_workspace_unless_shared(
     sandbox = make(engine, tmp_path)
     workspace = sandbox.workspaces.create(ME).id
     with pytest.raises(RequestError, match="belongs to another client"):
-        await sandbox.run(call(workspace, "print(1)"), client="client-b")
+        await sandbox.run(call(workspace, "print(1)"), caller=Caller("client-b"))
     shared = make(engine, tmp_path, shared=True)
-    result = await shared.run(call(workspace, "print('shared')"), client="client-b")
+    result = await shared.run(call(workspace, "print('shared')"), caller=Caller("client-b"))
     assert result.stdout == "shared\n"
 
 
@@ -144,8 +146,8 @@ async def test_a_work_tree_over_the_cap_is_not_saved_and_the_old_state_kept(
 ) -> None:
     sandbox = make(engine, tmp_path, max_kib=64)
     workspace = sandbox.workspaces.create(ME).id
-    await sandbox.run(call(workspace, "open('small.txt', 'w').write('v1')"), client=ME)
-    result = await sandbox.run(call(workspace, "open('big.bin', 'wb').write(b'x' * 100_000)"), client=ME)
+    await sandbox.run(call(workspace, "open('small.txt', 'w').write('v1')"), caller=AS_ME)
+    result = await sandbox.run(call(workspace, "open('big.bin', 'wb').write(b'x' * 100_000)"), caller=AS_ME)
     assert result.workspace is not None
     assert not result.workspace.saved
     assert "over the workspace's" in (result.workspace.note or "")
@@ -194,7 +196,7 @@ async def test_a_hostile_or_corrupt_snapshot_is_refused_and_never_unpacked(
     (folder / "snapshot.tar").write_bytes(snapshot)
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     with pytest.raises(RequestError, match=f"the snapshot of workspace '{workspace}' was refused") as refused:
-        await sandbox.run(call(workspace, "print(1)"), client=ME)
+        await sandbox.run(call(workspace, "print(1)"), caller=AS_ME)
     assert why in str(refused.value)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written on the host
     assert not (tmp_path / "escape.txt").exists()
@@ -207,7 +209,7 @@ async def test_an_oversized_snapshot_is_refused_before_it_is_read(
     workspace = sandbox.workspaces.create(ME).id
     (sandbox.workspaces.root / workspace / "snapshot.tar").write_bytes(b"\0" * (3 * 1024 * 1024))
     with pytest.raises(RequestError, match="over the 1 KiB cap"):
-        await sandbox.run(call(workspace, "print(1)"), client=ME)
+        await sandbox.run(call(workspace, "print(1)"), caller=AS_ME)
 
 
 async def test_the_number_of_workspaces_is_capped(engine: DockerEngine, tmp_path: Path) -> None:
@@ -225,7 +227,7 @@ async def test_the_number_of_workspaces_is_capped(engine: DockerEngine, tmp_path
 async def test_files_with_names_a_caller_could_not_send_are_left_out_with_a_note(sandbox: Sandbox) -> None:
     workspace = sandbox.workspaces.create(ME).id
     code = "open('ok.txt', 'w').write('1')\nopen('tab\\there', 'w').write('2')"
-    result = await sandbox.run(call(workspace, code), client=ME)
+    result = await sandbox.run(call(workspace, code), caller=AS_ME)
     assert result.workspace is not None
     assert result.workspace.saved
     assert "saved without these files: tab\there" in (result.workspace.note or "")

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import docker
 import pytest
 from mcp import Client
 
@@ -261,12 +260,10 @@ async def test_infrastructure_failures_are_tool_errors_with_a_fix(
     assert words in result.content[0].text
 
 
-async def test_a_full_queue_is_a_busy_tool_error() -> None:
-    client_ = docker.from_env()
-    engine = DockerEngine(EngineSettings(max_concurrent_runs=1, max_queued_runs=0), client=client_)
-    async with Client(build_server(Sandbox(Settings(), engine))) as client:
+async def test_a_full_queue_is_a_busy_tool_error(engine: DockerEngine) -> None:
+    settings = Settings(engine=EngineSettings(pool_size=0, max_concurrent_runs=1, max_queued_runs=0))
+    async with Client(build_server(Sandbox(settings, engine))) as client:
         async with while_running(client, "import time\ntime.sleep(1)"):
             result = await client.call_tool("run_python", {"code": "print(1)"})
         assert result.is_error is True
-        assert "busy" in result.content[0].text
-    client_.close()
+        assert "the sandbox is busy: 1 runs are in progress and 0 are waiting" in result.content[0].text

@@ -114,7 +114,7 @@ async def test_metrics_count_each_outcome_and_show_the_load(transport: Transport
                 # Both sleep: the cancellations arrive one by one, and the queued call may get
                 # the slot in between.
                 await start_call(group, client, SLEEP, "the program is running")
-                await start_call(group, client, SLEEP, "waiting for a free sandbox slot")
+                await start_call(group, client, SLEEP, "queued, 0 ahead")
                 busy = await scrape(url)
                 group.cancel_scope.cancel()
             with anyio.fail_after(15):  # the server learns of the cancellations a moment later

@@ -71,7 +71,10 @@ async def test_with_a_token_the_sse_transport_requires_it_too() -> None:
 
 
 async def test_over_http_each_session_is_a_client_with_its_own_share() -> None:
-    env = {"AGENT_SANDBOX_SERVER__MAX_RUNS_PER_CLIENT": "1"}
+    env = {
+        "AGENT_SANDBOX_SERVER__MAX_RUNS_PER_CLIENT": "1",
+        "AGENT_SANDBOX_SERVER__MAX_QUEUED_PER_CLIENT": "0",
+    }
     with serving("streamable-http", env=env) as (url, _, _):
         async with (
             Client(f"{url}/mcp", mode="legacy") as first,
@@ -81,7 +84,7 @@ async def test_over_http_each_session_is_a_client_with_its_own_share() -> None:
             same_session = await first.call_tool("run_python", {"code": "print(1)"})
             other_session = await second.call_tool("run_python", {"code": "print(2)"})
     assert same_session.is_error
-    assert "this client already has 1 runs in progress" in same_session.content[0].text
+    assert "this client is busy: it has 1 runs in progress and 0 waiting" in same_session.content[0].text
     assert other_session.is_error is False
     assert other_session.structured_content is not None
     assert other_session.structured_content["stdout"] == "2\n"
@@ -129,12 +132,14 @@ def sandbox_with(engine: DockerEngine, **server: Any) -> Sandbox:
     return Sandbox(Settings(engine=EngineSettings(pool_size=0), server=ServerSettings(**server)), engine)
 
 
-async def test_a_client_over_its_concurrent_runs_gets_a_clear_error(engine: DockerEngine) -> None:
+async def test_the_one_client_of_a_stdio_server_is_not_held_to_the_http_share(engine: DockerEngine) -> None:
+    """An agent's parallel calls all come from the one stdio client: its share is the server."""
     async with Client(build_server(sandbox_with(engine, max_runs_per_client=1))) as client:
         async with while_running(client, "import time; time.sleep(1)"):
             second = await client.call_tool("run_python", {"code": "print(2)"})
-        assert second.is_error
-        assert "too many runs: this client already has 1 runs in progress" in second.content[0].text
+        assert second.is_error is False
+        assert second.structured_content is not None
+        assert second.structured_content["stdout"] == "2\n"
 
 
 async def test_a_client_over_its_rate_gets_a_clear_error(engine: DockerEngine) -> None:

@@ -7,12 +7,13 @@ import asyncio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent_sandbox.admission import Busy
 from agent_sandbox.config import EngineSettings, Settings
-from agent_sandbox.engine.docker import EngineBusy, EngineError, EngineUnavailable, ImageMissing
+from agent_sandbox.engine.docker import EngineError, EngineUnavailable, ImageMissing
 from agent_sandbox.models import InstallReport, Violation, ViolationKind
 from agent_sandbox.sandbox import RequestError, Sandbox
-from agent_sandbox.server.client_limits import ClientLimitError
 from agent_sandbox.server.metrics import Metrics, RunOutcome, outcome_of, outcome_of_error
+from agent_sandbox.server.start_rate import RateLimited
 from tests.unit.test_results import result
 
 TIMEOUT = Violation(kind=ViolationKind.TIMEOUT, limit="1 s", message="stopped after 1 s")
@@ -43,8 +44,9 @@ def test_a_finished_run_is_ok_a_program_error_or_a_limit(
     ("exc", "outcome"),
     [
         (RequestError("entrypoint is not one of the files"), RunOutcome.REFUSED),
-        (ClientLimitError("this client already has 4 runs in progress"), RunOutcome.REFUSED),
-        (EngineBusy("the sandbox is busy"), RunOutcome.BUSY),
+        (RateLimited("this client started 120 runs in the last minute"), RunOutcome.REFUSED),
+        (Busy("the sandbox is busy"), RunOutcome.BUSY),
+        (Busy("this client is busy"), RunOutcome.BUSY),
         (EngineUnavailable("no Docker engine answers"), RunOutcome.INFRASTRUCTURE_ERROR),
         (ImageMissing("the sandbox image is not on the Docker engine"), RunOutcome.INFRASTRUCTURE_ERROR),
         (

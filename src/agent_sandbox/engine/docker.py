@@ -20,7 +20,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,7 +74,14 @@ _UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the backstop only
 _GVISOR_HOST_TASKS = 64
 _GVISOR_HOST_TASKS_PER_PROCESS = 8
 
-ProgressCallback = Callable[[str], Awaitable[None]]
+
+class ProgressCallback(Protocol):
+    """Told each stage of a run as it starts: resolving, queued (``detail``: how many wait
+    ahead, told again as that changes), starting, installing, running."""
+
+    def __call__(self, stage: str, detail: str = "") -> Awaitable[None]: ...
+
+
 # Called from the watcher thread as the program's output arrives: the stream (1 stdout, 2 stderr)
 # and its bytes, with the launcher's own lines and files already taken out.
 OutputCallback = Callable[[int, bytes], None]
@@ -90,10 +97,6 @@ class EngineUnavailable(EngineError):
 
 class ImageMissing(EngineError):
     """The sandbox image is not on the engine."""
-
-
-class EngineBusy(EngineError):
-    """Every run slot and every queue place is taken."""
 
 
 def owner_id(pid: int | None = None) -> str:
@@ -207,29 +210,18 @@ class ContainerSource(Protocol):
 
 
 class DockerEngine:
-    """Runs ``RunSpec``s in fresh containers, at most ``max_concurrent_runs`` at once."""
+    """Runs ``RunSpec``s in fresh containers; how many at once is the caller's to decide
+    (``Sandbox``'s admission), this engine only sizes its threads for ``max_concurrent_runs``."""
 
     def __init__(self, settings: EngineSettings, client: docker.DockerClient | None = None):
         self.settings = settings
         self.owner = owner_id()
         self._client = client
-        self._slots = anyio.Semaphore(settings.max_concurrent_runs)
-        self._waiting = 0
         # Our own worker threads: a run's watcher holds one for its whole run, and anyio's shared
         # default pool also serves the stdio transport, which must keep reading requests.
         self._watchers = anyio.CapacityLimiter(settings.max_concurrent_runs)
         self._calls = anyio.CapacityLimiter(_ENGINE_CALL_THREADS)
         self.warm: ContainerSource | None = None
-
-    @property
-    def running(self) -> int:
-        """Runs holding a slot now."""
-        return self.settings.max_concurrent_runs - self._slots.value
-
-    @property
-    def queued(self) -> int:
-        """Runs waiting for a slot now."""
-        return self._waiting
 
     @property
     def client(self) -> docker.DockerClient:
@@ -324,23 +316,22 @@ class DockerEngine:
         """Run ``spec`` in a container of its own (warm if one is ready, else a new one) and remove
         the container, whatever happens (cancellation too). ``on_output`` sees the output live."""
         report = on_progress or _ignore
-        async with self._slot(report):
-            started = self.warm.take(spec.shape) if self.warm else None
-            warm = started is not None
-            if started is None:
-                await report("starting")
-                started = await self.start_container(spec.shape)
-            try:
-                await report("installing" if spec.install is not None else "running")
-                outcome = await anyio.to_thread.run_sync(
-                    self._watch, started, spec, on_output, abandon_on_cancel=True, limiter=self._watchers
-                )
-                return dataclasses.replace(outcome, warm_start=warm)
-            finally:
-                if self.warm is not None:
-                    self.warm.dispose(started)  # the caller has its result; tear down meanwhile
-                else:
-                    await self.remove(started)
+        started = self.warm.take(spec.shape) if self.warm else None
+        warm = started is not None
+        if started is None:
+            await report("starting")
+            started = await self.start_container(spec.shape)
+        try:
+            await report("installing" if spec.install is not None else "running")
+            outcome = await anyio.to_thread.run_sync(
+                self._watch, started, spec, on_output, abandon_on_cancel=True, limiter=self._watchers
+            )
+            return dataclasses.replace(outcome, warm_start=warm)
+        finally:
+            if self.warm is not None:
+                self.warm.dispose(started)  # the caller has its result; tear down meanwhile
+            else:
+                await self.remove(started)
 
     async def start_container(self, shape: ContainerShape) -> StartedContainer:
         """Create, attach to and start a container of ``shape``; it then waits for a job."""
@@ -360,27 +351,6 @@ class DockerEngine:
         """Force-remove a container, shielded from cancellation."""
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._remove, started.container, limiter=self._calls)
-
-    @contextlib.asynccontextmanager
-    async def _slot(self, report: ProgressCallback) -> AsyncIterator[None]:
-        if self._slots.value > 0:
-            self._slots.acquire_nowait()  # no await: nobody can take it meanwhile
-        else:
-            if self._waiting >= self.settings.max_queued_runs:
-                raise EngineBusy(
-                    f"the sandbox is busy: {self.settings.max_concurrent_runs} runs are in progress "
-                    f"and {self._waiting} are queued; try again in a few seconds"
-                )
-            self._waiting += 1  # before anything awaits, so the queue cap and the gauge hold
-            try:
-                await report("queued")
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._slots.release()
 
     def _create(self, shape: ContainerShape) -> Container:
         options = container_options(shape, self.owner)
@@ -711,5 +681,5 @@ def unreachable(exc: BaseException) -> str:
     )
 
 
-async def _ignore(_: str) -> None:
+async def _ignore(stage: str, detail: str = "") -> None:
     return None

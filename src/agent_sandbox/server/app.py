@@ -18,15 +18,16 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
+from agent_sandbox.admission import Busy, Caller, Share
 from agent_sandbox.engine.docker import EngineError, ProgressCallback
 from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
 from agent_sandbox.server.audit import AuditLog
-from agent_sandbox.server.client_limits import ClientLimitError, ClientLimits
 from agent_sandbox.server.content import tool_content
 from agent_sandbox.server.metrics import Metrics
 from agent_sandbox.server.ops import add_routes
+from agent_sandbox.server.start_rate import RateLimited, StartRate
 from agent_sandbox.server.workspace_tools import add_workspace_tools
 
 SERVER_NAME = "agent-sandbox"
@@ -36,7 +37,7 @@ _STAGES = {"resolving": 0, "queued": 1, "starting": 2, "installing": 3, "running
 _FINISHED = max(_STAGES.values()) + 1
 _STAGE_MESSAGES = {
     "resolving": "fetching the requirements' wheels on the host",
-    "queued": "waiting for a free sandbox slot",
+    "queued": "queued",  # with how many wait ahead: "queued, 2 ahead"
     "starting": "creating a fresh container",
     "installing": "installing the requirements in the sandbox, then running the program",
     "running": "the program is running",
@@ -56,7 +57,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
     calls = _Calls(
         sandbox,
         transport,
-        ClientLimits(settings.server.max_runs_per_client, settings.server.runs_per_minute_per_client),
+        StartRate(settings.server.runs_per_minute_per_client),
         AuditLog(Path(settings.server.audit_log)) if settings.server.audit_log else None,
         metrics,
     )
@@ -247,33 +248,40 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
 
 
 class _Calls:
-    """Runs one tool call: validation, the client's fair share, the run, the audit record and
-    the metrics."""
+    """Runs one tool call: validation, the client's start rate, the run (within the client's fair
+    share: see ``_caller_of``), the audit record and the metrics."""
 
     def __init__(
         self,
         sandbox: Sandbox,
         transport: str,
-        limits: ClientLimits,
+        rate: StartRate,
         audit: AuditLog | None,
         metrics: Metrics,
     ):
         self.sandbox = sandbox
         self.transport = transport
-        self.limits = limits
+        self.rate = rate
         self.audit = audit
         self.metrics = metrics
+        server = sandbox.settings.server
+        self.share = Share(server.max_runs_per_client, server.max_queued_per_client)
 
     async def run(self, tool: str, ctx: Context, make_request: _RequestFactory) -> CallToolResult:
-        client = _client_of(ctx, self.transport)
+        caller = _caller_of(ctx, self.transport, self.share)
+        client = caller.id
         request: RunRequest | None = None
         started = time.monotonic()
         try:
             request = self._validated(make_request)
-            with self.limits.admit(client):
-                self._record("started", tool, client, request, None, None)
-                result = await self.sandbox.run(request, _progress_reporter(ctx), client)
-        except (RequestError, ClientLimitError, EngineError) as exc:
+            self.rate.count(client)
+            self._record("started", tool, client, request, None, None)
+            try:
+                result = await self.sandbox.run(request, _progress_reporter(ctx), caller)
+            except Busy:
+                self.rate.refund(client)  # it never ran
+                raise
+        except (RequestError, RateLimited, Busy, EngineError) as exc:
             message = _tool_error_message(exc)
             self._record("refused", tool, client, request, None, message)
             self.metrics.record_error(tool, exc)
@@ -321,16 +329,26 @@ class _Calls:
 def _tool_error_message(exc: Exception) -> str:
     if isinstance(exc, EngineError):
         return f"the sandbox is unavailable: {exc}"
-    if isinstance(exc, ClientLimitError):
+    if isinstance(exc, Busy):
+        return str(exc)
+    if isinstance(exc, RateLimited):
         return f"too many runs: {exc}"
     return f"refused: {exc}"
 
 
 def _progress_reporter(ctx: Context) -> ProgressCallback:
-    async def report(stage: str) -> None:
-        await ctx.report_progress(_STAGES[stage], _FINISHED, _STAGE_MESSAGES[stage])
+    async def report(stage: str, detail: str = "") -> None:
+        message = _STAGE_MESSAGES[stage] + (f", {detail}" if detail else "")
+        await ctx.report_progress(_STAGES[stage], _FINISHED, message)
 
     return report
+
+
+def _caller_of(ctx: Context, transport: str, share: Share) -> Caller:
+    """The caller, with its fair ``share`` of the server; the one client of a stdio (or
+    in-process) server has the whole server, so an agent's parallel calls queue behind its own."""
+    client = _client_of(ctx, transport)
+    return Caller(client, None if client == "stdio" else share)
 
 
 def _client_of(ctx: Context, transport: str) -> str:

@@ -11,10 +11,10 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-from agent_sandbox.engine.docker import EngineBusy
+from agent_sandbox.admission import Busy
 from agent_sandbox.models import RunResult, ViolationKind
 from agent_sandbox.sandbox import RequestError, Sandbox
-from agent_sandbox.server.client_limits import ClientLimitError
+from agent_sandbox.server.start_rate import RateLimited
 
 # From a warm snippet (tens of ms) to the longest time limit (300 s), about 1-2-5 per decade.
 DURATION_BUCKETS_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0)
@@ -26,8 +26,8 @@ class RunOutcome(StrEnum):
     OK = "ok"  # the program exited 0 within its limits
     PROGRAM_ERROR = "program_error"  # it exited non-zero (or its package install failed), no limit hit
     LIMIT = "limit"  # it ran into at least one limit (counted by kind in the violations counter)
-    REFUSED = "refused"  # not run: invalid arguments, the package policy, or the client over its share
-    BUSY = "busy"  # not run: every run slot and queue place was taken
+    REFUSED = "refused"  # not run: invalid arguments, the package policy, or the client over its rate
+    BUSY = "busy"  # not run: the server's queue, or the client's, was full
     INFRASTRUCTURE_ERROR = "infrastructure_error"  # the engine failed or could not say, or a server bug
     CANCELLED = "cancelled"  # the client cancelled, or the server stopped, before the result
 
@@ -43,9 +43,9 @@ def outcome_of(result: RunResult) -> RunOutcome:
 
 def outcome_of_error(exc: BaseException) -> RunOutcome:
     """The outcome of a call that ended in ``exc`` instead of a result."""
-    if isinstance(exc, EngineBusy):
+    if isinstance(exc, Busy):
         return RunOutcome.BUSY
-    if isinstance(exc, RequestError | ClientLimitError):
+    if isinstance(exc, RequestError | RateLimited):
         return RunOutcome.REFUSED
     if isinstance(exc, asyncio.CancelledError):  # the server runs on asyncio (uvicorn, anyio.run)
         return RunOutcome.CANCELLED
@@ -79,10 +79,13 @@ class Metrics:
             buckets=DURATION_BUCKETS_S,
             registry=self.registry,
         )
-        engine, settings = sandbox.engine, sandbox.settings.engine
+        admission, settings = sandbox.admission, sandbox.settings.engine
         gauges = {
-            "agent_sandbox_runs_in_progress": ("Runs holding a run slot now.", lambda: engine.running),
-            "agent_sandbox_runs_queued": ("Runs waiting for a run slot now.", lambda: engine.queued),
+            "agent_sandbox_runs_in_progress": ("Runs holding a run slot now.", lambda: admission.running),
+            "agent_sandbox_runs_queued": (
+                "Runs waiting for a run slot now (behind the server's slots or their client's share).",
+                lambda: admission.queued,
+            ),
             "agent_sandbox_run_slots": (
                 "Runs allowed at once (engine.max_concurrent_runs).",
                 lambda: settings.max_concurrent_runs,
