@@ -90,8 +90,9 @@ class LimitSettings(_Section):
     pids: int = Field(default=128, ge=8, le=100_000)
     open_files: int = Field(default=1024, ge=16, le=1_048_576)
     file_size_mib: int = Field(default=1024, ge=1)
-    work_mib: int = Field(default=2048, ge=1, description="tmpfs size of /work.")
-    tmp_mib: int = Field(default=256, ge=1, description="tmpfs size of /tmp.")
+    work_mib: int = Field(default=512, ge=1, description="tmpfs size of /work.")
+    tmp_mib: int = Field(default=128, ge=1, description="tmpfs size of /tmp.")
+    shm_mib: int = Field(default=64, ge=0, description="tmpfs size of /dev/shm; 0: none.")
     timeout_s: float = Field(default=30.0, gt=0)
     max_timeout_s: float = Field(default=300.0, gt=0)
     output_capture_kib: int = Field(
@@ -100,6 +101,11 @@ class LimitSettings(_Section):
     output_kill_kib: int = Field(
         default=16384, ge=1, description="Total output after which the program is stopped."
     )
+
+    @property
+    def files_in_memory_mib(self) -> int:
+        """The most that /work, /tmp and /dev/shm can hold: it all lives in the memory limit."""
+        return self.work_mib + self.tmp_mib + self.shm_mib
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -61,6 +61,15 @@ def checks(settings: Settings, config_source: str) -> Iterator[Check]:
 
 def _config(settings: Settings, source: str) -> Check:
     found = f"{source}; profiles {', '.join(settings.engine.profiles)}, default {settings.engine.profile}"
+    limits = settings.limits
+    if limits.files_in_memory_mib >= limits.memory_mib:
+        return Check(
+            "warn",
+            "config",
+            f"{found}; limits.work_mib + tmp_mib + shm_mib ({limits.files_in_memory_mib} MiB) do not fit "
+            f"in limits.memory_mib ({limits.memory_mib} MiB): files there are memory, so a program "
+            "that fills them is killed for memory instead of told the disk is full; lower them",
+        )
     if settings.engine.network:
         return Check(
             "warn", "config", f"{found}; engine.network is on: sandboxed programs can reach networks"

@@ -97,6 +97,7 @@ class Limits(_Model):
     file_size_mib: int
     work_mib: int
     tmp_mib: int
+    shm_mib: int
     output_capture_kib: int
     output_kill_kib: int
 

@@ -36,7 +36,11 @@ class Verdict:
 def judge(
     outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: bool, error: ErrorInfo | None = None
 ) -> Verdict:
-    """Name every limit ``outcome`` shows evidence of, most decisive first."""
+    """Name every limit ``outcome`` shows evidence of, most decisive first.
+
+    The engine's facts (time, memory, output) always count. Text in stderr counts only for a
+    program that did not exit 0: one that printed "[Errno 28]" about a remote bucket and went on
+    to succeed hit no limit of ours."""
     if outcome.install is not None and not (outcome.install.finished and outcome.install.exit_code == 0):
         return _install_failed(outcome, outcome.install, limits)
     stderr = outcome.stderr.decode("utf-8", errors="replace")
@@ -68,9 +72,9 @@ def judge(
             f"{limits.memory_mib} MiB",
             f"killed by the kernel for using more than {limits.memory_mib} MiB of memory{who}",
             f"The program was killed{who} for using more than {limits.memory_mib} MiB of memory "
-            "(it gets no MemoryError: the kernel ends it). Files written under /work and /tmp are "
-            "kept in memory and count toward this limit too. Process data in smaller pieces, "
-            "free large objects, or write less to disk.",
+            "(it gets no MemoryError: the kernel ends it). Files written under /work, /tmp and "
+            "/dev/shm are kept in memory and count toward this limit too. Process data in smaller "
+            "pieces, free large objects, or write less to disk.",
         )
     if outcome.output_killed:
         found(
@@ -89,7 +93,8 @@ def judge(
             f"to stderr; only {limits.output_capture_kib} KiB of each is kept, the start and the "
             "end, and a line marks what was cut. Print less, e.g. a summary.",
         )
-    if line := _evidence(_PROCESSES, stderr) or _fork_eagain(stderr):
+    failed = outcome.exit_code != 0
+    if failed and (line := _evidence(_PROCESSES, stderr) or _fork_eagain(stderr)):
         found(
             ViolationKind.PROCESSES,
             f"{limits.pids} processes and threads",
@@ -98,7 +103,7 @@ def judge(
             f"the limit of {limits.pids} processes and threads together. Use fewer, e.g. a pool "
             "of 2 to 4 workers, and make sure finished ones are joined.",
         )
-    if line := _evidence(_DISK, stderr):
+    if failed and (line := _evidence(_DISK, stderr)):
         found(
             ViolationKind.DISK,
             f"/work {limits.work_mib} MiB, /tmp {limits.tmp_mib} MiB",
@@ -107,7 +112,7 @@ def judge(
             f"/tmp {limits.tmp_mib} MiB, and both count toward the memory limit. Write less, or "
             "delete files you no longer need.",
         )
-    if (line := _evidence(_FILE_SIZE, stderr)) or outcome.exit_code == SIGXFSZ_EXIT:
+    if failed and ((line := _evidence(_FILE_SIZE, stderr)) or outcome.exit_code == SIGXFSZ_EXIT):
         evidence = line or f"exit code {SIGXFSZ_EXIT} (SIGXFSZ)"
         found(
             ViolationKind.FILE_SIZE,
@@ -116,7 +121,7 @@ def judge(
             f"A file could not grow past {limits.file_size_mib} MiB ({evidence!r}). Split the "
             "data over several smaller files, or write less.",
         )
-    if line := _evidence(_OPEN_FILES, stderr):
+    if failed and (line := _evidence(_OPEN_FILES, stderr)):
         found(
             ViolationKind.OPEN_FILES,
             f"{limits.open_files} open files",
@@ -126,14 +131,43 @@ def judge(
         )
     if not had_stdin and _evidence(_EOF, stderr):
         notes.append("The program read from stdin, but the call gave no stdin: pass it in `stdin`.")
-    if outcome.exit_code is None:
+    if outcome.launcher_lost:
+        notes.append(_launcher_lost_note(outcome))
+    elif outcome.exit_code is None:
         notes.append(
             "The engine did not report how the program ended, so its exit code is unknown; "
             "the output above is what it printed."
         )
     elif not violations and outcome.exit_code != 0:
         notes.append(_error_note(error) if error else _exit_note(outcome.exit_code))
+    if outcome.launcher_resumed:
+        notes.append(
+            "The sandbox reported the program's end only when it was resumed at the time limit: "
+            "the program likely stopped its launcher (SIGSTOP; it runs as the same user), so "
+            "duration_s includes that wait. Do not signal other processes of the sandbox."
+        )
     return Verdict(violations=violations, notes=notes)
+
+
+def _launcher_lost_note(outcome: Outcome) -> str:
+    """The launcher, which reports how the program ended and sends its files back, ended first:
+    the exit code is the sandbox's, not necessarily the program's."""
+    code = "an unknown exit code" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
+    if outcome.exit_code is not None and outcome.exit_code > 128:
+        code += f" ({_signal_name(outcome.exit_code - 128)})"
+    if outcome.oom_killed:
+        why, advice = "the whole sandbox was killed for memory", ""
+    else:
+        why = (
+            "likely the program killed it: it runs as the same user and can signal it, e.g. with "
+            "os.kill(-1, 9) or by killing its parent"
+        )
+        advice = " Signal only the processes the program started."
+    missing = ", and output written just before may be missing" if outcome.output_relayed else ""
+    return (
+        f"The sandbox ended with {code} before its launcher could report ({why}). The program's "
+        f"own exit code is unknown and no files came back{missing}.{advice}"
+    )
 
 
 def _install_failed(outcome: Outcome, install: InstallOutcome, limits: Limits) -> Verdict:
@@ -210,9 +244,12 @@ def _error_note(error: ErrorInfo) -> str:
 
 def _exit_note(exit_code: int) -> str:
     if exit_code > 128:
-        try:
-            name = signal.Signals(exit_code - 128).name
-        except ValueError:
-            name = f"signal {exit_code - 128}"
-        return f"The program was killed by {name} (exit code {exit_code})."
+        return f"The program was killed by {_signal_name(exit_code - 128)} (exit code {exit_code})."
     return f"The program exited with code {exit_code}; stderr has the details."
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

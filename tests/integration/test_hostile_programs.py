@@ -18,7 +18,16 @@ from agent_sandbox.config import GVISOR, FileSettings, LimitSettings, Settings, 
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import RunResult
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import PROFILES, ROOT, SandboxFactory, kinds, profile_or_skip, skip_unless_offered, snippet
+from tests.helpers import (
+    PROFILES,
+    ROOT,
+    SandboxFactory,
+    cold_sandbox,
+    kinds,
+    profile_or_skip,
+    skip_unless_offered,
+    snippet,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -221,6 +230,75 @@ def forged_end_under_gvisor(result: RunResult) -> None:
     assert "launcher fd/1: opened" in result.stdout
 
 
+def signals_to_the_launcher_change_nothing(result: RunResult) -> None:
+    """The launcher ignores what it does not need and checks its deadline itself: a SIGALRM from
+    the program (once the way its timer fired) forges no timeout, SIGINT and SIGTERM end nothing."""
+    assert (result.exit_code, result.timed_out, result.stdout) == (0, False, "after\n")
+    assert result.duration_s < 5
+    assert result.violations == []
+    assert result.notes == []
+
+
+def stopped_launcher(result: RunResult) -> None:
+    """SIGSTOP cannot be ignored: the host resumes the launcher once, at the time limit, and
+    says so; nothing the program wrote is lost and no timeout is claimed."""
+    assert (result.exit_code, result.timed_out, result.stdout) == (0, False, "after stop\n")
+    assert result.violations == []
+    assert "likely stopped its launcher (SIGSTOP" in result.notes[0]
+
+
+def flushed_then_killed_everything(result: RunResult) -> None:
+    """The program writes straight into the container's pipe: what it flushed is kept."""
+    assert result.stdout == "before-kill\n"
+    assert result.exit_code == 137
+    assert "The program's own exit code is unknown and no files came back." in result.notes[0]
+    assert "may be missing" not in result.notes[0]
+
+
+def flushed_then_killed_everything_under_gvisor(result: RunResult) -> None:
+    """Under gVisor the launcher relays the program's output (short writes, see
+    large_writes_arrive_whole), so bytes not yet relayed die with it: the result says so."""
+    assert result.stdout in ("", "before-kill\n")
+    assert result.exit_code == 137
+    assert "output written just before may be missing" in result.notes[0]
+
+
+def work_filled_to_its_size(result: RunResult) -> None:
+    """/work, /tmp and /dev/shm fit in memory: filling /work is a full disk, not a memory kill,
+    and what was written before comes back."""
+    assert (result.exit_code, result.oom_killed) == (1, False)
+    assert kinds(result) == {"disk"}
+    first = result.artifacts[0]
+    assert (first.path, first.content) == ("result.txt", "42")
+
+
+def memory_kill_keeps_the_files(result: RunResult) -> None:
+    """The program, not the launcher, is the OOM killer's first choice, so the files it wrote
+    still come back after the kill."""
+    assert (result.exit_code, result.oom_killed) == (137, True)
+    assert kinds(result) == {"memory"}
+    assert [(a.path, a.content, a.omitted is None) for a in result.artifacts] == [("result.txt", "42", True)]
+
+
+def memory_kill_keeps_the_files_under_gvisor(result: RunResult) -> None:
+    """gVisor's Sentry holds every process, so the OOM killer takes the whole sandbox (see
+    memory_bomb_in_child_under_gvisor): no files, and the result says so."""
+    assert (result.exit_code, result.oom_killed) == (137, True)
+    assert kinds(result) == {"memory"}
+    assert result.artifacts == []
+    assert any("the whole sandbox was killed for memory" in note for note in result.notes)
+
+
+def multiprocessing_works(result: RunResult) -> None:
+    assert (result.exit_code, result.stdout) == (0, "queue 3\npool 25\n"), result.stderr
+
+
+def limit_words_on_stderr_of_a_success(result: RunResult) -> None:
+    assert (result.exit_code, result.stdout) == (0, "all good\n")
+    assert result.violations == []
+    assert result.notes == []
+
+
 HOSTILE = [
     Hostile("infinite loop", "while True:\n    pass", timed_out_with_note, timeout_s=1.5),
     Hostile(
@@ -381,6 +459,52 @@ HOSTILE = [
         killed_parent,
         timeout_s=20,
     ),
+    Hostile(
+        "signalling its launcher and init",
+        "import os, signal\nfor number in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):\n"
+        "    os.kill(os.getppid(), number)\n    os.kill(1, number)\nprint('after')",
+        signals_to_the_launcher_change_nothing,
+        timeout_s=20,
+    ),
+    Hostile(
+        "stopping its launcher",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nprint('after stop')",
+        stopped_launcher,
+        timeout_s=1,
+    ),
+    Hostile(
+        "killing everything after a flush",
+        "import os\nprint('before-kill', flush=True)\nos.kill(-1, 9)",
+        flushed_then_killed_everything,
+        under_gvisor=flushed_then_killed_everything_under_gvisor,
+    ),
+    Hostile(
+        "filling /work to its configured size",
+        "open('result.txt', 'w').write('42')\nwith open('fill.bin', 'wb') as f:\n    while True:\n"
+        "        f.write(b'x' * 2**20)",
+        work_filled_to_its_size,
+        {"file_size_mib": 4096},
+    ),
+    Hostile(
+        "files, then a memory kill",
+        "open('result.txt', 'w').write('42')\nhog = []\nwhile True:\n    hog.append(b'x' * 2**20)",
+        memory_kill_keeps_the_files,
+        {"memory_mib": 128, "work_mib": 32, "tmp_mib": 16, "shm_mib": 8},
+        under_gvisor=memory_kill_keeps_the_files_under_gvisor,
+    ),
+    Hostile(
+        "multiprocessing",
+        "import multiprocessing\nfrom concurrent.futures import ProcessPoolExecutor\nqueue = multiprocessing.Queue()\n"
+        "queue.put(3)\nprint('queue', queue.get())\nwith ProcessPoolExecutor(2) as pool:\n"
+        "    print('pool', sum(pool.map(abs, range(-5, 5))))",
+        multiprocessing_works,
+    ),
+    Hostile(
+        "limit words on the stderr of a success",
+        "import sys\nsys.stderr.write('retrying upload: [Errno 28] No space left on device (remote bucket)\\n')\n"
+        "sys.stderr.write('upstream said: [Errno 24] Too many open files\\n')\nprint('all good')",
+        limit_words_on_stderr_of_a_success,
+    ),
 ]
 
 
@@ -408,6 +532,16 @@ async def test_hostile_program(make_sandbox: SandboxFactory, profile: Settings, 
     gvisor = profile.engine.runtime == GVISOR
     (case.under_gvisor if gvisor and case.under_gvisor else case.check)(result)
     await assert_next_run_is_normal(sandbox)
+
+
+async def test_output_flushed_before_the_program_kills_everything_is_kept_every_time(
+    engine: DockerEngine,
+) -> None:
+    """It was lost in 6-9 of 20 runs while the launcher relayed output under runc too."""
+    sandbox = cold_sandbox(engine)
+    for _ in range(20):
+        result = await sandbox.run(snippet("import os\nprint('before-kill', flush=True)\nos.kill(-1, 9)"))
+        assert result.stdout == "before-kill\n"
 
 
 async def test_a_traceback_after_a_flood_of_stderr_is_kept_and_read(make_sandbox: SandboxFactory) -> None:

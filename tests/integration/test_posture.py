@@ -125,13 +125,24 @@ async def test_no_writable_kernel_or_cgroup_controls(posture: dict[str, Any], gv
 
 
 async def test_no_block_kvm_or_memory_devices(posture: dict[str, Any], gvisor: bool) -> None:
+    # gVisor's own /dev has its FUSE device (mounting needs CAP_SYS_ADMIN): not a host device.
+    assert posture["devices"] == (["fuse"] if gvisor else [])
+
+
+async def test_shared_memory_is_a_private_tmpfs_in_an_ipc_namespace_of_its_own(
+    posture: dict[str, Any], profile: Settings, gvisor: bool
+) -> None:
+    """multiprocessing needs /dev/shm: the sandbox's own tmpfs, sized and counted in its memory
+    like /work, in an IPC namespace that is not the host's (nsfs inode numbers are host-wide, so
+    the probe's differs from this process's). gVisor shows no /proc/self/ns: its IPC namespace
+    lives in its own kernel, which the host's never sees."""
+    assert posture["shm_mib"] == profile.limits.shm_mib
+    flags = {"rw", "noexec"} if gvisor else {"rw", "noexec", "nosuid", "nodev"}  # as for /work
+    assert flags <= set(posture["shm_mount"])
     if gvisor:
-        # gVisor's own /dev: its FUSE device (mounting needs CAP_SYS_ADMIN) and a /dev/shm in the
-        # sandbox's memory. Neither is a host device.
-        assert (posture["devices"], posture["shm"]) == (["fuse"], True)
+        assert posture["ipc_namespace"] is None
         return
-    assert posture["devices"] == []
-    assert posture["shm"] is False  # ipc_mode none
+    assert posture["ipc_namespace"] not in (None, os.stat("/proc/self/ns/ipc").st_ino)
 
 
 # gVisor grants these to uid 1000 inside its own kernel: a user namespace (and, in it, mount and

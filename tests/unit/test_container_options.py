@@ -60,13 +60,23 @@ def test_the_container_is_offline_read_only_unprivileged_and_limited() -> None:
     assert "volumes" not in options
 
 
-def test_work_and_tmp_are_sized_noexec_tmpfs_owned_by_the_sandbox_user() -> None:
+def test_work_tmp_and_shm_are_sized_noexec_tmpfs_owned_by_the_sandbox_user() -> None:
     tmpfs = container_options(SHAPE, owner="host:1")["tmpfs"]
-    assert set(tmpfs) == {"/work", "/tmp"}
-    for mount, size in (("/work", "2048m"), ("/tmp", "256m")):
+    assert set(tmpfs) == {"/work", "/tmp", "/dev/shm"}
+    for mount, size in (("/work", "512m"), ("/tmp", "128m"), ("/dev/shm", "64m")):
         flags = tmpfs[mount].split(",")
         assert f"size={size}" in flags
         assert {"uid=1000", "gid=1000", "noexec", "nosuid", "nodev"} <= set(flags)
+
+
+def test_by_default_files_fit_in_memory_so_a_full_disk_is_not_a_memory_kill() -> None:
+    assert SHAPE.work_mib + SHAPE.tmp_mib + SHAPE.shm_mib < SHAPE.memory_mib
+
+
+def test_without_shared_memory_there_is_no_dev_shm_and_ipc_stays_private() -> None:
+    options = container_options(dataclasses.replace(SHAPE, shm_mib=0), owner="h:1")
+    assert set(options["tmpfs"]) == {"/work", "/tmp"}
+    assert options["ipc_mode"] == "none"  # a private IPC namespace, and Docker mounts no /dev/shm
 
 
 def test_ulimits_cap_open_files_file_size_and_core_dumps() -> None:
@@ -118,9 +128,18 @@ def test_the_job_travels_length_prefixed_before_the_tar() -> None:
         "artifacts": {"max_files": 0, "max_bytes": 0, "max_listed": 0},
         "snapshot": {},
         "timeout_s": 30.0,
+        "relay_output": False,
         "nonce": "n0nce",
         "install_nonce": "other",
     }
+
+
+def test_only_gvisor_runs_relay_the_programs_output() -> None:
+    """Elsewhere the program writes straight into the container's pipes, so what it wrote is
+    kept even if it kills the launcher; gVisor's pipes return short writes Python drops."""
+    for runtime, relays in (("", False), ("runc", False), ("runsc", True)):
+        spec = RunSpec(**{**SPEC.__dict__, "runtime": runtime})
+        assert json.loads(spec.header(nonce="n").partition(b"\n")[2])["relay_output"] is relays
 
 
 def test_a_notebook_job_carries_the_runner_and_the_caps() -> None:
@@ -165,7 +184,7 @@ def test_requirements_mount_the_wheels_read_only_and_keep_the_network_off() -> N
 def test_a_run_without_requirements_has_neither_wheels_nor_packages() -> None:
     options = container_options(SHAPE, owner="h:1")
     assert options["mounts"] == []
-    assert set(options["tmpfs"]) == {"/work", "/tmp"}
+    assert set(options["tmpfs"]) == {"/work", "/tmp", "/dev/shm"}
 
 
 def test_jobs_that_differ_only_in_time_output_or_content_share_a_shape() -> None:

@@ -138,3 +138,46 @@ def test_a_failing_exit_without_a_limit_gets_a_plain_note(code: int, words: str)
     verdict = judge(replace(CLEAN, exit_code=code), LIMITS, max_timeout_s=300, had_stdin=False)
     assert verdict.violations == []
     assert words in verdict.notes[0]
+
+
+def test_limit_words_in_the_stderr_of_a_program_that_succeeded_are_not_violations() -> None:
+    """A program may log an errno it met elsewhere (a remote bucket, a retry) and go on to succeed."""
+    stderr = (
+        b"retrying upload: [Errno 28] No space left on device (remote bucket)\n"
+        b"upstream said: [Errno 24] Too many open files\n"
+        b"RuntimeError: can't start new thread (in the other service)\n"
+    )
+    outcome = replace(CLEAN, exit_code=0, stdout=b"all good\n", stderr=stderr, stderr_bytes=len(stderr))
+    verdict = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False)
+    assert verdict.violations == []
+    assert verdict.notes == []
+    assert kinds(replace(outcome, exit_code=1)) == [
+        ViolationKind.PROCESSES, ViolationKind.DISK, ViolationKind.OPEN_FILES
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("relayed", "oom", "words", "absent"),
+    [
+        (False, False, "likely the program killed it", "may be missing"),
+        (True, False, "output written just before may be missing", "killed for memory"),
+        (True, True, "the whole sandbox was killed for memory", "likely the program"),
+    ],
+)
+def test_a_lost_launcher_says_the_exit_code_is_the_sandboxs_and_no_files_came_back(
+    relayed: bool, oom: bool, words: str, absent: str
+) -> None:
+    outcome = replace(CLEAN, exit_code=137, launcher_lost=True, output_relayed=relayed, oom_killed=oom)
+    verdict = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False)
+    note = verdict.notes[-1]
+    assert "The sandbox ended with exit code 137 (SIGKILL) before its launcher could report" in note
+    assert "The program's own exit code is unknown and no files came back" in note
+    assert words in note
+    assert absent not in note
+    assert not any("The program was killed by SIGKILL" in n for n in verdict.notes)
+
+
+def test_a_launcher_resumed_at_the_time_limit_is_said_not_taken_for_a_timeout() -> None:
+    verdict = judge(replace(CLEAN, launcher_resumed=True), LIMITS, max_timeout_s=300, had_stdin=False)
+    assert verdict.violations == []
+    assert "likely stopped its launcher (SIGSTOP" in verdict.notes[0]

@@ -68,6 +68,7 @@ _ENGINE_CALL_THREADS = 16
 _DRAIN_S = 2.0
 _FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
 _LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
+_RESUME_GRACE_S = 1.0  # for a launcher the program had stopped to report once resumed
 _UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the backstop only
 # Host tasks gVisor's Sentry needs for itself (measured: 38 idle) and per sandboxed process
 # (about 5 each on its default ptrace platform; threads cost far less).
@@ -128,6 +129,10 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
         WORKDIR: f"size={shape.work_mib}m,{tmpfs_flags}",
         "/tmp": f"size={shape.tmp_mib}m,{tmpfs_flags}",
     }
+    if shape.shm_mib:
+        # multiprocessing's semaphores and queues need it. ipc_mode "none" still gives the
+        # container an IPC namespace of its own; this is a tmpfs of its own, in its memory.
+        tmpfs["/dev/shm"] = f"size={shape.shm_mib}m,{tmpfs_flags}"
     host_tasks, process_rlimit = _process_limit(shape)
     mounts = []
     if shape.packages is not None:
@@ -421,14 +426,22 @@ class DockerEngine:
         )
         program_ended: float | None = None
         decoder = FrameDecoder()
-        timed_out = output_killed = installed_in_time = False
+        timed_out = output_killed = installed_in_time = resumed = False
         stop_reading_at: float | None = None
         with stream:
             while not all(end.report is not None for end in ends.values()):
                 now = time.monotonic()
-                if stop_reading_at is None and now >= deadline:
+                program_phase = installing is None or installing.report is not None
+                if stop_reading_at is None and now >= deadline and program_phase and not resumed:
+                    # The launcher should have reported by now. The program (the same user) may
+                    # have stopped it with SIGSTOP: resume it once (the container's init passes
+                    # SIGCONT on to it) and give it a moment before we kill.
+                    resumed = True
+                    _signal(container, "SIGCONT")
+                    deadline = now + _RESUME_GRACE_S
+                elif stop_reading_at is None and now >= deadline:
                     timed_out = True
-                    _kill(container)
+                    _signal(container, "SIGKILL")
                     stop_reading_at = now + _DRAIN_S
                 if stop_reading_at is not None and now >= stop_reading_at:
                     break
@@ -464,7 +477,7 @@ class DockerEngine:
                 seen = sum(capture.seen for capture in captures.values())
                 if stop_reading_at is None and seen > limits.output_kill_kib * 1024:
                     output_killed = True
-                    _kill(container)
+                    _signal(container, "SIGKILL")
                     stop_reading_at = time.monotonic() + _DRAIN_S
         finished.set()
         program_ran = installing is None or installed_in_time
@@ -475,6 +488,7 @@ class DockerEngine:
         report = _end_report(ends[STDOUT].report, ends[STDERR].report)
         exit_code: int | None
         return_value = None
+        launcher_lost = report is None and not (timed_out or output_killed)
         if report is not None and not (timed_out or output_killed):
             exit_code, return_value = report.exit_code, report.return_value
             timed_out = report.timed_out
@@ -507,6 +521,9 @@ class DockerEngine:
             files=_files_out(files),
             snapshot=_files_out(snapshot),
             return_value=return_value,
+            launcher_lost=launcher_lost,
+            launcher_resumed=resumed and report is not None and not timed_out,
+            output_relayed=spec.relays_output,
         )
 
     def _remove(self, container: Container) -> None:
@@ -549,15 +566,16 @@ def _feed(stream: socket.socket, payload: bytes, finished: threading.Event) -> N
             writer.shutdown(socket.SHUT_WR)
 
 
-def _kill(container: Container) -> None:
-    """SIGKILL the container without waiting: the engine only finishes a kill once the output
-    it holds is delivered, so the caller must go on reading the stream meanwhile."""
+def _signal(container: Container, signal: str) -> None:
+    """Send ``signal`` to the container's init (which passes it on to the launcher; SIGKILL ends
+    the container) without waiting: the engine only finishes a kill once the output it holds is
+    delivered, so the caller must go on reading the stream meanwhile."""
 
-    def kill() -> None:
+    def send() -> None:
         with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-            container.kill()
+            container.kill(signal=signal)
 
-    threading.Thread(target=kill, daemon=True).start()
+    threading.Thread(target=send, daemon=True).start()
 
 
 @dataclass(frozen=True)

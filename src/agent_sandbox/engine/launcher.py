@@ -2,15 +2,21 @@
 
 The container starts with no job. Standard input then carries the job (its size in decimal and a
 newline, then that much JSON: ``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``wheels``,
-``notebook``, ``artifacts``, the nonces), a tar of exactly ``archive_bytes`` bytes, and the
-caller's stdin. The launcher reads
-the line and the tar with unbuffered reads, unpacks regular files and folders under /work
-(re-checking every name: defence in depth), installs the job's wheels (if any) from the read-only
-/wheels into /packages, offline, and reports that on a first stdout line of its own; then it runs
-``python3 ENTRYPOINT ARGS...`` as its child (through the notebook runner, when the job has it),
-which inherits the rest of stdin; its stdout and stderr are pipes the launcher relays to its own,
-every byte. Because the job arrives over stdin, a container can be started
-ahead of time and handed exactly one job.
+``notebook``, ``artifacts``, ``relay_output``, the nonces), a tar of exactly ``archive_bytes``
+bytes, and the caller's stdin. The launcher reads the line and the tar with unbuffered reads,
+unpacks regular files and folders under /work (re-checking every name: defence in depth),
+installs the job's wheels (if any) from the read-only /wheels into /packages, offline, and
+reports that on a first stdout line of its own; then it runs ``python3 ENTRYPOINT ARGS...`` as
+its child (through the notebook runner, when the job has it), which inherits the rest of stdin.
+The child writes straight into the container's stdout and stderr, unless the job says to relay
+them (under gVisor, whose pipes return short writes that Python drops): then they are pipes the
+launcher copies to its own, every byte. Because the job arrives over stdin, a container can be
+started ahead of time and handed exactly one job.
+
+The program runs as the same user as the launcher, so it can signal it. The launcher ignores
+every signal it does not need (its clock is a deadline it checks, not an alarm), hands the
+program the defaults back, and offers the program to the kernel's OOM killer first, so a memory
+kill leaves the launcher to send the files back.
 
 When the child exits, the launcher kills whatever the program left running, writes the files the
 program created or changed under /work as one block on stdout (a marked line with a manifest,
@@ -46,13 +52,20 @@ PACKAGES = "/packages"
 INSTALL_OUTPUT_BYTES = 8192
 REPORT_BYTES = 1 << 16
 FAILURE_EXIT = 125
-MAX_HEADER_BYTES = 1 << 20
+# Args and env are at most 256 KiB, which JSON's escapes can make 1.5 MiB; the runner is ~5 KiB.
+MAX_HEADER_BYTES = 4 << 20
 END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
 PR_SET_DUMPABLE = 4
 OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
+# Signals the launcher keeps: those it cannot catch, the child's, SIGCONT (the host's way to resume
+# a launcher the program stopped) and the faults that mean a bug of its own.
+_KEPT_SIGNALS = {
+    signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGSEGV, signal.SIGBUS,
+    signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGABRT,
+}  # fmt: skip
 
 
 def _fail(message: str) -> None:
@@ -196,23 +209,43 @@ def _marked_line(prefix: bytes, nonce: str, report: "dict[str, object]") -> byte
     return prefix + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
 
 
+def _ignore_foreign_signals() -> "list[int]":
+    """Ignore every signal the launcher does not need, so the program (the same user) can neither
+    end it early nor make it think time ran out; returns them, for the child to take back."""
+    ignored: list[int] = []
+    for number in signal.valid_signals():
+        if number in _KEPT_SIGNALS:
+            continue
+        try:
+            signal.signal(number, signal.SIG_IGN)
+        except (OSError, ValueError):  # one the platform will not let us handle
+            continue
+        ignored.append(number)
+    return ignored
+
+
 def _run(
     entrypoint: str,
     args: "list[str]",
     env: "dict[str, str]",
     notebook: "dict[str, object]",
     timeout_s: float,
+    relay: bool,
+    ignored: "list[int]",
 ) -> "tuple[int, str | None, bool]":
-    """Run the program as our child in a process group of its own, killing that group after
-    ``timeout_s``: its exit code, as a shell gives it (128+N when killed by signal N), what the
-    notebook runner reported, if used, and whether time ran out. Stopping it here, not by
+    """Run the program as our child in a process group of its own, killing that group once
+    ``timeout_s`` has passed: its exit code, as a shell gives it (128+N when killed by signal N),
+    what the notebook runner reported, if used, and whether time ran out. Stopping it here, not by
     killing the container, is what lets the files it wrote still come back."""
     report_read, report_write = os.pipe()
-    outputs = {1: os.pipe(), 2: os.pipe()}  # the program's stdout and stderr, relayed by us
+    outputs = {1: os.pipe(), 2: os.pipe()} if relay else {}  # the program's stdout and stderr
     pid = os.fork()
     if pid == 0:
         try:
             os.setpgid(0, 0)  # its killpg(0, ...) must not reach us
+            for number in ignored:  # a program starts with the defaults, as from a shell
+                signal.signal(number, signal.SIG_DFL)
+            _first_for_the_oom_killer()
             os.close(report_read)
             for target, (read_end, write_end) in outputs.items():
                 os.dup2(write_end, target)
@@ -224,7 +257,8 @@ def _run(
                 os.set_inheritable(report_write, True)
                 limit = str(notebook["max_chars"])
                 runner = str(notebook["runner"])
-                command = ["python3", "-c", runner, str(report_write), limit, script, *args]
+                # -P: the runner's own imports must not find the program's files (a types.py).
+                command = ["python3", "-P", "-c", runner, str(report_write), limit, script, *args]
             os.execvpe("python3", command, env)
         except BaseException as exc:
             os.write(2, f"agent-sandbox launcher: cannot start python3: {exc}\n".encode())
@@ -233,37 +267,67 @@ def _run(
     os.close(report_write)
     reported: list[bytes] = []
     # Read while it runs: a full pipe must never block the program.
-    reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
+    threads = [threading.Thread(target=_drain, args=(report_read, reported), daemon=True)]
     relays = []
     for target, (read_end, write_end) in outputs.items():
         os.close(write_end)
         relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
-    # The threads never take SIGALRM: the timer must interrupt our waitpid, not one of them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    for thread in (reader, *relays):
+    for thread in (*threads, *relays):
         thread.start()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
-    timed_out = []
-
-    def out_of_time(signum: int, frame: object) -> None:
-        timed_out.append(True)
-        for kill in (os.killpg, os.kill):  # the group, and the child should it have left it
-            with contextlib.suppress(ProcessLookupError):
-                kill(pid, signal.SIGKILL)
-
-    signal.signal(signal.SIGALRM, out_of_time)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    _, status = os.waitpid(pid, 0)  # resumed after the handler (PEP 475)
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    code = os.waitstatus_to_exitcode(status)
+    code, timed_out = _wait(pid, timeout_s)
     _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
-    reader.join(timeout=5)
-    for relay in relays:  # every byte of output before any line of ours; the host's deadline bounds it
-        relay.join()
+    threads[0].join(timeout=5)
+    for relay_thread in relays:  # every byte of output before any line of ours; the host's deadline bounds it
+        relay_thread.join()
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
-    # Killed by our timer, not merely finished as it fired.
-    stopped = bool(timed_out) and code == -signal.SIGKILL
-    return (128 - code if code < 0 else code), (value or None), stopped
+    return (128 - code if code < 0 else code), (value or None), timed_out
+
+
+def _first_for_the_oom_killer() -> None:
+    """Offer this process (and what it starts) to the OOM killer before the launcher: the program
+    is what uses the memory, and the launcher must live to send its files back. Raising one's
+    own score needs no privilege."""
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
+        score.write("1000")
+
+
+def _wait(pid: int, timeout_s: float) -> "tuple[int, bool]":
+    """Wait for the child, killing its process group if it still runs once ``timeout_s`` has
+    passed: its exit status (negative: the signal that ended it) and whether we stopped it.
+    A thread reaps it and the deadline is checked on the monotonic clock, so no signal the
+    program sends us can end the wait early, and a launcher the program stopped for a while
+    does not take a program that ended meanwhile for one out of time."""
+    statuses: list[int] = []
+    ended = threading.Event()
+
+    def reap() -> None:
+        statuses.append(os.waitpid(pid, 0)[1])
+        ended.set()
+
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
+    deadline = time.monotonic() + timeout_s
+    killed = False
+    while not ended.wait(max(0.0, deadline - time.monotonic())):
+        if time.monotonic() < deadline:
+            continue
+        if not _has_ended(pid):
+            for kill in (os.killpg, os.kill):  # the group, and the child should it have left it
+                with contextlib.suppress(ProcessLookupError):
+                    kill(pid, signal.SIGKILL)
+            killed = True
+        break
+    reaper.join()
+    code = os.waitstatus_to_exitcode(statuses[0])
+    return code, killed and code == -signal.SIGKILL  # killed by us, not merely ended as we looked
+
+
+def _has_ended(pid: int) -> bool:
+    """Whether our child has exited (reaped or not), without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # the reaper took it already
+        return True
 
 
 def _relay(source: int, target: int) -> None:
@@ -428,6 +492,7 @@ def _others_alive() -> bool:
 
 
 def main() -> None:
+    ignored = _ignore_foreign_signals()  # first: a warm launcher waits before the program exists
     job = _read_job()
     nonce = str(job["nonce"])
     if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
@@ -448,9 +513,12 @@ def main() -> None:
         notebook: dict[str, object] = job["notebook"]  # type: ignore[assignment]
         args: list[str] = job["args"]  # type: ignore[assignment]
         timeout_s = float(job["timeout_s"])  # type: ignore[arg-type]
-        exit_code, return_value, timed_out = _run(str(job["entrypoint"]), args, env, notebook, timeout_s)
+        relay = job["relay_output"] is True
+        exit_code, return_value, timed_out = _run(
+            str(job["entrypoint"]), args, env, notebook, timeout_s, relay, ignored
+        )
     _end_everything_else()
-    for fd in (1, 2):  # a program may have reached them (gVisor lets it open /proc/PPID/fd/1)
+    for fd in (1, 2):  # the program may have made them non-blocking (they are its own, or via /proc)
         os.set_blocking(fd, True)
     _send_files(nonce, sent, job["artifacts"])  # type: ignore[arg-type]
     if job["snapshot"]:

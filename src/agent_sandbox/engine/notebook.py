@@ -10,34 +10,50 @@ out), and two things are added to what ``python3 SCRIPT`` would do:
 - ``matplotlib.pyplot.show()``, which does nothing under the non-interactive backend, saves every
   open figure as ``/work/figure_N.png`` and closes it, so the figures come back as files.
 
-Standard library only: it runs on the sandbox image's Python.
+The launcher starts it with ``-P``, so the runner's own imports come before the script's folder
+is on ``sys.path`` and a ``types.py`` or ``signal.py`` of the program's cannot replace them; an
+uncaught exception goes to ``sys.excepthook``, as ``python3 SCRIPT`` would send it, never through
+a ``traceback`` module the program may have shadowed.
+
+Standard library only: it runs on the sandbox image's Python. It imports builtin modules only,
+which no file can shadow and which leave ``sys.modules`` as ``python3 SCRIPT`` has it (``signal``
+alone would also cost 5 ms of enum and functools).
 """
 
 import _ast  # the parser's node types, without the cost of importing ``ast``
+import _signal  # type: ignore[import-not-found]  # builtin: what ``signal`` wraps, no stub
 import os
-import signal
 import sys
-import types
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
+if TYPE_CHECKING:
+    import types
 
 ONLY_AST = 0x400  # ast.PyCF_ONLY_AST
+# Builtin modules only: a module of the standard library imported here would be the one the
+# program's own `import types` gets, where python3 SCRIPT would find the program's types.py.
+ModuleType = type(sys)
 
 
 class _PatchPyplotShow:
     """A meta path finder: on the first import of matplotlib.pyplot, wrap its ``show``. (Plain
     class, not importlib.abc's: importing that costs more than the whole program.)"""
 
-    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self, name: str, path: "list[str] | None" = None, target: "types.ModuleType | None" = None
+    ) -> object:
         if name != "matplotlib.pyplot":
             return None
         sys.meta_path.remove(self)  # type: ignore[arg-type]  # duck-typed finder, see above
-        import importlib.util
-
-        spec = importlib.util.find_spec(name)
+        # Ask the other finders directly: importing importlib.util now could find the program's.
+        spec = next(
+            (found for finder in sys.meta_path if (found := finder.find_spec(name, path, target))), None
+        )
         if spec is None or spec.loader is None:
             return spec
         original_exec = spec.loader.exec_module
 
-        def exec_module(module: types.ModuleType) -> None:
+        def exec_module(module: "types.ModuleType") -> None:
             original_exec(module)
             module.show = _saving_show(module)  # type: ignore[attr-defined]
 
@@ -45,7 +61,7 @@ class _PatchPyplotShow:
         return spec
 
 
-def _saving_show(pyplot: types.ModuleType) -> object:
+def _saving_show(pyplot: "types.ModuleType") -> object:
     saved = 0  # across calls: matplotlib numbers figures from 1 again after close("all")
 
     def show(*args: object, **kwargs: object) -> None:
@@ -65,12 +81,12 @@ def main() -> None:
     report_fd, max_chars, script = int(sys.argv[1]), int(sys.argv[2]), os.path.abspath(sys.argv[3])
     os.set_inheritable(report_fd, False)  # the program's own children do not get it
     sys.argv = sys.argv[3:]
-    sys.path[0] = os.path.dirname(script)
+    sys.path.insert(0, os.path.dirname(script))  # as python3 SCRIPT has it (-P left it out)
     sys.meta_path.insert(0, _PatchPyplotShow())  # type: ignore[arg-type]
 
     with open(script, "rb") as source_file:
         source = source_file.read()  # bytes: a coding cookie or a BOM is honoured as by python3
-    module = types.ModuleType("__main__")
+    module = ModuleType("__main__")
     module.__file__ = script
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     sys.modules["__main__"] = module
@@ -84,9 +100,7 @@ def main() -> None:
         body = compile(tree, script, "exec")
         value_code = compile(_ast.Expression(last.value), script, "eval") if last else None
     except SyntaxError as exc:  # in the script itself: shown as Python shows it, with no frames
-        import traceback
-
-        traceback.print_exception(type(exc), exc, None)
+        sys.excepthook(type(exc), exc.with_traceback(None), None)
         sys.exit(1)
     try:
         exec(body, module.__dict__)
@@ -97,13 +111,13 @@ def main() -> None:
     except SystemExit:
         raise
     except BaseException as exc:
-        import traceback
-
-        # As Python itself would report it, without this runner's frame.
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
+        # As Python itself would report it (through the program's own hook, if it set one),
+        # without this runner's frame.
+        program_frames = exc.__traceback__.tb_next if exc.__traceback__ else None
+        sys.excepthook(type(exc), exc.with_traceback(program_frames), program_frames)
         if isinstance(exc, KeyboardInterrupt):  # end as Python does: by SIGINT (exit 130)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
+            _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+            os.kill(os.getpid(), _signal.SIGINT)
         sys.exit(1)
 
 

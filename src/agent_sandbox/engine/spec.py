@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent_sandbox.config import GVISOR
 from agent_sandbox.models import Limits
 
 
@@ -60,6 +61,7 @@ class ContainerShape:
     file_size_mib: int
     work_mib: int
     tmp_mib: int
+    shm_mib: int
     network: str = ""  # empty: no network at all
     packages: PackageMount | None = None  # a run's own, so such a container is never warm
     runtime: str = ""  # the OCI runtime (runsc: gVisor); empty: the engine's default
@@ -86,6 +88,7 @@ class ContainerShape:
             file_size_mib=limits.file_size_mib,
             work_mib=limits.work_mib,
             tmp_mib=limits.tmp_mib,
+            shm_mib=limits.shm_mib,
         )
 
 
@@ -104,6 +107,14 @@ class RunSpec:
     runtime: str = ""
     install: InstallSpec | None = None
     results: ResultCaps = field(default_factory=ResultCaps)
+
+    @property
+    def relays_output(self) -> bool:
+        """Whether the launcher copies the program's output through pipes of its own: under
+        gVisor, whose pipes return short writes that Python's unbuffered stdout drops. Elsewhere
+        the program writes straight into the container's pipes, so what it wrote is kept even if
+        it kills the launcher."""
+        return self.runtime == GVISOR
 
     @property
     def shape(self) -> ContainerShape:
@@ -135,6 +146,7 @@ class RunSpec:
                 else {}
             ),
             "timeout_s": self.limits.timeout_s,
+            "relay_output": self.relays_output,
             "nonce": nonce,
             "install_nonce": install_nonce,
         }
@@ -192,3 +204,10 @@ class Outcome:
     files: FilesOut | None = None
     snapshot: FilesOut | None = None  # all of /work, for a workspace run
     return_value: str | None = None
+    # The launcher ended without its report (the program killed it, or the sandbox died whole):
+    # no files came back, and output it was relaying (output_relayed) may be missing its end.
+    launcher_lost: bool = False
+    output_relayed: bool = False
+    # The launcher reported only once the host had resumed it at the time limit (SIGCONT): the
+    # program had likely stopped it (SIGSTOP), so duration_s includes that wait.
+    launcher_resumed: bool = False

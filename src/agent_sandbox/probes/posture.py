@@ -192,10 +192,30 @@ def main() -> None:
         "process_count": process_count(),
         "cgroup_paths": cgroup_paths(),
         "shm": os.path.exists("/dev/shm"),
+        "shm_mount": all_mounts.get("/dev/shm", []),
+        "shm_mib": shm_mib(),
+        "ipc_namespace": namespace("ipc"),
         "exec_from_work": exec_from("/work"),
         "exec_from_tmp": exec_from("/tmp"),
     }  # fmt: skip
     print(json.dumps(report))
+
+
+def namespace(kind: str) -> int | None:
+    """This process's namespace of ``kind`` (its nsfs inode, unique on the host), if shown."""
+    try:
+        return os.stat(f"/proc/self/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def shm_mib() -> int | None:
+    """The size of /dev/shm in MiB, if there is one."""
+    try:
+        found = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return found.f_blocks * found.f_frsize // 2**20
 
 
 def exec_from(folder: str) -> str:

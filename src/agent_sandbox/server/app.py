@@ -77,12 +77,17 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
             "only, fetched by the host, installed offline into /packages before the program "
             f"starts, at most {packages.max_wheels} wheels / {packages.max_total_mib} MiB)." + allowed
         )
+    shared_memory = (
+        f", with {limits.shm_mib} MiB of shared memory (/dev/shm) for multiprocessing"
+        if limits.shm_mib
+        else "; there is no shared memory (/dev/shm): multiprocessing cannot work, use threads"
+    )
     environment = (
         f"Runs in a fresh, single-use Linux container with CPython 3.11, {network}, as an "
         f"unprivileged user. Image profiles (`image`; default '{settings.engine.profile}'): "
         f"{profiles}. {requirements_help} The working "
-        f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB); "
-        f"everything else is read-only and nothing persists after the call. Limits: "
+        f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB)"
+        f"{shared_memory}; everything else is read-only and nothing persists after the call. Limits: "
         f"{limits.memory_mib} MiB of memory (files in /work and /tmp count), {limits.cpus:g} CPU, "
         f"{limits.pids} processes and threads, {limits.timeout_s:g} s by default (timeout_s up to "
         f"{limits.max_timeout_s:g} s), the first {limits.output_capture_kib} KiB of stdout and of "
