@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import tarfile
 import time
 import unicodedata
@@ -105,7 +106,13 @@ def check_path(path: str, where: str) -> None:
             f"{where}: absolute paths are not allowed; give a path relative to /work, "
             f"e.g. {path.lstrip('/')!r}"
         )
-    if len(path.encode()) > MAX_PATH_BYTES:
+    try:
+        size = len(os.fsencode(path))  # a byte that is not UTF-8 stands in as a surrogate (filenames.py)
+    except UnicodeEncodeError:
+        raise ArchiveError(
+            f"{where}: the path is not valid Unicode (a lone surrogate); use UTF-8 text"
+        ) from None
+    if size > MAX_PATH_BYTES:
         raise ArchiveError(f"{where}: the path is longer than {MAX_PATH_BYTES} bytes; shorten it")
     for segment in path.split("/"):
         if segment in ("", "."):
@@ -115,7 +122,7 @@ def check_path(path: str, where: str) -> None:
             )
         if segment == "..":
             raise ArchiveError(f"{where}: '..' segments are not allowed; files must stay inside /work")
-        if len(segment.encode()) > MAX_NAME_BYTES:
+        if len(os.fsencode(segment)) > MAX_NAME_BYTES:
             raise ArchiveError(f"{where}: the name {segment[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
 
 

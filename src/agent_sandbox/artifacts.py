@@ -7,6 +7,7 @@ import mimetypes
 
 from agent_sandbox.config import ResultSettings
 from agent_sandbox.engine.spec import FilesOut
+from agent_sandbox.filenames import shown_name
 from agent_sandbox.models import Artifact
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -19,14 +20,14 @@ _SIGNATURES = (
 
 
 def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple[list[Artifact], list[str]]:
-    """The artifacts (sent ones with their bytes, then those left out) and notes on what was
-    left out and why."""
+    """The artifacts (sent ones with their bytes, then those left out, each with why) and a note
+    on what was left out, built from those reasons."""
     if files is None:
         return [], []
-    artifacts = [_artifact(readable_name(path), data, settings) for path, data in files.contents()]
+    artifacts = [_artifact(shown_name(path), data, settings) for path, data in files.contents()]
     artifacts += [
         Artifact(
-            path=readable_name(str(entry["path"])),
+            path=shown_name(str(entry["path"])),
             size=int(str(entry["size"])),
             mime_type=mime_type(str(entry["path"]), None),
             sha256=None,
@@ -34,19 +35,26 @@ def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple
         )
         for entry in files.omitted
     ]
-    notes = []
     left_out = files.changed - len(files.files)
-    if left_out:
-        listed = len(files.omitted)
-        unlisted = f" ({listed} of them are listed in artifacts)" if listed < left_out else ""
-        were = "was" if left_out == 1 else "were"
-        notes.append(
-            f"The program created or changed {files.changed} files under /work; {len(files.files)} "
-            f"came back and {left_out} {were} left out{unlisted}: at most {settings.max_artifacts} "
-            f"files and {settings.max_artifact_kib} KiB come back. Write fewer or smaller files, e.g. "
-            "one archive or a summary."
-        )
-    return artifacts, notes
+    if not left_out:
+        return artifacts, []
+    listed = len(files.omitted)
+    unlisted = f" ({listed} of them are listed in artifacts)" if listed < left_out else ""
+    were = "was" if left_out == 1 else "were"
+    kinds = {str(entry.get("kind", "cap")) for entry in files.omitted} or {"cap"}
+    advice = {
+        "cap": f"at most {settings.max_artifacts} files and {settings.max_artifact_kib} KiB come back: "
+        "write fewer or smaller files, e.g. one archive or a summary",
+        "unreadable": "some could not be read (each says why in artifacts)",
+        "unreachable": "some folders could not be looked into (each says why in artifacts): "
+        "keep paths short and folders listable",
+    }
+    reasons = "; ".join(advice[kind] for kind in ("unreadable", "unreachable", "cap") if kind in kinds)
+    note = (
+        f"The program created or changed {files.changed} files under /work; {len(files.files)} "
+        f"came back and {left_out} {were} left out{unlisted}: {reasons}."
+    )
+    return artifacts, [note]
 
 
 def mime_type(path: str, data: bytes | None) -> str:
@@ -78,11 +86,6 @@ def _artifact(path: str, data: bytes, settings: ResultSettings) -> Artifact:
         content=inline,
         data=data,
     )
-
-
-def readable_name(path: str) -> str:
-    """A file name as valid UTF-8: bytes that are not (the program chose the name) become U+FFFD."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _text(data: bytes) -> str | None:

@@ -15,19 +15,19 @@ from packaging.requirements import Requirement
 
 from agent_sandbox.admission import Admission, Caller, QueuedCallback
 from agent_sandbox.archive import ArchiveError, build_archive, check_path, decode_content
-from agent_sandbox.artifacts import collect_artifacts, readable_name
+from agent_sandbox.artifacts import collect_artifacts
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine, OutputCallback, ProgressCallback
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.spec import (
     ContainerShape,
-    FilesOut,
     InstallSpec,
     Outcome,
     PackageMount,
     ResultCaps,
     RunSpec,
 )
+from agent_sandbox.filenames import shown_name
 from agent_sandbox.models import (
     InstallReport,
     LimitRequest,
@@ -246,38 +246,72 @@ class Sandbox:
         """Run ``request`` in a fresh container; refusals raise ``RequestError``, a full server
         ``Busy``, infrastructure failures ``EngineError``. ``caller`` owns the workspaces it
         uses and waits within its share; ``on_output`` sees the program's output as it comes."""
+        requirements = self.requirements(request)  # the caller's own: never a workspace's file
         if request.workspace is None:
-            result, _ = await self._execute(request, caller, on_progress, on_output)
+            result, _ = await self._execute(request, requirements, caller, on_progress, on_output)
             return result
         workspace = request.workspace
         try:
             with self.workspaces.in_use(workspace, caller.id):
                 stored = await anyio.to_thread.run_sync(self.workspaces.files, workspace, caller.id)
-                result, snapshot = await self._execute(
-                    _on_top_of(stored, request), caller, on_progress, on_output
-                )
-                report = await anyio.to_thread.run_sync(self._save, workspace, caller.id, snapshot)
+                request = self._on_top_of(workspace, stored, request)
+                result, outcome = await self._execute(request, requirements, caller, on_progress, on_output)
+                report = await anyio.to_thread.run_sync(self._save, workspace, caller.id, outcome)
         except WorkspaceError as exc:
             raise RequestError(str(exc)) from None
         notes = result.notes + ([f"Workspace {workspace}: {report.note}"] if report.note else [])
         return result.model_copy(update={"workspace": report, "notes": notes})
 
-    def _save(self, workspace: str, client: str, snapshot: FilesOut | None) -> WorkspaceReport:
-        """Keep /work as the workspace's state, or say why it was not kept."""
-        why_not = _unsaveable(snapshot)
+    def _on_top_of(self, workspace: str, stored: dict[str, bytes], request: RunRequest) -> RunRequest:
+        """``request`` with the workspace's files added under its own (the caller's files win),
+        refused with a workspace's reason when the two together are over the files limits."""
+        limits = self.settings.files
+        sent = {unicodedata.normalize("NFC", file.path) for file in request.files}
+        kept = {path: data for path, data in stored.items() if unicodedata.normalize("NFC", path) not in sent}
+        make_room = (
+            "make room first: run a program in the workspace that deletes what you no longer need, "
+            "sent under the name of a file the workspace already holds (it replaces that file), "
+            "or start a new workspace"
+        )
+        if len(kept) + len(request.files) > limits.max_files:
+            held = {unicodedata.normalize("NFC", path) for path in stored}
+            added = [
+                file.path for file in request.files if unicodedata.normalize("NFC", file.path) not in held
+            ]
+            named = ", ".join(repr(path) for path in added[:5]) + (", ..." if len(added) > 5 else "")
+            raise RequestError(
+                f"workspace {workspace} holds {len(stored)} files and this call adds {len(added)} "
+                f"({named}), but a run starts with at most {limits.max_files} files; {make_room}"
+            )
+        kept_bytes = sum(map(len, kept.values()))
+        if kept_bytes + _sent_bytes(request.files) > limits.max_total_kib * 1024:
+            raise RequestError(
+                f"workspace {workspace} holds {kept_bytes // 1024} KiB besides the files this call "
+                f"sends, and together they are over the {limits.max_total_kib} KiB a run starts "
+                f"with; {make_room}"
+            )
+        restored = [
+            ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
+            for path, data in kept.items()
+        ]
+        return request.model_copy(update={"files": restored + list(request.files)})
+
+    def _save(self, workspace: str, owner: str, outcome: Outcome) -> WorkspaceReport:
+        """Keep /work as the workspace's state if every file in it can be kept; else keep the
+        previous state and say why. A workspace is saved whole or not at all."""
+        snapshot = outcome.snapshot
+        why_not = _unsaveable(outcome)
         if snapshot is not None and why_not is None:
-            contents, unnamable = _keepable(snapshot)
+            contents = {path: data for path, data in snapshot.contents()}
             try:
-                self.workspaces.save(workspace, client, contents, self.settings.files)
+                self.workspaces.save(workspace, owner, contents, self.settings.files)
             except WorkspaceError as exc:
                 why_not = str(exc)
             else:
-                left_out = [str(entry["path"]) for entry in snapshot.omitted] + unnamable
-                note = f"saved without these files: {', '.join(left_out)}" if left_out else None
                 size = sum(map(len, contents.values()))
-                return WorkspaceReport(id=workspace, saved=True, files=len(contents), bytes=size, note=note)
+                return WorkspaceReport(id=workspace, saved=True, files=len(contents), bytes=size)
         try:
-            kept = self.workspaces.describe(workspace, client).files
+            kept = self.workspaces.describe(workspace, owner).files
         except WorkspaceError:
             kept = {}  # deleted or expired meanwhile
         return WorkspaceReport(
@@ -291,14 +325,14 @@ class Sandbox:
     async def _execute(
         self,
         request: RunRequest,
+        requirements: list[Requirement],
         caller: Caller,
         on_progress: ProgressCallback | None,
         on_output: OutputCallback | None,
-    ) -> tuple[RunResult, FilesOut | None]:
-        """Run ``request`` once ``caller`` is admitted; its result, and all of /work when it is
-        a workspace run."""
+    ) -> tuple[RunResult, Outcome]:
+        """Run ``request`` once ``caller`` is admitted; its result, and the raw outcome (which
+        holds all of /work when it is a workspace run)."""
         spec = self.prepare(request)
-        requirements = self.requirements(request)
         resolution = None
         with contextlib.ExitStack() as stack:
             if requirements:
@@ -344,42 +378,38 @@ class Sandbox:
             error=error,
             artifacts=artifacts,
         )
-        return result, outcome.snapshot
+        return result, outcome
 
 
-def _keepable(snapshot: FilesOut) -> tuple[dict[str, bytes], list[str]]:
-    """The snapshot's files a later run can be given, and the names of those it cannot (names
-    that are not valid UTF-8 become readable; ones a caller could not send are left out)."""
-    contents, unnamable = {}, []
-    for path, data in snapshot.contents():
-        name = readable_name(path)
-        try:
-            check_path(name, repr(name))
-        except ArchiveError:
-            unnamable.append(name)
-            continue
-        contents[name] = data
-    return contents, unnamable
-
-
-def _unsaveable(snapshot: FilesOut | None) -> str | None:
-    """Why the launcher's snapshot cannot become the workspace's state, if it cannot."""
+def _unsaveable(outcome: Outcome) -> str | None:
+    """Why /work at the end of the run cannot become the workspace's state, if it cannot: it
+    did not come back, or some of its files could not (saving the rest would lose them)."""
+    snapshot = outcome.snapshot
     if snapshot is None:
-        return "the run ended without handing back its files (stopped for output, or by the engine)"
+        if outcome.oom_killed:
+            return (
+                "the sandbox ran out of memory before it could hand back /work (files there count toward it)"
+            )
+        if outcome.output_killed:
+            return "the run was stopped for its output before it could hand back /work"
+        return "the run ended without handing back /work (its launcher was killed, or the engine stopped it)"
     if not snapshot.files and snapshot.omitted and snapshot.omitted[0]["path"] == ".":
         return str(snapshot.omitted[0]["reason"])  # /work was over the workspace's caps
+    if snapshot.omitted:
+        lost = "; ".join(f"{shown_name(str(e['path']))!r}: {e['reason']}" for e in snapshot.omitted[:5])
+        more = f" (and {len(snapshot.omitted) - 5} more)" if len(snapshot.omitted) > 5 else ""
+        return f"these could not be kept, and saving without them would lose them: {lost}{more}"
     return None
 
 
-def _on_top_of(stored: dict[str, bytes], request: RunRequest) -> RunRequest:
-    """``request`` with the workspace's files added under its own: the caller's files win."""
-    sent = {unicodedata.normalize("NFC", file.path) for file in request.files}
-    kept = [
-        ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
-        for path, data in stored.items()
-        if unicodedata.normalize("NFC", path) not in sent
-    ]
-    return request.model_copy(update={"files": kept + list(request.files)})
+def _sent_bytes(files: list[ProjectFile]) -> int:
+    """The size of the files a caller sent, as the archive counts it (an invalid one counts 0:
+    building the archive refuses it with its own reason)."""
+    total = 0
+    for file in files:
+        with contextlib.suppress(ArchiveError):
+            total += len(decode_content(file, file.path))
+    return total
 
 
 def _queued_reporter(on_progress: ProgressCallback | None) -> QueuedCallback | None:

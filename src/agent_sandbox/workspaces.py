@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from agent_sandbox.archive import ArchiveError, build_archive, check_path, pack_files
 from agent_sandbox.config import FileSettings, WorkspaceSettings
+from agent_sandbox.filenames import shown_name
 from agent_sandbox.models import ProjectFile
 
 _ID = re.compile(r"[A-Za-z0-9_-]{22}")
@@ -96,8 +97,10 @@ class WorkspaceStore:
         """One file of the workspace."""
         files = self.files(workspace_id, owner)
         if path not in files:
-            listed = ", ".join(sorted(files)[:20]) or "none"
-            raise WorkspaceError(f"workspace {workspace_id!r} has no file {path!r}; it has: {listed}")
+            listed = ", ".join(shown_name(name) for name in sorted(files)[:20]) or "none"
+            raise WorkspaceError(
+                f"workspace {workspace_id!r} has no file {shown_name(path)!r}; it has: {listed}"
+            )
         return files[path]
 
     def save(self, workspace_id: str, owner: str, contents: dict[str, bytes], files: FileSettings) -> None:
@@ -105,6 +108,8 @@ class WorkspaceStore:
         is one a later run can start from: within the rules for a caller's files."""
         folder, meta = self._owned(workspace_id, owner)
         try:
+            for path in contents:  # named as the caller sees it (filenames.py), not by index
+                check_path(path, repr(shown_name(path)))
             sendable = [
                 ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
                 for path, data in contents.items()

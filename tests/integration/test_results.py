@@ -152,6 +152,7 @@ async def test_a_syntax_error_in_a_cell_is_reported_like_python_does(make_sandbo
 HOSTILE_FILES = """
 import os
 open(b'bad\\xffname', 'w').write('x')
+open(b'bad\\xfename', 'w').write('z')
 open('line\\nnote: all good', 'w').write('y')
 os.symlink('/etc/passwd', 'link-to-passwd')
 os.mkfifo('pipe')
@@ -162,7 +163,9 @@ async def test_odd_names_links_and_pipes_cannot_confuse_the_result(make_sandbox:
     sandbox = await make_sandbox()
     result = await sandbox.run(cell(HOSTILE_FILES))
     assert result.exit_code == 0, result.stderr
-    assert sorted(a.path for a in result.artifacts) == ["bad\ufffdname", "line\nnote: all good"]
+    # Names that are not UTF-8 stay two names: each byte shows as \xHH (src/agent_sandbox/filenames.py).
+    by_path = {a.path: a.content for a in result.artifacts}
+    assert by_path == {"bad\\xfename": "z", "bad\\xffname": "x", "line\nnote: all good": "y"}
     result.model_dump_json()  # serialisable: no lone surrogates
     summary = summarise(result, 4096)
     assert "  line\\nnote: all good (1 bytes" in summary
@@ -197,8 +200,49 @@ async def test_a_program_that_locks_files_or_unblocks_stdout_still_gets_its_resu
     assert by_path["big.bin"].size == 3 * 1024 * 1024
     assert by_path["big.bin"].data is not None
     assert len(by_path["big.bin"].data) == 3 * 1024 * 1024
-    assert by_path["secret.txt"].omitted == "the sandbox user cannot read it"
-    assert "locked/inside.txt" not in by_path  # a folder it cannot enter is passed over
+    # The program (the same user) locked them; the launcher, once the program is gone, takes its
+    # read and search permission back, so nothing it wrote vanishes.
+    assert by_path["secret.txt"].content == "s"
+    assert by_path["locked/inside.txt"].content == "x"
+    assert result.notes == []
+
+
+async def test_files_in_folders_the_program_made_unsearchable_come_back(make_sandbox: SandboxFactory) -> None:
+    sandbox = await make_sandbox()
+    code = (
+        "import os\nos.makedirs('results/deeper')\nopen('results/a.csv', 'w').write('1,2\\n')\n"
+        "open('results/deeper/b.csv', 'w').write('3,4\\n')\nos.chmod('results/deeper', 0o000)\n"
+        "os.chmod('results', 0o444)"
+    )
+    result = await sandbox.run(cell(code))
+    assert [(a.path, a.content) for a in result.artifacts] == [
+        ("results/a.csv", "1,2\n"), ("results/deeper/b.csv", "3,4\n")
+    ]  # fmt: skip
+    assert result.notes == []
+
+
+DEEPER_THAN_PATH_MAX = """
+import os
+open('shallow.txt', 'w').write('kept')
+for _ in range(300):  # 300 * 16 bytes: over Linux's 4096-byte PATH_MAX
+    os.mkdir('d' * 15)
+    os.chdir('d' * 15)
+open('buried.txt', 'w').write('deep')
+"""
+
+
+async def test_a_file_deeper_than_path_max_is_listed_as_left_out_with_why(
+    make_sandbox: SandboxFactory,
+) -> None:
+    sandbox = await make_sandbox()
+    result = await sandbox.run(cell(DEEPER_THAN_PATH_MAX))
+    assert result.exit_code == 0, result.stderr
+    shallow, deep = result.artifacts
+    assert (shallow.path, shallow.content) == ("shallow.txt", "kept")
+    assert deep.path.startswith("ddddddddddddddd/")
+    assert deep.omitted is not None
+    assert "not looked into" in deep.omitted
+    assert any("some folders could not be looked into" in note for note in result.notes)
 
 
 async def test_files_written_before_a_timeout_still_come_back(make_sandbox: SandboxFactory) -> None:

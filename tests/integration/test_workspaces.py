@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from agent_sandbox.admission import Caller
-from agent_sandbox.config import EngineSettings, LimitSettings, Settings, WorkspaceSettings
+from agent_sandbox.config import EngineSettings, LimitSettings, PackageSettings, Settings, WorkspaceSettings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import RequestError, Sandbox
@@ -224,11 +224,113 @@ async def test_the_number_of_workspaces_is_capped(engine: DockerEngine, tmp_path
         sandbox.workspaces.create("client-c")
 
 
-async def test_files_with_names_a_caller_could_not_send_are_left_out_with_a_note(sandbox: Sandbox) -> None:
+async def test_a_work_tree_with_a_file_no_later_run_could_be_given_is_not_saved(sandbox: Sandbox) -> None:
+    """Saved whole or not at all: saving without the file would lose it without a word."""
     workspace = sandbox.workspaces.create(ME).id
-    code = "open('ok.txt', 'w').write('1')\nopen('tab\\there', 'w').write('2')"
+    await sandbox.run(call(workspace, "open('ok.txt', 'w').write('1')"), caller=AS_ME)
+    code = "open('ok.txt', 'w').write('2')\nopen('tab\\there', 'w').write('3')"
     result = await sandbox.run(call(workspace, code), caller=AS_ME)
     assert result.workspace is not None
-    assert result.workspace.saved
-    assert "saved without these files: tab\there" in (result.workspace.note or "")
-    assert sorted(sandbox.workspaces.describe(workspace, ME).files) == ["main.py", "ok.txt"]
+    assert not result.workspace.saved
+    note = result.workspace.note or ""
+    assert "not saved, the previous state is kept" in note
+    assert "'tab\\there': the path contains the control character '\\t'" in note
+    assert sandbox.workspaces.read(workspace, ME, "ok.txt") == b"1"
+
+
+async def test_folders_and_files_the_program_locked_are_kept(sandbox: Sandbox) -> None:
+    workspace = sandbox.workspaces.create(ME).id
+    code = "import os\nos.makedirs('sub')\nopen('sub/data.txt', 'w').write('precious')"
+    await sandbox.run(call(workspace, code), caller=AS_ME)
+    locked = await sandbox.run(call(workspace, "import os\nos.chmod('sub', 0o444)"), caller=AS_ME)
+    assert locked.workspace is not None
+    assert locked.workspace.saved, locked.workspace.note
+    assert sandbox.workspaces.read(workspace, ME, "sub/data.txt") == b"precious"
+    shut = await sandbox.run(call(workspace, "import os\nos.chmod('/work', 0)"), caller=AS_ME)
+    assert shut.workspace is not None
+    assert shut.workspace.saved, shut.workspace.note
+    assert sorted(sandbox.workspaces.describe(workspace, ME).files) == ["main.py", "sub/data.txt"]
+
+
+async def test_a_file_deeper_than_path_max_keeps_the_previous_state_saying_why(sandbox: Sandbox) -> None:
+    workspace = sandbox.workspaces.create(ME).id
+    await sandbox.run(call(workspace, "open('before.txt', 'w').write('kept')"), caller=AS_ME)
+    code = (
+        "import os\nfor _ in range(300):\n    os.mkdir('d' * 15)\n    os.chdir('d' * 15)\n"
+        "open('buried.txt', 'w').write('deep')"
+    )
+    result = await sandbox.run(call(workspace, code), caller=AS_ME)
+    assert result.workspace is not None
+    assert not result.workspace.saved
+    assert "not looked into" in (result.workspace.note or "")
+    assert "saving without them would lose them" in (result.workspace.note or "")
+    assert sorted(sandbox.workspaces.describe(workspace, ME).files) == ["before.txt", "main.py"]
+
+
+async def test_names_that_are_not_utf8_stay_two_files_across_runs(sandbox: Sandbox) -> None:
+    workspace = sandbox.workspaces.create(ME).id
+    code = "open(b'a\\xff.txt', 'w').write('ff')\nopen(b'a\\xfe.txt', 'w').write('fe')"
+    first = await sandbox.run(call(workspace, code), caller=AS_ME)
+    assert first.workspace is not None
+    assert first.workspace.saved
+    assert sorted(a.path for a in first.artifacts) == ["a\\xfe.txt", "a\\xff.txt"]
+    listing = (
+        "print(sorted((name, open(name, 'rb').read()) for name in os.listdir(b'.') if name.startswith(b'a')))"
+    )
+    second = await sandbox.run(call(workspace, "import os\n" + listing), caller=AS_ME)
+    assert second.stdout == "[(b'a\\xfe.txt', b'fe'), (b'a\\xff.txt', b'ff')]\n"
+
+
+async def test_a_requirements_file_the_program_left_never_drives_later_runs(
+    engine: DockerEngine, tmp_path: Path
+) -> None:
+    """Only a caller's own requirements count: a stored requirements.txt (even one no server
+    would accept) is just a file, on a server with packages off too."""
+    settings = Settings(
+        engine=EngineSettings(pool_size=0),
+        packages=PackageSettings(enabled=False),
+        workspaces=WorkspaceSettings(dir=str(tmp_path)),
+    )
+    sandbox = Sandbox(settings, engine)
+    workspace = sandbox.workspaces.create(ME).id
+    await sandbox.run(
+        call(workspace, "open('requirements.txt', 'w').write('six==1.16.0\\n-e .\\n')"), caller=AS_ME
+    )
+    for request in (
+        call(workspace, "print(open('requirements.txt').read().split()[0])", notebook=True),
+        RunRequest(
+            files=[ProjectFile(path="run.py", content="print('project')")],
+            entrypoint="run.py",
+            workspace=workspace,
+        ),
+    ):
+        result = await sandbox.run(request, caller=AS_ME)
+        assert result.exit_code == 0, result.stderr
+        assert result.install is None
+    with pytest.raises(RequestError, match="turned off"):  # the caller's own file still counts
+        await sandbox.run(
+            call(workspace, "print(1)", ProjectFile(path="requirements.txt", content="six")), caller=AS_ME
+        )
+
+
+async def test_a_module_named_like_the_runners_own_imports_does_not_break_run_python(
+    sandbox: Sandbox,
+) -> None:
+    """The notebook runner's imports cannot be hijacked: a snippet runs as python3 main.py would."""
+    workspace = sandbox.workspaces.create(ME).id
+    modules = [
+        ProjectFile(path=f"{name}.py", content="Point = tuple\n")
+        for name in ("types", "traceback", "signal", "linecache")
+    ]
+    await sandbox.run(call(workspace, "print('stored')", *modules), caller=AS_ME)
+    cell = call(
+        workspace,
+        "import types\nprint(types.Point)\ndef f():\n    1 / 0\nf()",
+        notebook=True,
+        return_last_expression=True,
+    )
+    result = await sandbox.run(cell, caller=AS_ME)
+    assert result.stdout == "<class 'tuple'>\n"  # the program's own types.py, as python3 would
+    assert result.error is not None
+    assert (result.error.type, result.error.line, result.error.function) == ("ZeroDivisionError", 4, "f")
+    assert result.stderr.startswith('Traceback (most recent call last):\n  File "/work/main.py", line 5')

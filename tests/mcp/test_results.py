@@ -126,6 +126,19 @@ async def test_five_mib_of_output_gives_a_summary_within_the_budget(client: Clie
     assert "bytes cut here" in summary.text
 
 
+async def test_terminal_controls_are_escaped_in_the_summary_and_exact_in_the_structured_result(
+    client: Client,
+) -> None:
+    code = "print('\\x1b[2J\\x1b[H\\x1b[31mRED\\x1b[0m\\rX\\x07')"
+    result = await client.call_tool("run_python", {"code": code})
+    assert result.structured_content is not None
+    assert result.structured_content["stdout"] == "\x1b[2J\x1b[H\x1b[31mRED\x1b[0m\rX\x07\n"
+    summary = result.content[0]
+    assert isinstance(summary, TextContent)
+    assert "\\x1b[2J\\x1b[H\\x1b[31mRED\\x1b[0m\\rX\\x07" in summary.text
+    assert not {"\x1b", "\r", "\x07"} & set(summary.text)
+
+
 async def test_the_output_schema_describes_the_new_fields(client: Client) -> None:
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     schema = tools["run_python"].output_schema

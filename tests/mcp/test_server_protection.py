@@ -177,7 +177,7 @@ async def test_the_audit_log_records_every_call_without_contents(
     ]
     ok, refused, failed = records[1], records[3], records[5]
     assert ok["tool"] == "run_python"
-    assert ok["client"] == "stdio"
+    assert ok["client"] == "stdio:mcp"  # the host application, as its clientInfo names it
     assert ok["transport"] == "in-process"
     assert len(ok["files_sha256"]) == 64
     assert ok["exit_code"] == 0

@@ -14,6 +14,7 @@ from agent_sandbox.artifacts import collect_artifacts, mime_type
 from agent_sandbox.config import LimitSettings, ResultSettings
 from agent_sandbox.engine.spec import FilesOut
 from agent_sandbox.engine.streams import FILES_PREFIX, FilesBlock
+from agent_sandbox.filenames import name_from_shown
 from agent_sandbox.models import Artifact, ErrorInfo, Limits, RunResult
 from agent_sandbox.server.content import tool_content
 from agent_sandbox.server.summary import summarise
@@ -52,6 +53,48 @@ def test_files_left_out_are_listed_with_the_reason_and_a_note() -> None:
     assert [a.omitted for a in artifacts[1:]] == ["only 2 files come back"] * 3
     assert all(a.sha256 is None for a in artifacts[1:])
     assert "changed 4 files under /work; 1 came back and 3 were left out" in notes[0]
+    assert "at most 50 files and 10240 KiB come back" in notes[0]
+
+
+def test_the_left_out_note_is_built_from_the_reasons_given() -> None:
+    """A file that could not be read, or a folder not looked into, is not blamed on the caps."""
+    unreadable = {
+        "path": "secret.txt",
+        "size": 1,
+        "reason": "the sandbox user cannot read it: x",
+        "kind": "unreadable",
+    }
+    deep = {
+        "path": "d/" * 20,
+        "size": 0,
+        "reason": "a folder whose path is over 2048 bytes",
+        "kind": "unreachable",
+    }
+    files = FilesOut([{"path": "a.txt", "size": 1}], [unreadable, deep], 3, b"a")
+    artifacts, [note] = collect_artifacts(files, SETTINGS)
+    assert [a.omitted for a in artifacts[1:]] == [unreadable["reason"], deep["reason"]]
+    assert "1 came back and 2 were left out" in note
+    assert "some could not be read" in note
+    assert "some folders could not be looked into" in note
+    assert "come back: write fewer" not in note  # not the caps
+
+
+def test_names_that_are_not_utf8_stay_apart_and_show_as_escapes() -> None:
+    files = FilesOut(
+        [{"path": "a\udcff.txt", "size": 1}, {"path": "a\udcfe.txt", "size": 1}, {"path": "a\\b", "size": 1}],
+        [], 3, b"123",
+    )  # fmt: skip
+    artifacts, _ = collect_artifacts(files, SETTINGS)
+    assert [a.path for a in artifacts] == ["a\\xff.txt", "a\\xfe.txt", "a\\\\b"]
+    assert [name_from_shown(a.path) for a in artifacts] == ["a\udcff.txt", "a\udcfe.txt", "a\\b"]
+
+
+def test_terminal_controls_in_output_are_escaped_in_the_summary_only() -> None:
+    output = "\x1b[2J\x1b[H\x1b[31mRED\x1b[0m\rX\x07\ttab\n"
+    summary = summarise(result(stdout=output, stderr="\x9b2J\x7f\n"), 4096)
+    assert "\\x1b[2J\\x1b[H\\x1b[31mRED\\x1b[0m\\rX\\x07\ttab" in summary
+    assert "\\x9b2J\\x7f" in summary
+    assert not set(summary) & {"\x1b", "\r", "\x07", "\x9b", "\x7f"}
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import unicodedata
 from pathlib import Path
 
 import pytest
 
-from agent_sandbox.config import FileSettings, WorkspaceSettings
-from agent_sandbox.engine.spec import FilesOut
+from agent_sandbox.config import FileSettings, Settings, WorkspaceSettings
+from agent_sandbox.engine.spec import FilesOut, Outcome
 from agent_sandbox.models import ProjectFile, RunRequest
-from agent_sandbox.sandbox import _keepable, _on_top_of
+from agent_sandbox.sandbox import RequestError, Sandbox, _unsaveable
 from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
 
 ME = "me"
@@ -64,30 +65,101 @@ def test_a_snapshot_with_too_many_entries_is_refused(store: WorkspaceStore) -> N
         store.files(workspace, ME)
 
 
-def test_names_a_caller_could_not_send_are_left_out_not_fatal() -> None:
-    snapshot = FilesOut(
-        files=[
-            {"path": "good.txt", "size": 1},
-            {"path": "bad\udcffname", "size": 1},
-            {"path": "back\\slash", "size": 1},
-        ],
-        omitted=[],
-        changed=3,
-        data=b"gbs",
-    )
-    contents, unnamable = _keepable(snapshot)
-    assert contents == {"good.txt": b"g", "bad\ufffdname": b"b"}
-    assert unnamable == ["back\\slash"]
+def test_names_that_are_not_utf8_are_kept_apart_and_read_back_exactly(store: WorkspaceStore) -> None:
+    workspace = store.create(ME).id
+    contents = {
+        os.fsdecode(b"a\xff.txt"): b"ff",
+        os.fsdecode(b"a\xfe.txt"): b"fe",
+        "caf\u00e9/x.txt": b"utf-8",
+    }
+    store.save(workspace, ME, contents, FileSettings())
+    assert store.files(workspace, ME) == contents
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("back\\slash", "backslash"), ("line\nbreak", "control character"), ("x" * 300, "longer than 255")],
+)
+def test_a_name_a_later_run_could_not_be_given_keeps_the_previous_state(
+    store: WorkspaceStore, name: str, why: str
+) -> None:
+    workspace = store.create(ME).id
+    store.save(workspace, ME, {"kept.txt": b"old"}, FileSettings())
+    with pytest.raises(WorkspaceError, match="a later run could not start from it") as refused:
+        store.save(workspace, ME, {"new.txt": b"1", name: b"2"}, FileSettings())
+    assert why in str(refused.value)
+    assert store.files(workspace, ME) == {"kept.txt": b"old"}
+
+
+def _outcome(snapshot: FilesOut | None, **facts: bool) -> Outcome:
+    return Outcome(
+        exit_code=0, stdout=b"", stderr=b"", stdout_bytes=0, stderr_bytes=0, stdout_truncated=False,
+        stderr_truncated=False, duration_s=0.1, timed_out=False, oom_killed=facts.get("oom", False),
+        output_killed=facts.get("output", False), snapshot=snapshot,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "facts", "why"),
+    [
+        (None, {"oom": True}, "ran out of memory before it could hand back /work"),
+        (None, {"output": True}, "stopped for its output"),
+        (None, {}, "its launcher was killed, or the engine stopped it"),
+        (
+            FilesOut([{"path": "a.txt", "size": 1}], [{"path": "locked/b\udcff", "size": 3, "reason": "the sandbox user cannot read it: Permission denied", "kind": "unreadable"}], 2, b"a"),
+            {},
+            "'locked/b\\\\xff': the sandbox user cannot read it",
+        ),
+        (
+            FilesOut([], [{"path": "deep", "size": 0, "reason": "a folder whose path is over 2048 bytes: not looked into", "kind": "unreachable"}], 1, b""),
+            {},
+            "saving without them would lose them",
+        ),
+    ],
+)  # fmt: skip
+def test_a_work_tree_that_did_not_come_back_whole_is_not_saved(
+    snapshot: FilesOut | None, facts: dict[str, bool], why: str
+) -> None:
+    reason = _unsaveable(_outcome(snapshot, **facts))
+    assert reason is not None
+    assert why in reason
+
+
+def test_a_work_tree_that_came_back_whole_is_saved() -> None:
+    snapshot = FilesOut([{"path": "a.txt", "size": 1}], [], 1, b"a")
+    assert _unsaveable(_outcome(snapshot)) is None
 
 
 def test_the_callers_files_win_whatever_their_unicode_form() -> None:
     stored = {unicodedata.normalize("NFD", "café.txt"): b"stored", "other.txt": b"kept"}
     request = RunRequest(files=[ProjectFile(path=unicodedata.normalize("NFC", "café.txt"), content="mine")])
-    merged = _on_top_of(stored, request)
+    merged = Sandbox(Settings())._on_top_of("w", stored, request)
     assert sorted(f.path for f in merged.files) == sorted(
         ["other.txt", unicodedata.normalize("NFC", "café.txt")]
     )
     assert [f.content for f in merged.files if f.path.startswith("caf")] == ["mine"]
+
+
+def test_a_full_workspace_is_refused_saying_what_it_holds_and_how_to_make_room() -> None:
+    sandbox = Sandbox(Settings(files=FileSettings(max_files=3)))
+    stored = {"a.txt": b"", "b.txt": b"", "main.py": b""}
+    same_names = RunRequest(files=[ProjectFile(path="main.py", content="import os")])
+    assert len(sandbox._on_top_of("w", stored, same_names).files) == 3  # replaces: fits
+    two_new = RunRequest(files=[ProjectFile(path="x.py", content=""), ProjectFile(path="y.py", content="")])
+    with pytest.raises(RequestError) as refused:
+        sandbox._on_top_of("w", stored, two_new)
+    message = str(refused.value)
+    assert "workspace w holds 3 files and this call adds 2 ('x.py', 'y.py')" in message
+    assert "at most 3 files" in message
+    assert "sent under the name of a file the workspace already holds" in message
+
+
+def test_a_workspace_too_large_with_the_call_is_refused_saying_so() -> None:
+    sandbox = Sandbox(Settings(files=FileSettings(max_total_kib=2, max_file_kib=2)))
+    stored = {"data.bin": b"x" * 1500}
+    request = RunRequest(files=[ProjectFile(path="main.py", content="y" * 1000)])
+    with pytest.raises(RequestError, match="workspace w holds 1 KiB besides the files this call sends"):
+        sandbox._on_top_of("w", stored, request)
 
 
 def test_ids_cannot_name_a_path(store: WorkspaceStore, tmp_path: Path) -> None:

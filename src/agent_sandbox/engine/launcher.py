@@ -54,6 +54,8 @@ REPORT_BYTES = 1 << 16
 FAILURE_EXIT = 125
 # Args and env are at most 256 KiB, which JSON's escapes can make 1.5 MiB; the runner is ~5 KiB.
 MAX_HEADER_BYTES = 4 << 20
+# Folders are opened by path: deeper ones (PATH_MAX is 4096 bytes) are listed as not looked at.
+MAX_FOLDER_PATH_BYTES = 2048
 END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
@@ -354,86 +356,127 @@ def _drain(fd: int, into: "list[bytes]") -> None:
                 kept += len(chunk)
 
 
-def _changed_files(sent: "dict[str, tuple[int, int]]") -> "list[tuple[str, int]]":
-    """Regular files under /work that the caller did not send, or that changed since; entries
-    we cannot read (a folder the program locked, a name too long) are passed over."""
-    found = []
-    for root, folders, files in os.walk(WORK):
-        folders.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            try:
-                status = os.lstat(path)
-            except OSError:
-                continue
-            relative = os.path.relpath(path, WORK)
-            if stat.S_ISREG(status.st_mode) and sent.get(relative) != (status.st_size, status.st_mtime_ns):
-                found.append((relative, status.st_size))
-    return found
+def _survey() -> "tuple[list[tuple[str, int, int]], list[dict[str, object]]]":
+    """Every regular file under /work (path, size, modification time), and the folders that could
+    not be looked into, each with why. Called once nothing of the program's runs any more: the
+    program (the same user) may have locked folders or files against us, so we give ourselves
+    back the search and read permission it took; links are never followed."""
+    found: list[tuple[str, int, int]] = []
+    unseen: list[dict[str, object]] = []
+    _let_owner(WORK, os.stat(WORK).st_mode, stat.S_IRWXU)
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            with os.scandir(os.path.join(WORK, relative)) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            unseen.append(_left_out(relative or ".", 0, f"its folder could not be listed: {exc.strerror}"))
+            continue
+        folders = []
+        for entry in entries:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            status = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(status.st_mode):
+                if len(os.fsencode(path)) > MAX_FOLDER_PATH_BYTES:
+                    why = f"a folder whose path is over {MAX_FOLDER_PATH_BYTES} bytes: not looked into"
+                    unseen.append(_left_out(path, 0, why))
+                    continue
+                _let_owner(entry.path, status.st_mode, stat.S_IRWXU)
+                folders.append(path)
+            elif stat.S_ISREG(status.st_mode):
+                _let_owner(entry.path, status.st_mode, stat.S_IRUSR)
+                found.append((path, status.st_size, status.st_mtime_ns))
+        pending.extend(reversed(folders))  # depth first, in name order, like a sorted os.walk
+    return found, unseen
 
 
-def _open_regular(relative: str) -> "int | None":
-    """A descriptor for a regular file under /work, never through a link; None if not."""
+def _let_owner(path: str, mode: int, wanted: int) -> None:
+    """Give the owner (us: everything under /work is the sandbox user's) ``wanted`` back."""
+    if mode & wanted != wanted:
+        with contextlib.suppress(OSError):
+            os.chmod(path, stat.S_IMODE(mode) | wanted)
+
+
+def _left_out(path: str, size: int, reason: str, kind: str = "unreachable") -> "dict[str, object]":
+    """A manifest entry for what does not come back: ``kind`` is ``cap`` (over the caps),
+    ``unreadable`` or ``unreachable`` (in or behind a folder we could not look into)."""
+    return {"path": path, "size": size, "reason": reason, "kind": kind}
+
+
+def _open_regular(relative: str) -> "int | str":
+    """A descriptor for a regular file under /work, never through a link; else why not."""
     try:
         fd = os.open(os.path.join(WORK, relative), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
+    except OSError as exc:
+        return f"the sandbox user cannot read it: {exc.strerror}"
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        return None
+        return "it is no longer a regular file"
     return fd
 
 
-def _send_files(nonce: str, sent: "dict[str, tuple[int, int]]", caps: "dict[str, int]") -> None:
+def _send_files(
+    nonce: str,
+    sent: "dict[str, tuple[int, int]]",
+    survey: "tuple[list[tuple[str, int, int]], list[dict[str, object]]]",
+    caps: "dict[str, int]",
+) -> None:
     """Write the program's new and changed files to stdout as one block: a marked line with the
-    manifest (the files that follow, in order; those left out, with why; how many changed), then
-    exactly their bytes. Files are opened before the manifest is written, so every byte the
-    manifest promises follows it."""
+    manifest (the files that follow, in order; those left out, each with why; how many changed),
+    then exactly their bytes. Files are opened before the manifest is written, so every byte the
+    manifest promises follows it. Left-out entries that are not about the caps come first."""
+    found, unseen = survey
     chosen: list[tuple[dict[str, object], int]] = []
-    omitted: list[dict[str, object]] = []
+    surprising: list[dict[str, object]] = list(unseen)
+    over_caps: list[dict[str, object]] = []
     total = changed = 0
-    for path, size in _changed_files(sent):
+    for path, size, modified in found:
+        if sent.get(path) == (size, modified):
+            continue
         changed += 1
-        reason = None
         if len(chosen) >= caps["max_files"]:
-            reason = f"only {caps['max_files']} files come back"
+            over_caps.append(_left_out(path, size, f"only {caps['max_files']} files come back", "cap"))
         elif total + size > caps["max_bytes"]:
             reason = f"only {caps['max_bytes'] // 1024} KiB of files come back"
+            over_caps.append(_left_out(path, size, reason, "cap"))
         else:
-            fd = _open_regular(path)
-            if fd is None:
-                reason = "the sandbox user cannot read it"
+            opened = _open_regular(path)
+            if isinstance(opened, str):
+                surprising.append(_left_out(path, size, opened, "unreadable"))
             else:
-                chosen.append(({"path": path, "size": size}, fd))
+                chosen.append(({"path": path, "size": size}, opened))
                 total += size
-        if reason is not None and len(omitted) < caps["max_listed"]:
-            omitted.append({"path": path, "size": size, "reason": reason})
-    _write_block(FILES_PREFIX, nonce, chosen, omitted, changed)
+    omitted = (surprising + over_caps)[: caps["max_listed"]]
+    _write_block(FILES_PREFIX, nonce, chosen, omitted, changed + len(unseen))
 
 
-def _send_snapshot(nonce: str, caps: "dict[str, int]") -> None:
+def _send_snapshot(
+    nonce: str,
+    survey: "tuple[list[tuple[str, int, int]], list[dict[str, object]]]",
+    caps: "dict[str, int]",
+) -> None:
     """Write all of /work as a second block (same layout) for the workspace to keep; if it is
-    over the workspace's caps, the block holds no file and says why."""
-    everything = _changed_files({})
-    total = sum(size for _, size in everything)
-    if len(everything) > caps["max_files"] or total > caps["max_bytes"]:
+    over the workspace's caps, the block holds no file and says why. What could not be read or
+    looked into is listed, so the host can refuse a snapshot that would lose it."""
+    found, unseen = survey
+    total = sum(size for _, size, _ in found)
+    if len(found) > caps["max_files"] or total > caps["max_bytes"]:
         reason = (
-            f"/work holds {len(everything)} files and {total // 1024} KiB, over the workspace's "
+            f"/work holds {len(found)} files and {total // 1024} KiB, over the workspace's "
             f"{caps['max_files']} files or {caps['max_bytes'] // 1024} KiB"
         )
-        _write_block(
-            SNAPSHOT_PREFIX, nonce, [], [{"path": ".", "size": total, "reason": reason}], len(everything)
-        )
+        _write_block(SNAPSHOT_PREFIX, nonce, [], [_left_out(".", total, reason, "cap")], len(found))
         return
     chosen: list[tuple[dict[str, object], int]] = []
-    omitted: list[dict[str, object]] = []
-    for path, size in everything:
-        fd = _open_regular(path)
-        if fd is None:
-            omitted.append({"path": path, "size": size, "reason": "the sandbox user cannot read it"})
+    omitted: list[dict[str, object]] = list(unseen)
+    for path, size, _ in found:
+        opened = _open_regular(path)
+        if isinstance(opened, str):
+            omitted.append(_left_out(path, size, opened, "unreadable"))
         else:
-            chosen.append(({"path": path, "size": size}, fd))
-    _write_block(SNAPSHOT_PREFIX, nonce, chosen, omitted[: caps["max_files"]], len(everything))
+            chosen.append(({"path": path, "size": size}, opened))
+    _write_block(SNAPSHOT_PREFIX, nonce, chosen, omitted[: caps["max_files"]], len(found) + len(unseen))
 
 
 def _write_block(
@@ -520,9 +563,10 @@ def main() -> None:
     _end_everything_else()
     for fd in (1, 2):  # the program may have made them non-blocking (they are its own, or via /proc)
         os.set_blocking(fd, True)
-    _send_files(nonce, sent, job["artifacts"])  # type: ignore[arg-type]
+    survey = _survey()
+    _send_files(nonce, sent, survey, job["artifacts"])  # type: ignore[arg-type]
     if job["snapshot"]:
-        _send_snapshot(nonce, job["snapshot"])  # type: ignore[arg-type]
+        _send_snapshot(nonce, survey, job["snapshot"])  # type: ignore[arg-type]
     report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills(), "timed_out": timed_out}
     line = _marked_line(END_PREFIX, nonce, {**report, "return_value": return_value})
     _write_all(1, line)

@@ -148,6 +148,8 @@ class InstallDone(MarkedLine):
 
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
+# Why a file did not come back: over the caps, unreadable, or behind a folder not looked into.
+OMITTED_KINDS = frozenset({"cap", "unreadable", "unreachable"})
 
 
 class FilesBlock:
@@ -191,13 +193,23 @@ class FilesBlock:
 def _manifest(line: bytes, max_files: int, max_bytes: int) -> dict[str, Any]:
     """The manifest, checked against what the job allowed; one that breaks the rules counts as
     empty (what follows it is then treated as output, within the output caps)."""
-    rejected = {"path": ".", "size": 0, "reason": "the sandbox's list of files broke the job's rules"}
+    rejected = {
+        "path": ".",
+        "size": 0,
+        "reason": "the sandbox's list of files broke the job's rules",
+        "kind": "unreachable",
+    }
     empty: dict[str, Any] = {"files": [], "omitted": [rejected], "changed": 0}
     try:
         raw = json.loads(line)
         files: list[dict[str, Any]] = [{"path": str(e["path"]), "size": int(e["size"])} for e in raw["files"]]
         omitted: list[dict[str, Any]] = [
-            {"path": str(e["path"]), "size": int(e["size"]), "reason": str(e["reason"])}
+            {
+                "path": str(e["path"]),
+                "size": int(e["size"]),
+                "reason": str(e["reason"]),
+                "kind": e["kind"] if e.get("kind") in OMITTED_KINDS else "cap",
+            }
             for e in raw["omitted"][:max_files]
         ]
         changed = int(raw["changed"])

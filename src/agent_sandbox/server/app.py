@@ -353,16 +353,20 @@ def _caller_of(ctx: Context, transport: str, share: Share) -> Caller:
     """The caller, with its fair ``share`` of the server; the one client of a stdio (or
     in-process) server has the whole server, so an agent's parallel calls queue behind its own."""
     client = _client_of(ctx, transport)
-    return Caller(client, None if client == "stdio" else share)
+    return Caller(client, None if client.startswith("stdio") else share)
 
 
 def _client_of(ctx: Context, transport: str) -> str:
-    """Who is calling, for fair shares and the audit log: an MCP session the SDK has checked
-    (SSE's session_id, Streamable HTTP's Mcp-Session-Id), else the peer's address, else the one
-    stdio client. A header the SDK does not check would let a client mint itself new shares."""
+    """Who is calling, for fair shares, workspaces and the audit log: an MCP session the SDK has
+    checked (SSE's session_id, Streamable HTTP's Mcp-Session-Id), else the peer's address, else
+    the one stdio client, named by the host application it says it is (clientInfo.name), so two
+    hosts of one user (a desktop app and an IDE) each keep their own workspaces. A header the SDK
+    does not check would let a client mint itself new shares."""
     request = ctx.request_context.request
     if request is None or ctx.headers is None:
-        return "stdio"
+        params = ctx.session.client_params
+        name = params.client_info.name if params is not None else ""
+        return f"stdio:{name}" if name else "stdio"
     if transport == "sse":
         session = request.query_params.get("session_id")
     else:

@@ -11,6 +11,13 @@ from collections.abc import Callable
 from agent_sandbox.models import RunResult
 
 _CUT = "[... {lines} lines, {size} bytes cut here; {where} in the structured result has what was kept ...]\n"
+# Terminal controls (C0 but newline and tab, DEL, C1) in the program's output, shown escaped so
+# that no escape sequence, carriage return or bell reaches whatever displays the summary.
+_CONTROLS = {
+    code: "\\r" if code == 0x0D else f"\\x{code:02x}"
+    for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+    if chr(code) not in "\n\t"
+}
 _HEAD_SHARE = 2 / 3
 _MAX_FILE_LINES = 30
 
@@ -20,7 +27,8 @@ def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str]
     pictures), in the order a model needs them, in at most ``budget_bytes`` of UTF-8.
 
     Every line made from something the program chose (a value, an exception, a file name) is
-    escaped onto one line and cut to an eighth of the budget; the output gets what is left.
+    escaped onto one line and cut to an eighth of the budget; the output gets what is left, with
+    its terminal controls escaped (``structuredContent`` keeps it exact).
     """
     line_cap = max(80, budget_bytes // 8)
 
@@ -45,12 +53,17 @@ def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str]
             )
         )
         if not install.ok and install.output:
-            before += ["--- installer output ---", _head_and_tail(install.output, line_cap, "install.output")]
+            output = install.output.translate(_CONTROLS)
+            before += ["--- installer output ---", _head_and_tail(output, line_cap, "install.output")]
     after = [line(f"limit hit: {v.kind.value} ({v.limit}): {v.message}") for v in result.violations]
     after += [line(f"note: {note}") for note in result.notes]
     after += _files(result, shown_images, line)
 
-    streams = [(name, text) for name, text in (("stdout", result.stdout), ("stderr", result.stderr)) if text]
+    streams = [
+        (name, text.translate(_CONTROLS))
+        for name, text in (("stdout", result.stdout), ("stderr", result.stderr))
+        if text
+    ]
     room = budget_bytes - _size("\n".join(before + after))
     while True:
         text = "\n".join(before + _output(result, streams, max(0, room)) + after)

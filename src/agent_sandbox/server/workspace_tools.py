@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
+from agent_sandbox.filenames import name_from_shown, shown_name
 from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
 
 ClientOf = Callable[[Context], str]
@@ -26,7 +27,7 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
     def answer(summary: str, data: dict[str, Any]) -> CallToolResult:
         return CallToolResult(content=[TextContent(type="text", text=summary)], structured_content=data)
 
-    def refused(exc: WorkspaceError) -> ToolError:
+    def refused(exc: ValueError) -> ToolError:
         return ToolError(f"refused: {exc}")
 
     async def workspace_create(ctx: Context) -> CallToolResult:
@@ -44,7 +45,7 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
             info = await anyio.to_thread.run_sync(store.describe, workspace, client_of(ctx))
         except WorkspaceError as exc:
             raise refused(exc) from None
-        files = [{"path": path, "size": size} for path, size in sorted(info.files.items())]
+        files = [{"path": shown_name(path), "size": size} for path, size in sorted(info.files.items())]
         listing = "\n".join(f"  {entry['path']} ({entry['size']} bytes)" for entry in files) or "  (empty)"
         total = sum(info.files.values())
         return answer(
@@ -54,12 +55,19 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
 
     async def workspace_read(
         workspace: Annotated[str, _ID_FIELD],
-        path: Annotated[str, Field(description="A file's path in the workspace, e.g. 'src/app.py'.")],
+        path: Annotated[
+            str,
+            Field(
+                description="A file's path in the workspace as workspace_files lists it, e.g. "
+                "'src/app.py' (a byte that is not UTF-8 is listed as \\xHH, a backslash as \\\\)."
+            ),
+        ],
         ctx: Context,
     ) -> CallToolResult:
         try:
-            data = await anyio.to_thread.run_sync(store.read, workspace, client_of(ctx), path)
-        except WorkspaceError as exc:
+            name = name_from_shown(path)
+            data = await anyio.to_thread.run_sync(store.read, workspace, client_of(ctx), name)
+        except ValueError as exc:  # WorkspaceError too
             raise refused(exc) from None
         if len(data) > MAX_READ_BYTES:
             raise ToolError(
