@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Linux takes one argument or NAME=value string of at most 128 KiB with its NUL (MAX_ARG_STRLEN);
+# all of them together must also fit beside the sandbox's own. Past these, exec fails (E2BIG).
+MAX_ARG_BYTES = 128 * 1024 - 1
+MAX_ARGS_AND_ENV_BYTES = 256 * 1024
 # The sandbox sets these itself; letting a caller change them would break the run.
 RESERVED_ENV = frozenset({"HOME", "PATH", "PYTHONUNBUFFERED", "PYTHONPATH", "PYTHONHOME"})
 
@@ -83,6 +87,27 @@ class RunRequest(_Model):
             if "\0" in arg:
                 raise ValueError(f"args[{index}] contains a NUL character")
         return args
+
+    @model_validator(mode="after")
+    def _args_and_env_fit(self) -> Self:
+        """Refused here, before anything runs, rather than failing in the sandbox's exec."""
+        strings = [(f"args[{index}]", arg) for index, arg in enumerate(self.args)]
+        strings += [(f"env {name}", f"{name}={value}") for name, value in self.env.items()]
+        total = 0
+        for what, text in strings:
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > MAX_ARG_BYTES:
+                raise ValueError(
+                    f"{what} is {size} bytes, over the {MAX_ARG_BYTES} bytes Linux allows one "
+                    "argument or NAME=value; pass large data as a file or on stdin"
+                )
+            total += size + 1
+        if total > MAX_ARGS_AND_ENV_BYTES:
+            raise ValueError(
+                f"args and env add up to {total} bytes, over the {MAX_ARGS_AND_ENV_BYTES} bytes a "
+                "program may be given; pass large data as a file or on stdin"
+            )
+        return self
 
 
 class Limits(_Model):

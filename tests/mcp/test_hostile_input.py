@@ -179,6 +179,28 @@ async def test_a_timeout_of_zero_negative_or_huge_is_refused(
     assert words in text(result)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        (
+            {"args": ["x" * 200_000]},
+            "args[0] is 200000 bytes, over the 131071 bytes Linux allows one argument",
+        ),
+        ({"env": {"BIG": "y" * 140_000}}, "env BIG is 140004 bytes, over the 131071 bytes"),
+        ({"args": ["x" * 1000] * 1500}, "args and env add up to 1501500 bytes, over the 262144 bytes"),
+    ],
+)
+async def test_args_or_env_too_large_to_exec_are_refused_before_anything_runs(
+    client: Client, engine: DockerEngine, arguments: dict[str, Any], words: str
+) -> None:
+    """Once a program failure (exit 127, "Argument list too long"), now a refusal naming the limit."""
+    result = await client.call_tool("run_project", project({"path": "main.py", "content": ""}, **arguments))
+    assert result.is_error
+    assert words in text(result)
+    assert "pass large data as a file or on stdin" in text(result)
+    assert engine.our_containers() == []
+
+
 async def test_arguments_with_shell_metacharacters_arrive_verbatim(client: Client) -> None:
     args = ["$(id)", "`whoami`", "; rm -rf / #", "a b", "'\"", "*", "$HOME", "|", "&&", "\\", "-c", "--", ""]
     code = "import json, sys; print(json.dumps(sys.argv[1:]))"

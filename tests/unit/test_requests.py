@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -73,6 +75,29 @@ def test_archive_refusals_surface_as_request_errors() -> None:
 def test_invalid_environment_variables_are_refused(env: dict[str, str], words: str) -> None:
     with pytest.raises(ValidationError, match=words):
         RunRequest(files=[MAIN], env=env)
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        (
+            {"args": ["x" * 200_000]},
+            "args[0] is 200000 bytes, over the 131071 bytes Linux allows one argument",
+        ),
+        ({"env": {"BIG": "y" * 140_000}}, "env BIG is 140004 bytes, over the 131071 bytes"),
+        ({"args": ["x" * 1000] * 1500}, "args and env add up to 1501500 bytes, over the 262144 bytes"),
+        (
+            {"args": ["a" * 100_000], "env": {"B": "b" * 100_000, "C": "c" * 100_000}},
+            "add up to 300007 bytes",
+        ),
+    ],
+)
+def test_args_and_env_too_large_to_exec_are_refused_before_anything_runs(
+    fields: dict[str, object], words: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        RunRequest(files=[MAIN], **fields)  # type: ignore[arg-type]
+    RunRequest(files=[MAIN], args=["x" * 131_071])  # exactly at the limit is fine
 
 
 def test_an_empty_request_is_refused() -> None:
