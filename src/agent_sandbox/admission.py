@@ -80,8 +80,7 @@ class Admission:
 
     def _may_run(self, caller: Caller) -> bool:
         """A slot is free and ``caller`` is under its share."""
-        mine = self._running.get(caller.id, 0)
-        return self.running < self.slots and (caller.share is None or mine < caller.share.running)
+        return self.running < self.slots and self._within_share(caller)
 
     async def _wait_in_line(self, caller: Caller, on_queued: QueuedCallback | None) -> None:
         if len(self._line) >= self.queue:
@@ -100,7 +99,7 @@ class Admission:
         try:
             told = None
             while not waiter.granted:
-                ahead = self._line.index(waiter)
+                ahead = self._ahead_of(waiter)
                 if on_queued is not None and ahead != told:
                     told = ahead
                     await on_queued(ahead)
@@ -114,6 +113,18 @@ class Admission:
                 self._line.remove(waiter)
                 self._let_in()
             raise
+
+    def _ahead_of(self, waiter: _Waiter) -> int:
+        """Waiters in line before ``waiter`` that will run before it: its own caller's, and those
+        no share holds back (another client's waiter held back by its share is passed)."""
+        before = self._line[: self._line.index(waiter)]
+        return sum(
+            other.caller.id == waiter.caller.id or self._within_share(other.caller) for other in before
+        )
+
+    def _within_share(self, caller: Caller) -> bool:
+        mine = self._running.get(caller.id, 0)
+        return caller.share is None or mine < caller.share.running
 
     def _take(self, caller: str) -> None:
         self._running[caller] = self._running.get(caller, 0) + 1

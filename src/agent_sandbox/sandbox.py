@@ -6,6 +6,7 @@ import base64
 import contextlib
 import dataclasses
 import logging
+import math
 import unicodedata
 from types import TracebackType
 
@@ -60,7 +61,9 @@ class RequestError(ValueError):
 def resolve_limits(asked: LimitRequest, configured: LimitSettings) -> Limits:
     """The limits a run gets: the configured ones, lowered where the caller asked.
 
-    Time may also be raised, up to ``max_timeout_s``; nothing else may exceed its default.
+    Time may also be raised, up to ``max_timeout_s``; nothing else may exceed its default. Less
+    memory shrinks /work, /tmp and /dev/shm in the same proportion: they are memory, and must
+    still fit in it for a full disk to read as one (the result's ``limits`` shows the sizes).
     """
     ceilings: dict[str, float] = {
         "timeout_s": configured.max_timeout_s,
@@ -78,6 +81,10 @@ def resolve_limits(asked: LimitRequest, configured: LimitSettings) -> Limits:
                 f"{name} {wanted:g} is above the maximum of {ceiling:g}; ask for {ceiling:g} or less"
             )
         values[name] = wanted
+    share = values["memory_mib"] / configured.memory_mib
+    if share < 1:
+        for name in ("work_mib", "tmp_mib", "shm_mib"):
+            values[name] = math.ceil(values[name] * share)
     return Limits(**values)
 
 
@@ -279,12 +286,13 @@ class Sandbox:
                 file.path for file in request.files if unicodedata.normalize("NFC", file.path) not in held
             ]
             named = ", ".join(repr(path) for path in added[:5]) + (", ..." if len(added) > 5 else "")
+            adds = f" and this call adds {len(added)} ({named})" if added else ""
             raise RequestError(
-                f"workspace {workspace} holds {len(stored)} files and this call adds {len(added)} "
-                f"({named}), but a run starts with at most {limits.max_files} files; {make_room}"
+                f"workspace {workspace} holds {len(stored)} files{adds}, but a run starts with at "
+                f"most {limits.max_files} files; {make_room}"
             )
         kept_bytes = sum(map(len, kept.values()))
-        if kept_bytes + _sent_bytes(request.files) > limits.max_total_kib * 1024:
+        if kept_bytes + sum(map(_decoded_size, request.files)) > limits.max_total_kib * 1024:
             raise RequestError(
                 f"workspace {workspace} holds {kept_bytes // 1024} KiB besides the files this call "
                 f"sends, and together they are over the {limits.max_total_kib} KiB a run starts "
@@ -302,7 +310,7 @@ class Sandbox:
         snapshot = outcome.snapshot
         why_not = _unsaveable(outcome)
         if snapshot is not None and why_not is None:
-            contents = {path: data for path, data in snapshot.contents()}
+            contents = dict(snapshot.contents())
             try:
                 self.workspaces.save(workspace, owner, contents, self.settings.files)
             except WorkspaceError as exc:
@@ -396,20 +404,18 @@ def _unsaveable(outcome: Outcome) -> str | None:
     if not snapshot.files and snapshot.omitted and snapshot.omitted[0]["path"] == ".":
         return str(snapshot.omitted[0]["reason"])  # /work was over the workspace's caps
     if snapshot.omitted:
-        lost = "; ".join(f"{shown_name(str(e['path']))!r}: {e['reason']}" for e in snapshot.omitted[:5])
+        lost = "; ".join(f"'{shown_name(str(e['path']))}': {e['reason']}" for e in snapshot.omitted[:5])
         more = f" (and {len(snapshot.omitted) - 5} more)" if len(snapshot.omitted) > 5 else ""
         return f"these could not be kept, and saving without them would lose them: {lost}{more}"
     return None
 
 
-def _sent_bytes(files: list[ProjectFile]) -> int:
-    """The size of the files a caller sent, as the archive counts it (an invalid one counts 0:
-    building the archive refuses it with its own reason)."""
-    total = 0
-    for file in files:
-        with contextlib.suppress(ArchiveError):
-            total += len(decode_content(file, file.path))
-    return total
+def _decoded_size(file: ProjectFile) -> int:
+    """How many bytes ``file`` holds, without decoding it (base64 that is not valid is refused
+    later, by the archive, with its own reason)."""
+    if file.encoding == "base64":
+        return len(file.content) * 3 // 4 - file.content[-2:].count("=")
+    return len(file.content.encode("utf-8", "surrogatepass"))
 
 
 def _queued_reporter(on_progress: ProgressCallback | None) -> QueuedCallback | None:

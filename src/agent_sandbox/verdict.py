@@ -151,10 +151,15 @@ def judge(
 
 def _launcher_lost_note(outcome: Outcome) -> str:
     """The launcher, which reports how the program ended and sends its files back, ended first:
-    the exit code is the sandbox's, not necessarily the program's."""
+    the exit code is the sandbox's, not necessarily the program's. Killed by a signal, it was
+    most likely the program's doing; any other end is a fault of the sandbox's own."""
     code = "an unknown exit code" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
-    if outcome.exit_code is not None and outcome.exit_code > 128:
-        code += f" ({_signal_name(outcome.exit_code - 128)})"
+    if outcome.exit_code is None or outcome.exit_code <= 128:
+        return (
+            f"The sandbox ended with {code} before its launcher could report: agent-sandbox "
+            "itself failed (stderr may say how), not the program. No files came back; run it again."
+        )
+    code += f" ({_signal_name(outcome.exit_code - 128)})"
     if outcome.oom_killed:
         why, advice = "the whole sandbox was killed for memory", ""
     else:

@@ -32,6 +32,9 @@ from agent_sandbox.filenames import shown_name
 from agent_sandbox.models import ProjectFile
 
 _ID = re.compile(r"[A-Za-z0-9_-]{22}")
+# Over stdio a client was once just "stdio"; now it is "stdio:" and the host application's name.
+# A workspace of the old owner goes to the first stdio client that uses it, as it would have.
+_OLD_STDIO_OWNER, _STDIO_PREFIX = "stdio", "stdio:"
 _TAR_OVERHEAD = 1024 * 1024  # headers and padding a snapshot of max_kib may add
 
 
@@ -99,7 +102,7 @@ class WorkspaceStore:
         if path not in files:
             listed = ", ".join(shown_name(name) for name in sorted(files)[:20]) or "none"
             raise WorkspaceError(
-                f"workspace {workspace_id!r} has no file {shown_name(path)!r}; it has: {listed}"
+                f"workspace {workspace_id!r} has no file '{shown_name(path)}'; it has: {listed}"
             )
         return files[path]
 
@@ -109,7 +112,7 @@ class WorkspaceStore:
         folder, meta = self._owned(workspace_id, owner)
         try:
             for path in contents:  # named as the caller sees it (filenames.py), not by index
-                check_path(path, repr(shown_name(path)))
+                check_path(path, f"'{shown_name(path)}'")
             sendable = [
                 ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
                 for path, data in contents.items()
@@ -170,6 +173,9 @@ class WorkspaceStore:
         if not folder.is_dir():
             raise missing
         meta = self._meta(folder)
+        if meta.get("owner") == _OLD_STDIO_OWNER and owner.startswith(_STDIO_PREFIX):
+            meta = {**meta, "owner": owner}
+            self._write_meta(folder, meta)
         if meta.get("owner") != owner and not self.settings.shared:
             raise missing  # the same answer as for an unknown id: ids are not probed
         return folder, meta

@@ -231,8 +231,8 @@ def forged_end_under_gvisor(result: RunResult) -> None:
 
 
 def signals_to_the_launcher_change_nothing(result: RunResult) -> None:
-    """The launcher ignores what it does not need and checks its deadline itself: a SIGALRM from
-    the program (once the way its timer fired) forges no timeout, SIGINT and SIGTERM end nothing."""
+    """The launcher ignores every signal it can and checks its deadline itself: a SIGALRM from the
+    program (once the way its timer fired) forges no timeout, and no other signal ends it."""
     assert (result.exit_code, result.timed_out, result.stdout) == (0, False, "after\n")
     assert result.duration_s < 5
     assert result.violations == []
@@ -461,7 +461,8 @@ HOSTILE = [
     ),
     Hostile(
         "signalling its launcher and init",
-        "import os, signal\nfor number in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):\n"
+        "import os, signal\nfor number in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,\n"
+        "               signal.SIGSEGV, signal.SIGABRT, signal.SIGPIPE, signal.SIGRTMIN):\n"
         "    os.kill(os.getppid(), number)\n    os.kill(1, number)\nprint('after')",
         signals_to_the_launcher_change_nothing,
         timeout_s=20,

@@ -234,7 +234,7 @@ async def test_a_work_tree_with_a_file_no_later_run_could_be_given_is_not_saved(
     assert not result.workspace.saved
     note = result.workspace.note or ""
     assert "not saved, the previous state is kept" in note
-    assert "'tab\\there': the path contains the control character '\\t'" in note
+    assert "'tab\\x09here': the path contains the control character '\\t'" in note
     assert sandbox.workspaces.read(workspace, ME, "ok.txt") == b"1"
 
 

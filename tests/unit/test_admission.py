@@ -103,6 +103,25 @@ async def test_a_client_waits_behind_its_share_while_others_use_free_slots() -> 
         assert runs.order == ["a1", "b1", "a2", "a3"]
 
 
+async def test_waiters_held_back_by_their_own_share_are_not_counted_ahead() -> None:
+    admission = Admission(slots=2, queue=10)
+    alice, bob = Caller("alice", HTTP), Caller("bob", HTTP)
+    async with anyio.create_task_group() as group:
+        runs = Runs(admission, group)
+        await runs.start("a1", alice)
+        await runs.start("b1", bob)  # both slots taken
+        await runs.start("a2", alice)  # waits for a slot and for alice's share
+        await runs.start("c1", Caller("carol", HTTP))
+        assert runs.told["c1"] == [0]  # a2 waits on alice's share too: carol's run will pass it
+        await runs.finish("b1")
+        assert runs.order == ["a1", "b1", "c1"]  # alice is still at her share
+        await runs.start("b2", bob)
+        assert runs.told["b2"] == [0]
+        for name in ("a1", "c1", "a2", "b2"):
+            await runs.finish(name)
+        assert runs.order == ["a1", "b1", "c1", "a2", "b2"]
+
+
 async def test_a_newcomer_never_passes_its_own_clients_waiters() -> None:
     admission = Admission(slots=1, queue=10)
     async with anyio.create_task_group() as group:

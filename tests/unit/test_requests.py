@@ -112,3 +112,12 @@ def test_a_valid_request_becomes_a_spec() -> None:
     assert spec.stdin == b"in"
     assert spec.env == {"K": "v"}
     assert spec.image == "agent-sandbox:minimal"
+
+
+def test_less_memory_shrinks_work_tmp_and_shm_so_they_still_fit_in_it() -> None:
+    configured = LimitSettings()
+    limits = resolve_limits(LimitRequest(memory_mib=256), configured)
+    assert (limits.work_mib, limits.tmp_mib, limits.shm_mib) == (128, 32, 16)
+    assert limits.work_mib + limits.tmp_mib + limits.shm_mib < limits.memory_mib
+    same = resolve_limits(LimitRequest(memory_mib=configured.memory_mib), configured)
+    assert (same.work_mib, same.tmp_mib, same.shm_mib) == (512, 128, 64)

@@ -177,6 +177,15 @@ def test_a_lost_launcher_says_the_exit_code_is_the_sandboxs_and_no_files_came_ba
     assert not any("The program was killed by SIGKILL" in n for n in verdict.notes)
 
 
+@pytest.mark.parametrize("code", [125, 1, None])
+def test_a_launcher_that_failed_on_its_own_is_not_blamed_on_the_program(code: int | None) -> None:
+    verdict = judge(
+        replace(CLEAN, exit_code=code, launcher_lost=True), LIMITS, max_timeout_s=300, had_stdin=False
+    )
+    assert "agent-sandbox itself failed (stderr may say how), not the program" in verdict.notes[-1]
+    assert "likely the program" not in verdict.notes[-1]
+
+
 def test_a_launcher_resumed_at_the_time_limit_is_said_not_taken_for_a_timeout() -> None:
     verdict = judge(replace(CLEAN, launcher_resumed=True), LIMITS, max_timeout_s=300, had_stdin=False)
     assert verdict.violations == []

@@ -108,7 +108,7 @@ def _outcome(snapshot: FilesOut | None, **facts: bool) -> Outcome:
         (
             FilesOut([{"path": "a.txt", "size": 1}], [{"path": "locked/b\udcff", "size": 3, "reason": "the sandbox user cannot read it: Permission denied", "kind": "unreadable"}], 2, b"a"),
             {},
-            "'locked/b\\\\xff': the sandbox user cannot read it",
+            "'locked/b\\xff': the sandbox user cannot read it",
         ),
         (
             FilesOut([], [{"path": "deep", "size": 0, "reason": "a folder whose path is over 2048 bytes: not looked into", "kind": "unreachable"}], 1, b""),
@@ -167,3 +167,15 @@ def test_ids_cannot_name_a_path(store: WorkspaceStore, tmp_path: Path) -> None:
     for bad in ("../outside", "..", "/etc", "x" * 22 + "/.."):
         with pytest.raises(WorkspaceError, match="there is no workspace"):
             store.files(bad, ME)
+
+
+def test_a_workspace_of_the_old_stdio_owner_goes_to_the_first_stdio_host_that_uses_it(
+    store: WorkspaceStore,
+) -> None:
+    """Made before stdio clients were named by their host application: still reachable."""
+    workspace = store.create("stdio").id
+    assert store.describe(workspace, "stdio:claude-ai").owner == "stdio:claude-ai"
+    with pytest.raises(WorkspaceError, match="belongs to another client"):
+        store.describe(workspace, "stdio:visual-studio-code")
+    with pytest.raises(WorkspaceError, match="belongs to another client"):
+        store.describe(store.create("stdio").id, "session:abc")  # not an HTTP client's

@@ -68,7 +68,6 @@ _ENGINE_CALL_THREADS = 16
 _DRAIN_S = 2.0
 _FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
 _LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
-_RESUME_GRACE_S = 1.0  # for a launcher the program had stopped to report once resumed
 _UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the backstop only
 # Host tasks gVisor's Sentry needs for itself (measured: 38 idle) and per sandboxed process
 # (about 5 each on its default ptrace platform; threads cost far less).
@@ -431,14 +430,16 @@ class DockerEngine:
         with stream:
             while not all(end.report is not None for end in ends.values()):
                 now = time.monotonic()
-                program_phase = installing is None or installing.report is not None
-                if stop_reading_at is None and now >= deadline and program_phase and not resumed:
-                    # The launcher should have reported by now. The program (the same user) may
-                    # have stopped it with SIGSTOP: resume it once (the container's init passes
-                    # SIGCONT on to it) and give it a moment before we kill.
+                program_running = program_ended is None and (
+                    installing is None or installing.report is not None
+                )
+                if stop_reading_at is None and now >= deadline and program_running and not resumed:
+                    # The launcher should have stopped the program by now. The program (the same
+                    # user) may have stopped the launcher with SIGSTOP: resume it once (the
+                    # container's init passes SIGCONT on to it) and give it the same grace again.
                     resumed = True
                     _signal(container, "SIGCONT")
-                    deadline = now + _RESUME_GRACE_S
+                    deadline = now + _LAUNCHER_GRACE_S
                 elif stop_reading_at is None and now >= deadline:
                     timed_out = True
                     _signal(container, "SIGKILL")

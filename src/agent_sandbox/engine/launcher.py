@@ -62,12 +62,10 @@ FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
 PR_SET_DUMPABLE = 4
 OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
-# Signals the launcher keeps: those it cannot catch, the child's, SIGCONT (the host's way to resume
-# a launcher the program stopped) and the faults that mean a bug of its own.
-_KEPT_SIGNALS = {
-    signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGSEGV, signal.SIGBUS,
-    signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGABRT,
-}  # fmt: skip
+# Signals the launcher keeps: those it cannot catch, its child's, and SIGCONT (the host's way to
+# resume a launcher the program stopped). A real fault of its own (SIGSEGV, SIGABRT from abort())
+# still ends it: the kernel and the C library force the default action for those, ignored or not.
+_KEPT_SIGNALS = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT}
 
 
 def _fail(message: str) -> None:
@@ -269,16 +267,16 @@ def _run(
     os.close(report_write)
     reported: list[bytes] = []
     # Read while it runs: a full pipe must never block the program.
-    threads = [threading.Thread(target=_drain, args=(report_read, reported), daemon=True)]
+    reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
     relays = []
     for target, (read_end, write_end) in outputs.items():
         os.close(write_end)
         relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
-    for thread in (*threads, *relays):
+    for thread in (reader, *relays):
         thread.start()
     code, timed_out = _wait(pid, timeout_s)
     _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
-    threads[0].join(timeout=5)
+    reader.join(timeout=5)
     for relay_thread in relays:  # every byte of output before any line of ours; the host's deadline bounds it
         relay_thread.join()
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
@@ -360,10 +358,13 @@ def _survey() -> "tuple[list[tuple[str, int, int]], list[dict[str, object]]]":
     """Every regular file under /work (path, size, modification time), and the folders that could
     not be looked into, each with why. Called once nothing of the program's runs any more: the
     program (the same user) may have locked folders or files against us, so we give ourselves
-    back the search and read permission it took; links are never followed."""
+    back the search and read permission it took (only if truly nothing else runs, so that no
+    folder can turn into a link meanwhile); links are never followed."""
     found: list[tuple[str, int, int]] = []
     unseen: list[dict[str, object]] = []
-    _let_owner(WORK, os.stat(WORK).st_mode, stat.S_IRWXU)
+    repair = not _others_alive()
+    if repair:
+        _let_owner(WORK, os.stat(WORK).st_mode, stat.S_IRWXU)
     pending = [""]
     while pending:
         relative = pending.pop()
@@ -382,20 +383,30 @@ def _survey() -> "tuple[list[tuple[str, int, int]], list[dict[str, object]]]":
                     why = f"a folder whose path is over {MAX_FOLDER_PATH_BYTES} bytes: not looked into"
                     unseen.append(_left_out(path, 0, why))
                     continue
-                _let_owner(entry.path, status.st_mode, stat.S_IRWXU)
+                if repair:
+                    _let_owner(entry.path, status.st_mode, stat.S_IRWXU)
                 folders.append(path)
             elif stat.S_ISREG(status.st_mode):
-                _let_owner(entry.path, status.st_mode, stat.S_IRUSR)
+                if repair:
+                    _let_owner(entry.path, status.st_mode, stat.S_IRUSR)
                 found.append((path, status.st_size, status.st_mtime_ns))
         pending.extend(reversed(folders))  # depth first, in name order, like a sorted os.walk
     return found, unseen
 
 
 def _let_owner(path: str, mode: int, wanted: int) -> None:
-    """Give the owner (us: everything under /work is the sandbox user's) ``wanted`` back."""
-    if mode & wanted != wanted:
+    """Give the owner (us: everything under /work is the sandbox user's) ``wanted`` back, on
+    ``path`` itself, never through a link (where the kernel cannot say so, ``path`` was just
+    seen not to be one, and nothing else runs to change that)."""
+    if mode & wanted == wanted:
+        return
+    try:
+        os.chmod(path, stat.S_IMODE(mode) | wanted, follow_symlinks=False)
+    except NotImplementedError:
         with contextlib.suppress(OSError):
             os.chmod(path, stat.S_IMODE(mode) | wanted)
+    except OSError:
+        pass
 
 
 def _left_out(path: str, size: int, reason: str, kind: str = "unreachable") -> "dict[str, object]":

@@ -46,9 +46,8 @@ class _PatchPyplotShow:
             return None
         sys.meta_path.remove(self)  # type: ignore[arg-type]  # duck-typed finder, see above
         # Ask the other finders directly: importing importlib.util now could find the program's.
-        spec = next(
-            (found for finder in sys.meta_path if (found := finder.find_spec(name, path, target))), None
-        )
+        finders = [getattr(finder, "find_spec", None) for finder in sys.meta_path]
+        spec = next((found for find in finders if find and (found := find(name, path, target))), None)
         if spec is None or spec.loader is None:
             return spec
         original_exec = spec.loader.exec_module
@@ -57,7 +56,7 @@ class _PatchPyplotShow:
             original_exec(module)
             module.show = _saving_show(module)  # type: ignore[attr-defined]
 
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        spec.loader.exec_module = exec_module
         return spec
 
 

@@ -191,7 +191,6 @@ def main() -> None:
         "pid_1": first_word("/proc/1/cmdline"),
         "process_count": process_count(),
         "cgroup_paths": cgroup_paths(),
-        "shm": os.path.exists("/dev/shm"),
         "shm_mount": all_mounts.get("/dev/shm", []),
         "shm_mib": shm_mib(),
         "ipc_namespace": namespace("ipc"),

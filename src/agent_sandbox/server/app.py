@@ -88,7 +88,7 @@ def build_server(sandbox: Sandbox, transport: str = "in-process") -> MCPServer:
         f"{profiles}. {requirements_help} The working "
         f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB)"
         f"{shared_memory}; everything else is read-only and nothing persists after the call. Limits: "
-        f"{limits.memory_mib} MiB of memory (files in /work and /tmp count), {limits.cpus:g} CPU, "
+        f"{limits.memory_mib} MiB of memory (files in /work, /tmp and /dev/shm count), {limits.cpus:g} CPU, "
         f"{limits.pids} processes and threads, {limits.timeout_s:g} s by default (timeout_s up to "
         f"{limits.max_timeout_s:g} s), the first {limits.output_capture_kib} KiB of stdout and of "
         f"stderr kept. The result has exit_code, stdout, stderr, timed_out, oom_killed, "
