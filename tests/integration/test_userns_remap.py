@@ -37,7 +37,10 @@ HOST_IDS = [[0, 0, 4294967295]]  # no user namespace of its own: every id is the
 # What may differ between the two engines' reports: the maps, and mount options that name host
 # paths or ids (the data root; tmpfs uid=N+1000). With remapping on cgroup v1, runc also leaves
 # the cgroup mounts "rw"; their files belong to the host's root, so nothing there is writable.
-EXPECTED_DIFFERENCES = {"uid_map", "gid_map", "root_mount", "work_mount", "tmp_mount", "cgroup_mounts"}
+# Every sandbox has an IPC namespace of its own, so its number differs from any other sandbox's.
+EXPECTED_DIFFERENCES = {
+    "uid_map", "gid_map", "root_mount", "work_mount", "tmp_mount", "shm_mount", "cgroup_mounts", "ipc_namespace"
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +196,7 @@ async def test_the_rest_of_the_posture_holds(
     assert posture["root_write"] == "EROFS"
     assert "ro" in posture["root_mount"]
     host_uid = host_id_of(SANDBOX_UID, posture["uid_map"])
-    for mount in ("work_mount", "tmp_mount"):
+    for mount in ("work_mount", "tmp_mount", "shm_mount"):
         # The tmpfs's owner shows as the host uid: the engine mounts it from outside the namespace.
         assert {"rw", "noexec", "nosuid", "nodev", f"uid={host_uid}"} <= set(posture[mount]), mount
     assert posture["cgroup_writable"] == posture["release_agent_writable"] == []
