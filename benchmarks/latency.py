@@ -170,7 +170,8 @@ async def main() -> None:
     image = engine.image_of(engine.profile)
     client = docker.from_env()
     docker_version = client.version()["Version"]
-    gvisor = GVISOR in DockerEngine(engine, client=client).runtimes()[1]
+    runtime = DockerEngine(engine, client=client).health([], "").runtime
+    gvisor = runtime is not None and GVISOR in runtime.offered
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Docker {docker_version}"
     print(f"# {machine}, {runs} calls each, {gap:g} s apart")
     latency = {

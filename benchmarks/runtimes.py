@@ -84,7 +84,8 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     options = parser.parse_args()
     client = docker.from_env()
-    if GVISOR not in DockerEngine(Settings().engine, client=client).runtimes()[1]:
+    runtime = DockerEngine(Settings().engine, client=client).health([], "").runtime
+    if runtime is None or GVISOR not in runtime.offered:
         sys.exit("the Docker engine offers no runsc runtime: bash scripts/ensure-engine.sh registers it")
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, Docker {client.version()['Version']}, "

@@ -36,7 +36,8 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
     """One engine for the session, like a server has; the suite must leave no container behind."""
     settings = Settings()
     engine = DockerEngine(settings.engine, client=docker_client)
-    engine.check(settings.engine.image_of(settings.engine.profile))
+    health = engine.health([settings.engine.image_of(settings.engine.profile)], "")
+    assert health.problems == [], health.problems
     yield engine
     leftovers = docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
     assert leftovers == [], f"containers left behind: {[c.name for c in leftovers]}"

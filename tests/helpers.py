@@ -19,6 +19,7 @@ from agent_sandbox.config import EngineSettings, Settings, load_settings
 from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine, owner_id
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
+from agent_sandbox.server.run_tools import STAGE_MESSAGES
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 ROOT = Path(__file__).parents[1]
@@ -67,7 +68,7 @@ async def while_running(client: Client, code: str) -> AsyncIterator[TaskGroup]:
     running = anyio.Event()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        if message == "the program is running":
+        if message == STAGE_MESSAGES["running"]:
             running.set()
 
     async with anyio.create_task_group() as group:
@@ -102,11 +103,18 @@ def skip_unless_offered(engine: DockerEngine, runtime: str, wanted_by: str) -> N
     """Skip where the engine does not offer ``runtime`` (scripts/ensure-engine.sh registers runsc
     wherever Debian's package installs), or fail if SANDBOX_TESTS_REQUIRE_RUNTIMES (CI)
     names it."""
-    if runtime and runtime not in engine.runtimes()[1]:
+    if runtime and runtime not in offered_runtimes(engine):
         message = f"the Docker engine offers no {runtime} runtime ({wanted_by})"
         if runtime in os.environ.get("SANDBOX_TESTS_REQUIRE_RUNTIMES", "").split(","):
             pytest.fail(message)
         pytest.skip(message)
+
+
+def offered_runtimes(engine: DockerEngine) -> tuple[str, ...]:
+    """The OCI runtimes the engine offers, as its health reports them."""
+    runtime = engine.health([], "").runtime
+    assert runtime is not None, "no Docker engine answers"
+    return runtime.offered
 
 
 def host_status(pid: int) -> dict[str, str]:

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from agent_sandbox.errors import Busy
+
 QueuedCallback = Callable[[int], Awaitable[None]]  # told how many wait ahead, as that changes
-
-
-class Busy(Exception):
-    """No place to run or to wait; the message says how many runs are running and waiting."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent_sandbox.config import FileSettings
+from agent_sandbox.errors import ArchiveError
 from agent_sandbox.models import ProjectFile
 
 SANDBOX_UID = 1000
@@ -25,10 +26,6 @@ MAX_PATH_BYTES = 1024
 MAX_NAME_BYTES = 255
 # Marks that reorder how text is shown ("evil\u202efdp.py" displays as "evilyp.pdf").
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-class ArchiveError(ValueError):
-    """A file was refused; the message names it and the rule it broke."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,23 @@ class Archive:
 
 
 def build_archive(files: Sequence[ProjectFile], limits: FileSettings) -> Archive:
-    """Validate ``files`` and pack them into an uncompressed tar, or raise ``ArchiveError``."""
+    """Validate a caller's ``files`` and pack them into an uncompressed tar, or raise
+    ``ArchiveError``."""
+    return pack_archive(decode_files(files), limits)
+
+
+def decode_files(files: Sequence[ProjectFile]) -> list[tuple[str, bytes]]:
+    """Each of a caller's files as its path and bytes (the only place the wire's text and base64
+    are decoded); ``ArchiveError`` names a file that cannot be."""
+    return [
+        (file.path, decode_content(file, f"files[{index}] ({file.path!r})"))
+        for index, file in enumerate(files)
+    ]
+
+
+def pack_archive(files: Sequence[tuple[str, bytes]], limits: FileSettings) -> Archive:
+    """Validate ``files`` (path, bytes) against the rules for what a caller may send and pack
+    them into an uncompressed tar, or raise ``ArchiveError``."""
     if len(files) > limits.max_files:
         raise ArchiveError(
             f"{len(files)} files were sent but at most {limits.max_files} are allowed; "
@@ -50,16 +63,15 @@ def build_archive(files: Sequence[ProjectFile], limits: FileSettings) -> Archive
     contents: dict[str, bytes] = {}
     normalised: dict[str, str] = {}
     total = 0
-    for index, file in enumerate(files):
-        where = f"files[{index}] ({file.path!r})"
-        check_path(file.path, where)
-        key = unicodedata.normalize("NFC", file.path)
+    for index, (path, data) in enumerate(files):
+        where = f"files[{index}] ({path!r})"
+        check_path(path, where)
+        key = unicodedata.normalize("NFC", path)
         if key in normalised:
             earlier = normalised[key]
-            same = "the same path" if earlier == file.path else "the same path after Unicode normalisation"
+            same = "the same path" if earlier == path else "the same path after Unicode normalisation"
             raise ArchiveError(f"{where}: {same} as {earlier!r} was already sent; send each file once")
-        normalised[key] = file.path
-        data = decode_content(file, where)
+        normalised[key] = path
         if len(data) > limits.max_file_kib * 1024:
             raise ArchiveError(
                 f"{where}: {len(data)} bytes is over the {limits.max_file_kib} KiB per-file limit; "
@@ -71,18 +83,9 @@ def build_archive(files: Sequence[ProjectFile], limits: FileSettings) -> Archive
                 f"{where}: the files add up to more than the {limits.max_total_kib} KiB total limit; "
                 "send less data"
             )
-        contents[file.path] = data
+        contents[path] = data
     directories = _directories(contents, normalised)
     return Archive(data=_pack(directories, contents), paths=frozenset(contents), total_bytes=total)
-
-
-def pack_files(contents: dict[str, bytes]) -> bytes:
-    """A tar of ``contents`` (path -> bytes), every path checked as a caller's would be."""
-    normalised = {}
-    for path in contents:
-        check_path(path, repr(path))
-        normalised[unicodedata.normalize("NFC", path)] = path
-    return _pack(_directories(contents, normalised), contents)
 
 
 def check_path(path: str, where: str) -> None:

@@ -24,14 +24,16 @@ def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple
     on what was left out, built from those reasons."""
     if files is None:
         return [], []
+    if files.refused is not None:
+        return [], [f"No file came back: {files.refused}."]
     artifacts = [_artifact(shown_name(path), data, settings) for path, data in files.contents()]
     artifacts += [
         Artifact(
-            path=shown_name(str(entry["path"])),
-            size=int(str(entry["size"])),
-            mime_type=mime_type(str(entry["path"]), None),
+            path=shown_name(entry.path),
+            size=entry.size,
+            mime_type=mime_type(entry.path, None),
             sha256=None,
-            omitted=str(entry["reason"]),
+            omitted=entry.reason,
         )
         for entry in files.omitted
     ]
@@ -41,7 +43,7 @@ def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple
     listed = len(files.omitted)
     unlisted = f" ({listed} of them are listed in artifacts)" if listed < left_out else ""
     were = "was" if left_out == 1 else "were"
-    kinds = {str(entry.get("kind", "cap")) for entry in files.omitted} or {"cap"}
+    kinds = {entry.kind for entry in files.omitted} or {"cap"}
     advice = {
         "cap": f"at most {settings.max_artifacts} files and {settings.max_artifact_kib} KiB come back: "
         "write fewer or smaller files, e.g. one archive or a summary",

@@ -22,12 +22,12 @@ from pydantic import ValidationError
 from agent_sandbox import local_run
 from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
 from agent_sandbox.doctor import checks
-from agent_sandbox.engine.docker import DockerEngine, EngineError
-from agent_sandbox.images.build import ImageBuildError, build_image
-from agent_sandbox.images.profiles import PROFILES, UnknownProfile, get_profile
+from agent_sandbox.errors import EngineError, Refused
+from agent_sandbox.images.build import ImageBuildError, build_profiles
+from agent_sandbox.images.profiles import PROFILES, UnknownProfile
 from agent_sandbox.models import LimitRequest, RunRequest
 from agent_sandbox.packages.resolver import WheelResolver
-from agent_sandbox.sandbox import RequestError, Sandbox
+from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
 from agent_sandbox.server.auth import AuthConfigError, require_token_off_loopback
 from agent_sandbox.server.transports import TRANSPORTS, serve
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AuthConfigError) as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
-    except (RequestError, ValidationError) as exc:
+    except (Refused, ValidationError) as exc:
         log.error("refused: %s", exc)
         return EXIT_REFUSED
     except UnknownProfile as exc:
@@ -154,7 +154,7 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
             log.info("removed %d container(s) of interrupted runs", removed)
     if interrupted and options.transport == "stdio":
         # The transport's reader thread is blocked reading a stdin the client still holds open,
-        # and the interpreter would wait for it forever at exit (docker stop would end in SIGKILL).
+        # and the interpreter would wait for it forever at exit (a container stop would end in SIGKILL).
         logging.shutdown()
         os._exit(0)
     return 0
@@ -166,7 +166,7 @@ def _config_source(options: argparse.Namespace) -> str:
 
 def _run(options: argparse.Namespace, settings: Settings) -> int:
     if options.out and options.out.exists() and not options.out.is_dir():
-        raise RequestError(f"--out {options.out} is a file; name a folder (it is created if missing)")
+        raise Refused(f"--out {options.out} is a file; name a folder (it is created if missing)")
     files, entrypoint = local_run.collect(options.path, options.entrypoint)
     request = RunRequest(
         files=files,
@@ -193,11 +193,9 @@ def _run(options: argparse.Namespace, settings: Settings) -> int:
 def _image_build(options: argparse.Namespace, settings: Settings) -> int:
     names = options.profile or settings.engine.profiles
     if options.tag and len(names) != 1:
-        raise RequestError(f"--tag names one image, but {len(names)} profiles are to be built; add --profile")
-    engine = DockerEngine(settings.engine)
+        raise Refused(f"--tag names one image, but {len(names)} profiles are to be built; add --profile")
     wheels = WheelResolver.from_settings(settings.packages, max_download_mib=IMAGE_WHEELS_MIB)
-    for name in names:
-        build_image(engine.client, get_profile(name), wheels, options.tag or settings.engine.image_of(name))
+    build_profiles(settings.engine, names, wheels, options.tag)
     return 0
 
 

@@ -4,18 +4,15 @@ run, and say what to fix for each thing that is wrong."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import os
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import anyio
-import docker
-import requests
 
 from agent_sandbox.config import GVISOR, Settings
-from agent_sandbox.engine.docker import DockerEngine, EngineError, unreachable
+from agent_sandbox.engine.base import Engine, RuntimeState
+from agent_sandbox.errors import EngineError
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
@@ -35,28 +32,28 @@ class Check:
         return f"{self.status:<5} {self.subject:<10} {self.detail}"
 
 
-def checks(settings: Settings, config_source: str) -> Iterator[Check]:
-    """Every check in order, each as soon as it is done; later ones need the earlier ones."""
+def checks(settings: Settings, config_source: str, engine: Engine | None = None) -> Iterator[Check]:
+    """Every check in order, each as soon as it is done; later ones need the earlier ones. The
+    engine is the configured one unless given."""
     yield _config(settings, config_source)
-    engine = DockerEngine(settings.engine)
-    try:
-        version = engine.version()
-        info: dict[str, Any] = engine.client.info()
-    except EngineError as exc:
-        yield Check("FAIL", "engine", str(exc))
+    sandbox = Sandbox(settings, engine)
+    health = sandbox.engine_health()
+    if health.version is None or health.runtime is None:  # no engine: nothing else can be known
+        yield Check("FAIL", "engine", "; ".join(str(problem) for problem in health.problems))
         return
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        yield Check("FAIL", "engine", unreachable(exc))  # it went away between the two calls
-        return
-    where = settings.engine.docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    yield Check("ok", "engine", f"Docker {version} at {where}")
-    yield _runtime(info, settings.engine.runtime)
-    present = yield from _images(engine, settings)
+    yield Check("ok", "engine", health.description)
+    yield _runtime(health.runtime, settings.engine.runtime)
+    for image in health.images:
+        if image.present:
+            size_mb = (image.size_bytes or 0) / 1e6
+            yield Check("ok", "image", f"{image.name} ({size_mb:.0f} MB, built {image.created} UTC)")
+        else:
+            yield Check("FAIL", "image", image.problem or f"{image.name} is missing")
     default_image = settings.engine.image_of(settings.engine.profile)
-    if default_image not in present:
+    if not any(image.present for image in health.images if image.name == default_image):
         yield Check("skip", "trial run", f"not tried: the default profile's image {default_image} is missing")
         return
-    yield from _trial_run(Sandbox(settings, engine), settings)
+    yield from _trial_run(sandbox, settings)
 
 
 def _config(settings: Settings, source: str) -> Check:
@@ -77,51 +74,20 @@ def _config(settings: Settings, source: str) -> Check:
     return Check("ok", "config", found)
 
 
-def _runtime(info: dict[str, Any], configured: str) -> Check:
+def _runtime(runtime: RuntimeState, configured: str) -> Check:
     """The runtime sandboxes run under (``configured``, else the engine's default), and whether
     the engine can enforce our limits."""
-    default = info.get("DefaultRuntime", "?")
-    runtimes = sorted(info.get("Runtimes") or {})
-    offered = ", ".join(runtimes)
-    security = ", ".join(
-        option.split(",")[0].removeprefix("name=") for option in info.get("SecurityOptions", [])
+    used = (
+        f"{configured} (engine.runtime; default {runtime.default}; " if configured else f"{runtime.default} ("
     )
-    used = f"{configured} (engine.runtime; default {default}; " if configured else f"{default} ("
-    found = f"{used}offered: {offered}); cgroup v{info.get('CgroupVersion', '?')}; security: {security}"
-    if configured and configured not in runtimes:
+    found = f"{used}offered: {', '.join(runtime.offered)}); {runtime.details}"
+    if configured and configured not in runtime.offered:
         return Check(
-            "FAIL",
-            "runtime",
-            f"{found}; engine.runtime {configured!r} is not offered: register it in /etc/docker/daemon.json "
-            "(scripts/ensure-engine.sh does for runsc) and reload dockerd",
+            "FAIL", "runtime", f"{found}; engine.runtime {configured!r} is not offered: {runtime.fix}"
         )
-    missing = [name for name, key in (("memory", "MemoryLimit"), ("pids", "PidsLimit")) if not info.get(key)]
-    if missing:
-        return Check(
-            "FAIL",
-            "runtime",
-            f"{found}; the engine cannot enforce {' and '.join(missing)} limits: enable those cgroup "
-            "controllers in the kernel (e.g. cgroup_enable=memory on its command line)",
-        )
-    if "seccomp" not in security:
-        return Check("FAIL", "runtime", f"{found}; no seccomp: use a Docker built with seccomp support")
+    if runtime.weaknesses:
+        return Check("FAIL", "runtime", f"{found}; {runtime.weaknesses[0]}")
     return Check("ok", "runtime", found)
-
-
-def _images(engine: DockerEngine, settings: Settings) -> Generator[Check, None, set[str]]:
-    """One line per offered profile; returns the images that are present."""
-    present = set()
-    for profile in settings.engine.profiles:
-        image = settings.engine.image_of(profile)
-        try:
-            attrs = engine.image_attrs(image)
-        except EngineError as exc:
-            yield Check("FAIL", "image", str(exc))
-            continue
-        present.add(image)
-        created = datetime.datetime.fromisoformat(attrs["Created"][:19]).strftime("%Y-%m-%d %H:%M")
-        yield Check("ok", "image", f"{image} ({attrs['Size'] / 1e6:.0f} MB, built {created} UTC)")
-    return present
 
 
 def _trial_run(sandbox: Sandbox, settings: Settings) -> Iterator[Check]:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from agent_sandbox.errors import Refused
 from agent_sandbox.models import ProjectFile, RunResult
-from agent_sandbox.sandbox import RequestError
 
 SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
 LONG_STEPS = {
@@ -29,7 +29,7 @@ def collect(path: Path, entrypoint: str | None) -> tuple[list[ProjectFile], str]
     if path.is_file():
         return [_project_file(path, path.name)], entrypoint or path.name
     if not path.is_dir():
-        raise RequestError(f"{path} is neither a file nor a folder")
+        raise Refused(f"{path} is neither a file nor a folder")
     files = []
     root = path.resolve()
     for file in sorted(path.rglob("*")):

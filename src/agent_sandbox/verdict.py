@@ -43,7 +43,7 @@ def judge(
     to succeed hit no limit of ours."""
     if outcome.install is not None and not (outcome.install.finished and outcome.install.exit_code == 0):
         return _install_failed(outcome, outcome.install, limits)
-    stderr = outcome.stderr.decode("utf-8", errors="replace")
+    stderr = outcome.stderr_text
     violations: list[Violation] = []
     notes: list[str] = []
 

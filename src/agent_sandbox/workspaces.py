@@ -9,7 +9,6 @@ clean paths within the size cap.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -24,22 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from agent_sandbox.archive import ArchiveError, build_archive, check_path, pack_files
+from agent_sandbox.archive import check_path, pack_archive
 from agent_sandbox.config import FileSettings, WorkspaceSettings
+from agent_sandbox.errors import ArchiveError, WorkspaceError
 from agent_sandbox.filenames import shown_name
-from agent_sandbox.models import ProjectFile
 
 _ID = re.compile(r"[A-Za-z0-9_-]{22}")
 # Over stdio a client was once just "stdio"; now it is "stdio:" and the host application's name.
 # A workspace of the old owner goes to the first stdio client that uses it, as it would have.
 _OLD_STDIO_OWNER, _STDIO_PREFIX = "stdio", "stdio:"
 _TAR_OVERHEAD = 1024 * 1024  # headers and padding a snapshot of max_kib may add
-
-
-class WorkspaceError(ValueError):
-    """A workspace call was refused; the message says why and what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +75,7 @@ class WorkspaceStore:
         folder.mkdir(parents=True, mode=0o700)
         now = time.time()
         self._write_meta(folder, {"owner": owner, "created": now, "used": now})
-        self._write_snapshot(folder, {})
+        _replace(folder / "snapshot.tar", pack_archive([], FileSettings()).data)
         return WorkspaceInfo(workspace_id, owner, now, now, {})
 
     def describe(self, workspace_id: str, owner: str) -> WorkspaceInfo:
@@ -113,13 +106,9 @@ class WorkspaceStore:
         try:
             for path in contents:  # named as the caller sees it (filenames.py), not by index
                 check_path(path, f"'{shown_name(path)}'")
-            sendable = [
-                ProjectFile(path=path, content=base64.b64encode(data).decode(), encoding="base64")
-                for path, data in contents.items()
-            ]
-            build_archive(sendable, files)  # the same checks a restore will meet
-            self._write_snapshot(folder, contents)
-        except (ArchiveError, ValidationError) as exc:
+            # The same checks a restore will meet; the tar they make is the snapshot.
+            _replace(folder / "snapshot.tar", pack_archive(list(contents.items()), files).data)
+        except ArchiveError as exc:
             raise WorkspaceError(f"a later run could not start from it: {_first_line(exc)}") from None
         except (UnicodeError, OSError) as exc:
             raise WorkspaceError(f"it could not be written: {exc}") from None
@@ -200,9 +189,6 @@ class WorkspaceStore:
     @staticmethod
     def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
         _replace(folder / "meta.json", json.dumps(meta).encode())
-
-    def _write_snapshot(self, folder: Path, contents: dict[str, bytes]) -> None:
-        _replace(folder / "snapshot.tar", pack_files(contents))
 
     def _read_snapshot(self, folder: Path) -> dict[str, bytes]:
         """The snapshot's files, read into memory member by member; anything but regular files

@@ -11,7 +11,7 @@ import pytest
 
 from agent_sandbox.config import GVISOR
 from agent_sandbox.engine.docker import DockerEngine
-from tests.helpers import skip_unless_offered
+from tests.helpers import offered_runtimes, skip_unless_offered
 
 ROOT = Path(__file__).parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +31,7 @@ def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path, engine: Dock
     for row in ("warm pool", "pool off (cold)", "engine in-process", "docker run", "host /usr/bin/python3"):
         assert row in out
     assert "4 calls, 8 concurrent clients" in out
-    gvisor = GVISOR in engine.runtimes()[1]
+    gvisor = GVISOR in offered_runtimes(engine)
     for row in ("gVisor: MCP stdio, warm pool", "gVisor: MCP stdio, pool off (cold)", "gVisor: docker run"):
         assert (row in out) is gvisor, row
     assert chart.read_bytes().startswith(PNG_SIGNATURE)

@@ -131,14 +131,14 @@ def test_leftovers_of_a_dead_owner_are_removed_and_live_owners_kept(
     # mean nothing here, so only age may remove its containers.
     same_name_other_namespace = labelled(f"{socket.gethostname()}/pidns:1:999999999")
     try:
-        assert engine.remove_leftovers(older_than_s=600) == 1
+        assert engine.reap(older_than_s=600) == 1
         remaining = {
             c.id for c in docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
         }
         assert dead.id not in remaining
         assert {alive_here.id, elsewhere.id, same_name_other_namespace.id} <= remaining
         # Older than any run can last: nobody will remove these, so the reaper does.
-        assert engine.remove_leftovers(older_than_s=0) == 3
+        assert engine.reap(older_than_s=0) == 3
         remaining = {
             c.id for c in docker_client.containers.list(all=True, sparse=True, filters={"label": LABEL})
         }

@@ -24,6 +24,7 @@ from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server, ops
+from agent_sandbox.server.run_tools import STAGE_MESSAGES
 from agent_sandbox.server.transports import Transport, http_app
 
 from .conftest import free_port, serving
@@ -113,7 +114,7 @@ async def test_metrics_count_each_outcome_and_show_the_load(transport: Transport
             async with anyio.create_task_group() as group:
                 # Both sleep: the cancellations arrive one by one, and the queued call may get
                 # the slot in between.
-                await start_call(group, client, SLEEP, "the program is running")
+                await start_call(group, client, SLEEP, STAGE_MESSAGES["running"])
                 await start_call(group, client, SLEEP, "queued, 0 ahead")
                 busy = await scrape(url)
                 group.cancel_scope.cancel()

@@ -17,6 +17,7 @@ from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
+from agent_sandbox.server.run_tools import STAGE_MESSAGES
 
 from .conftest import ROOT, serving
 from .test_ops import scrape, start_call, value
@@ -89,7 +90,7 @@ async def test_over_http_calls_past_a_clients_share_wait_in_line_cancellably_and
             Client(f"{url}/mcp", mode="legacy") as other,
             anyio.create_task_group() as group,
         ):
-            await start_call(group, mine, "import time; time.sleep(3)", "the program is running")
+            await start_call(group, mine, "import time; time.sleep(3)", STAGE_MESSAGES["running"])
             async with anyio.create_task_group() as waiting:  # cancelled below
                 await start_call(waiting, mine, "print('second')", "queued, 0 ahead")
                 await start_call(waiting, mine, "print('third')", "queued, 1 ahead")

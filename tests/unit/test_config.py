@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_sandbox.config import ConfigError, Settings, load_settings
+from agent_sandbox.config import PROFILE_NAMES, ConfigError, Settings, load_settings
+from agent_sandbox.images.profiles import PROFILES
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -144,3 +145,7 @@ def test_a_missing_or_broken_file_is_a_clear_error(tmp_path: Path) -> None:
     broken.write_text("[limits\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(broken)
+
+
+def test_the_profiles_settings_accept_are_the_ones_the_images_define() -> None:
+    assert set(PROFILE_NAMES) == set(PROFILES)

@@ -7,6 +7,7 @@ import json
 
 from agent_sandbox.config import LimitSettings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, container_options
+from agent_sandbox.engine.protocol import job_header
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, PackageMount, ResultCaps, RunSpec
 from agent_sandbox.models import Limits
 
@@ -115,7 +116,7 @@ def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
 
 def test_the_job_travels_length_prefixed_before_the_tar() -> None:
     spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536})
-    header = spec.header(nonce="n0nce", install_nonce="other")
+    header = job_header(spec, nonce="n0nce", install_nonce="other")
     size, _, job = header.partition(b"\n")
     assert int(size) == len(job)
     assert json.loads(job) == {
@@ -124,9 +125,9 @@ def test_the_job_travels_length_prefixed_before_the_tar() -> None:
         "args": ["--flag", "value"],
         "env": {"MY_VAR": "1"},
         "wheels": [],
-        "notebook": {},
+        "notebook": None,
         "artifacts": {"max_files": 0, "max_bytes": 0, "max_listed": 0},
-        "snapshot": {},
+        "snapshot": None,
         "timeout_s": 30.0,
         "relay_output": False,
         "nonce": "n0nce",
@@ -139,13 +140,13 @@ def test_only_gvisor_runs_relay_the_programs_output() -> None:
     kept even if it kills the launcher; gVisor's pipes return short writes Python drops."""
     for runtime, relays in (("", False), ("runc", False), ("runsc", True)):
         spec = RunSpec(**{**SPEC.__dict__, "runtime": runtime})
-        assert json.loads(spec.header(nonce="n").partition(b"\n")[2])["relay_output"] is relays
+        assert json.loads(job_header(spec, nonce="n").partition(b"\n")[2])["relay_output"] is relays
 
 
 def test_a_notebook_job_carries_the_runner_and_the_caps() -> None:
     caps = ResultCaps(max_files=5, max_bytes=1024, max_listed=5, notebook=True, return_value_chars=100)
     spec = RunSpec(**{**SPEC.__dict__, "results": caps})
-    job = json.loads(spec.header(nonce="n").partition(b"\n")[2])
+    job = json.loads(job_header(spec, nonce="n").partition(b"\n")[2])
     assert job["notebook"]["max_chars"] == 100
     assert "def main()" in job["notebook"]["runner"]
     assert job["artifacts"] == {"max_files": 5, "max_bytes": 1024, "max_listed": 5}
@@ -161,7 +162,7 @@ WITH_WHEELS = RunSpec(
 
 
 def test_a_job_with_requirements_names_its_wheels_to_the_launcher() -> None:
-    job = json.loads(WITH_WHEELS.header(nonce="n").partition(b"\n")[2])
+    job = json.loads(job_header(WITH_WHEELS, nonce="n").partition(b"\n")[2])
     assert job["wheels"] == ["six-1.17.0-py3-none-any.whl"]
 
 

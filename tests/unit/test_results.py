@@ -12,8 +12,8 @@ from mcp_types import BlobResourceContents, EmbeddedResource, ImageContent, Text
 
 from agent_sandbox.artifacts import collect_artifacts, mime_type
 from agent_sandbox.config import LimitSettings, ResultSettings
-from agent_sandbox.engine.spec import FilesOut
-from agent_sandbox.engine.streams import FILES_PREFIX, FilesBlock
+from agent_sandbox.engine.protocol import FILES_PREFIX, FilesBlock
+from agent_sandbox.engine.spec import FileEntry, FilesOut, OmittedFile
 from agent_sandbox.filenames import name_from_shown
 from agent_sandbox.models import Artifact, ErrorInfo, Limits, RunResult
 from agent_sandbox.server.content import tool_content
@@ -25,10 +25,8 @@ LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model
 
 
 def files_out(files: dict[str, bytes], omitted: int = 0) -> FilesOut:
-    manifest = [{"path": path, "size": len(data)} for path, data in files.items()]
-    left_out = [
-        {"path": f"extra/{i}.txt", "size": 1, "reason": "only 2 files come back"} for i in range(omitted)
-    ]
+    manifest = [FileEntry(path, len(data)) for path, data in files.items()]
+    left_out = [OmittedFile(f"extra/{i}.txt", 1, "only 2 files come back", "cap") for i in range(omitted)]
     return FilesOut(manifest, left_out, len(files) + omitted, b"".join(files.values()))
 
 
@@ -58,21 +56,11 @@ def test_files_left_out_are_listed_with_the_reason_and_a_note() -> None:
 
 def test_the_left_out_note_is_built_from_the_reasons_given() -> None:
     """A file that could not be read, or a folder not looked into, is not blamed on the caps."""
-    unreadable = {
-        "path": "secret.txt",
-        "size": 1,
-        "reason": "the sandbox user cannot read it: x",
-        "kind": "unreadable",
-    }
-    deep = {
-        "path": "d/" * 20,
-        "size": 0,
-        "reason": "a folder whose path is over 2048 bytes",
-        "kind": "unreachable",
-    }
-    files = FilesOut([{"path": "a.txt", "size": 1}], [unreadable, deep], 3, b"a")
+    unreadable = OmittedFile("secret.txt", 1, "the sandbox user cannot read it: x", "unreadable")
+    deep = OmittedFile("d/" * 20, 0, "a folder whose path is over 2048 bytes", "unreachable")
+    files = FilesOut([FileEntry("a.txt", 1)], [unreadable, deep], 3, b"a")
     artifacts, [note] = collect_artifacts(files, SETTINGS)
-    assert [a.omitted for a in artifacts[1:]] == [unreadable["reason"], deep["reason"]]
+    assert [a.omitted for a in artifacts[1:]] == [unreadable.reason, deep.reason]
     assert "1 came back and 2 were left out" in note
     assert "some could not be read" in note
     assert "some folders could not be looked into" in note
@@ -81,9 +69,8 @@ def test_the_left_out_note_is_built_from_the_reasons_given() -> None:
 
 def test_names_that_are_not_utf8_stay_apart_and_show_as_escapes() -> None:
     files = FilesOut(
-        [{"path": "a\udcff.txt", "size": 1}, {"path": "a\udcfe.txt", "size": 1}, {"path": "a\\b", "size": 1}],
-        [], 3, b"123",
-    )  # fmt: skip
+        [FileEntry("a\udcff.txt", 1), FileEntry("a\udcfe.txt", 1), FileEntry("a\\b", 1)], [], 3, b"123"
+    )
     artifacts, _ = collect_artifacts(files, SETTINGS)
     assert [a.path for a in artifacts] == ["a\\xff.txt", "a\\xfe.txt", "a\\\\b"]
     assert [name_from_shown(a.path) for a in artifacts] == ["a\udcff.txt", "a\udcfe.txt", "a\\b"]
@@ -262,7 +249,7 @@ def test_a_manifest_beyond_the_jobs_caps_is_rejected_and_says_so(manifest: dict[
     block = FilesBlock(nonce, max_files=5, max_bytes=100)
     rest = block.feed(FILES_PREFIX + b"n " + json.dumps(manifest).encode() + b"\nAFTER")
     assert block.manifest is not None
-    assert block.manifest["files"] == []
-    assert block.manifest["omitted"][0]["path"] == "."  # a workspace never saves this as empty
-    assert "broke the job's rules" in block.manifest["omitted"][0]["reason"]
+    assert block.manifest.files == []
+    assert block.manifest.refused is not None  # a workspace never saves this as empty
+    assert "broke the job's rules" in block.manifest.refused
     assert rest == b"AFTER"  # then treated as output, within the output caps

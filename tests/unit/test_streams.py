@@ -6,16 +6,10 @@ import struct
 
 import pytest
 
-from agent_sandbox.engine.streams import (
-    END_PREFIX,
-    INSTALLED_PREFIX,
-    STDERR,
-    STDOUT,
-    Capture,
-    EndOfJob,
-    FrameDecoder,
-    InstallDone,
-)
+from agent_sandbox.engine.base import STDERR, STDOUT
+from agent_sandbox.engine.docker import FrameDecoder
+from agent_sandbox.engine.protocol import END_PREFIX, INSTALLED_PREFIX, EndOfJob, InstallDone
+from agent_sandbox.engine.session import Capture
 
 
 def frame(stream: int, payload: bytes) -> bytes:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent_sandbox.config import FileSettings, Settings, WorkspaceSettings
-from agent_sandbox.engine.spec import FilesOut, Outcome
-from agent_sandbox.models import ProjectFile, RunRequest
+from agent_sandbox.engine.spec import FileEntry, FilesOut, OmittedFile, Outcome
 from agent_sandbox.sandbox import RequestError, Sandbox, _unsaveable
 from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
 
@@ -106,12 +105,12 @@ def _outcome(snapshot: FilesOut | None, **facts: bool) -> Outcome:
         (None, {"output": True}, "stopped for its output"),
         (None, {}, "its launcher was killed, or the engine stopped it"),
         (
-            FilesOut([{"path": "a.txt", "size": 1}], [{"path": "locked/b\udcff", "size": 3, "reason": "the sandbox user cannot read it: Permission denied", "kind": "unreadable"}], 2, b"a"),
+            FilesOut([FileEntry("a.txt", 1)], [OmittedFile("locked/b\udcff", 3, "the sandbox user cannot read it: Permission denied", "unreadable")], 2, b"a"),
             {},
             "'locked/b\\xff': the sandbox user cannot read it",
         ),
         (
-            FilesOut([], [{"path": "deep", "size": 0, "reason": "a folder whose path is over 2048 bytes: not looked into", "kind": "unreachable"}], 1, b""),
+            FilesOut([], [OmittedFile("deep", 0, "a folder whose path is over 2048 bytes: not looked into", "unreachable")], 1, b""),
             {},
             "saving without them would lose them",
         ),
@@ -126,28 +125,27 @@ def test_a_work_tree_that_did_not_come_back_whole_is_not_saved(
 
 
 def test_a_work_tree_that_came_back_whole_is_saved() -> None:
-    snapshot = FilesOut([{"path": "a.txt", "size": 1}], [], 1, b"a")
+    snapshot = FilesOut([FileEntry("a.txt", 1)], [], 1, b"a")
     assert _unsaveable(_outcome(snapshot)) is None
 
 
 def test_the_callers_files_win_whatever_their_unicode_form() -> None:
     stored = {unicodedata.normalize("NFD", "café.txt"): b"stored", "other.txt": b"kept"}
-    request = RunRequest(files=[ProjectFile(path=unicodedata.normalize("NFC", "café.txt"), content="mine")])
-    merged = Sandbox(Settings())._on_top_of("w", stored, request)
-    assert sorted(f.path for f in merged.files) == sorted(
+    merged = Sandbox(Settings())._on_top_of(
+        "w", stored, [(unicodedata.normalize("NFC", "café.txt"), b"mine")]
+    )
+    assert sorted(path for path, _ in merged) == sorted(
         ["other.txt", unicodedata.normalize("NFC", "café.txt")]
     )
-    assert [f.content for f in merged.files if f.path.startswith("caf")] == ["mine"]
+    assert [data for path, data in merged if path.startswith("caf")] == [b"mine"]
 
 
 def test_a_full_workspace_is_refused_saying_what_it_holds_and_how_to_make_room() -> None:
     sandbox = Sandbox(Settings(files=FileSettings(max_files=3)))
     stored = {"a.txt": b"", "b.txt": b"", "main.py": b""}
-    same_names = RunRequest(files=[ProjectFile(path="main.py", content="import os")])
-    assert len(sandbox._on_top_of("w", stored, same_names).files) == 3  # replaces: fits
-    two_new = RunRequest(files=[ProjectFile(path="x.py", content=""), ProjectFile(path="y.py", content="")])
+    assert len(sandbox._on_top_of("w", stored, [("main.py", b"import os")])) == 3  # replaces: fits
     with pytest.raises(RequestError) as refused:
-        sandbox._on_top_of("w", stored, two_new)
+        sandbox._on_top_of("w", stored, [("x.py", b""), ("y.py", b"")])
     message = str(refused.value)
     assert "workspace w holds 3 files and this call adds 2 ('x.py', 'y.py')" in message
     assert "at most 3 files" in message
@@ -157,9 +155,8 @@ def test_a_full_workspace_is_refused_saying_what_it_holds_and_how_to_make_room()
 def test_a_workspace_too_large_with_the_call_is_refused_saying_so() -> None:
     sandbox = Sandbox(Settings(files=FileSettings(max_total_kib=2, max_file_kib=2)))
     stored = {"data.bin": b"x" * 1500}
-    request = RunRequest(files=[ProjectFile(path="main.py", content="y" * 1000)])
     with pytest.raises(RequestError, match="workspace w holds 1 KiB besides the files this call sends"):
-        sandbox._on_top_of("w", stored, request)
+        sandbox._on_top_of("w", stored, [("main.py", b"y" * 1000)])
 
 
 def test_ids_cannot_name_a_path(store: WorkspaceStore, tmp_path: Path) -> None:

@@ -1,29 +1,32 @@
-"""The only code that talks to Docker: one fresh hardened container per run, destroyed after.
+"""The Docker backend: one fresh hardened container per run, destroyed after. The only code that
+talks to Docker, and the first implementation of ``engine/base.py``'s ``Engine``.
 
 A container is created, attached to (stdin, stdout, stderr) and started with the launcher
 waiting for a job: at once for a cold run, ahead of time for the warm pool. A run then streams
-the job, the tar and the caller's stdin into it (the launcher unpacks the files under the tmpfs
-/work and runs the program as its child), reads both output streams until the launcher's
-end-of-job line is in on both, or the program is killed for time or output (then Docker's
-``State`` gives the exit code and ``OOMKilled``), and removes the container on every path.
+the job session's payload into it and feeds the session what comes back, demultiplexed from
+Docker's attach frames, until the launcher's end-of-job line is in on both streams, doing what
+the session says is due (SIGCONT to a stopped launcher, SIGKILL for time or output); where the
+launcher could not report, Docker's ``State`` and its OOM events say how the container ended.
+The container is removed on every path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import datetime
 import logging
 import os
 import secrets
 import select
 import socket
+import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -34,17 +37,11 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount, Ulimit
 
 from agent_sandbox.config import GVISOR, EngineSettings
-from agent_sandbox.engine.spec import ContainerShape, FilesOut, InstallOutcome, Outcome, RunSpec
-from agent_sandbox.engine.streams import (
-    SNAPSHOT_PREFIX,
-    STDERR,
-    STDOUT,
-    Capture,
-    EndOfJob,
-    FilesBlock,
-    FrameDecoder,
-    InstallDone,
-)
+from agent_sandbox.engine.base import EngineHealth, ImageState, OutputCallback, ProgressCallback, RuntimeState
+from agent_sandbox.engine.pool import WarmPool
+from agent_sandbox.engine.session import JobSession
+from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
+from agent_sandbox.errors import EngineError, EngineUnavailable, ImageMissing
 
 LABEL = "io.agent-sandbox"
 OWNER_LABEL = "io.agent-sandbox.owner"
@@ -63,40 +60,21 @@ BASE_ENV = {
     "XDG_CACHE_HOME": "/tmp/.cache",
     "MPLCONFIGDIR": "/tmp/matplotlib",
 }
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+RUNTIME_FIX = (
+    "register it in /etc/docker/daemon.json (scripts/ensure-engine.sh does for runsc) and reload dockerd"
+)
 _TICK_S = 0.1
 _ENGINE_CALL_THREADS = 16
-_DRAIN_S = 2.0
-_FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
-_LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
-_UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the backstop only
 # Host tasks gVisor's Sentry needs for itself (measured: 38 idle) and per sandboxed process
 # (about 5 each on its default ptrace platform; threads cost far less).
 _GVISOR_HOST_TASKS = 64
 _GVISOR_HOST_TASKS_PER_PROCESS = 8
+# What docker-py raises when the engine refuses, fails or is not there.
+_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+_FRAME_HEADER = struct.Struct(">BxxxL")
 
-
-class ProgressCallback(Protocol):
-    """Told each stage of a run as it starts: resolving, queued (``detail``: how many wait
-    ahead, told again as that changes), starting, installing, running."""
-
-    def __call__(self, stage: str, detail: str = "") -> Awaitable[None]: ...
-
-
-# Called from the watcher thread as the program's output arrives: the stream (1 stdout, 2 stderr)
-# and its bytes, with the launcher's own lines and files already taken out.
-OutputCallback = Callable[[int, bytes], None]
-
-
-class EngineError(Exception):
-    """The sandbox could not run the program; the message says what to fix."""
-
-
-class EngineUnavailable(EngineError):
-    """No Docker engine answers."""
-
-
-class ImageMissing(EngineError):
-    """The sandbox image is not on the engine."""
+log = logging.getLogger(__name__)
 
 
 def owner_id(pid: int | None = None) -> str:
@@ -203,19 +181,12 @@ class StartedContainer:
         return not poller.poll(0)
 
 
-class ContainerSource(Protocol):
-    """Hands out containers started ahead of time (the warm pool)."""
-
-    def take(self, shape: ContainerShape) -> StartedContainer | None:
-        """A started container of ``shape``, or None when there is none to give."""
-
-    def dispose(self, started: StartedContainer) -> None:
-        """Remove a used container in the background."""
-
-
 class DockerEngine:
-    """Runs ``RunSpec``s in fresh containers; how many at once is the caller's to decide
-    (``Sandbox``'s admission), this engine only sizes its threads for ``max_concurrent_runs``."""
+    """Runs ``RunSpec``s in fresh containers (see the module docstring). How many at once is its
+    caller's to decide (``Sandbox``'s admission); it sizes its worker threads for
+    ``max_concurrent_runs``."""
+
+    name = "the Docker engine"
 
     def __init__(self, settings: EngineSettings, client: docker.DockerClient | None = None):
         self.settings = settings
@@ -225,67 +196,58 @@ class DockerEngine:
         # default pool also serves the stdio transport, which must keep reading requests.
         self._watchers = anyio.CapacityLimiter(settings.max_concurrent_runs)
         self._calls = anyio.CapacityLimiter(_ENGINE_CALL_THREADS)
-        self.warm: ContainerSource | None = None
+        self.pool: WarmPool[StartedContainer] | None = None  # the warm pool, while there is one
 
     @property
     def client(self) -> docker.DockerClient:
         """The Docker client, connected on first use."""
         if self._client is None:
-            try:
+            with _docker_errors():
                 if self.settings.docker_host:
                     self._client = docker.DockerClient(base_url=self.settings.docker_host)
                 else:
                     self._client = docker.from_env()
-            except docker.errors.DockerException as exc:
-                raise EngineUnavailable(unreachable(exc)) from None
         return self._client
 
-    def check(self, image: str) -> str:
-        """Fail with a fix unless the engine answers and ``image`` is present; returns its version."""
-        version = self.version()
-        self.image_attrs(image)
-        return version
-
-    def version(self) -> str:
-        """The engine's version; fails with a fix unless it answers over a transport we support."""
-        if self.client.api.base_url.startswith(("https://", "http+docker://ssh")):
-            raise EngineUnavailable(
-                f"the Docker engine at {self.client.api.base_url} is reached over TLS or SSH, which "
-                "agent-sandbox does not support yet; use the local socket or a plain tcp:// address"
+    def health(self, images: Sequence[str], runtime: str) -> EngineHealth:
+        """The engine's version and runtimes, ``images`` and the ``runtime`` sandboxes use, and what
+        keeps runs from starting (each problem with its fix): images first, then the runtime."""
+        where = self.settings.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+        try:
+            version = self.version()
+            try:
+                info: dict[str, Any] = self.client.info()
+            except _DOCKER_ERRORS as exc:
+                raise EngineUnavailable(unreachable(exc)) from None
+        except EngineError as exc:  # no engine: nothing else can be known
+            return EngineHealth(f"Docker at {where}", None, problems=[exc])
+        problems: list[EngineError] = []
+        states = []
+        for image in images:
+            try:
+                attrs = self._image_attrs(image)
+            except ImageMissing as exc:
+                problems.append(exc)
+                states.append(ImageState(image, False, problem=str(exc)))
+            except EngineError as exc:  # it went away meanwhile
+                return EngineHealth(f"Docker at {where}", None, problems=[exc])
+            else:
+                created = datetime.datetime.fromisoformat(attrs["Created"][:19]).strftime("%Y-%m-%d %H:%M")
+                states.append(ImageState(image, True, int(attrs["Size"]), created))
+        state = _runtime_state(info, runtime)
+        if runtime and runtime not in state.offered:
+            problems.append(
+                EngineUnavailable(
+                    f"engine.runtime is {runtime!r}, but the Docker engine offers only "
+                    f"{', '.join(state.offered)}: register it in /etc/docker/daemon.json "
+                    "(scripts/ensure-engine.sh does for runsc, gVisor) and reload dockerd, or set "
+                    "engine.runtime to one of those"
+                )
             )
-        try:
-            return str(self.client.version().get("Version", "?"))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineUnavailable(unreachable(exc)) from None
+        ready = self.pool.ready if self.pool is not None else 0
+        return EngineHealth(f"Docker {version} at {where}", version, state, states, problems, ready)
 
-    def runtimes(self) -> tuple[str, list[str]]:
-        """The engine's default runtime and every runtime it offers."""
-        try:
-            info = self.client.info()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineUnavailable(unreachable(exc)) from None
-        return str(info.get("DefaultRuntime", "")), sorted(info.get("Runtimes") or {})
-
-    def require_runtime(self, wanted: str) -> None:
-        """Fail with a fix unless the engine offers runtime ``wanted`` (empty: its default)."""
-        if wanted and wanted not in (offered := self.runtimes()[1]):
-            raise EngineUnavailable(
-                f"engine.runtime is {wanted!r}, but the Docker engine offers only {', '.join(offered)}: "
-                f"register it in /etc/docker/daemon.json (scripts/ensure-engine.sh does for runsc, "
-                "gVisor) and reload dockerd, or set engine.runtime to one of those"
-            )
-
-    def image_attrs(self, image: str) -> dict[str, Any]:
-        """What the engine knows of ``image``; ``ImageMissing``, with how to build it, if absent."""
-        try:
-            attrs: dict[str, Any] = self.client.images.get(image).attrs
-        except docker.errors.ImageNotFound:
-            raise _image_missing(image) from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineUnavailable(unreachable(exc)) from None
-        return attrs
-
-    def remove_leftovers(self, older_than_s: float) -> int:
+    def reap(self, older_than_s: float) -> int:
         """Remove sandbox containers that no live process will remove; returns how many.
 
         That is: those of a process in this host's PID namespace that has ended, and any older than
@@ -295,7 +257,9 @@ class DockerEngine:
         now = time.time()
         removed = 0
         # The plain list (no per-container inspect) cannot race with containers going away.
-        for summary in self.client.api.containers(all=True, filters={"label": LABEL}):
+        with _docker_errors():
+            summaries = self.client.api.containers(all=True, filters={"label": LABEL})
+        for summary in summaries:
             owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
             if owner == self.owner:
                 continue
@@ -306,10 +270,28 @@ class DockerEngine:
                     removed += 1
         return removed
 
+    def close(self) -> int:
+        """Remove every container this process still has; how many."""
+        removed = 0
+        for container in self.our_containers():
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                container.remove(force=True)
+                removed += 1
+        return removed
+
     def our_containers(self) -> list[Container]:
         """Containers this process created that still exist (sparse: id, name and status)."""
         mine: dict[str, str | list[str] | bool] = {"label": f"{OWNER_LABEL}={self.owner}"}
-        return list(self.client.containers.list(all=True, filters=mine, sparse=True))
+        with _docker_errors():
+            return list(self.client.containers.list(all=True, filters=mine, sparse=True))
+
+    @contextlib.asynccontextmanager
+    async def warm(
+        self, shape: ContainerShape, size: int, max_idle_s: float
+    ) -> AsyncIterator[WarmPool[StartedContainer]]:
+        """Keep ``size`` containers of ``shape`` started while the block lasts (engine/pool.py)."""
+        async with WarmPool(self, shape, size, max_idle_s) as pool:
+            yield pool
 
     async def run(
         self,
@@ -320,7 +302,7 @@ class DockerEngine:
         """Run ``spec`` in a container of its own (warm if one is ready, else a new one) and remove
         the container, whatever happens (cancellation too). ``on_output`` sees the output live."""
         report = on_progress or _ignore
-        started = self.warm.take(spec.shape) if self.warm else None
+        started = self.pool.take(spec.shape) if self.pool else None
         warm = started is not None
         if started is None:
             await report("starting")
@@ -332,8 +314,8 @@ class DockerEngine:
             )
             return dataclasses.replace(outcome, warm_start=warm)
         finally:
-            if self.warm is not None:
-                self.warm.dispose(started)  # the caller has its result; tear down meanwhile
+            if self.pool is not None:
+                self.pool.dispose(started)  # the caller has its result; tear down meanwhile
             else:
                 await self.remove(started)
 
@@ -356,95 +338,70 @@ class DockerEngine:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._remove, started.container, limiter=self._calls)
 
+    def version(self) -> str:
+        """The engine's version; fails with a fix unless it answers over a transport we support."""
+        if self.client.api.base_url.startswith(("https://", "http+docker://ssh")):
+            raise EngineUnavailable(
+                f"the Docker engine at {self.client.api.base_url} is reached over TLS or SSH, which "
+                "agent-sandbox does not support yet; use the local socket or a plain tcp:// address"
+            )
+        try:
+            return str(self.client.version().get("Version", "?"))
+        except _DOCKER_ERRORS as exc:
+            raise EngineUnavailable(unreachable(exc)) from None
+
+    def _image_attrs(self, image: str) -> dict[str, Any]:
+        """What the engine knows of ``image``; ``ImageMissing``, with how to build it, if absent."""
+        try:
+            with _docker_errors():
+                attrs: dict[str, Any] = self.client.images.get(image).attrs
+        except ImageMissing:
+            raise _image_missing(image) from None
+        return attrs
+
     def _create(self, shape: ContainerShape) -> Container:
         options = container_options(shape, self.owner)
         try:
-            return self.client.containers.create(**options)
-        except docker.errors.ImageNotFound:
+            with _docker_errors():
+                return self.client.containers.create(**options)
+        except ImageMissing:
             raise _image_missing(shape.image) from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except EngineError:
             # The engine may have made the container even though the call failed (a client-side
             # timeout, or the lookup after the create): remove it by its name.
-            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+            with contextlib.suppress(*_DOCKER_ERRORS):
                 self.client.api.remove_container(options["name"], force=True)
-            raise _engine_error(exc) from None
+            raise
 
     def _attach_and_start(self, container: Container) -> _Attachment:
-        try:
+        with _docker_errors():
             attached = self.client.api.attach_socket(
                 container.name or "", params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
             )
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc) from None
         attachment = _Attachment(attached)
         try:
-            container.start()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            with _docker_errors():
+                container.start()
+        except EngineError:
             attachment.sock.close()
-            raise _engine_error(exc) from None
+            raise
         return attachment
 
-    def _watch(
-        self, started_container: StartedContainer, spec: RunSpec, on_output: OutputCallback | None
-    ) -> Outcome:
-        """Send the job, collect output until the launcher's end-of-job line is in on both streams
-        (or the stream ends), and kill the container on timeout or flood."""
-        container, stream = started_container.container, started_container.attachment.sock
-        limits = spec.limits
-        nonce, install_nonce = secrets.token_hex(16), secrets.token_hex(16)
-        started = program_started = time.monotonic()
+    def _watch(self, started: StartedContainer, spec: RunSpec, on_output: OutputCallback | None) -> Outcome:
+        """Pump the job session's payload in and the container's frames out until the launcher's
+        end line is in on both streams (or the stream ends), doing what the session says is due."""
+        container, stream = started.container, started.attachment.sock
+        session = JobSession(spec, on_output)
         job_sent_at = time.time()
-        # With requirements, the install gets its own time; the program's starts after it.
-        installing = InstallDone(install_nonce) if spec.install is not None else None
-        # The launcher stops the program at its limit; ours is the backstop should it not.
-        unpack_s = len(spec.archive) / _UNPACK_BYTES_PER_S  # the launcher's timer starts after it
-        program_deadline_s = limits.timeout_s + _LAUNCHER_GRACE_S + unpack_s
-        deadline = started + (spec.install.timeout_s if spec.install is not None else program_deadline_s)
-        payload = spec.header(nonce, install_nonce) + spec.archive + (spec.stdin or b"")
         finished = threading.Event()
-        threading.Thread(target=_feed, args=(stream, payload, finished), daemon=True).start()
-
-        cap = limits.output_capture_kib * 1024
-        captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
-
-        watchers = [on_output] if on_output is not None else []
-
-        def keep(kind: int, data: bytes) -> None:
-            captures[kind].add(data)
-            for watcher in watchers if data else ():
-                try:
-                    watcher(kind, data)
-                except Exception as exc:  # a reader that went away must not cost the result
-                    logging.getLogger(__name__).warning("live output stopped: %s", exc)
-                    watchers.clear()
-
-        ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
-        files = FilesBlock(nonce, spec.results.max_files, spec.results.max_bytes)
-        snapshot = FilesBlock(
-            nonce, spec.results.snapshot_files, spec.results.snapshot_bytes, SNAPSHOT_PREFIX
-        )
-        program_ended: float | None = None
+        threading.Thread(target=_feed, args=(stream, session.payload, finished), daemon=True).start()
         decoder = FrameDecoder()
-        timed_out = output_killed = installed_in_time = resumed = False
-        stop_reading_at: float | None = None
         with stream:
-            while not all(end.report is not None for end in ends.values()):
-                now = time.monotonic()
-                program_running = program_ended is None and (
-                    installing is None or installing.report is not None
-                )
-                if stop_reading_at is None and now >= deadline and program_running and not resumed:
-                    # The launcher should have stopped the program by now. The program (the same
-                    # user) may have stopped the launcher with SIGSTOP: resume it once (the
-                    # container's init passes SIGCONT on to it) and give it the same grace again.
-                    resumed = True
-                    _signal(container, "SIGCONT")
-                    deadline = now + _LAUNCHER_GRACE_S
-                elif stop_reading_at is None and now >= deadline:
-                    timed_out = True
-                    _signal(container, "SIGKILL")
-                    stop_reading_at = now + _DRAIN_S
-                if stop_reading_at is not None and now >= stop_reading_at:
+            while not session.ended:
+                due = session.due()
+                if due is not None:
+                    _signal(container, "SIGCONT" if due == "resume" else "SIGKILL")
+                if session.done_reading:
                     break
                 stream.settimeout(_TICK_S)
                 try:
@@ -456,76 +413,16 @@ class DockerEngine:
                 if not chunk:
                     break
                 for kind, data in decoder.feed(chunk):
-                    if kind == STDOUT and installing is not None and installing.report is None:
-                        data = installing.feed(data)
-                        if installing.report is not None:
-                            data += installing.rest
-                            # A line that comes after a kill came too late: the install did not finish.
-                            installed_in_time = stop_reading_at is None
-                            program_started = time.monotonic()
-                            deadline = program_started + program_deadline_s
-                    if kind == STDOUT and not files.complete:
-                        data = files.feed(data)
-                        if files.manifest is not None and program_ended is None:
-                            # The launcher sends files only once everything of the program is gone.
-                            program_ended = time.monotonic()
-                            if stop_reading_at is None:
-                                deadline = max(deadline, program_ended + _FILES_GRACE_S)
-                    if kind == STDOUT and spec.results.snapshot_files and not snapshot.complete:
-                        data = snapshot.feed(data)
-                    if kind in captures:
-                        keep(kind, ends[kind].feed(data))
-                seen = sum(capture.seen for capture in captures.values())
-                if stop_reading_at is None and seen > limits.output_kill_kib * 1024:
-                    output_killed = True
-                    _signal(container, "SIGKILL")
-                    stop_reading_at = time.monotonic() + _DRAIN_S
+                    session.feed(kind, data)
         finished.set()
-        program_ran = installing is None or installed_in_time
-        duration = (program_ended or time.monotonic()) - program_started if program_ran else 0.0
-        keep(STDOUT, ends[STDOUT].feed(files.flush() + snapshot.flush()))
-        for kind, end in ends.items():
-            keep(kind, end.flush())
-        report = _end_report(ends[STDOUT].report, ends[STDERR].report)
-        exit_code: int | None
-        return_value = None
-        launcher_lost = report is None and not (timed_out or output_killed)
-        if report is not None and not (timed_out or output_killed):
-            exit_code, return_value = report.exit_code, report.return_value
-            timed_out = report.timed_out
-            oom_killed = report.oom_killed if report.oom_killed is not None else _final_state(container)[1]
-        else:
+
+        def final_state(killed_by_us: bool) -> tuple[int | None, bool]:
             exit_code, oom_killed = _final_state(container)
-            if exit_code == 137 and not (oom_killed or timed_out or output_killed):
+            if exit_code == 137 and not (oom_killed or killed_by_us):
                 oom_killed = _oom_event_since(container, job_sent_at)
-        install = None
-        if spec.install is not None:
-            assert installing is not None
-            line = installing.report if installed_in_time else None
-            install = _install_outcome(line, time.monotonic() - started, spec.install.timeout_s)
-            if not install.finished or install.exit_code != 0:
-                exit_code = None  # the program never ran
-        out, err = captures[STDOUT], captures[STDERR]
-        return Outcome(
-            exit_code=exit_code,
-            stdout=out.data,
-            stderr=err.data,
-            stdout_bytes=out.seen,
-            stderr_bytes=err.seen,
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            duration_s=round(duration, 3),
-            timed_out=timed_out,
-            oom_killed=oom_killed,
-            output_killed=output_killed,
-            install=install,
-            files=_files_out(files),
-            snapshot=_files_out(snapshot),
-            return_value=return_value,
-            launcher_lost=launcher_lost,
-            launcher_resumed=resumed and report is not None and not timed_out,
-            output_relayed=spec.relays_output,
-        )
+            return exit_code, oom_killed
+
+        return session.outcome(final_state)
 
     def _remove(self, container: Container) -> None:
         """Force-remove; never raises (an engine that is gone cannot keep it anyway, and the
@@ -534,9 +431,29 @@ class DockerEngine:
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except _DOCKER_ERRORS as exc:
             if "already in progress" not in str(exc):
-                logging.getLogger(__name__).warning("could not remove %s: %s", container.name, exc)
+                log.warning("could not remove %s: %s", container.name, exc)
+
+
+class FrameDecoder:
+    """Splits Docker's non-TTY attach stream (8-byte header, then payload) into frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        """Add bytes from the socket; return the complete ``(stream, payload)`` frames."""
+        self._buffer += chunk
+        frames = []
+        while len(self._buffer) >= _FRAME_HEADER.size:
+            stream, size = _FRAME_HEADER.unpack_from(self._buffer)
+            end = _FRAME_HEADER.size + size
+            if len(self._buffer) < end:
+                break
+            frames.append((stream, bytes(self._buffer[_FRAME_HEADER.size : end])))
+            del self._buffer[:end]
+        return frames
 
 
 class _Attachment:
@@ -573,56 +490,35 @@ def _signal(container: Container, signal: str) -> None:
     delivered, so the caller must go on reading the stream meanwhile."""
 
     def send() -> None:
-        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+        with contextlib.suppress(*_DOCKER_ERRORS):
             container.kill(signal=signal)
 
     threading.Thread(target=send, daemon=True).start()
 
 
-@dataclass(frozen=True)
-class _EndReport:
-    exit_code: int | None  # None: the program never ran
-    oom_killed: bool | None  # None: no cgroup counter to read, ask Docker
-    return_value: str | None
-    timed_out: bool  # the launcher stopped the program at its time limit
-
-
-def _end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> _EndReport | None:
-    """What the launcher's end-of-job line says, if both streams carried it."""
-    if stdout_line is None or stdout_line != stderr_line:
-        return None
-    try:
-        report = json.loads(stdout_line)
-        code, oom_kills, value = report["exit_code"], report["oom_kills"], report.get("return_value")
-        return _EndReport(
-            exit_code=None if code is None else int(code),
-            oom_killed=None if oom_kills is None else int(oom_kills) > 0,
-            return_value=value if isinstance(value, str) else None,
-            timed_out=report.get("timed_out") is True,
+def _runtime_state(info: dict[str, Any], configured: str) -> RuntimeState:
+    """The runtime sandboxes run under, what else is offered, and what the engine cannot enforce."""
+    default = str(info.get("DefaultRuntime", "?"))
+    security = ", ".join(
+        option.split(",")[0].removeprefix("name=") for option in info.get("SecurityOptions", [])
+    )
+    weaknesses = []
+    missing = [name for name, key in (("memory", "MemoryLimit"), ("pids", "PidsLimit")) if not info.get(key)]
+    if missing:
+        weaknesses.append(
+            f"the engine cannot enforce {' and '.join(missing)} limits: enable those cgroup "
+            "controllers in the kernel (e.g. cgroup_enable=memory on its command line)"
         )
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _files_out(block: FilesBlock) -> FilesOut | None:
-    if block.manifest is None or not block.complete:
-        return None
-    manifest = block.manifest
-    return FilesOut(manifest["files"], manifest["omitted"], manifest["changed"], bytes(block.data))
-
-
-def _install_outcome(line: bytes | None, elapsed_s: float, timeout_s: float) -> InstallOutcome:
-    """The launcher's install report; without one, the install was stopped (for time, or with
-    the container)."""
-    if line is None:
-        return InstallOutcome(False, None, round(elapsed_s, 3), "", timeout_s)
-    try:
-        report = json.loads(line)
-        return InstallOutcome(
-            True, int(report["exit_code"]), float(report["seconds"]), str(report["output"]), timeout_s
-        )
-    except (ValueError, KeyError, TypeError):
-        return InstallOutcome(True, None, round(elapsed_s, 3), "unreadable install report", timeout_s)
+    if "seccomp" not in security:
+        weaknesses.append("no seccomp: use a Docker built with seccomp support")
+    return RuntimeState(
+        used=configured or default,
+        default=default,
+        offered=tuple(sorted(info.get("Runtimes") or {})),
+        details=f"cgroup v{info.get('CgroupVersion', '?')}; security: {security}",
+        fix=RUNTIME_FIX,
+        weaknesses=tuple(weaknesses),
+    )
 
 
 def _final_state(container: Container) -> tuple[int | None, bool]:
@@ -636,7 +532,7 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
         return None, False
     except requests.exceptions.ConnectionError as exc:
         raise EngineUnavailable(f"the Docker engine went away during the run; {unreachable(exc)}") from None
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
+    except _DOCKER_ERRORS:
         return None, False
     state = container.attrs.get("State", {})
     exit_code = status.get("StatusCode", state.get("ExitCode"))
@@ -656,7 +552,7 @@ def _oom_event_since(container: Container, since: float) -> bool:
             decode=True,
         )
         return any(True for _ in events)
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
+    except _DOCKER_ERRORS:
         return False
 
 
@@ -682,14 +578,23 @@ def _image_missing(image: str) -> ImageMissing:
     )
 
 
-def _engine_error(exc: BaseException) -> EngineError:
-    """An engine that answered and refused is a different problem from one that is not there."""
-    if isinstance(exc, docker.errors.APIError) and exc.response is not None:
-        return EngineError(
+@contextlib.contextmanager
+def _docker_errors() -> Iterator[None]:
+    """docker-py's errors as ours, in one place: an image it cannot find, an engine that answered
+    and refused, an engine that is not there."""
+    try:
+        yield
+    except docker.errors.ImageNotFound:
+        raise ImageMissing("image not found") from None
+    except docker.errors.APIError as exc:
+        if exc.response is None:
+            raise EngineUnavailable(unreachable(exc)) from None
+        raise EngineError(
             f"the Docker engine refused to run the sandbox container: {exc.explanation or exc}; "
             "check the limits in the configuration against this machine (agent-sandbox doctor)"
-        )
-    return EngineUnavailable(unreachable(exc))
+        ) from None
+    except _DOCKER_ERRORS as exc:
+        raise EngineUnavailable(unreachable(exc)) from None
 
 
 def unreachable(exc: BaseException) -> str:

@@ -46,6 +46,39 @@ import termios
 import threading
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    # The job, as engine/protocol.py writes it (tests/unit/test_protocol.py keeps the two equal).
+    class NotebookJob(TypedDict):
+        runner: str
+        max_chars: int
+
+    class FileCaps(TypedDict):
+        max_files: int
+        max_bytes: int
+
+    class ArtifactCaps(FileCaps):
+        max_listed: int
+
+    class Job(TypedDict):
+        archive_bytes: int
+        entrypoint: str
+        args: list[str]
+        env: dict[str, str]
+        wheels: list[str]
+        notebook: NotebookJob | None
+        artifacts: ArtifactCaps
+        snapshot: FileCaps | None
+        timeout_s: float
+        relay_output: bool
+        nonce: str
+        install_nonce: str
+
+    Survey = tuple[list[tuple[str, int, int]], list[dict[str, object]]]
+    Chosen = list[tuple[str, int, int]]  # path, size, an open descriptor
+
 WORK = "/work"
 WHEELS = "/wheels"
 PACKAGES = "/packages"
@@ -100,7 +133,7 @@ class _ArchiveInput:
             self.read(1 << 16)
 
 
-def _read_job() -> "dict[str, object]":
+def _read_job() -> "Job":
     """The job: its size in decimal and a newline (read a byte at a time, so never past it),
     then exactly that many bytes of JSON."""
     size = bytearray()
@@ -111,7 +144,7 @@ def _read_job() -> "dict[str, object]":
         size += byte
     if int(size) > MAX_HEADER_BYTES:
         _fail("the job description is too large")
-    job: dict[str, object] = json.loads(_ArchiveInput(int(size)).read())
+    job: Job = json.loads(_ArchiveInput(int(size)).read())
     return job
 
 
@@ -228,7 +261,7 @@ def _run(
     entrypoint: str,
     args: "list[str]",
     env: "dict[str, str]",
-    notebook: "dict[str, object]",
+    notebook: "NotebookJob | None",
     timeout_s: float,
     relay: bool,
     ignored: "list[int]",
@@ -354,7 +387,7 @@ def _drain(fd: int, into: "list[bytes]") -> None:
                 kept += len(chunk)
 
 
-def _survey() -> "tuple[list[tuple[str, int, int]], list[dict[str, object]]]":
+def _survey() -> "Survey":
     """Every regular file under /work (path, size, modification time), and the folders that could
     not be looked into, each with why. Called once nothing of the program's runs any more: the
     program (the same user) may have locked folders or files against us, so we give ourselves
@@ -428,17 +461,14 @@ def _open_regular(relative: str) -> "int | str":
 
 
 def _send_files(
-    nonce: str,
-    sent: "dict[str, tuple[int, int]]",
-    survey: "tuple[list[tuple[str, int, int]], list[dict[str, object]]]",
-    caps: "dict[str, int]",
+    nonce: str, sent: "dict[str, tuple[int, int]]", survey: "Survey", caps: "ArtifactCaps"
 ) -> None:
     """Write the program's new and changed files to stdout as one block: a marked line with the
     manifest (the files that follow, in order; those left out, each with why; how many changed),
     then exactly their bytes. Files are opened before the manifest is written, so every byte the
     manifest promises follows it. Left-out entries that are not about the caps come first."""
     found, unseen = survey
-    chosen: list[tuple[dict[str, object], int]] = []
+    chosen: Chosen = []
     surprising: list[dict[str, object]] = list(unseen)
     over_caps: list[dict[str, object]] = []
     total = changed = 0
@@ -456,20 +486,16 @@ def _send_files(
             if isinstance(opened, str):
                 surprising.append(_left_out(path, size, opened, "unreadable"))
             else:
-                chosen.append(({"path": path, "size": size}, opened))
+                chosen.append((path, size, opened))
                 total += size
     omitted = (surprising + over_caps)[: caps["max_listed"]]
     _write_block(FILES_PREFIX, nonce, chosen, omitted, changed + len(unseen))
 
 
-def _send_snapshot(
-    nonce: str,
-    survey: "tuple[list[tuple[str, int, int]], list[dict[str, object]]]",
-    caps: "dict[str, int]",
-) -> None:
+def _send_snapshot(nonce: str, survey: "Survey", caps: "FileCaps") -> None:
     """Write all of /work as a second block (same layout) for the workspace to keep; if it is
-    over the workspace's caps, the block holds no file and says why. What could not be read or
-    looked into is listed, so the host can refuse a snapshot that would lose it."""
+    over the workspace's caps, the block holds no file and says why it was refused. What could
+    not be read or looked into is listed, so the host can refuse a snapshot that would lose it."""
     found, unseen = survey
     total = sum(size for _, size, _ in found)
     if len(found) > caps["max_files"] or total > caps["max_bytes"]:
@@ -477,31 +503,32 @@ def _send_snapshot(
             f"/work holds {len(found)} files and {total // 1024} KiB, over the workspace's "
             f"{caps['max_files']} files or {caps['max_bytes'] // 1024} KiB"
         )
-        _write_block(SNAPSHOT_PREFIX, nonce, [], [_left_out(".", total, reason, "cap")], len(found))
+        _write_block(SNAPSHOT_PREFIX, nonce, [], [], len(found), refused=reason)
         return
-    chosen: list[tuple[dict[str, object], int]] = []
+    chosen: Chosen = []
     omitted: list[dict[str, object]] = list(unseen)
     for path, size, _ in found:
         opened = _open_regular(path)
         if isinstance(opened, str):
             omitted.append(_left_out(path, size, opened, "unreadable"))
         else:
-            chosen.append(({"path": path, "size": size}, opened))
+            chosen.append((path, size, opened))
     _write_block(SNAPSHOT_PREFIX, nonce, chosen, omitted[: caps["max_files"]], len(found) + len(unseen))
 
 
 def _write_block(
     prefix: bytes,
     nonce: str,
-    chosen: "list[tuple[dict[str, object], int]]",
+    chosen: "Chosen",
     omitted: "list[dict[str, object]]",
     changed: int,
+    refused: "str | None" = None,
 ) -> None:
     """A marked manifest line, then exactly the bytes of each chosen (already open) file."""
-    manifest = {"files": [entry for entry, _ in chosen], "omitted": omitted, "changed": changed}
+    files = [{"path": path, "size": size} for path, size, _ in chosen]
+    manifest = {"files": files, "omitted": omitted, "changed": changed, "refused": refused}
     _write_all(1, _marked_line(prefix, nonce, manifest))
-    for entry, fd in chosen:
-        remaining = int(entry["size"])  # type: ignore[call-overload]
+    for _, remaining, fd in chosen:
         with os.fdopen(fd, "rb", buffering=0) as source:
             while remaining:
                 # Nothing runs any more, so files cannot shrink; pad if one did, to keep the count.
@@ -548,15 +575,15 @@ def _others_alive() -> bool:
 def main() -> None:
     ignored = _ignore_foreign_signals()  # first: a warm launcher waits before the program exists
     job = _read_job()
-    nonce = str(job["nonce"])
+    nonce = job["nonce"]
     if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         _fail("cannot protect the launcher's memory (prctl PR_SET_DUMPABLE)")
-    sent = _unpack(_ArchiveInput(int(job["archive_bytes"])))  # type: ignore[call-overload]
-    env = {**os.environ, **job["env"]}  # type: ignore[dict-item]
+    sent = _unpack(_ArchiveInput(job["archive_bytes"]))
+    env = {**os.environ, **job["env"]}
     installed = True
-    if job.get("wheels"):
-        install = _install(list(job["wheels"]))  # type: ignore[call-overload]
-        _write_all(1, _marked_line(INSTALLED_PREFIX, str(job["install_nonce"]), install))
+    if job["wheels"]:
+        install = _install(job["wheels"])
+        _write_all(1, _marked_line(INSTALLED_PREFIX, job["install_nonce"], install))
         _wait_until_read(1)
         installed = install["exit_code"] == 0
         env["PYTHONPATH"] = PACKAGES
@@ -564,20 +591,22 @@ def main() -> None:
     os.chdir(WORK)
     exit_code, return_value, timed_out = None, None, False
     if installed:
-        notebook: dict[str, object] = job["notebook"]  # type: ignore[assignment]
-        args: list[str] = job["args"]  # type: ignore[assignment]
-        timeout_s = float(job["timeout_s"])  # type: ignore[arg-type]
-        relay = job["relay_output"] is True
         exit_code, return_value, timed_out = _run(
-            str(job["entrypoint"]), args, env, notebook, timeout_s, relay, ignored
+            job["entrypoint"],
+            job["args"],
+            env,
+            job["notebook"],
+            job["timeout_s"],
+            job["relay_output"],
+            ignored,
         )
     _end_everything_else()
     for fd in (1, 2):  # the program may have made them non-blocking (they are its own, or via /proc)
         os.set_blocking(fd, True)
     survey = _survey()
-    _send_files(nonce, sent, survey, job["artifacts"])  # type: ignore[arg-type]
+    _send_files(nonce, sent, survey, job["artifacts"])
     if job["snapshot"]:
-        _send_snapshot(nonce, survey, job["snapshot"])  # type: ignore[arg-type]
+        _send_snapshot(nonce, survey, job["snapshot"])
     report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills(), "timed_out": timed_out}
     line = _marked_line(END_PREFIX, nonce, {**report, "return_value": return_value})
     _write_all(1, line)

@@ -1,10 +1,11 @@
-"""The warm pool: containers created and started ahead of time, each handed exactly one job.
+"""The warm pool: sandboxes created and started ahead of time, each handed exactly one job.
 
-A warm container is a cold one started early: same options, same launcher waiting on stdin, so a
+A warm sandbox is a cold one started early: same options, same launcher waiting on stdin, so a
 job in it gets exactly the limits, isolation and reporting of a cold start. It is removed after
 its job like any other; nothing is ever reused. The pool refills in the background, replaces
-containers that waited longer than ``max_idle_s`` or died, and never makes a caller wait: when it
-is empty, ``take`` returns None and the run starts cold.
+sandboxes that waited longer than ``max_idle_s`` or died, and never makes a caller wait: when it
+is empty, ``take`` returns None and the run starts cold. Any backend that can start a sandbox
+ahead of time (a ``Starter``) can keep one.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import math
 import time
 from collections import deque
 from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
-from agent_sandbox.engine.docker import DockerEngine, StartedContainer
 from agent_sandbox.engine.spec import ContainerShape
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,41 @@ _RETRY_FIRST_S = 1.0
 _RETRY_MAX_S = 30.0
 
 
-class WarmPool:
-    """Keeps ``size`` started containers of one shape ready; use as ``async with``."""
+class StartedSandbox(Protocol):
+    """A sandbox started ahead of time, its launcher waiting for its one job."""
 
-    def __init__(self, engine: DockerEngine, shape: ContainerShape, size: int, max_idle_s: float):
+    @property
+    def started_at(self) -> float:
+        """When it was started (monotonic clock)."""
+
+    def looks_alive(self) -> bool:
+        """Whether it is still there to take a job."""
+
+
+Started = TypeVar("Started", bound=StartedSandbox)
+
+
+class Starter(Protocol[Started]):
+    """A backend that starts sandboxes ahead of time and takes them from its ``pool``."""
+
+    pool: WarmPool[Started] | None
+
+    async def start_container(self, shape: ContainerShape) -> Started:
+        """Start a sandbox of ``shape`` that waits for a job."""
+
+    async def remove(self, started: Started) -> None:
+        """Remove it, shielded from cancellation."""
+
+
+class WarmPool(Generic[Started]):
+    """Keeps ``size`` started sandboxes of one shape ready; use as ``async with``."""
+
+    def __init__(self, engine: Starter[Started], shape: ContainerShape, size: int, max_idle_s: float):
         self.engine = engine
         self.shape = shape
         self.size = size
         self.max_idle_s = max_idle_s
-        self._idle: deque[StartedContainer] = deque()
+        self._idle: deque[Started] = deque()
         self._wanted = anyio.Event()  # set when a container left the pool: refill
         self._changed = anyio.Event()  # set (then replaced) whenever a container joined it
         self._group: TaskGroup | None = None
@@ -45,7 +72,7 @@ class WarmPool:
         """How many containers wait for a job now."""
         return len(self._idle)
 
-    def take(self, shape: ContainerShape) -> StartedContainer | None:
+    def take(self, shape: ContainerShape) -> Started | None:
         """The oldest fresh, live container of ``shape``; None (start cold) if there is none."""
         if shape != self.shape or self._group is None:
             return None
@@ -57,7 +84,7 @@ class WarmPool:
             self._discard(started)
         return None
 
-    def dispose(self, started: StartedContainer) -> None:
+    def dispose(self, started: Started) -> None:
         """Remove a used container in the background, so its caller need not wait for it."""
         self._discard(started)
 
@@ -66,13 +93,13 @@ class WarmPool:
         while len(self._idle) < self.size:
             await self._changed.wait()
 
-    async def __aenter__(self) -> WarmPool:
-        if self.engine.warm is not None:
+    async def __aenter__(self) -> WarmPool[Started]:
+        if self.engine.pool is not None:
             raise RuntimeError("this engine already has a warm pool; give each pool its own engine")
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         self._group.start_soon(self._keep_filled)
-        self.engine.warm = self
+        self.engine.pool = self
         return self
 
     async def __aexit__(
@@ -81,8 +108,8 @@ class WarmPool:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self.engine.warm is self:
-            self.engine.warm = None
+        if self.engine.pool is self:
+            self.engine.pool = None
         group, self._group = self._group, None
         assert group is not None
         group.cancel_scope.cancel()
@@ -120,10 +147,10 @@ class WarmPool:
         oldest = min(started.started_at for started in self._idle)
         return max(0.0, oldest + self.max_idle_s - time.monotonic()) + 0.01
 
-    def _usable(self, started: StartedContainer) -> bool:
+    def _usable(self, started: Started) -> bool:
         fresh = time.monotonic() - started.started_at <= self.max_idle_s
         return fresh and started.looks_alive()
 
-    def _discard(self, started: StartedContainer) -> None:
+    def _discard(self, started: Started) -> None:
         assert self._group is not None
         self._group.start_soon(self.engine.remove, started)

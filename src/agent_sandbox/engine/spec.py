@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Literal
 
 from agent_sandbox.config import GVISOR
 from agent_sandbox.models import Limits
@@ -26,9 +26,6 @@ class InstallSpec:
     mount: PackageMount
     wheels: tuple[str, ...]  # file names in mount.wheels_dir
     timeout_s: float
-
-
-NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
 
 
 @dataclass(frozen=True)
@@ -121,38 +118,6 @@ class RunSpec:
         mount = self.install.mount if self.install else None
         return ContainerShape.of(self.image, self.limits, self.network, mount, self.runtime)
 
-    def header(self, nonce: str, install_nonce: str = "") -> bytes:
-        """What the launcher reads first: the job's size and the job (how many tar bytes follow,
-        what to run, and the secrets that mark the launcher's end-of-job and install lines)."""
-        job = {
-            "archive_bytes": len(self.archive),
-            "entrypoint": self.entrypoint,
-            "args": list(self.args),
-            "env": self.env,
-            "wheels": list(self.install.wheels) if self.install else [],
-            "notebook": (
-                {"runner": NOTEBOOK_RUNNER, "max_chars": self.results.return_value_chars}
-                if self.results.notebook
-                else {}
-            ),
-            "artifacts": {
-                "max_files": self.results.max_files,
-                "max_bytes": self.results.max_bytes,
-                "max_listed": self.results.max_listed,
-            },
-            "snapshot": (
-                {"max_files": self.results.snapshot_files, "max_bytes": self.results.snapshot_bytes}
-                if self.results.snapshot_files
-                else {}
-            ),
-            "timeout_s": self.limits.timeout_s,
-            "relay_output": self.relays_output,
-            "nonce": nonce,
-            "install_nonce": install_nonce,
-        }
-        encoded = json.dumps(job).encode()
-        return b"%d\n" % len(encoded) + encoded
-
 
 @dataclass(frozen=True)
 class InstallOutcome:
@@ -166,21 +131,44 @@ class InstallOutcome:
 
 
 @dataclass(frozen=True)
-class FilesOut:
-    """The files the launcher sent back: its manifest, and their bytes in manifest order."""
+class FileEntry:
+    """A file the launcher sends back: its path under /work and its size."""
 
-    files: list[dict[str, object]]  # {"path", "size"}
-    omitted: list[dict[str, object]]  # {"path", "size", "reason"}
+    path: str
+    size: int
+
+
+# Why a file did not come back: over the caps, unreadable, or behind a folder not looked into.
+OmittedKind = Literal["cap", "unreadable", "unreachable"]
+
+
+@dataclass(frozen=True)
+class OmittedFile:
+    """A file (or folder) the launcher did not send back, and why."""
+
+    path: str
+    size: int
+    reason: str
+    kind: OmittedKind
+
+
+@dataclass(frozen=True)
+class FilesOut:
+    """The files the launcher sent back: what its manifest listed, and their bytes in order.
+    ``refused`` says why none were sent at all (all of /work was over a workspace's caps)."""
+
+    files: list[FileEntry]
+    omitted: list[OmittedFile]
     changed: int  # files the program created or changed, sent or not
     data: bytes
+    refused: str | None = None
 
     def contents(self) -> list[tuple[str, bytes]]:
         """Each sent file's path and bytes."""
         found, offset = [], 0
         for entry in self.files:
-            size = int(str(entry["size"]))
-            found.append((str(entry["path"]), self.data[offset : offset + size]))
-            offset += size
+            found.append((entry.path, self.data[offset : offset + entry.size]))
+            offset += entry.size
         return found
 
 
@@ -211,3 +199,8 @@ class Outcome:
     # The launcher reported only once the host had resumed it at the time limit (SIGCONT): the
     # program had likely stopped it (SIGSTOP), so duration_s includes that wait.
     launcher_resumed: bool = False
+
+    @functools.cached_property
+    def stderr_text(self) -> str:
+        """stderr as text (invalid UTF-8 replaced), decoded once for all who read it."""
+        return self.stderr.decode("utf-8", errors="replace")

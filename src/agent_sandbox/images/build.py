@@ -14,16 +14,19 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
 import docker
 import docker.errors
 
+from agent_sandbox.config import EngineSettings
+from agent_sandbox.engine.docker import DockerEngine
+from agent_sandbox.errors import PackageRefused
 from agent_sandbox.images.profiles import INSTALLER_REQUIREMENT, Profile, get_profile
 from agent_sandbox.packages.cache import link_or_copy
-from agent_sandbox.packages.requirements import PackageRefused, parse_requirements
+from agent_sandbox.packages.requirements import parse_requirements
 from agent_sandbox.packages.resolver import WheelResolver
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,16 @@ _NOISY_DEBOOTSTRAP_LINES = ("I: Retrieving", "I: Validating", "I: Unpacking", "I
 
 class ImageBuildError(Exception):
     """The image could not be built; the message says what to fix."""
+
+
+def build_profiles(
+    settings: EngineSettings, names: Sequence[str], wheels: WheelResolver, tag: str | None
+) -> None:
+    """Build each profile in ``names`` on the configured Docker engine, tagged ``tag`` (one
+    profile only) or ``REPOSITORY:NAME``."""
+    client = DockerEngine(settings).client
+    for name in names:
+        build_image(client, get_profile(name), wheels, tag or settings.image_of(name))
 
 
 def build_image(client: docker.DockerClient, profile: Profile, wheels: WheelResolver, tag: str) -> str:

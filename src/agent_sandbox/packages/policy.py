@@ -8,8 +8,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from agent_sandbox.config import PackageSettings
+from agent_sandbox.errors import PackageRefused
 from agent_sandbox.packages.cache import CachedWheel
-from agent_sandbox.packages.requirements import PackageRefused
 
 
 def check_requested(requirements: Sequence[Requirement], settings: PackageSettings) -> None:

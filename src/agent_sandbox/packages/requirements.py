@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from agent_sandbox.errors import PackageRefused
+
 REQUIREMENTS_FILE = "requirements.txt"
 _MAX_SPEC_CHARS = 200
 # pip reads a name like these as a local file to build, not as a project on the index.
@@ -12,10 +14,6 @@ _ARCHIVE_SUFFIXES = (
     ".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tlz", ".tar.lz",
     ".tar.lzma",
 )  # fmt: skip
-
-
-class PackageRefused(ValueError):
-    """A requirement was refused; the message names it and says what to do instead."""
 
 
 def parse_requirements(specs: list[str]) -> list[Requirement]:

@@ -26,8 +26,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from agent_sandbox.config import PackageSettings
+from agent_sandbox.errors import PackageRefused
 from agent_sandbox.packages.cache import CachedWheel, WheelCache
-from agent_sandbox.packages.requirements import PackageRefused
 from agent_sandbox.packages.target import SANDBOX_TARGET, WheelTarget
 
 PIP = (sys.executable, "-m", "pip")

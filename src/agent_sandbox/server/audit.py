@@ -9,9 +9,12 @@ import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent_sandbox.models import RunRequest, RunResult
+
+# A call's records: ``started`` when its run begins, then one of the other three.
+AuditEvent = Literal["started", "finished", "refused", "ended"]
 
 
 class AuditLog:
@@ -30,7 +33,7 @@ class AuditLog:
     def record(
         self,
         *,
-        event: str,
+        event: AuditEvent,
         transport: str,
         client: str,
         tool: str,

@@ -6,15 +6,15 @@ Each server has its own ``CollectorRegistry``, so several servers can live in on
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-from agent_sandbox.admission import Busy
+from agent_sandbox.errors import Busy, Refused
 from agent_sandbox.models import RunResult, ViolationKind
-from agent_sandbox.sandbox import RequestError, Sandbox
-from agent_sandbox.server.start_rate import RateLimited
+from agent_sandbox.sandbox import Load, Sandbox
 
 # From a warm snippet (tens of ms) to the longest time limit (300 s), about 1-2-5 per decade.
 DURATION_BUCKETS_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0)
@@ -45,7 +45,7 @@ def outcome_of_error(exc: BaseException) -> RunOutcome:
     """The outcome of a call that ended in ``exc`` instead of a result."""
     if isinstance(exc, Busy):
         return RunOutcome.BUSY
-    if isinstance(exc, RequestError | RateLimited):
+    if isinstance(exc, Refused):
         return RunOutcome.REFUSED
     if isinstance(exc, asyncio.CancelledError):  # the server runs on asyncio (uvicorn, anyio.run)
         return RunOutcome.CANCELLED
@@ -79,32 +79,31 @@ class Metrics:
             buckets=DURATION_BUCKETS_S,
             registry=self.registry,
         )
-        admission, settings = sandbox.admission, sandbox.settings.engine
-        gauges = {
-            "agent_sandbox_runs_in_progress": ("Runs holding a run slot now.", lambda: admission.running),
+        gauges: dict[str, tuple[str, Callable[[Load], int]]] = {
+            "agent_sandbox_runs_in_progress": ("Runs holding a run slot now.", lambda load: load.running),
             "agent_sandbox_runs_queued": (
                 "Runs waiting for a run slot now (behind the server's slots or their client's share).",
-                lambda: admission.queued,
+                lambda load: load.queued,
             ),
             "agent_sandbox_run_slots": (
                 "Runs allowed at once (engine.max_concurrent_runs).",
-                lambda: settings.max_concurrent_runs,
+                lambda load: load.slots,
             ),
             "agent_sandbox_queue_places": (
                 "Runs allowed to wait for a slot (engine.max_queued_runs).",
-                lambda: settings.max_queued_runs,
+                lambda load: load.queue_places,
             ),
             "agent_sandbox_warm_pool_ready": (
-                "Warm containers waiting for a job now.",
-                lambda: sandbox.pool.ready if sandbox.pool is not None else 0,
+                "Warm sandboxes waiting for a job now.",
+                lambda load: load.warm_ready,
             ),
             "agent_sandbox_warm_pool_size": (
-                "Warm containers configured (engine.pool_size).",
-                lambda: settings.pool_size,
+                "Warm sandboxes configured (engine.pool_size).",
+                lambda load: load.warm_size,
             ),
         }
         for name, (documentation, read) in gauges.items():
-            Gauge(name, documentation, registry=self.registry).set_function(read)
+            Gauge(name, documentation, registry=self.registry).set_function(_reading(sandbox, read))
         ProcessCollector(registry=self.registry)
 
     def record_result(self, tool: str, result: RunResult, seconds: float) -> None:
@@ -123,3 +122,8 @@ class Metrics:
         and its content type."""
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
+
+
+def _reading(sandbox: Sandbox, read: Callable[[Load], int]) -> Callable[[], int]:
+    """A gauge's value, read from the sandbox's load at scrape time."""
+    return lambda: read(sandbox.load())

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 
 import anyio
-import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent_sandbox.engine.docker import EngineError, ImageMissing
+from agent_sandbox.engine.base import EngineHealth
+from agent_sandbox.errors import EngineUnavailable
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server.auth import LOOPBACK_HOSTS, BearerTokenMiddleware
 from agent_sandbox.server.metrics import Metrics
@@ -36,12 +36,8 @@ FULL_HEALTH = "agent_sandbox.full_health"  # scope state: may this caller see th
 
 
 @dataclass(frozen=True)
-class EngineState:
-    """What the engine said: its version, which profiles' images it has, and what is wrong."""
-
-    version: str | None
-    images: dict[str, bool | None]  # profile -> image present (None: not known)
-    problems: list[str]
+class _Answer:
+    health: EngineHealth
     checked_at: float = field(default_factory=time.monotonic)
 
 
@@ -51,68 +47,51 @@ class HealthCheck:
     def __init__(self, sandbox: Sandbox):
         self.sandbox = sandbox
         self._lock = anyio.Lock()
-        self._last: EngineState | None = None
+        self._last: _Answer | None = None
 
-    async def state(self) -> EngineState:
-        """The engine's state, checked now unless the last answer is fresh; concurrent callers
+    async def state(self) -> EngineHealth:
+        """The engine's health, checked now unless the last answer is fresh; concurrent callers
         share one check."""
         async with self._lock:
             if self._last is None or time.monotonic() - self._last.checked_at > FRESH_S:
-                self._last = await self._check()
-            return self._last
+                self._last = _Answer(await self._check())
+            return self._last.health
 
     async def response(self, details: bool = True) -> JSONResponse:
         """200 with what was found when runs can start; 503 naming what is wrong otherwise.
         Without ``details``, the status alone."""
-        state = await self.state()
-        status = "unavailable" if state.problems else "ok"
-        status_code = 503 if state.problems else 200
+        health = await self.state()
+        status = "unavailable" if health.problems else "ok"
+        status_code = 503 if health.problems else 200
         if not details:
             return JSONResponse({"status": status}, status_code=status_code)
         settings = self.sandbox.settings.engine
-        pool = self.sandbox.pool
+        present = {image.name: image.present for image in health.images}
+        load = self.sandbox.load()
         body = {
             "status": status,
-            "engine": {"version": state.version},
+            "engine": {"version": health.version},
             "images": {
-                profile: {"image": settings.image_of(profile), "present": present}
-                for profile, present in state.images.items()
+                profile: {
+                    "image": settings.image_of(profile),
+                    "present": present.get(settings.image_of(profile)),
+                }
+                for profile in settings.profiles
             },
-            "pool": {"ready": pool.ready if pool is not None else 0, "size": settings.pool_size},
-            **({"problems": state.problems} if state.problems else {}),
+            "pool": {"ready": load.warm_ready, "size": load.warm_size},
+            **({"problems": [str(problem) for problem in health.problems]} if health.problems else {}),
         }
         return JSONResponse(body, status_code=status_code)
 
-    async def _check(self) -> EngineState:
+    async def _check(self) -> EngineHealth:
         with anyio.move_on_after(CHECK_TIMEOUT_S):
-            return await anyio.to_thread.run_sync(self._check_blocking, abandon_on_cancel=True)
-        return self._unknown(
-            f"the Docker engine did not answer within {CHECK_TIMEOUT_S:g} s; check that it is "
-            "running and not overloaded (docker info)"
+            return await self.sandbox.health()
+        name = self.sandbox.engine_name
+        problem = EngineUnavailable(
+            f"{name} did not answer within {CHECK_TIMEOUT_S:g} s; check that it is running and not "
+            "overloaded (agent-sandbox doctor)"
         )
-
-    def _check_blocking(self) -> EngineState:
-        images: dict[str, bool | None] = {}
-        problems: list[str] = []
-        settings = self.sandbox.settings.engine
-        try:
-            version = self.sandbox.engine.version()
-        except EngineError as exc:  # no engine: nothing else can be known
-            return self._unknown(str(exc))
-        for profile in settings.profiles:
-            try:
-                self.sandbox.engine.image_attrs(settings.image_of(profile))
-            except ImageMissing as exc:
-                images[profile] = False
-                problems.append(str(exc))
-            except EngineError as exc:  # no engine: nothing else can be known
-                return self._unknown(str(exc))
-            else:
-                images[profile] = True
-        return EngineState(version, images, problems)
-
-    def _unknown(self, problem: str) -> EngineState:
-        return EngineState(None, dict.fromkeys(self.sandbox.settings.engine.profiles), [problem])
+        return EngineHealth(name, None, problems=[problem])
 
 
 def add_routes(server: MCPServer, sandbox: Sandbox, metrics: Metrics) -> None:

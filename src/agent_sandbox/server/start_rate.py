@@ -7,11 +7,9 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
+from agent_sandbox.errors import RateLimited
+
 WINDOW_S = 60.0
-
-
-class RateLimited(Exception):
-    """A client started too many runs in the last minute; the message says how long to wait."""
 
 
 class StartRate:

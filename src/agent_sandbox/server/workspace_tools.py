@@ -6,33 +6,33 @@ import base64
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
+from agent_sandbox.errors import WorkspaceError
 from agent_sandbox.filenames import name_from_shown, shown_name
-from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
+from agent_sandbox.sandbox import Sandbox
 
 ClientOf = Callable[[Context], str]
 MAX_READ_BYTES = 1024 * 1024
 _ID_FIELD = Field(description="A workspace id from workspace_create.")
 
 
-def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: ClientOf) -> None:
+def add_workspace_tools(server: MCPServer, sandbox: Sandbox, client_of: ClientOf) -> None:
     """Register the workspace tools on ``server``; each acts for the calling client only."""
-    settings = store.settings
+    settings = sandbox.settings.workspaces
 
     def answer(summary: str, data: dict[str, Any]) -> CallToolResult:
         return CallToolResult(content=[TextContent(type="text", text=summary)], structured_content=data)
 
-    def refused(exc: ValueError) -> ToolError:
+    def refused(exc: Exception) -> ToolError:
         return ToolError(f"refused: {exc}")
 
     async def workspace_create(ctx: Context) -> CallToolResult:
         try:
-            info = store.create(client_of(ctx))
+            info = await sandbox.create_workspace(client_of(ctx))
         except WorkspaceError as exc:
             raise refused(exc) from None
         return answer(
@@ -42,7 +42,7 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
 
     async def workspace_files(workspace: Annotated[str, _ID_FIELD], ctx: Context) -> CallToolResult:
         try:
-            info = await anyio.to_thread.run_sync(store.describe, workspace, client_of(ctx))
+            info = await sandbox.describe_workspace(workspace, client_of(ctx))
         except WorkspaceError as exc:
             raise refused(exc) from None
         files = [{"path": shown_name(path), "size": size} for path, size in sorted(info.files.items())]
@@ -66,8 +66,8 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
     ) -> CallToolResult:
         try:
             name = name_from_shown(path)
-            data = await anyio.to_thread.run_sync(store.read, workspace, client_of(ctx), name)
-        except ValueError as exc:  # WorkspaceError too
+            data = await sandbox.read_workspace_file(workspace, client_of(ctx), name)
+        except (ValueError, WorkspaceError) as exc:  # a malformed name, or the workspace's refusal
             raise refused(exc) from None
         if len(data) > MAX_READ_BYTES:
             raise ToolError(
@@ -82,7 +82,7 @@ def add_workspace_tools(server: MCPServer, store: WorkspaceStore, client_of: Cli
 
     async def workspace_delete(workspace: Annotated[str, _ID_FIELD], ctx: Context) -> CallToolResult:
         try:
-            store.delete(workspace, client_of(ctx))
+            await sandbox.delete_workspace(workspace, client_of(ctx))
         except WorkspaceError as exc:
             raise refused(exc) from None
         return answer(f"workspace {workspace} deleted", {"workspace": workspace, "deleted": True})

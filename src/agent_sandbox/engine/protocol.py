@@ -1,0 +1,276 @@
+"""The host's side of the launcher protocol; ``engine/launcher.py`` is the other side, in the
+sandbox. Any engine that can carry bytes to a process's stdin and back from its stdout and stderr
+can run a job with it (``engine/session.py`` does the talking).
+
+To the launcher, on its stdin: the job's size in decimal and a newline, the ``Job`` as JSON, a
+tar of exactly ``archive_bytes`` bytes, then the caller's stdin.
+
+From the launcher, each line marked with a prefix and the host's secret nonce for this job, so
+that program output can never pass for one:
+
+- the install line, on stdout before the program starts (runs with wheels): ``InstallDone``;
+- the files block, on stdout once everything of the program's is gone: a manifest line, then
+  exactly the bytes it promises (``FilesBlock``); a workspace run has a second one, the snapshot;
+- the end line, on stdout and stderr: ``EndOfJob``. Within one stream the program's bytes all
+  come before it, so once both streams have shown it, all of the program's output is in.
+
+``tests/unit/test_protocol.py`` proves the launcher's copies of the prefixes and of the job's
+keys equal these.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict, get_args
+
+from agent_sandbox.engine.spec import FileEntry, FilesOut, InstallOutcome, OmittedFile, OmittedKind, RunSpec
+
+END_PREFIX = b"\x00agent-sandbox-end "
+INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
+FILES_PREFIX = b"\x00agent-sandbox-files "
+SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
+OMITTED_KINDS: frozenset[str] = frozenset(get_args(OmittedKind))
+NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
+
+
+class NotebookJob(TypedDict):
+    runner: str  # the notebook runner's source
+    max_chars: int  # of the last expression's repr; 0: report none
+
+
+class FileCaps(TypedDict):
+    max_files: int
+    max_bytes: int
+
+
+class ArtifactCaps(FileCaps):
+    max_listed: int  # left-out files listed at most
+
+
+class Job(TypedDict):
+    """What the launcher is told to do."""
+
+    archive_bytes: int
+    entrypoint: str
+    args: list[str]
+    env: dict[str, str]
+    wheels: list[str]  # file names under /wheels, to install into /packages first
+    notebook: NotebookJob | None  # run the entrypoint through the notebook runner
+    artifacts: ArtifactCaps
+    snapshot: FileCaps | None  # a workspace run: all of /work comes back too
+    timeout_s: float
+    relay_output: bool
+    nonce: str
+    install_nonce: str
+
+
+def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
+    """What the launcher reads first: the job's size, then the job."""
+    results = spec.results
+    job: Job = {
+        "archive_bytes": len(spec.archive),
+        "entrypoint": spec.entrypoint,
+        "args": list(spec.args),
+        "env": spec.env,
+        "wheels": list(spec.install.wheels) if spec.install else [],
+        "notebook": (
+            {"runner": NOTEBOOK_RUNNER, "max_chars": results.return_value_chars} if results.notebook else None
+        ),
+        "artifacts": {
+            "max_files": results.max_files,
+            "max_bytes": results.max_bytes,
+            "max_listed": results.max_listed,
+        },
+        "snapshot": (
+            {"max_files": results.snapshot_files, "max_bytes": results.snapshot_bytes}
+            if results.snapshot_files
+            else None
+        ),
+        "timeout_s": spec.limits.timeout_s,
+        "relay_output": spec.relays_output,
+        "nonce": nonce,
+        "install_nonce": install_nonce,
+    }
+    encoded = json.dumps(job).encode()
+    return b"%d\n" % len(encoded) + encoded
+
+
+class MarkedLine:
+    """Finds one line the launcher marked with ``prefix`` and the host's nonce in an output
+    stream: ``prefix + nonce + " " + report + "\\n"``. ``feed`` returns the bytes before the
+    line; once ``report`` is set, ``rest`` holds what followed it in the same chunk."""
+
+    def __init__(self, prefix: bytes, nonce: str):
+        self.marker = prefix + nonce.encode() + b" "
+        self.report: bytes | None = None
+        self.rest = b""
+        self._held = b""
+        self._line: bytearray | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self.report is not None:
+            return b""
+        if self._line is not None:
+            self._take_line(data)
+            return b""
+        buffer = self._held + data
+        found = buffer.find(self.marker)
+        if found >= 0:
+            self._held = b""
+            self._line = bytearray()
+            self._take_line(buffer[found + len(self.marker) :])
+            return buffer[:found]
+        keep = self._partial_marker_at_end(buffer)
+        self._held = buffer[len(buffer) - keep :] if keep else b""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> bytes:
+        """At end of stream: bytes held back as a possible start of the line were the program's."""
+        held, self._held = self._held, b""
+        return held
+
+    def _take_line(self, data: bytes) -> None:
+        assert self._line is not None
+        end = data.find(b"\n")
+        self._line += data if end < 0 else data[:end]
+        if end >= 0:
+            self.report = bytes(self._line)
+            self.rest = data[end + 1 :]
+
+    def _partial_marker_at_end(self, buffer: bytes) -> int:
+        for size in range(min(len(buffer), len(self.marker) - 1), 0, -1):
+            if buffer.endswith(self.marker[:size]):
+                return size
+        return 0
+
+
+class EndOfJob(MarkedLine):
+    """The launcher's end-of-job line in one output stream. What follows it (a lingering
+    grandchild's output) is not the program's and is dropped."""
+
+    def __init__(self, nonce: str):
+        super().__init__(END_PREFIX, nonce)
+
+
+class InstallDone(MarkedLine):
+    """The launcher's install report, the first line on stdout of a run with requirements; the
+    program starts, and its time limit begins, only after it."""
+
+    def __init__(self, nonce: str):
+        super().__init__(INSTALLED_PREFIX, nonce)
+
+
+class FilesBlock:
+    """The launcher's files block on stdout: a marked line with a JSON manifest, then exactly the
+    bytes of the files it lists. ``feed`` returns what is not part of the block."""
+
+    def __init__(self, nonce: str, max_files: int, max_bytes: int, prefix: bytes = FILES_PREFIX):
+        self.header = MarkedLine(prefix, nonce)
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.manifest: FilesOut | None = None  # without data until the block is complete
+        self.data = bytearray()
+        self._expected = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None and len(self.data) >= self._expected
+
+    def feed(self, data: bytes) -> bytes:
+        if self.complete:
+            return data
+        before = b""
+        if self.manifest is None:
+            before = self.header.feed(data)
+            if self.header.report is None:
+                return before
+            self.manifest = _manifest(self.header.report, self.max_files, self.max_bytes)
+            self._expected = sum(entry.size for entry in self.manifest.files)
+            data = self.header.rest
+        wanted = self._expected - len(self.data)
+        self.data += data[:wanted]
+        return before + data[wanted:]
+
+    def flush(self) -> bytes:
+        """At end of stream: bytes held back as a possible start of the header were the program's."""
+        return self.header.flush() if self.manifest is None else b""
+
+    def result(self) -> FilesOut | None:
+        """The files, if the whole block came."""
+        if self.manifest is None or not self.complete:
+            return None
+        manifest = self.manifest
+        return FilesOut(
+            manifest.files, manifest.omitted, manifest.changed, bytes(self.data), manifest.refused
+        )
+
+
+def _manifest(line: bytes, max_files: int, max_bytes: int) -> FilesOut:
+    """The manifest, checked against what the job allowed; one that breaks the rules counts as
+    refused (what follows it is then treated as output, within the output caps)."""
+    try:
+        raw = json.loads(line)
+        files = [FileEntry(str(e["path"]), int(e["size"])) for e in raw["files"]]
+        omitted = [_omitted(e) for e in raw["omitted"][:max_files]]
+        changed = int(raw["changed"])
+        refused = None if raw.get("refused") is None else str(raw["refused"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _broken_rules()
+    sizes = [entry.size for entry in files]
+    if len(files) > max_files or min(sizes, default=0) < 0 or sum(sizes) > max_bytes:
+        return _broken_rules()
+    return FilesOut(files, omitted, max(changed, len(files) + len(omitted)), b"", refused)
+
+
+def _omitted(entry: dict[str, Any]) -> OmittedFile:
+    kind = entry.get("kind")
+    return OmittedFile(
+        str(entry["path"]), int(entry["size"]), str(entry["reason"]), kind if kind in OMITTED_KINDS else "cap"
+    )
+
+
+def _broken_rules() -> FilesOut:
+    return FilesOut([], [], 0, b"", "the sandbox's list of files broke the job's rules")
+
+
+@dataclass(frozen=True)
+class EndReport:
+    """What the launcher's end-of-job line says."""
+
+    exit_code: int | None  # None: the program never ran
+    oom_killed: bool | None  # None: no cgroup counter to read, ask the engine
+    return_value: str | None
+    timed_out: bool  # the launcher stopped the program at its time limit
+
+
+def end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> EndReport | None:
+    """The end-of-job report, if both streams carried the same line."""
+    if stdout_line is None or stdout_line != stderr_line:
+        return None
+    try:
+        report = json.loads(stdout_line)
+        code, oom_kills, value = report["exit_code"], report["oom_kills"], report.get("return_value")
+        return EndReport(
+            exit_code=None if code is None else int(code),
+            oom_killed=None if oom_kills is None else int(oom_kills) > 0,
+            return_value=value if isinstance(value, str) else None,
+            timed_out=report.get("timed_out") is True,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def install_outcome(line: bytes | None, elapsed_s: float, timeout_s: float) -> InstallOutcome:
+    """The launcher's install report; without one, the install was stopped (for time, or with
+    the sandbox)."""
+    if line is None:
+        return InstallOutcome(False, None, round(elapsed_s, 3), "", timeout_s)
+    try:
+        report = json.loads(line)
+        return InstallOutcome(
+            True, int(report["exit_code"]), float(report["seconds"]), str(report["output"]), timeout_s
+        )
+    except (ValueError, KeyError, TypeError):
+        return InstallOutcome(True, None, round(elapsed_s, 3), "unreadable install report", timeout_s)

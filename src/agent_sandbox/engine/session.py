@@ -1,0 +1,240 @@
+"""One job's conversation with its launcher, whatever carries the bytes.
+
+A backend starts the launcher with the session's ``payload`` on its stdin, feeds it the output
+as it comes (``feed(stream, bytes)``), asks it now and then what is ``due`` (resume a launcher
+the program stopped, or kill the sandbox), and at the end turns it into an ``Outcome``, asking
+the backend how the sandbox ended only where the launcher's end report does not say. The session
+owns the launcher protocol's parsers (engine/protocol.py), the output caps and the deadlines:
+
+- the install, if any, has ``install_timeout_s``; the program's limit starts after it;
+- the launcher stops the program at its limit itself, so the host waits that limit plus a grace
+  (and time to unpack the files) for the files block; past it, the launcher may have been stopped
+  by the program (SIGSTOP, same user): it is resumed once and given the grace again, then killed;
+- once the files block has begun, the launcher is plainly running: it gets time to send it all;
+- after a kill, output still in flight is read for a moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agent_sandbox.engine.base import STDERR, STDOUT, OutputCallback
+from agent_sandbox.engine.protocol import (
+    SNAPSHOT_PREFIX,
+    EndOfJob,
+    FilesBlock,
+    InstallDone,
+    end_report,
+    install_outcome,
+    job_header,
+)
+from agent_sandbox.engine.spec import Outcome, RunSpec
+
+log = logging.getLogger(__name__)
+
+LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
+FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
+DRAIN_S = 2.0  # to read what is still in flight after a kill
+UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the deadline only
+CUT_LINE = b"\n[agent-sandbox: %d bytes cut here]\n"
+
+Action = Literal["resume", "kill"]
+# How the sandbox ended, as the engine saw it: (exit code, killed for memory). Asked with whether
+# the host killed it (for time or output), only when the launcher's end report does not say.
+FinalState = Callable[[bool], tuple[int | None, bool]]
+
+
+@dataclass
+class Capture:
+    """Keeps at most ``cap`` bytes of a stream, the first three quarters and the last quarter,
+    and counts all of them. The end matters: that is where a traceback is."""
+
+    cap: int
+    seen: int = 0
+    _head: bytearray = field(default_factory=bytearray)
+    _tail: bytearray = field(default_factory=bytearray)
+
+    @property
+    def _tail_cap(self) -> int:
+        return self.cap // 4
+
+    def add(self, data: bytes) -> None:
+        self.seen += len(data)
+        room = self.cap - self._tail_cap - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        self._tail += data
+        if len(self._tail) > 2 * self._tail_cap:  # trim now and then, not on every write
+            del self._tail[: len(self._tail) - self._tail_cap]
+
+    @property
+    def truncated(self) -> bool:
+        return self.seen > self.cap
+
+    @property
+    def data(self) -> bytes:
+        """What was kept; where bytes were cut, a line says how many."""
+        if not self.truncated:
+            return bytes(self._head + self._tail)
+        tail = self._tail[len(self._tail) - self._tail_cap :] if self._tail_cap else b""
+        cut = self.seen - len(self._head) - len(tail)
+        return bytes(self._head) + CUT_LINE % cut + bytes(tail)
+
+
+class JobSession:
+    """See the module docstring. Not thread-safe: one driver feeds and asks it."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        on_output: OutputCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.spec = spec
+        self._clock = clock
+        nonce, install_nonce = secrets.token_hex(16), secrets.token_hex(16)
+        self.payload = job_header(spec, nonce, install_nonce) + spec.archive + (spec.stdin or b"")
+        cap = spec.limits.output_capture_kib * 1024
+        self._captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
+        self._watchers = [on_output] if on_output is not None else []
+        self._ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
+        results = spec.results
+        self._files = FilesBlock(nonce, results.max_files, results.max_bytes)
+        self._snapshot = FilesBlock(nonce, results.snapshot_files, results.snapshot_bytes, SNAPSHOT_PREFIX)
+        self._installing = InstallDone(install_nonce) if spec.install is not None else None
+        self._installed_in_time = False
+        self._started = self._program_started = clock()
+        unpack_s = len(spec.archive) / UNPACK_BYTES_PER_S  # the launcher's timer starts after it
+        self._program_deadline_s = spec.limits.timeout_s + LAUNCHER_GRACE_S + unpack_s
+        first = spec.install.timeout_s if spec.install is not None else self._program_deadline_s
+        self._deadline = self._started + first
+        self._program_ended: float | None = None
+        self._stop_reading_at: float | None = None
+        self.timed_out = self.output_killed = self.resumed = False  # what the host had to do
+
+    @property
+    def ended(self) -> bool:
+        """The launcher's end line is in on both streams: the whole result is."""
+        return all(end.report is not None for end in self._ends.values())
+
+    @property
+    def done_reading(self) -> bool:
+        """After a kill, what was in flight has had its moment."""
+        return self._stop_reading_at is not None and self._clock() >= self._stop_reading_at
+
+    def feed(self, stream: int, data: bytes) -> None:
+        """Take a chunk of the sandbox's ``stream`` (STDOUT or STDERR)."""
+        if stream == STDOUT:
+            data = self._take_launcher_blocks(data)
+        if stream in self._captures:
+            self._keep(stream, self._ends[stream].feed(data))
+        seen = sum(capture.seen for capture in self._captures.values())
+        if self._stop_reading_at is None and seen > self.spec.limits.output_kill_kib * 1024:
+            self.output_killed = True  # due() says kill
+
+    def due(self) -> Action | None:
+        """What the driver must do now, if anything: ``resume`` a launcher the program may have
+        stopped (SIGCONT, once), or ``kill`` the sandbox (for time or output; once)."""
+        now = self._clock()
+        if self._stop_reading_at is not None:
+            return None
+        if self.output_killed:
+            self._stop_reading_at = now + DRAIN_S
+            return "kill"
+        if now < self._deadline:
+            return None
+        program_running = self._program_ended is None and (
+            self._installing is None or self._installing.report is not None
+        )
+        if program_running and not self.resumed:
+            self.resumed = True
+            self._deadline = now + LAUNCHER_GRACE_S
+            return "resume"
+        self.timed_out = True
+        self._stop_reading_at = now + DRAIN_S
+        return "kill"
+
+    def outcome(self, final_state: FinalState) -> Outcome:
+        """The run's raw facts, once the streams are done; ``final_state`` is asked only where the
+        launcher's end report does not say."""
+        program_ran = self._installing is None or self._installed_in_time
+        ended_at = self._program_ended or self._clock()
+        duration = ended_at - self._program_started if program_ran else 0.0
+        self._keep(STDOUT, self._ends[STDOUT].feed(self._files.flush() + self._snapshot.flush()))
+        for stream, end in self._ends.items():
+            self._keep(stream, end.flush())
+        report = end_report(self._ends[STDOUT].report, self._ends[STDERR].report)
+        killed = self.timed_out or self.output_killed
+        exit_code: int | None
+        return_value = None
+        timed_out = self.timed_out
+        if report is not None and not killed:
+            exit_code, return_value, timed_out = report.exit_code, report.return_value, report.timed_out
+            oom_killed = report.oom_killed if report.oom_killed is not None else final_state(False)[1]
+        else:
+            exit_code, oom_killed = final_state(killed)
+        install = None
+        if self.spec.install is not None:
+            assert self._installing is not None
+            line = self._installing.report if self._installed_in_time else None
+            install = install_outcome(line, self._clock() - self._started, self.spec.install.timeout_s)
+            if not install.finished or install.exit_code != 0:
+                exit_code = None  # the program never ran
+        out, err = self._captures[STDOUT], self._captures[STDERR]
+        return Outcome(
+            exit_code=exit_code,
+            stdout=out.data,
+            stderr=err.data,
+            stdout_bytes=out.seen,
+            stderr_bytes=err.seen,
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            duration_s=round(duration, 3),
+            timed_out=timed_out,
+            oom_killed=oom_killed,
+            output_killed=self.output_killed,
+            install=install,
+            files=self._files.result(),
+            snapshot=self._snapshot.result(),
+            return_value=return_value,
+            launcher_lost=report is None and not killed,
+            launcher_resumed=self.resumed and report is not None and not killed,
+            output_relayed=self.spec.relays_output,
+        )
+
+    def _take_launcher_blocks(self, data: bytes) -> bytes:
+        """Take the install line and the files blocks out of stdout; the rest is the program's."""
+        installing = self._installing
+        if installing is not None and installing.report is None:
+            data = installing.feed(data)
+            if installing.report is not None:
+                data += installing.rest
+                # A line that comes after a kill came too late: the install did not finish.
+                self._installed_in_time = self._stop_reading_at is None
+                self._program_started = self._clock()
+                self._deadline = self._program_started + self._program_deadline_s
+        if not self._files.complete:
+            data = self._files.feed(data)
+            if self._files.manifest is not None and self._program_ended is None:
+                # The launcher sends files only once everything of the program is gone.
+                self._program_ended = self._clock()
+                if self._stop_reading_at is None:
+                    self._deadline = max(self._deadline, self._program_ended + FILES_GRACE_S)
+        if self.spec.results.snapshot_files and not self._snapshot.complete:
+            data = self._snapshot.feed(data)
+        return data
+
+    def _keep(self, stream: int, data: bytes) -> None:
+        self._captures[stream].add(data)
+        for watcher in self._watchers if data else ():
+            try:
+                watcher(stream, data)
+            except Exception as exc:  # a reader that went away must not cost the result
+                log.warning("live output stopped: %s", exc)
+                self._watchers.clear()
