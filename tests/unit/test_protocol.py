@@ -1,0 +1,77 @@
+"""The launcher protocol has two sides, engine/protocol.py on the host and engine/launcher.py in
+the sandbox (self-contained, so it keeps copies): the copies must equal the host's."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+from agent_sandbox.engine import protocol
+from agent_sandbox.engine.protocol import OMITTED_KINDS, ArtifactCaps, FileCaps, Job, NotebookJob, job_header
+from tests.unit.test_container_options import SPEC
+
+LAUNCHER = ast.parse((Path(protocol.__file__).parent / "launcher.py").read_text())
+
+
+def launcher_constants() -> dict[str, Any]:
+    """The launcher's module-level constants that are literals."""
+    found = {}
+    for node in LAUNCHER.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return found
+
+
+def launcher_typed_dicts() -> dict[str, set[str]]:
+    """The keys of each TypedDict the launcher declares for type checking, inherited ones too."""
+    classes: dict[str, ast.ClassDef] = {
+        node.name: node for node in ast.walk(LAUNCHER) if isinstance(node, ast.ClassDef)
+    }
+
+    def keys(name: str) -> set[str]:
+        node = classes[name]
+        own = {
+            item.target.id
+            for item in node.body
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+        }
+        inherited = {
+            key
+            for base in node.bases
+            if isinstance(base, ast.Name) and base.id in classes
+            for key in keys(base.id)
+        }
+        return own | inherited
+
+    return {
+        name: keys(name) for name in classes if name in ("Job", "NotebookJob", "FileCaps", "ArtifactCaps")
+    }
+
+
+def test_the_launchers_line_prefixes_equal_the_hosts() -> None:
+    constants = launcher_constants()
+    for name in ("END_PREFIX", "INSTALLED_PREFIX", "FILES_PREFIX", "SNAPSHOT_PREFIX"):
+        assert constants[name] == getattr(protocol, name), name
+
+
+def test_the_launcher_reads_the_job_the_host_writes() -> None:
+    declared = launcher_typed_dicts()
+    for typed in (Job, NotebookJob, FileCaps, ArtifactCaps):
+        assert declared[typed.__name__] == set(typed.__annotations__), typed.__name__
+    written = json.loads(job_header(SPEC, nonce="n", install_nonce="i").partition(b"\n")[2])
+    assert set(written) == set(Job.__annotations__)
+
+
+def test_the_launcher_gives_only_the_reasons_the_host_knows() -> None:
+    kinds = set()
+    for node in ast.walk(LAUNCHER):
+        if isinstance(node, ast.FunctionDef) and node.name == "_left_out":
+            kinds |= {default.value for default in node.args.defaults if isinstance(default, ast.Constant)}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_left_out":
+            kinds |= {arg.value for arg in node.args[3:] if isinstance(arg, ast.Constant)}
+    assert kinds == OMITTED_KINDS

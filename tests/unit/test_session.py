@@ -1,0 +1,129 @@
+"""A job session driven by hand, the way a backend drives it, with a clock the test moves: what
+it sends, what it takes out of the output, when it says to resume or kill, and the outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from agent_sandbox.engine.base import STDERR, STDOUT
+from agent_sandbox.engine.protocol import END_PREFIX, FILES_PREFIX
+from agent_sandbox.engine.session import DRAIN_S, LAUNCHER_GRACE_S, JobSession
+from agent_sandbox.engine.spec import ResultCaps
+from tests.unit.test_container_options import SPEC
+
+CAPS = ResultCaps(max_files=5, max_bytes=100, max_listed=5)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def session(clock: Clock, **changes: object) -> tuple[JobSession, str]:
+    """A session for SPEC and the nonce it sent the launcher."""
+    spec = dataclasses.replace(SPEC, results=CAPS, **changes)  # type: ignore[arg-type]
+    started = JobSession(spec, clock=clock)
+    size, _, rest = started.payload.partition(b"\n")
+    job = json.loads(rest[: int(size)])
+    return started, str(job["nonce"])
+
+
+def end_line(nonce: str, exit_code: int = 0) -> bytes:
+    report = {"exit_code": exit_code, "oom_kills": 0, "timed_out": False, "return_value": "42"}
+    return END_PREFIX + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
+
+
+def files_block(nonce: str) -> bytes:
+    manifest = {"files": [{"path": "out.txt", "size": 2}], "omitted": [], "changed": 1, "refused": None}
+    return FILES_PREFIX + nonce.encode() + b" " + json.dumps(manifest).encode() + b"\nok"
+
+
+def test_the_payload_is_the_job_then_the_files_then_stdin() -> None:
+    started, _ = session(Clock(), archive=b"TAR", stdin=b"IN")
+    size, _, rest = started.payload.partition(b"\n")
+    assert rest[int(size) :] == b"TARIN"
+
+
+def test_output_files_and_the_end_line_become_the_outcome() -> None:
+    clock = Clock()
+    started, nonce = session(clock)
+    started.feed(STDOUT, b"hello ")
+    started.feed(STDERR, b"warning\n" + end_line(nonce, 3))
+    assert not started.ended  # both streams must carry the end line
+    clock.now += 0.5
+    started.feed(STDOUT, b"world\n" + files_block(nonce) + end_line(nonce, 3) + b"a daemon's late line\n")
+    assert started.ended
+    assert started.due() is None
+    outcome = started.outcome(lambda killed: (None, False))
+    assert (outcome.stdout, outcome.stderr) == (b"hello world\n", b"warning\n")
+    assert (outcome.exit_code, outcome.return_value, outcome.timed_out) == (3, "42", False)
+    assert outcome.files is not None
+    assert outcome.files.contents() == [("out.txt", b"ok")]
+    assert outcome.duration_s == 0.5
+    assert not outcome.launcher_lost
+
+
+def test_past_the_limit_a_launcher_is_resumed_once_then_the_sandbox_killed() -> None:
+    clock = Clock()
+    started, _ = session(clock)
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S - 0.1
+    assert started.due() is None
+    clock.now += 0.2
+    assert started.due() == "resume"
+    assert started.due() is None
+    clock.now += LAUNCHER_GRACE_S
+    assert started.due() == "kill"
+    assert not started.done_reading
+    clock.now += DRAIN_S
+    assert started.done_reading
+    outcome = started.outcome(lambda killed: (137 if killed else None, False))
+    assert (outcome.exit_code, outcome.timed_out, outcome.launcher_resumed) == (137, True, False)
+
+
+def test_a_launcher_that_reports_once_resumed_is_said_to_have_been_stopped() -> None:
+    clock = Clock()
+    started, nonce = session(clock)
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S
+    assert started.due() == "resume"
+    for stream in (STDOUT, STDERR):
+        started.feed(stream, end_line(nonce))
+    outcome = started.outcome(lambda killed: (None, False))
+    assert (outcome.exit_code, outcome.timed_out, outcome.launcher_resumed) == (0, False, True)
+
+
+def test_once_the_files_block_begins_the_launcher_gets_time_to_send_it() -> None:
+    clock = Clock()
+    started, nonce = session(clock)
+    clock.now += SPEC.limits.timeout_s
+    started.feed(STDOUT, files_block(nonce)[:-1])  # the manifest, then a byte of the file
+    clock.now += LAUNCHER_GRACE_S + 1
+    assert started.due() is None  # no resume: it is plainly running
+
+
+def test_an_output_flood_is_killed_and_counted() -> None:
+    started, _ = session(Clock())
+    flood = b"x" * (SPEC.limits.output_kill_kib * 1024 + 1)
+    started.feed(STDOUT, flood)
+    assert started.due() == "kill"
+    outcome = started.outcome(lambda killed: (137, False))
+    assert outcome.output_killed
+    assert outcome.stdout_bytes == len(flood)
+    assert outcome.stdout_truncated
+
+
+def test_no_end_report_means_the_engine_says_how_it_ended_and_the_launcher_was_lost() -> None:
+    started, _ = session(Clock())
+    started.feed(STDOUT, b"before-kill\n")
+    asked = []
+
+    def final_state(killed: bool) -> tuple[int | None, bool]:
+        asked.append(killed)
+        return 137, False
+
+    outcome = started.outcome(final_state)
+    assert asked == [False]
+    assert (outcome.exit_code, outcome.stdout, outcome.launcher_lost) == (137, b"before-kill\n", True)
