@@ -37,24 +37,14 @@ class Archive:
     total_bytes: int
 
 
-def build_archive(files: Sequence[ProjectFile], limits: FileSettings) -> Archive:
-    """Validate a caller's ``files`` and pack them into an uncompressed tar, or raise
-    ``ArchiveError``."""
-    return pack_archive(decode_files(files), limits)
+# A file as a caller sent it (decoded here, the only place the wire's text and base64 are), or
+# one already held as bytes (a workspace's, a decoded requirements.txt).
+Incoming = ProjectFile | tuple[str, bytes]
 
 
-def decode_files(files: Sequence[ProjectFile]) -> list[tuple[str, bytes]]:
-    """Each of a caller's files as its path and bytes (the only place the wire's text and base64
-    are decoded); ``ArchiveError`` names a file that cannot be."""
-    return [
-        (file.path, decode_content(file, f"files[{index}] ({file.path!r})"))
-        for index, file in enumerate(files)
-    ]
-
-
-def pack_archive(files: Sequence[tuple[str, bytes]], limits: FileSettings) -> Archive:
-    """Validate ``files`` (path, bytes) against the rules for what a caller may send and pack
-    them into an uncompressed tar, or raise ``ArchiveError``."""
+def build_archive(files: Sequence[Incoming], limits: FileSettings) -> Archive:
+    """Validate ``files`` against the rules for what a caller may send and pack them into an
+    uncompressed tar, or raise ``ArchiveError`` naming the first file that breaks one."""
     if len(files) > limits.max_files:
         raise ArchiveError(
             f"{len(files)} files were sent but at most {limits.max_files} are allowed; "
@@ -63,7 +53,8 @@ def pack_archive(files: Sequence[tuple[str, bytes]], limits: FileSettings) -> Ar
     contents: dict[str, bytes] = {}
     normalised: dict[str, str] = {}
     total = 0
-    for index, (path, data) in enumerate(files):
+    for index, file in enumerate(files):
+        path = incoming_path(file)
         where = f"files[{index}] ({path!r})"
         check_path(path, where)
         key = unicodedata.normalize("NFC", path)
@@ -72,6 +63,7 @@ def pack_archive(files: Sequence[tuple[str, bytes]], limits: FileSettings) -> Ar
             same = "the same path" if earlier == path else "the same path after Unicode normalisation"
             raise ArchiveError(f"{where}: {same} as {earlier!r} was already sent; send each file once")
         normalised[key] = path
+        data = decode_content(file, where) if isinstance(file, ProjectFile) else file[1]
         if len(data) > limits.max_file_kib * 1024:
             raise ArchiveError(
                 f"{where}: {len(data)} bytes is over the {limits.max_file_kib} KiB per-file limit; "
@@ -86,6 +78,20 @@ def pack_archive(files: Sequence[tuple[str, bytes]], limits: FileSettings) -> Ar
         contents[path] = data
     directories = _directories(contents, normalised)
     return Archive(data=_pack(directories, contents), paths=frozenset(contents), total_bytes=total)
+
+
+def incoming_path(file: Incoming) -> str:
+    return file.path if isinstance(file, ProjectFile) else file[0]
+
+
+def incoming_size(file: Incoming) -> int:
+    """How many bytes ``file`` holds, without decoding it (base64 that is not valid is refused
+    by ``build_archive`` with its own reason)."""
+    if not isinstance(file, ProjectFile):
+        return len(file[1])
+    if file.encoding == "base64":
+        return len(file.content) * 3 // 4 - file.content[-2:].count("=")
+    return len(file.content.encode("utf-8", "surrogatepass"))
 
 
 def check_path(path: str, where: str) -> None:

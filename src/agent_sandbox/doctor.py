@@ -77,10 +77,8 @@ def _config(settings: Settings, source: str) -> Check:
 def _runtime(runtime: RuntimeState, configured: str) -> Check:
     """The runtime sandboxes run under (``configured``, else the engine's default), and whether
     the engine can enforce our limits."""
-    used = (
-        f"{configured} (engine.runtime; default {runtime.default}; " if configured else f"{runtime.default} ("
-    )
-    found = f"{used}offered: {', '.join(runtime.offered)}); {runtime.details}"
+    which = f"engine.runtime; default {runtime.default}; " if configured else ""
+    found = f"{runtime.used} ({which}offered: {', '.join(runtime.offered)}); {runtime.details}"
     if configured and configured not in runtime.offered:
         return Check(
             "FAIL", "runtime", f"{found}; engine.runtime {configured!r} is not offered: {runtime.fix}"

@@ -21,8 +21,9 @@ class SandboxError(Exception):
     """A run ended in an error instead of a result; the message says what to change."""
 
 
-class Refused(SandboxError):
-    """The request was refused and nothing ran; the message names what is wrong and what to do."""
+class Refused(SandboxError, ValueError):
+    """The request was refused and nothing ran; the message names what is wrong and what to do.
+    (A ValueError too, as the refusals it gathers were before.)"""
 
 
 class ArchiveError(Refused):

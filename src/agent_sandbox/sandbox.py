@@ -15,7 +15,15 @@ import anyio.to_thread
 from packaging.requirements import Requirement
 
 from agent_sandbox.admission import Admission, Caller, QueuedCallback
-from agent_sandbox.archive import Archive, check_path, decode_files, pack_archive
+from agent_sandbox.archive import (
+    Archive,
+    Incoming,
+    build_archive,
+    check_path,
+    decode_content,
+    incoming_path,
+    incoming_size,
+)
 from agent_sandbox.artifacts import collect_artifacts
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.backends import make_engine
@@ -34,7 +42,6 @@ from agent_sandbox.workspaces import WorkspaceInfo, WorkspaceStore
 log = logging.getLogger(__name__)
 LOCAL = Caller()  # a caller of this process's own: the command line, a script, a test
 RequestError = Refused  # the name this service's refusals had before errors.py; kept for callers
-Files = list[tuple[str, bytes]]  # paths under /work and their bytes
 
 
 def resolve_limits(asked: LimitRequest, configured: LimitSettings) -> Limits:
@@ -141,7 +148,7 @@ class Sandbox:
             raise health.problems[0]
         removed = self.engine.reap(older_than_s=self._longest_sandbox_life_s())
         if removed:
-            log.info("removed %d sandbox(es) left behind by an earlier process", removed)
+            log.info("removed %d container(s) left behind by an earlier process", removed)
         self.wheels.cache.remove_stale(older_than_s=self._longest_sandbox_life_s())
         return health.version or "?"
 
@@ -177,8 +184,9 @@ class Sandbox:
         return self.engine.close()
 
     async def create_workspace(self, owner: str) -> WorkspaceInfo:
-        """A new, empty workspace for ``owner``."""
-        return await anyio.to_thread.run_sync(self.workspaces.create, owner)
+        """A new, empty workspace for ``owner`` (on the event loop, like ``in_use``: the count of
+        workspaces and their busy marks are not shared with threads)."""
+        return self.workspaces.create(owner)
 
     async def describe_workspace(self, workspace: str, owner: str) -> WorkspaceInfo:
         """The workspace and the size of every file in it."""
@@ -189,13 +197,14 @@ class Sandbox:
         return await anyio.to_thread.run_sync(self.workspaces.read, workspace, owner, path)
 
     async def delete_workspace(self, workspace: str, owner: str) -> None:
-        """Remove the workspace and its files."""
-        await anyio.to_thread.run_sync(self.workspaces.delete, workspace, owner)
+        """Remove the workspace and its files (on the event loop, so no run can take it between
+        the check that it is free and its removal)."""
+        self.workspaces.delete(workspace, owner)
 
     def prepare(self, request: RunRequest) -> RunSpec:
         """Validate ``request`` and turn it into a sandbox spec (without requirements), or raise
         ``Refused``."""
-        return self._spec(request, self._checked(request, decode_files(request.files)), None)
+        return self._spec(request, self._checked(request, list(request.files)), None)
 
     async def run(
         self,
@@ -207,8 +216,7 @@ class Sandbox:
         """Run ``request`` in a fresh sandbox; refusals raise ``Refused`` (``Busy`` for a full
         server), infrastructure failures ``EngineError``. ``caller`` owns the workspaces it uses
         and waits within its share; ``on_output`` sees the program's output as it comes."""
-        files = decode_files(request.files)
-        requirements = self._requirements(request, files)  # the caller's own: never a workspace's
+        requirements, files = self._requirements(request)  # the caller's own: never a workspace's
         if request.workspace is None:
             result, _ = await self._execute(request, files, requirements, caller, on_progress, on_output)
             return result
@@ -230,10 +238,10 @@ class Sandbox:
         before_run_s = max(self.settings.engine.pool_max_idle_s, self.settings.packages.install_timeout_s)
         return before_run_s + self.settings.limits.max_timeout_s + slack_s
 
-    def _checked(self, request: RunRequest, files: Files) -> _Checked:
+    def _checked(self, request: RunRequest, files: list[Incoming]) -> _Checked:
         """Every check of ``request`` that needs no engine; ``Refused`` names the first it fails."""
         check_path(request.entrypoint, "entrypoint")
-        archive = pack_archive(files, self.settings.files)
+        archive = build_archive(files, self.settings.files)
         if request.entrypoint not in archive.paths:
             raise Refused(
                 f"entrypoint {request.entrypoint!r} is not one of the files sent "
@@ -285,16 +293,22 @@ class Sandbox:
             ),
         )
 
-    def _requirements(self, request: RunRequest, files: Files) -> list[Requirement]:
+    def _requirements(self, request: RunRequest) -> tuple[list[Requirement], list[Incoming]]:
         """The packages ``request`` needs (its ``requirements`` and a top-level requirements.txt
-        among ``files``, the caller's own), checked against the policy."""
+        among its files), checked against the policy; and its files, that requirements.txt
+        among them already decoded, so that nothing decodes it twice."""
         specs = list(request.requirements)
-        for path, data in files:
-            if path == REQUIREMENTS_FILE:
+        files: list[Incoming] = []
+        for index, file in enumerate(request.files):
+            if file.path == REQUIREMENTS_FILE:
+                data = decode_content(file, f"files[{index}] ({file.path!r})")
                 specs += requirements_file(data.decode("utf-8", errors="replace"))
+                files.append((file.path, data))
+            else:
+                files.append(file)
         requirements = parse_requirements(specs)
         check_requested(requirements, self.settings.packages)
-        return requirements
+        return requirements, files
 
     async def _resolve(self, requirements: list[Requirement]) -> Resolution:
         """Wheels for ``requirements``, from the host's cache or downloaded, within the policy."""
@@ -302,12 +316,12 @@ class Sandbox:
         check_resolved(resolution.wheels, self.settings.packages)
         return resolution
 
-    def _on_top_of(self, workspace: str, stored: dict[str, bytes], files: Files) -> Files:
+    def _on_top_of(self, workspace: str, stored: dict[str, bytes], files: list[Incoming]) -> list[Incoming]:
         """The workspace's files under the caller's ``files`` (the caller's win), refused with a
         workspace's reason when the two together are over the files limits."""
         limits = self.settings.files
-        sent = {unicodedata.normalize("NFC", path) for path, _ in files}
-        kept = [
+        sent = {unicodedata.normalize("NFC", incoming_path(file)) for file in files}
+        kept: list[Incoming] = [
             (path, data) for path, data in stored.items() if unicodedata.normalize("NFC", path) not in sent
         ]
         make_room = (
@@ -317,15 +331,19 @@ class Sandbox:
         )
         if len(kept) + len(files) > limits.max_files:
             held = {unicodedata.normalize("NFC", path) for path in stored}
-            added = [path for path, _ in files if unicodedata.normalize("NFC", path) not in held]
+            added = [
+                incoming_path(file)
+                for file in files
+                if unicodedata.normalize("NFC", incoming_path(file)) not in held
+            ]
             named = ", ".join(repr(path) for path in added[:5]) + (", ..." if len(added) > 5 else "")
             adds = f" and this call adds {len(added)} ({named})" if added else ""
             raise Refused(
                 f"workspace {workspace} holds {len(stored)} files{adds}, but a run starts with at "
                 f"most {limits.max_files} files; {make_room}"
             )
-        kept_bytes = sum(len(data) for _, data in kept)
-        if kept_bytes + sum(len(data) for _, data in files) > limits.max_total_kib * 1024:
+        kept_bytes = sum(map(incoming_size, kept))
+        if kept_bytes + sum(map(incoming_size, files)) > limits.max_total_kib * 1024:
             raise Refused(
                 f"workspace {workspace} holds {kept_bytes // 1024} KiB besides the files this call "
                 f"sends, and together they are over the {limits.max_total_kib} KiB a run starts "
@@ -362,7 +380,7 @@ class Sandbox:
     async def _execute(
         self,
         request: RunRequest,
-        files: Files,
+        files: list[Incoming],
         requirements: list[Requirement],
         caller: Caller,
         on_progress: ProgressCallback | None,

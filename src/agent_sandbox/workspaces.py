@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_sandbox.archive import check_path, pack_archive
+from agent_sandbox.archive import build_archive, check_path
 from agent_sandbox.config import FileSettings, WorkspaceSettings
 from agent_sandbox.errors import ArchiveError, WorkspaceError
 from agent_sandbox.filenames import shown_name
@@ -75,7 +75,7 @@ class WorkspaceStore:
         folder.mkdir(parents=True, mode=0o700)
         now = time.time()
         self._write_meta(folder, {"owner": owner, "created": now, "used": now})
-        _replace(folder / "snapshot.tar", pack_archive([], FileSettings()).data)
+        _replace(folder / "snapshot.tar", build_archive([], FileSettings()).data)
         return WorkspaceInfo(workspace_id, owner, now, now, {})
 
     def describe(self, workspace_id: str, owner: str) -> WorkspaceInfo:
@@ -107,7 +107,7 @@ class WorkspaceStore:
             for path in contents:  # named as the caller sees it (filenames.py), not by index
                 check_path(path, f"'{shown_name(path)}'")
             # The same checks a restore will meet; the tar they make is the snapshot.
-            _replace(folder / "snapshot.tar", pack_archive(list(contents.items()), files).data)
+            _replace(folder / "snapshot.tar", build_archive(list(contents.items()), files).data)
         except ArchiveError as exc:
             raise WorkspaceError(f"a later run could not start from it: {_first_line(exc)}") from None
         except (UnicodeError, OSError) as exc:

@@ -9,8 +9,32 @@ from pathlib import Path
 from typing import Any
 
 from agent_sandbox.engine import protocol
-from agent_sandbox.engine.protocol import OMITTED_KINDS, ArtifactCaps, FileCaps, Job, NotebookJob, job_header
+from agent_sandbox.engine.protocol import (
+    OMITTED_KINDS,
+    ArtifactCaps,
+    EndLine,
+    FileCaps,
+    InstallLine,
+    Job,
+    Manifest,
+    ManifestEntry,
+    NotebookJob,
+    OmittedEntry,
+    job_header,
+)
 from tests.unit.test_container_options import SPEC
+
+TYPED = (
+    Job,
+    NotebookJob,
+    FileCaps,
+    ArtifactCaps,
+    Manifest,
+    ManifestEntry,
+    OmittedEntry,
+    InstallLine,
+    EndLine,
+)
 
 LAUNCHER = ast.parse((Path(protocol.__file__).parent / "launcher.py").read_text())
 
@@ -48,9 +72,7 @@ def launcher_typed_dicts() -> dict[str, set[str]]:
         }
         return own | inherited
 
-    return {
-        name: keys(name) for name in classes if name in ("Job", "NotebookJob", "FileCaps", "ArtifactCaps")
-    }
+    return {name: keys(name) for name in classes if name in {typed.__name__ for typed in TYPED}}
 
 
 def test_the_launchers_line_prefixes_equal_the_hosts() -> None:
@@ -59,9 +81,9 @@ def test_the_launchers_line_prefixes_equal_the_hosts() -> None:
         assert constants[name] == getattr(protocol, name), name
 
 
-def test_the_launcher_reads_the_job_the_host_writes() -> None:
+def test_the_job_and_the_reports_have_the_same_fields_on_both_sides() -> None:
     declared = launcher_typed_dicts()
-    for typed in (Job, NotebookJob, FileCaps, ArtifactCaps):
+    for typed in TYPED:
         assert declared[typed.__name__] == set(typed.__annotations__), typed.__name__
     written = json.loads(job_header(SPEC, nonce="n", install_nonce="i").partition(b"\n")[2])
     assert set(written) == set(Job.__annotations__)

@@ -14,9 +14,11 @@ import pytest
 from agent_sandbox.admission import Caller
 from agent_sandbox.config import EngineSettings, FileSettings, PackageSettings, Settings, WorkspaceSettings
 from agent_sandbox.engine.base import EngineHealth
-from agent_sandbox.engine.spec import OmittedFile, RunSpec
+from agent_sandbox.engine.spec import InstallOutcome, OmittedFile, Outcome, RunSpec
 from agent_sandbox.errors import Busy, EngineUnavailable, ImageMissing, PackageRefused, Refused
 from agent_sandbox.models import ProjectFile, RunRequest
+from agent_sandbox.packages.cache import CachedWheel
+from agent_sandbox.packages.resolver import Resolution
 from agent_sandbox.sandbox import Sandbox
 from tests.scripted_engine import ScriptedEngine, outcome
 
@@ -178,3 +180,50 @@ async def test_a_warm_pool_is_the_engines_and_counts_in_the_load(tmp_path: Path)
     async with sandbox:
         assert (sandbox.load().warm_ready, sandbox.load().warm_size) == (2, 2)
     assert sandbox.load().warm_ready == 0
+
+
+async def test_requirements_are_staged_for_the_engine_and_their_install_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = tmp_path / "six-1.17.0-py3-none-any.whl"
+    wheel.write_bytes(b"not really a wheel")
+    cached = CachedWheel(wheel.name, "0" * 64, wheel.stat().st_size, wheel)
+    installed = InstallOutcome(True, 0, 0.25, "Installed 1 package", 120.0)
+    failed = InstallOutcome(True, 1, 0.1, "error: broken wheel", 120.0)
+    staged: list[bool] = []
+
+    def ran(spec: RunSpec) -> Outcome:
+        assert spec.install is not None
+        staged.append((Path(spec.install.mount.wheels_dir) / wheel.name).is_file())
+        return outcome(stdout=b"ok\n", install=installed)
+
+    engine = ScriptedEngine(ran, outcome(exit_code=None, install=failed))
+    sandbox = sandbox_on(engine, tmp_path, packages=PackageSettings(cache_dir=str(tmp_path / "cache")))
+
+    async def resolve(requirements: object) -> Resolution:
+        return Resolution(("six",), (cached,), True, 0.0)
+
+    monkeypatch.setattr(sandbox.wheels, "resolve", resolve)
+    result = await sandbox.run(call("import six", requirements=["six"]))
+    assert staged == [True]  # the wheel was there for the sandbox while it ran
+    assert engine.specs[0].install is not None
+    assert engine.specs[0].install.wheels == (wheel.name,)
+    assert result.install is not None
+    assert (result.install.ok, result.install.install_s, result.install.from_cache) == (True, 0.25, True)
+    broken = await sandbox.run(call("import six", requirements=["six"]))
+    assert broken.install is not None
+    assert not broken.install.ok
+    assert broken.exit_code is None
+    assert "installer exit code 1" in broken.notes[0]
+
+
+async def test_requirements_and_workspaces_are_refused_before_the_files_are_read(tmp_path: Path) -> None:
+    """The order callers have always seen: the package policy, then the workspace, then the files."""
+    sandbox = sandbox_on(ScriptedEngine(), tmp_path, packages=PackageSettings(deny=["six"]))
+    bad_base64 = ProjectFile(path="data.bin", content="not base64!", encoding="base64")
+    with pytest.raises(PackageRefused, match="six"):
+        await sandbox.run(call("", bad_base64, requirements=["six"]))
+    with pytest.raises(Refused, match="there is no workspace"):
+        await sandbox.run(call("", bad_base64, workspace="x" * 22), caller=ME)
+    with pytest.raises(Refused, match=r"files\[1\] \('data.bin'\): the content is not valid base64"):
+        await sandbox.run(call("", bad_base64))

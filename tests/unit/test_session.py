@@ -8,7 +8,7 @@ import json
 
 from agent_sandbox.engine.base import STDERR, STDOUT
 from agent_sandbox.engine.protocol import END_PREFIX, FILES_PREFIX
-from agent_sandbox.engine.session import DRAIN_S, LAUNCHER_GRACE_S, JobSession
+from agent_sandbox.engine.session import DRAIN_S, LAUNCHER_GRACE_S, JobSession, drive
 from agent_sandbox.engine.spec import ResultCaps
 from tests.unit.test_container_options import SPEC
 
@@ -80,8 +80,39 @@ def test_past_the_limit_a_launcher_is_resumed_once_then_the_sandbox_killed() -> 
     assert not started.done_reading
     clock.now += DRAIN_S
     assert started.done_reading
-    outcome = started.outcome(lambda killed: (137 if killed else None, False))
+    asked = []
+
+    def final_state(look_for_oom: bool) -> tuple[int | None, bool]:
+        asked.append(look_for_oom)
+        return 137, False
+
+    outcome = started.outcome(final_state)
     assert (outcome.exit_code, outcome.timed_out, outcome.launcher_resumed) == (137, True, False)
+    assert asked == [False]  # the host killed it: no memory kill to look for
+
+
+def test_a_resumed_launcher_that_then_stops_the_program_for_time_reports_a_timeout_only() -> None:
+    clock = Clock()
+    started, nonce = session(clock)
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S
+    assert started.due() == "resume"
+    report = {"exit_code": 137, "oom_kills": 0, "timed_out": True, "return_value": None}
+    line = END_PREFIX + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
+    for stream in (STDOUT, STDERR):
+        started.feed(stream, line)
+    outcome = started.outcome(lambda look: (None, False))
+    assert (outcome.timed_out, outcome.launcher_resumed) == (True, False)
+
+
+def test_an_output_flood_that_comes_with_the_end_lines_is_still_killed() -> None:
+    clock = Clock()
+    started, nonce = session(clock)
+    flood = b"x" * (SPEC.limits.output_kill_kib * 1024 + 1)
+    chunks = [[(STDOUT, flood + end_line(nonce)), (STDERR, end_line(nonce))]]
+    acted: list[str] = []
+    drive(started, lambda: chunks.pop() if chunks else None, acted.append)
+    assert acted == ["kill"]
+    assert started.outcome(lambda look: (137, False)).output_killed
 
 
 def test_a_launcher_that_reports_once_resumed_is_said_to_have_been_stopped() -> None:
@@ -120,10 +151,10 @@ def test_no_end_report_means_the_engine_says_how_it_ended_and_the_launcher_was_l
     started.feed(STDOUT, b"before-kill\n")
     asked = []
 
-    def final_state(killed: bool) -> tuple[int | None, bool]:
-        asked.append(killed)
+    def final_state(look_for_oom: bool) -> tuple[int | None, bool]:
+        asked.append(look_for_oom)
         return 137, False
 
     outcome = started.outcome(final_state)
-    assert asked == [False]
+    assert asked == [True]  # nobody killed it that we know of: memory may have
     assert (outcome.exit_code, outcome.stdout, outcome.launcher_lost) == (137, b"before-kill\n", True)

@@ -73,7 +73,6 @@ class EngineHealth:
     runtime: RuntimeState | None = None
     images: list[ImageState] = field(default_factory=list)
     problems: list[EngineError] = field(default_factory=list)
-    warm_ready: int = 0  # sandboxes started ahead of time, waiting for a job
 
 
 class WarmSandboxes(Protocol):

@@ -37,9 +37,16 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount, Ulimit
 
 from agent_sandbox.config import GVISOR, EngineSettings
-from agent_sandbox.engine.base import EngineHealth, ImageState, OutputCallback, ProgressCallback, RuntimeState
+from agent_sandbox.engine.base import (
+    EngineHealth,
+    ImageState,
+    OutputCallback,
+    ProgressCallback,
+    RuntimeState,
+    Stage,
+)
 from agent_sandbox.engine.pool import WarmPool
-from agent_sandbox.engine.session import JobSession
+from agent_sandbox.engine.session import JobSession, drive
 from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
 from agent_sandbox.errors import EngineError, EngineUnavailable, ImageMissing
 
@@ -239,13 +246,10 @@ class DockerEngine:
             problems.append(
                 EngineUnavailable(
                     f"engine.runtime is {runtime!r}, but the Docker engine offers only "
-                    f"{', '.join(state.offered)}: register it in /etc/docker/daemon.json "
-                    "(scripts/ensure-engine.sh does for runsc, gVisor) and reload dockerd, or set "
-                    "engine.runtime to one of those"
+                    f"{', '.join(state.offered)}: {RUNTIME_FIX}, or set engine.runtime to one of those"
                 )
             )
-        ready = self.pool.ready if self.pool is not None else 0
-        return EngineHealth(f"Docker {version} at {where}", version, state, states, problems, ready)
+        return EngineHealth(f"Docker {version} at {where}", version, state, states, problems)
 
     def reap(self, older_than_s: float) -> int:
         """Remove sandbox containers that no live process will remove; returns how many.
@@ -306,7 +310,7 @@ class DockerEngine:
         warm = started is not None
         if started is None:
             await report("starting")
-            started = await self.start_container(spec.shape)
+            started = await self.start_sandbox(spec.shape)
         try:
             await report("installing" if spec.install is not None else "running")
             outcome = await anyio.to_thread.run_sync(
@@ -319,7 +323,7 @@ class DockerEngine:
             else:
                 await self.remove(started)
 
-    async def start_container(self, shape: ContainerShape) -> StartedContainer:
+    async def start_sandbox(self, shape: ContainerShape) -> StartedContainer:
         """Create, attach to and start a container of ``shape``; it then waits for a job."""
         with anyio.CancelScope(shield=True):  # a cancelled create must still hand us the id
             container = await anyio.to_thread.run_sync(self._create, shape, limiter=self._calls)
@@ -362,7 +366,7 @@ class DockerEngine:
     def _create(self, shape: ContainerShape) -> Container:
         options = container_options(shape, self.owner)
         try:
-            with _docker_errors():
+            with _docker_errors(starting=True):
                 return self.client.containers.create(**options)
         except ImageMissing:
             raise _image_missing(shape.image) from None
@@ -374,13 +378,13 @@ class DockerEngine:
             raise
 
     def _attach_and_start(self, container: Container) -> _Attachment:
-        with _docker_errors():
+        with _docker_errors(starting=True):
             attached = self.client.api.attach_socket(
                 container.name or "", params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
             )
         attachment = _Attachment(attached)
         try:
-            with _docker_errors():
+            with _docker_errors(starting=True):
                 container.start()
         except EngineError:
             attachment.sock.close()
@@ -388,37 +392,35 @@ class DockerEngine:
         return attachment
 
     def _watch(self, started: StartedContainer, spec: RunSpec, on_output: OutputCallback | None) -> Outcome:
-        """Pump the job session's payload in and the container's frames out until the launcher's
-        end line is in on both streams (or the stream ends), doing what the session says is due."""
+        """Pump the job session's payload in and the container's frames out (engine/session.py's
+        ``drive``), SIGCONT or SIGKILL as the session says; where the launcher could not report,
+        Docker's state and OOM events say how the container ended."""
         container, stream = started.container, started.attachment.sock
         session = JobSession(spec, on_output)
         job_sent_at = time.time()
         finished = threading.Event()
         threading.Thread(target=_feed, args=(stream, session.payload, finished), daemon=True).start()
         decoder = FrameDecoder()
+        stream.settimeout(_TICK_S)
+
+        def receive() -> list[tuple[int, bytes]] | None:
+            try:
+                chunk = stream.recv(1 << 16)
+            except TimeoutError:
+                return []
+            except OSError:
+                return None
+            return decoder.feed(chunk) if chunk else None
+
         with stream:
-            while not session.ended:
-                due = session.due()
-                if due is not None:
-                    _signal(container, "SIGCONT" if due == "resume" else "SIGKILL")
-                if session.done_reading:
-                    break
-                stream.settimeout(_TICK_S)
-                try:
-                    chunk = stream.recv(1 << 16)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                for kind, data in decoder.feed(chunk):
-                    session.feed(kind, data)
+            drive(
+                session, receive, lambda due: _signal(container, "SIGCONT" if due == "resume" else "SIGKILL")
+            )
         finished.set()
 
-        def final_state(killed_by_us: bool) -> tuple[int | None, bool]:
+        def final_state(look_for_oom: bool) -> tuple[int | None, bool]:
             exit_code, oom_killed = _final_state(container)
-            if exit_code == 137 and not (oom_killed or killed_by_us):
+            if exit_code == 137 and not oom_killed and look_for_oom:
                 oom_killed = _oom_event_since(container, job_sent_at)
             return exit_code, oom_killed
 
@@ -579,15 +581,16 @@ def _image_missing(image: str) -> ImageMissing:
 
 
 @contextlib.contextmanager
-def _docker_errors() -> Iterator[None]:
-    """docker-py's errors as ours, in one place: an image it cannot find, an engine that answered
-    and refused, an engine that is not there."""
+def _docker_errors(starting: bool = False) -> Iterator[None]:
+    """docker-py's errors as ours, in one place: an image it cannot find; while ``starting`` a
+    container, an engine that answered and refused (the configuration asks for something this
+    machine cannot give); an engine that is not there."""
     try:
         yield
     except docker.errors.ImageNotFound:
         raise ImageMissing("image not found") from None
     except docker.errors.APIError as exc:
-        if exc.response is None:
+        if not starting or exc.response is None:
             raise EngineUnavailable(unreachable(exc)) from None
         raise EngineError(
             f"the Docker engine refused to run the sandbox container: {exc.explanation or exc}; "
@@ -605,5 +608,5 @@ def unreachable(exc: BaseException) -> str:
     )
 
 
-async def _ignore(stage: str, detail: str = "") -> None:
+async def _ignore(stage: Stage, detail: str = "") -> None:
     return None

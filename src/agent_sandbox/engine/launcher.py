@@ -76,7 +76,35 @@ if TYPE_CHECKING:
         nonce: str
         install_nonce: str
 
-    Survey = tuple[list[tuple[str, int, int]], list[dict[str, object]]]
+    # What the launcher reports, as engine/protocol.py reads it.
+    class ManifestEntry(TypedDict):
+        path: str
+        size: int
+
+    class OmittedEntry(TypedDict):
+        path: str
+        size: int
+        reason: str
+        kind: str
+
+    class Manifest(TypedDict):
+        files: list[ManifestEntry]
+        omitted: list[OmittedEntry]
+        changed: int
+        refused: str | None
+
+    class InstallLine(TypedDict):
+        exit_code: int
+        seconds: float
+        output: str
+
+    class EndLine(TypedDict):
+        exit_code: int | None
+        oom_kills: int | None
+        timed_out: bool
+        return_value: str | None
+
+    Survey = tuple[list[tuple[str, int, int]], list[OmittedEntry]]
     Chosen = list[tuple[str, int, int]]  # path, size, an open descriptor
 
 WORK = "/work"
@@ -192,7 +220,7 @@ def _oom_kills() -> "int | None":
     return None
 
 
-def _install(wheels: "list[str]") -> "dict[str, object]":
+def _install(wheels: "list[str]") -> "InstallLine":
     """Install the wheels into /packages with uv (fast) or else pip; no index, no network, no
     dependency resolution (the host did that), no config files from /work."""
     paths = []
@@ -238,7 +266,7 @@ def _wait_until_read(fd: int, limit_s: float = 2.0) -> None:
         time.sleep(0.001)
 
 
-def _marked_line(prefix: bytes, nonce: str, report: "dict[str, object]") -> bytes:
+def _marked_line(prefix: bytes, nonce: str, report: "Manifest | InstallLine | EndLine") -> bytes:
     return prefix + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
 
 
@@ -394,7 +422,7 @@ def _survey() -> "Survey":
     back the search and read permission it took (only if truly nothing else runs, so that no
     folder can turn into a link meanwhile); links are never followed."""
     found: list[tuple[str, int, int]] = []
-    unseen: list[dict[str, object]] = []
+    unseen: list[OmittedEntry] = []
     repair = not _others_alive()
     if repair:
         _let_owner(WORK, os.stat(WORK).st_mode, stat.S_IRWXU)
@@ -442,7 +470,7 @@ def _let_owner(path: str, mode: int, wanted: int) -> None:
         pass
 
 
-def _left_out(path: str, size: int, reason: str, kind: str = "unreachable") -> "dict[str, object]":
+def _left_out(path: str, size: int, reason: str, kind: str = "unreachable") -> "OmittedEntry":
     """A manifest entry for what does not come back: ``kind`` is ``cap`` (over the caps),
     ``unreadable`` or ``unreachable`` (in or behind a folder we could not look into)."""
     return {"path": path, "size": size, "reason": reason, "kind": kind}
@@ -469,8 +497,8 @@ def _send_files(
     manifest promises follows it. Left-out entries that are not about the caps come first."""
     found, unseen = survey
     chosen: Chosen = []
-    surprising: list[dict[str, object]] = list(unseen)
-    over_caps: list[dict[str, object]] = []
+    surprising: list[OmittedEntry] = list(unseen)
+    over_caps: list[OmittedEntry] = []
     total = changed = 0
     for path, size, modified in found:
         if sent.get(path) == (size, modified):
@@ -506,7 +534,7 @@ def _send_snapshot(nonce: str, survey: "Survey", caps: "FileCaps") -> None:
         _write_block(SNAPSHOT_PREFIX, nonce, [], [], len(found), refused=reason)
         return
     chosen: Chosen = []
-    omitted: list[dict[str, object]] = list(unseen)
+    omitted: list[OmittedEntry] = list(unseen)
     for path, size, _ in found:
         opened = _open_regular(path)
         if isinstance(opened, str):
@@ -520,13 +548,13 @@ def _write_block(
     prefix: bytes,
     nonce: str,
     chosen: "Chosen",
-    omitted: "list[dict[str, object]]",
+    omitted: "list[OmittedEntry]",
     changed: int,
     refused: "str | None" = None,
 ) -> None:
     """A marked manifest line, then exactly the bytes of each chosen (already open) file."""
-    files = [{"path": path, "size": size} for path, size, _ in chosen]
-    manifest = {"files": files, "omitted": omitted, "changed": changed, "refused": refused}
+    files: list[ManifestEntry] = [{"path": path, "size": size} for path, size, _ in chosen]
+    manifest: Manifest = {"files": files, "omitted": omitted, "changed": changed, "refused": refused}
     _write_all(1, _marked_line(prefix, nonce, manifest))
     for _, remaining, fd in chosen:
         with os.fdopen(fd, "rb", buffering=0) as source:
@@ -607,8 +635,13 @@ def main() -> None:
     _send_files(nonce, sent, survey, job["artifacts"])
     if job["snapshot"]:
         _send_snapshot(nonce, survey, job["snapshot"])
-    report: dict[str, object] = {"exit_code": exit_code, "oom_kills": _oom_kills(), "timed_out": timed_out}
-    line = _marked_line(END_PREFIX, nonce, {**report, "return_value": return_value})
+    report: EndLine = {
+        "exit_code": exit_code,
+        "oom_kills": _oom_kills(),
+        "timed_out": timed_out,
+        "return_value": return_value,
+    }
+    line = _marked_line(END_PREFIX, nonce, report)
     _write_all(1, line)
     _write_all(2, line)
     sys.exit(FAILURE_EXIT if exit_code is None else exit_code)

@@ -47,7 +47,7 @@ class Starter(Protocol[Started]):
 
     pool: WarmPool[Started] | None
 
-    async def start_container(self, shape: ContainerShape) -> Started:
+    async def start_sandbox(self, shape: ContainerShape) -> Started:
         """Start a sandbox of ``shape`` that waits for a job."""
 
     async def remove(self, started: Started) -> None:
@@ -63,17 +63,17 @@ class WarmPool(Generic[Started]):
         self.size = size
         self.max_idle_s = max_idle_s
         self._idle: deque[Started] = deque()
-        self._wanted = anyio.Event()  # set when a container left the pool: refill
-        self._changed = anyio.Event()  # set (then replaced) whenever a container joined it
+        self._wanted = anyio.Event()  # set when a sandbox left the pool: refill
+        self._changed = anyio.Event()  # set (then replaced) whenever a sandbox joined it
         self._group: TaskGroup | None = None
 
     @property
     def ready(self) -> int:
-        """How many containers wait for a job now."""
+        """How many sandboxes wait for a job now."""
         return len(self._idle)
 
     def take(self, shape: ContainerShape) -> Started | None:
-        """The oldest fresh, live container of ``shape``; None (start cold) if there is none."""
+        """The oldest fresh, live sandbox of ``shape``; None (start cold) if there is none."""
         if shape != self.shape or self._group is None:
             return None
         self._wanted.set()
@@ -85,11 +85,11 @@ class WarmPool(Generic[Started]):
         return None
 
     def dispose(self, started: Started) -> None:
-        """Remove a used container in the background, so its caller need not wait for it."""
+        """Remove a used sandbox in the background, so its caller need not wait for it."""
         self._discard(started)
 
     async def filled(self) -> None:
-        """Wait until every place in the pool holds a ready container."""
+        """Wait until every place in the pool holds a ready sandbox."""
         while len(self._idle) < self.size:
             await self._changed.wait()
 
@@ -129,12 +129,12 @@ class WarmPool(Generic[Started]):
                 self._discard(started)
             try:
                 while len(self._idle) < self.size:
-                    self._idle.append(await self.engine.start_container(self.shape))
+                    self._idle.append(await self.engine.start_sandbox(self.shape))
                     self._changed.set()
                     self._changed = anyio.Event()
                 retry_s = _RETRY_FIRST_S
             except Exception as exc:  # never take the server down: runs fall back to cold starts
-                log.warning("warm pool cannot start a container (retrying in %.0f s): %s", retry_s, exc)
+                log.warning("warm pool cannot start a sandbox (retrying in %.0f s): %s", retry_s, exc)
                 await anyio.sleep(retry_s)
                 retry_s = min(retry_s * 2, _RETRY_MAX_S)
                 continue

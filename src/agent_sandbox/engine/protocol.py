@@ -66,6 +66,44 @@ class Job(TypedDict):
     install_nonce: str
 
 
+class ManifestEntry(TypedDict):
+    path: str
+    size: int
+
+
+class OmittedEntry(TypedDict):
+    path: str
+    size: int
+    reason: str
+    kind: str  # one of OMITTED_KINDS
+
+
+class Manifest(TypedDict):
+    """A files block's first line: the files that follow, in order, and those left out."""
+
+    files: list[ManifestEntry]
+    omitted: list[OmittedEntry]
+    changed: int  # files the program created or changed, sent or not
+    refused: str | None  # why no file at all was sent
+
+
+class InstallLine(TypedDict):
+    """How installing the wheels went."""
+
+    exit_code: int
+    seconds: float
+    output: str
+
+
+class EndLine(TypedDict):
+    """How the program ended."""
+
+    exit_code: int | None  # None: it never ran
+    oom_kills: int | None  # processes the kernel killed for memory; None: no counter
+    timed_out: bool
+    return_value: str | None
+
+
 def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
     """What the launcher reads first: the job's size, then the job."""
     results = spec.results

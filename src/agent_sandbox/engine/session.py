@@ -44,9 +44,12 @@ UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the deadline only
 CUT_LINE = b"\n[agent-sandbox: %d bytes cut here]\n"
 
 Action = Literal["resume", "kill"]
-# How the sandbox ended, as the engine saw it: (exit code, killed for memory). Asked with whether
-# the host killed it (for time or output), only when the launcher's end report does not say.
+# How the sandbox ended, as the engine saw it: (exit code, killed for memory), asked only where the
+# launcher's end report does not say. True asks it to look harder for a memory kill: the launcher
+# never reported and the host did not kill the sandbox, so memory may have (its flag can be late).
 FinalState = Callable[[bool], tuple[int | None, bool]]
+# What a backend's stream gave: (stream, bytes) chunks, [] for nothing yet, None once it ended.
+Receive = Callable[[], list[tuple[int, bytes]] | None]
 
 
 @dataclass
@@ -147,7 +150,7 @@ class JobSession:
         if self.output_killed:
             self._stop_reading_at = now + DRAIN_S
             return "kill"
-        if now < self._deadline:
+        if self.ended or now < self._deadline:
             return None
         program_running = self._program_ended is None and (
             self._installing is None or self._installing.report is not None
@@ -178,7 +181,7 @@ class JobSession:
             exit_code, return_value, timed_out = report.exit_code, report.return_value, report.timed_out
             oom_killed = report.oom_killed if report.oom_killed is not None else final_state(False)[1]
         else:
-            exit_code, oom_killed = final_state(killed)
+            exit_code, oom_killed = final_state(not killed)
         install = None
         if self.spec.install is not None:
             assert self._installing is not None
@@ -204,7 +207,7 @@ class JobSession:
             snapshot=self._snapshot.result(),
             return_value=return_value,
             launcher_lost=report is None and not killed,
-            launcher_resumed=self.resumed and report is not None and not killed,
+            launcher_resumed=self.resumed and report is not None and not killed and not timed_out,
             output_relayed=self.spec.relays_output,
         )
 
@@ -238,3 +241,20 @@ class JobSession:
             except Exception as exc:  # a reader that went away must not cost the result
                 log.warning("live output stopped: %s", exc)
                 self._watchers.clear()
+
+
+def drive(session: JobSession, receive: Receive, act: Callable[[Action], None]) -> None:
+    """Run ``session`` to its end over a backend's stream: do what is due (``act``), then take
+    what ``receive`` gives, until the launcher's end line is in on both streams, the stream
+    ends, or the moment after a kill is over. Every backend's loop, written once."""
+    while True:
+        due = session.due()
+        if due is not None:
+            act(due)
+        if session.ended or session.done_reading:
+            return
+        chunks = receive()
+        if chunks is None:
+            return
+        for stream, data in chunks:
+            session.feed(stream, data)

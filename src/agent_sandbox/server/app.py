@@ -21,9 +21,9 @@ SERVER_NAME = "agent-sandbox"
 CONFIG_URI = "sandbox://config"
 
 
-def build_server(sandbox: Sandbox, channel: Channel = "in-process") -> MCPServer:
-    """An ``MCPServer`` whose tools run code through ``sandbox``; over HTTP it also serves
-    ``/healthz`` and ``/metrics``."""
+def build_server(sandbox: Sandbox, transport: Channel = "in-process") -> MCPServer:
+    """An ``MCPServer`` whose tools run code through ``sandbox``, served over ``transport``; over
+    HTTP it also serves ``/healthz`` and ``/metrics``."""
     settings = sandbox.settings
     metrics = Metrics(sandbox)
     server = MCPServer(
@@ -35,9 +35,9 @@ def build_server(sandbox: Sandbox, channel: Channel = "in-process") -> MCPServer
         ),
         version=_version(),
     )
-    add_run_tools(server, sandbox, channel, metrics)
+    add_run_tools(server, sandbox, transport, metrics)
     if settings.workspaces.enabled:
-        add_workspace_tools(server, sandbox, lambda ctx: client_of(ctx, channel))
+        add_workspace_tools(server, sandbox, lambda ctx: client_of(ctx, transport))
     add_routes(server, sandbox, metrics)
 
     @server.resource(
