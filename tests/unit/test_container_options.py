@@ -114,16 +114,18 @@ def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
     }
 
 
-def test_the_job_travels_length_prefixed_before_the_tar() -> None:
-    spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536})
+def test_the_job_travels_length_prefixed_before_the_tar_and_stdin() -> None:
+    spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536, "stdin": b"abc"})
     header = job_header(spec, nonce="n0nce", install_nonce="other")
     size, _, job = header.partition(b"\n")
     assert int(size) == len(job)
     assert json.loads(job) == {
         "archive_bytes": 1536,
+        "stdin_bytes": 3,
         "entrypoint": "main.py",
         "args": ["--flag", "value"],
         "env": {"MY_VAR": "1"},
+        "rlimits": {"nofile": LIMITS.open_files, "fsize": LIMITS.file_size_mib * 1024 * 1024, "core": 0},
         "wheels": [],
         "notebook": None,
         "artifacts": {"max_files": 0, "max_bytes": 0, "max_listed": 0},

@@ -1,13 +1,17 @@
 """The first step inside every sandbox container; its source is passed to ``python3 -c``.
 
 The container starts with no job. Standard input then carries the job (its size in decimal and a
-newline, then that much JSON: ``archive_bytes``, ``entrypoint``, ``args``, ``env``, ``wheels``,
-``notebook``, ``artifacts``, ``relay_output``, the nonces), a tar of exactly ``archive_bytes``
-bytes, and the caller's stdin. The launcher reads the line and the tar with unbuffered reads,
+newline, then that much JSON: ``archive_bytes``, ``stdin_bytes``, ``entrypoint``, ``args``,
+``env``, ``rlimits``, ``wheels``, ``notebook``, ``artifacts``, ``relay_output``, the nonces), a tar
+of exactly ``archive_bytes`` bytes, and exactly ``stdin_bytes`` of the caller's stdin. Every part
+is framed by its length, so nothing depends on the engine closing the launcher's stdin (Kubernetes'
+attach cannot, before its v5 protocol). The launcher reads the line and the tar with unbuffered reads,
 unpacks regular files and folders under /work (re-checking every name: defence in depth),
 installs the job's wheels (if any) from the read-only /wheels into /packages, offline, and
 reports that on a first stdout line of its own; then it runs ``python3 ENTRYPOINT ARGS...`` as
-its child (through the notebook runner, when the job has it), which inherits the rest of stdin.
+its child (through the notebook runner, when the job has it), with the job's resource limits
+(open files, file size, core dumps; an engine that sets them already loses nothing) and the
+caller's stdin on a pipe the launcher closes after its last byte.
 The child writes straight into the container's stdout and stderr, unless the job says to relay
 them (under gVisor, whose pipes return short writes that Python drops): then they are pipes the
 launcher copies to its own, every byte. Because the job arrives over stdin, a container can be
@@ -34,6 +38,7 @@ import ctypes
 import fcntl
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -62,11 +67,18 @@ if TYPE_CHECKING:
     class ArtifactCaps(FileCaps):
         max_listed: int
 
+    class Rlimits(TypedDict):
+        nofile: int
+        fsize: int
+        core: int
+
     class Job(TypedDict):
         archive_bytes: int
+        stdin_bytes: int
         entrypoint: str
         args: list[str]
         env: dict[str, str]
+        rlimits: Rlimits
         wheels: list[str]
         notebook: NotebookJob | None
         artifacts: ArtifactCaps
@@ -289,6 +301,8 @@ def _run(
     entrypoint: str,
     args: "list[str]",
     env: "dict[str, str]",
+    rlimits: "Rlimits",
+    stdin: bytes,
     notebook: "NotebookJob | None",
     timeout_s: float,
     relay: bool,
@@ -299,6 +313,7 @@ def _run(
     what the notebook runner reported, if used, and whether time ran out. Stopping it here, not by
     killing the container, is what lets the files it wrote still come back."""
     report_read, report_write = os.pipe()
+    stdin_read, stdin_write = os.pipe()
     outputs = {1: os.pipe(), 2: os.pipe()} if relay else {}  # the program's stdout and stderr
     pid = os.fork()
     if pid == 0:
@@ -307,7 +322,13 @@ def _run(
             for number in ignored:  # a program starts with the defaults, as from a shell
                 signal.signal(number, signal.SIG_DFL)
             _first_for_the_oom_killer()
+            for name, value in rlimits.items():
+                limit = getattr(resource, "RLIMIT_" + name.upper())
+                resource.setrlimit(limit, (value, value))
             os.close(report_read)
+            os.close(stdin_write)
+            os.dup2(stdin_read, 0)
+            os.close(stdin_read)
             for target, (read_end, write_end) in outputs.items():
                 os.dup2(write_end, target)
                 os.close(write_end)
@@ -326,6 +347,8 @@ def _run(
         finally:
             os._exit(127)
     os.close(report_write)
+    os.close(stdin_read)
+    threading.Thread(target=_give_stdin, args=(stdin_write, stdin), daemon=True).start()
     reported: list[bytes] = []
     # Read while it runs: a full pipe must never block the program.
     reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
@@ -342,6 +365,15 @@ def _run(
         relay_thread.join()
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
     return (128 - code if code < 0 else code), (value or None), timed_out
+
+
+def _give_stdin(fd: int, data: bytes) -> None:
+    """Write the caller's stdin to the program as it reads, then close it: its end of input.
+    A program that exits (or closes its stdin) first just ends the writing."""
+    with contextlib.suppress(OSError):
+        _write_all(fd, data)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _first_for_the_oom_killer() -> None:
@@ -607,6 +639,8 @@ def main() -> None:
     if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         _fail("cannot protect the launcher's memory (prctl PR_SET_DUMPABLE)")
     sent = _unpack(_ArchiveInput(job["archive_bytes"]))
+    # Read now, whether the program ever reads it or not: the engine's write must not wait on it.
+    program_stdin = _ArchiveInput(job["stdin_bytes"]).read()
     env = {**os.environ, **job["env"]}
     installed = True
     if job["wheels"]:
@@ -623,6 +657,8 @@ def main() -> None:
             job["entrypoint"],
             job["args"],
             env,
+            job["rlimits"],
+            program_stdin,
             job["notebook"],
             job["timeout_s"],
             job["relay_output"],

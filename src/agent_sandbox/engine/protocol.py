@@ -3,7 +3,8 @@ sandbox. Any engine that can carry bytes to a process's stdin and back from its 
 can run a job with it (``engine/session.py`` does the talking).
 
 To the launcher, on its stdin: the job's size in decimal and a newline, the ``Job`` as JSON, a
-tar of exactly ``archive_bytes`` bytes, then the caller's stdin.
+tar of exactly ``archive_bytes`` bytes, then exactly ``stdin_bytes`` of the caller's stdin (framed,
+so no engine has to close the launcher's stdin to end the program's).
 
 From the launcher, each line marked with a prefix and the host's secret nonce for this job, so
 that program output can never pass for one:
@@ -49,13 +50,23 @@ class ArtifactCaps(FileCaps):
     max_listed: int  # left-out files listed at most
 
 
+class Rlimits(TypedDict):
+    """The program's resource limits (setrlimit), soft and hard alike."""
+
+    nofile: int
+    fsize: int  # bytes
+    core: int
+
+
 class Job(TypedDict):
     """What the launcher is told to do."""
 
     archive_bytes: int
+    stdin_bytes: int  # the caller's stdin that follows the tar
     entrypoint: str
     args: list[str]
     env: dict[str, str]
+    rlimits: Rlimits
     wheels: list[str]  # file names under /wheels, to install into /packages first
     notebook: NotebookJob | None  # run the entrypoint through the notebook runner
     artifacts: ArtifactCaps
@@ -109,9 +120,15 @@ def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
     results = spec.results
     job: Job = {
         "archive_bytes": len(spec.archive),
+        "stdin_bytes": len(spec.stdin or b""),
         "entrypoint": spec.entrypoint,
         "args": list(spec.args),
         "env": spec.env,
+        "rlimits": {
+            "nofile": spec.limits.open_files,
+            "fsize": spec.limits.file_size_mib * 1024 * 1024,
+            "core": 0,
+        },
         "wheels": list(spec.install.wheels) if spec.install else [],
         "notebook": (
             {"runner": NOTEBOOK_RUNNER, "max_chars": results.return_value_chars} if results.notebook else None
