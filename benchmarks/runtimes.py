@@ -24,7 +24,8 @@ import anyio
 import docker
 
 from agent_sandbox.config import GVISOR, EngineSettings, Settings
-from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine, owner_id
+from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.launch import owner_id
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import Sandbox
 

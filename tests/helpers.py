@@ -16,7 +16,8 @@ from mcp import Client
 from pydantic import BaseModel
 
 from agent_sandbox.config import EngineSettings, Settings, load_settings
-from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine, owner_id
+from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.launch import owner_id
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server.run_tools import STAGE_MESSAGES

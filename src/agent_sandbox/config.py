@@ -10,7 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,8 +40,11 @@ class _Section(BaseModel):
 
 
 class EngineSettings(_Section):
-    """Where containers run and how many at once."""
+    """Where sandboxes run and how many at once."""
 
+    backend: Literal["docker", "kubernetes"] = Field(
+        default="docker", description="docker: one engine's containers; kubernetes: a cluster's pods."
+    )
     docker_host: str = Field(
         default="", description="Docker engine URL; empty uses DOCKER_HOST or the local socket."
     )
@@ -77,6 +80,58 @@ class EngineSettings(_Section):
     def image_of(self, profile: str) -> str:
         """The image tag of ``profile`` on the engine."""
         return f"{self.image_repository}:{profile}"
+
+
+class Toleration(_Section):
+    """A Kubernetes toleration for the sandbox pods, as in a pod spec."""
+
+    key: str = ""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+class KubernetesSettings(_Section):
+    """Where and how sandbox pods run when ``engine.backend`` is "kubernetes"."""
+
+    namespace: str = Field(default="agent-sandbox", min_length=1, description="Sandbox pods live here.")
+    kubeconfig: str = Field(
+        default="",
+        description="Kubeconfig; empty: in-cluster credentials in a pod, else $KUBECONFIG, ~/.kube/config.",
+    )
+    context: str = Field(default="", description="Kubeconfig context; empty: its current one.")
+    runtime_class: str = Field(
+        default="", description="RuntimeClass of sandbox pods, e.g. gvisor; empty: the nodes' default."
+    )
+    node_selector: dict[str, str] = Field(default={}, description="Nodes sandbox pods may run on.")
+    tolerations: list[Toleration] = Field(default=[], description="Taints sandbox pods tolerate.")
+    images: dict[str, str] = Field(
+        default={},
+        description="Image of each profile; a profile not named uses engine.image_repository:PROFILE.",
+    )
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    cpu_request: float = Field(
+        default=0.1,
+        gt=0,
+        le=64,
+        description="CPUs the scheduler reserves per sandbox (the limit is limits.cpus).",
+    )
+    start_timeout_s: float = Field(default=120.0, gt=0, description="For a pod to be scheduled and running.")
+    max_pod_lifetime_s: int = Field(
+        default=3600, ge=60, description="activeDeadlineSeconds: the cluster ends any sandbox pod this old."
+    )
+    server_pod_name: str = Field(
+        default="", description="The server's own pod (downward API): sandbox pods get it as their owner."
+    )
+    server_pod_uid: str = Field(default="", description="Its uid, for the owner reference.")
+
+    @field_validator("images")
+    @classmethod
+    def _known_image_profiles(cls, images: dict[str, str]) -> dict[str, str]:
+        for name in images:
+            if name not in PROFILE_NAMES:
+                raise ValueError(f"unknown image profile {name!r}; known profiles: {sorted(PROFILE_NAMES)}")
+        return images
 
 
 class LimitSettings(_Section):
@@ -224,6 +279,7 @@ class Settings(BaseSettings):
     )
 
     engine: EngineSettings = EngineSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
     limits: LimitSettings = LimitSettings()
     files: FileSettings = FileSettings()
     server: ServerSettings = ServerSettings()
@@ -238,6 +294,14 @@ class Settings(BaseSettings):
         if self.engine.profile not in self.engine.profiles:
             raise ValueError(
                 f"engine.profile {self.engine.profile!r} is not in engine.profiles; add it there"
+            )
+        longest_pod_life_s = (
+            self.engine.pool_max_idle_s + self.packages.install_timeout_s + self.limits.max_timeout_s + 60
+        )
+        if self.engine.backend == "kubernetes" and self.kubernetes.max_pod_lifetime_s < longest_pod_life_s:
+            raise ValueError(
+                f"kubernetes.max_pod_lifetime_s must be at least {longest_pod_life_s:.0f}: a warm wait "
+                "(engine.pool_max_idle_s), an install and the longest run (limits.max_timeout_s) must fit"
             )
         largest_call_kib = self.files.max_total_kib * 4 // 3 + self.files.max_stdin_kib + 64
         if self.server.max_request_kib < largest_call_kib:
@@ -312,6 +376,7 @@ __all__ = [
     "ConfigError",
     "EngineSettings",
     "FileSettings",
+    "KubernetesSettings",
     "LimitSettings",
     "PackageSettings",
     "ResultSettings",

@@ -106,7 +106,7 @@ class Sandbox:
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
-        self.engine: Engine = engine or make_engine(settings.engine)
+        self.engine: Engine = engine or make_engine(settings)
         self.pool: WarmSandboxes | None = None
         self.admission = Admission(settings.engine.max_concurrent_runs, settings.engine.max_queued_runs)
         self.wheels = WheelResolver.from_settings(settings.packages)

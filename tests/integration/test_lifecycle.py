@@ -12,7 +12,8 @@ from docker.models.containers import Container
 
 from agent_sandbox.admission import Busy
 from agent_sandbox.config import EngineSettings, Settings
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, owner_id
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.launch import owner_id
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import snippet
 

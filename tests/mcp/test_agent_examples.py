@@ -15,7 +15,8 @@ import sys
 import docker
 import pytest
 
-from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine, owner_id, owner_place
+from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.launch import owner_id, owner_place
 
 from .conftest import ROOT
 

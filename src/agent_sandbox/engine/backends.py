@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from agent_sandbox.config import EngineSettings
+from agent_sandbox.config import Settings
 from agent_sandbox.engine.base import Engine
-from agent_sandbox.engine.docker import DockerEngine
 
 
-def make_engine(settings: EngineSettings) -> Engine:
-    """The engine ``settings`` configure: the Docker backend (the only one so far)."""
-    return DockerEngine(settings)
+def make_engine(settings: Settings) -> Engine:
+    """The engine ``settings`` configure (``engine.backend``). Each backend's client library is
+    imported only when it is chosen."""
+    if settings.engine.backend == "kubernetes":
+        from agent_sandbox.engine.kubernetes import KubernetesEngine
+
+        return KubernetesEngine(settings.engine, settings.kubernetes)
+    from agent_sandbox.engine.docker import DockerEngine
+
+    return DockerEngine(settings.engine)

@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,6 +44,7 @@ from agent_sandbox.engine.base import (
     RuntimeState,
     Stage,
 )
+from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID, WORKDIR, orphaned, owner_id
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.session import JobSession, drive
 from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
@@ -52,21 +52,9 @@ from agent_sandbox.errors import EngineError, EngineUnavailable, ImageMissing
 
 LABEL = "io.agent-sandbox"
 OWNER_LABEL = "io.agent-sandbox.owner"
-SANDBOX_USER = "1000:1000"
-WORKDIR = "/work"
+SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 WHEELS_DIR = "/wheels"
 PACKAGES_DIR = "/packages"
-LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
-BASE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": WORKDIR,
-    "LANG": "C.UTF-8",
-    "PYTHONUNBUFFERED": "1",  # output printed before a kill must not die in a buffer
-    "PYTHONDONTWRITEBYTECODE": "1",
-    # Caches go to /tmp, not under HOME=/work, where they would come back as the program's files.
-    "XDG_CACHE_HOME": "/tmp/.cache",
-    "MPLCONFIGDIR": "/tmp/matplotlib",
-}
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 RUNTIME_FIX = (
     "register it in /etc/docker/daemon.json (scripts/ensure-engine.sh does for runsc) and reload dockerd"
@@ -82,23 +70,6 @@ _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExce
 _FRAME_HEADER = struct.Struct(">BxxxL")
 
 log = logging.getLogger(__name__)
-
-
-def owner_id(pid: int | None = None) -> str:
-    """Identifies a process (this one by default) in container labels, to tell our leftovers
-    from live runs: ``HOST/pidns:N:PID``. The PID namespace is part of it, so a server that
-    shares the host's name but not its pids (a container run with ``--uts host``) never takes
-    another's live containers for orphans. Without /proc (macOS, Windows) N is 0."""
-    try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        namespace = 0
-    return f"{socket.gethostname()}/pidns:{namespace}:{pid or os.getpid()}"
-
-
-def owner_place(owner: str) -> str:
-    """The host and PID namespace part of an ``owner_id``: where its pid means something."""
-    return owner.rpartition(":")[0]
 
 
 def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
@@ -126,7 +97,7 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
     return {
         "image": shape.image,
         "name": f"agent-sandbox-{secrets.token_hex(6)}",
-        "command": ["python3", "-I", "-S", "-c", LAUNCHER],
+        "command": LAUNCHER_COMMAND,
         "entrypoint": [],
         "working_dir": WORKDIR,
         "user": SANDBOX_USER,
@@ -257,7 +228,6 @@ class DockerEngine:
         That is: those of a process in this host's PID namespace that has ended, and any older than
         ``older_than_s`` (longer than a run and a warm wait can last), whoever made them. A live
         server elsewhere on the same engine keeps its containers."""
-        here = owner_place(self.owner)
         now = time.time()
         removed = 0
         # The plain list (no per-container inspect) cannot race with containers going away.
@@ -267,8 +237,7 @@ class DockerEngine:
             owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
             if owner == self.owner:
                 continue
-            orphaned = owner_place(owner) == here and not _process_alive(owner.rpartition(":")[2])
-            if orphaned or now - float(summary.get("Created", 0)) > older_than_s:
+            if orphaned(owner, self.owner) or now - float(summary.get("Created", 0)) > older_than_s:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     self.client.api.remove_container(summary["Id"], force=True)
                     removed += 1
@@ -556,20 +525,6 @@ def _oom_event_since(container: Container, since: float) -> bool:
         return any(True for _ in events)
     except _DOCKER_ERRORS:
         return False
-
-
-def _process_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    if os.name != "posix":  # os.kill(pid, 0) there sends a signal instead of asking: rely on age
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _image_missing(image: str) -> ImageMissing:

@@ -322,9 +322,12 @@ def _run(
             for number in ignored:  # a program starts with the defaults, as from a shell
                 signal.signal(number, signal.SIG_DFL)
             _first_for_the_oom_killer()
-            for name, value in rlimits.items():
-                limit = getattr(resource, "RLIMIT_" + name.upper())
-                resource.setrlimit(limit, (value, value))
+            for which, amount in (
+                (resource.RLIMIT_NOFILE, rlimits["nofile"]),
+                (resource.RLIMIT_FSIZE, rlimits["fsize"]),
+                (resource.RLIMIT_CORE, rlimits["core"]),
+            ):
+                resource.setrlimit(which, (amount, amount))
             os.close(report_read)
             os.close(stdin_write)
             os.dup2(stdin_read, 0)

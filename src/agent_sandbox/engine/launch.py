@@ -1,0 +1,64 @@
+"""What every backend starts and how it tells its sandboxes apart: the launcher's command and
+environment, the sandbox user, and the owner stamped on each sandbox so a later process can
+tell a crashed server's leftovers from a live server's runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+SANDBOX_UID = 1000  # and gid: the unprivileged user every program runs as
+WORKDIR = "/work"
+LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
+# -I -S: the launcher must not import anything from /work or the image's site-packages.
+LAUNCHER_COMMAND = ["python3", "-I", "-S", "-c", LAUNCHER]
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": WORKDIR,
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",  # output printed before a kill must not die in a buffer
+    "PYTHONDONTWRITEBYTECODE": "1",
+    # Caches go to /tmp, not under HOME=/work, where they would come back as the program's files.
+    "XDG_CACHE_HOME": "/tmp/.cache",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+}
+
+
+def owner_id(pid: int | None = None) -> str:
+    """Identifies a process (this one by default) on its sandboxes, to tell our leftovers from
+    live runs: ``HOST/pidns:N:PID``. The PID namespace is part of it, so a server that shares
+    the host's name but not its pids (a container run with ``--uts host``) never takes another's
+    live sandboxes for orphans. Without /proc (macOS, Windows) N is 0."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/pidns:{namespace}:{pid or os.getpid()}"
+
+
+def owner_place(owner: str) -> str:
+    """The host and PID namespace part of an ``owner_id``: where its pid means something."""
+    return owner.rpartition(":")[0]
+
+
+def orphaned(owner: str, me: str) -> bool:
+    """Whether ``owner`` is a process of this host and PID namespace (where ``me`` runs) that
+    has ended: its sandboxes are leftovers no one will remove."""
+    return (
+        owner != me and owner_place(owner) == owner_place(me) and not _process_alive(owner.rpartition(":")[2])
+    )
+
+
+def _process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    if os.name != "posix":  # os.kill(pid, 0) there sends a signal instead of asking: rely on age
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
