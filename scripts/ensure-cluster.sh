@@ -20,8 +20,9 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 export K=${K:-/var/cache/agent-sandbox/kubernetes-v1.20.2}
 export D=${D:-/var/lib/agent-sandbox-kubernetes}
 export R=${R:-/run/agent-sandbox-kubernetes}
-# The kubelet's per-pod process limit: Kubernetes has no per-container one (docs/kubernetes.md).
-export POD_PIDS_LIMIT=${POD_PIDS_LIMIT:-1024}
+# The kubelet's per-pod process limit (Kubernetes has no per-pod setting): limits.pids of
+# configs/default.toml, which the Kubernetes backend holds runs to (docs/kubernetes.md).
+export POD_PIDS_LIMIT=${POD_PIDS_LIMIT:-128}
 KUBECONFIG_FILE=$D/admin.kubeconfig
 CTR="ctr -a $R/containerd.sock -n k8s.io"
 

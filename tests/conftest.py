@@ -1,6 +1,7 @@
-"""Fixtures shared by the integration and MCP tests: the real Docker engine and sandbox image.
+"""Fixtures shared by the integration and MCP tests: the real Docker engine and sandbox image,
+and the Kubernetes test cluster.
 
-Only tests that ask for them touch Docker, so the unit tests run anywhere.
+Only tests that ask for them touch Docker or the cluster, so the unit tests run anywhere.
 """
 
 from __future__ import annotations
@@ -8,13 +9,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import docker
 import pytest
+from kubernetes.client.exceptions import ApiException
 
-from agent_sandbox.config import FileSettings, LimitSettings, Settings
+from agent_sandbox.config import FileSettings, LimitSettings, Settings, load_settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
+from agent_sandbox.engine.kubernetes import ROLE_LABEL, KubernetesEngine
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import SandboxFactory
+from tests.helpers import KUBERNETES, ROOT, TEST_NAMESPACE, Backend, SandboxFactory, on_test_cluster
 
 
 @pytest.fixture
@@ -43,6 +47,35 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
     assert leftovers == [], f"containers left behind: {[c.name for c in leftovers]}"
 
 
+@pytest.fixture(scope="session")
+def kubernetes_engine() -> Iterator[KubernetesEngine]:
+    """One engine on the Kubernetes test cluster for the session, its pods in a namespace of the
+    tests' own (made here if missing, and kept: a deleted one lingers while it terminates, and
+    a session starting meanwhile could not use it); the suite must leave no pod behind."""
+    settings = on_test_cluster(load_settings(ROOT / "configs" / "kubernetes.toml"))
+    engine = KubernetesEngine(settings.engine, settings.kubernetes, settings.limits.pids)
+    try:
+        engine.api.create_namespace({"metadata": {"name": TEST_NAMESPACE}})  # type: ignore[arg-type]
+    except ApiException as exc:
+        if exc.status != 409:  # there already
+            raise
+    health = engine.health([settings.engine.image_of(settings.engine.profile)], "")
+    assert health.problems == [], health.problems
+    yield engine
+    leftovers = engine.api.list_namespaced_pod(TEST_NAMESPACE, label_selector=f"{ROLE_LABEL}=sandbox").items
+    assert leftovers == [], f"pods left behind: {[pod.metadata.name for pod in leftovers if pod.metadata]}"
+
+
+@pytest.fixture(params=["docker", KUBERNETES])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each backend, for tests that must hold on both: Docker, and the Kubernetes test cluster."""
+    if request.param == KUBERNETES:
+        engine = request.getfixturevalue("kubernetes_engine")
+        settings = on_test_cluster(load_settings(ROOT / "configs" / "kubernetes.toml"))
+        return Backend(KUBERNETES, engine, settings)
+    return Backend("docker", request.getfixturevalue("engine"), Settings())
+
+
 @pytest.fixture
 def profile() -> Settings:
     """The settings sandboxes start from: the defaults (the engine's default runtime, runc).
@@ -51,13 +84,14 @@ def profile() -> Settings:
 
 
 @pytest.fixture(params=["cold", "warm"])
-async def make_sandbox(
-    request: pytest.FixtureRequest, engine: DockerEngine, profile: Settings
-) -> AsyncIterator[SandboxFactory]:
-    """Makes sandboxes from ``profile`` with the given limits (only those a test sets replace the
-    profile's), each test once with every run starting a container cold and once with a warm
-    pool of the same shape (filled before the test goes on): the same assertions must hold."""
+async def make_sandbox(request: pytest.FixtureRequest, profile: Settings) -> AsyncIterator[SandboxFactory]:
+    """Makes sandboxes from ``profile`` (on its backend's engine) with the given limits (only those
+    a test sets replace the profile's), each test once with every run starting a sandbox cold and
+    once with a warm pool of the same shape (filled before the test goes on): the same
+    assertions must hold."""
     warm = request.param == "warm"
+    on_kubernetes = profile.engine.backend == KUBERNETES
+    engine = request.getfixturevalue("kubernetes_engine" if on_kubernetes else "engine")
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(limits: LimitSettings | None = None, files: FileSettings | None = None) -> Sandbox:
@@ -74,7 +108,8 @@ async def make_sandbox(
             if warm:
                 await stack.enter_async_context(sandbox)
                 assert sandbox.pool is not None
-                await sandbox.pool.filled()
+                with anyio.fail_after(60):  # a pool that cannot start sandboxes retries for ever
+                    await sandbox.pool.filled()
             return sandbox
 
         yield make

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,10 @@ from mcp import Client
 from pydantic import BaseModel
 
 from agent_sandbox.config import EngineSettings, Settings, load_settings
+from agent_sandbox.engine.base import Engine
 from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
+from agent_sandbox.engine.kubernetes import OWNER_LABEL as POD_OWNER_LABEL
+from agent_sandbox.engine.kubernetes import KubernetesEngine, owner_digest
 from agent_sandbox.engine.launch import owner_id
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
@@ -24,8 +28,11 @@ from agent_sandbox.server.run_tools import STAGE_MESSAGES
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 ROOT = Path(__file__).parents[1]
-# configs/NAME.toml: the default (runc) and the strict profile (gVisor, smaller limits).
-PROFILES = ["default", "strict"]
+# configs/NAME.toml: the default (runc), the strict profile (gVisor, smaller limits), and the
+# default's sandboxes as pods on the Kubernetes test cluster (scripts/ensure-cluster.sh).
+KUBERNETES = "kubernetes"
+PROFILES = ["default", "strict", KUBERNETES]
+TEST_NAMESPACE = "agent-sandbox-test"  # the tests' sandbox pods live here, nothing else
 TOOLS = {
     "run_python",
     "run_project",
@@ -94,10 +101,78 @@ def stdio_server(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
 
 def profile_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> Settings:
     """The shipped profile a ``profile`` fixture with ``params=PROFILES`` asks for; see
-    ``skip_unless_offered``."""
+    ``skip_unless_offered`` and ``on_test_cluster``."""
     settings = load_settings(ROOT / "configs" / f"{request.param}.toml")
+    if settings.engine.backend == KUBERNETES:
+        return on_test_cluster(settings)
     skip_unless_offered(engine, settings.engine.runtime, f"configs/{request.param}.toml")
     return settings
+
+
+def test_cluster_kubeconfig() -> str:
+    """The Kubernetes test cluster's kubeconfig, which `scripts/ensure-cluster.sh run` hands to the
+    tests; without one, skip, or fail if SANDBOX_TESTS_REQUIRE_RUNTIMES (CI) names kubernetes."""
+    path = os.environ.get("SANDBOX_TESTS_KUBECONFIG", "")
+    if not path:
+        message = "no Kubernetes test cluster: run the tests under `scripts/ensure-cluster.sh run -- ...`"
+        if KUBERNETES in os.environ.get("SANDBOX_TESTS_REQUIRE_RUNTIMES", "").split(","):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def on_test_cluster(settings: Settings) -> Settings:
+    """``settings`` with the sandboxes on the test cluster: its kubeconfig, the tests' namespace,
+    and images that are loaded into it, never pulled."""
+    cluster = {
+        "kubeconfig": test_cluster_kubeconfig(),
+        "namespace": TEST_NAMESPACE,
+        "image_pull_policy": "Never",
+    }
+    update = {"kubernetes": settings.kubernetes.model_copy(update=cluster)}
+    return settings.model_copy(update=update)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An engine backend as the tests drive it: the engine, default settings on it, and a look at
+    its sandboxes from outside (by the process that owns them)."""
+
+    name: str
+    engine: Engine
+    settings: Settings
+
+    def sandboxes_of(self, pid: int | None = None) -> list[str]:
+        """The containers' ids or the pods' names of the sandboxes process ``pid`` (this one) made."""
+        if isinstance(self.engine, KubernetesEngine):
+            selector = f"{POD_OWNER_LABEL}={owner_digest(owner_id(pid))}"
+            pods = self.engine.api.list_namespaced_pod(TEST_NAMESPACE, label_selector=selector).items
+            return [pod.metadata.name for pod in pods if pod.metadata and pod.metadata.name]
+        assert isinstance(self.engine, DockerEngine)
+        containers = self.engine.client.containers.list(
+            all=True, sparse=True, filters=owned_by(pid or os.getpid())
+        )
+        return [container.id for container in containers if container.id]
+
+    def kill(self, sandbox: str) -> None:
+        """End a sandbox from outside, as a crash would: SIGKILL, or the pod deleted at once."""
+        if isinstance(self.engine, KubernetesEngine):
+            self.engine.api.delete_namespaced_pod(sandbox, TEST_NAMESPACE, grace_period_seconds=0)
+            return
+        assert isinstance(self.engine, DockerEngine)
+        self.engine.client.containers.get(sandbox).kill()
+
+    def server_env(self) -> dict[str, str]:
+        """Environment for a server process (``stdio_server``) on this backend."""
+        if self.name != KUBERNETES:
+            return {}
+        cluster = self.settings.kubernetes
+        return {
+            "AGENT_SANDBOX_CONFIG": str(ROOT / "configs" / "kubernetes.toml"),
+            "AGENT_SANDBOX_KUBERNETES__KUBECONFIG": cluster.kubeconfig,
+            "AGENT_SANDBOX_KUBERNETES__NAMESPACE": cluster.namespace,
+            "AGENT_SANDBOX_KUBERNETES__IMAGE_PULL_POLICY": cluster.image_pull_policy,
+        }
 
 
 def skip_unless_offered(engine: DockerEngine, runtime: str, wanted_by: str) -> None:

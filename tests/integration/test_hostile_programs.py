@@ -19,6 +19,7 @@ from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import RunResult
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import (
+    KUBERNETES,
     PROFILES,
     ROOT,
     SandboxFactory,
@@ -43,8 +44,9 @@ class Hostile:
     limits: dict[str, Any] = field(default_factory=dict)  # the sandbox's (and its pool's)
     timeout_s: float | None = None
     stdin: str | None = None
-    # Where gVisor differs, what holds there instead; the function's docstring says why.
+    # Where gVisor or Kubernetes differs, what holds there instead; the function's docstring says why.
     under_gvisor: Callable[[RunResult], None] | None = None
+    under_kubernetes: Callable[[RunResult], None] | None = None
 
 
 def timed_out_with_note(result: RunResult) -> None:
@@ -94,6 +96,16 @@ def fork_bomb(result: RunResult) -> None:
     processes = [v for v in result.violations if v.kind == "processes"]
     assert processes, result.violations
     assert processes[0].limit == "32 processes and threads"
+
+
+def fork_bomb_on_kubernetes(result: RunResult) -> None:
+    """A pod cannot have a process limit of its own: the kubelet's podPidsLimit holds every pod
+    (128 on the test cluster), limits.pids says so, and a run cannot ask for 32 (it is refused:
+    tests/integration/test_kubernetes_engine.py). The bomb stops at 128 instead."""
+    assert not result.timed_out
+    processes = [v for v in result.violations if v.kind == "processes"]
+    assert processes, result.violations
+    assert processes[0].limit == "128 processes and threads"
 
 
 def thread_bomb(result: RunResult) -> None:
@@ -211,6 +223,13 @@ def killed_parent(result: RunResult) -> None:
     assert "SIGKILL" in result.notes[0]
 
 
+def killed_parent_on_kubernetes(result: RunResult) -> None:
+    """The launcher is PID 1 of the pod's container (a pod has no init), and the kernel never
+    delivers a SIGKILL from inside its PID namespace to PID 1: the launcher lives, and the
+    program sleeps on until its time limit, reported as such."""
+    timed_out_with_note(result)
+
+
 def forged_end(result: RunResult) -> None:
     assert result.exit_code == 3  # the real one: the forged line changed nothing
     assert result.stdout.startswith("\x00agent-sandbox-end 0123456789abcdef")  # kept as output
@@ -250,6 +269,14 @@ def signals_to_init_under_gvisor(result: RunResult) -> None:
     assert "before its launcher could report" in result.notes[0]
 
 
+def stopped_launcher_on_kubernetes(result: RunResult) -> None:
+    """SIGSTOP to PID 1 from inside its namespace is never delivered either (see
+    killed_parent_on_kubernetes): nothing stops, and there is nothing to say."""
+    assert (result.exit_code, result.timed_out, result.stdout) == (0, False, "after stop\n")
+    assert result.violations == []
+    assert result.notes == []
+
+
 def stopped_launcher(result: RunResult) -> None:
     """SIGSTOP cannot be ignored: the host resumes the launcher once, at the time limit, and
     says so; nothing the program wrote is lost and no timeout is claimed."""
@@ -264,6 +291,13 @@ def flushed_then_killed_everything(result: RunResult) -> None:
     assert result.exit_code == 137
     assert "The program's own exit code is unknown and no files came back." in result.notes[0]
     assert "may be missing" not in result.notes[0]
+
+
+def flushed_then_killed_everything_on_kubernetes(result: RunResult) -> None:
+    """kill(-1) reaches every process but PID 1 (the launcher, here) and the caller: there is no
+    one else, so the kill fails with ESRCH and the program ends with its traceback."""
+    assert (result.exit_code, result.stdout) == (1, "before-kill\n")
+    assert "ProcessLookupError" in result.stderr
 
 
 def flushed_then_killed_everything_under_gvisor(result: RunResult) -> None:
@@ -335,7 +369,14 @@ HOSTILE = [
         {"memory_mib": 64},
         under_gvisor=memory_bomb_in_child_under_gvisor,
     ),
-    Hostile("fork bomb", "import os\nwhile True:\n    os.fork()", fork_bomb, {"pids": 32}, timeout_s=20),
+    Hostile(
+        "fork bomb",
+        "import os\nwhile True:\n    os.fork()",
+        fork_bomb,
+        {"pids": 32},
+        timeout_s=20,
+        under_kubernetes=fork_bomb_on_kubernetes,
+    ),
     Hostile(
         "thread bomb",
         "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()",
@@ -470,6 +511,7 @@ HOSTILE = [
         "import os, signal, time\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(600)",
         killed_parent,
         timeout_s=20,
+        under_kubernetes=killed_parent_on_kubernetes,
     ),
     Hostile(
         "signalling its launcher and init",
@@ -485,12 +527,14 @@ HOSTILE = [
         "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nprint('after stop')",
         stopped_launcher,
         timeout_s=1,
+        under_kubernetes=stopped_launcher_on_kubernetes,
     ),
     Hostile(
         "killing everything after a flush",
         "import os\nprint('before-kill', flush=True)\nos.kill(-1, 9)",
         flushed_then_killed_everything,
         under_gvisor=flushed_then_killed_everything_under_gvisor,
+        under_kubernetes=flushed_then_killed_everything_on_kubernetes,
     ),
     Hostile(
         "filling /work to its configured size",
@@ -533,18 +577,24 @@ async def assert_next_run_is_normal(sandbox: Sandbox) -> None:
 
 @pytest.fixture(params=PROFILES)
 def profile(request: pytest.FixtureRequest, engine: DockerEngine) -> Settings:
-    """Every case holds under the default profile (runc) and the strict one (gVisor)."""
+    """Every case holds under the default profile (runc), the strict one (gVisor) and the
+    default's sandboxes as pods on the Kubernetes test cluster."""
     return profile_or_skip(request, engine)
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[case.name for case in HOSTILE])
 async def test_hostile_program(make_sandbox: SandboxFactory, profile: Settings, case: Hostile) -> None:
-    sandbox = await make_sandbox(LimitSettings(**case.limits), SMALL_FILES)
-    limits = {"timeout_s": case.timeout_s} if case.timeout_s else {}
-    result = await sandbox.run(snippet(case.code, stdin=case.stdin, limits=limits))
+    check, limits = case.check, dict(case.limits)
+    if profile.engine.runtime == GVISOR and case.under_gvisor:
+        check = case.under_gvisor
+    if profile.engine.backend == KUBERNETES:
+        limits.pop("pids", None)  # the node's (see fork_bomb_on_kubernetes)
+        check = case.under_kubernetes or check
+    sandbox = await make_sandbox(LimitSettings(**limits), SMALL_FILES)
+    asked = {"timeout_s": case.timeout_s} if case.timeout_s else {}
+    result = await sandbox.run(snippet(case.code, stdin=case.stdin, limits=asked))
     assert result.warm_start is (sandbox.pool is not None)
-    gvisor = profile.engine.runtime == GVISOR
-    (case.under_gvisor if gvisor and case.under_gvisor else case.check)(result)
+    check(result)
     await assert_next_run_is_normal(sandbox)
 
 

@@ -1,4 +1,5 @@
-"""The warm pool: one job per container, nothing shared between jobs, nothing left behind."""
+"""The warm pool: one job per sandbox, nothing shared between jobs, nothing left behind, on each
+backend (Docker containers, Kubernetes pods)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ import time
 from pathlib import Path
 
 import anyio
-import docker
 import pytest
 
-from agent_sandbox.config import EngineSettings, LimitSettings, Settings
-from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import owned_by, snippet, stdio_server
+from tests.helpers import Backend, snippet, stdio_server
 
 pytestmark = pytest.mark.anyio
 
@@ -44,16 +42,14 @@ print(json.dumps({
 """
 
 
-def pooled(engine: DockerEngine, size: int = 2, max_idle_s: float = 300, **limits: object) -> Sandbox:
-    settings = Settings(
-        engine=EngineSettings(pool_size=size, pool_max_idle_s=max_idle_s),
-        limits=LimitSettings(**limits),  # type: ignore[arg-type]
-    )
-    return Sandbox(settings, engine)
+def pooled(backend: Backend, size: int = 2, max_idle_s: float = 300) -> Sandbox:
+    base = backend.settings
+    engine = base.engine.model_copy(update={"pool_size": size, "pool_max_idle_s": max_idle_s})
+    return Sandbox(base.model_copy(update={"engine": engine}), backend.engine)
 
 
-async def test_two_jobs_in_a_row_from_the_pool_share_nothing(engine: DockerEngine) -> None:
-    async with pooled(engine) as sandbox:
+async def test_two_jobs_in_a_row_from_the_pool_share_nothing(backend: Backend) -> None:
+    async with pooled(backend) as sandbox:
         assert sandbox.pool is not None
         await sandbox.pool.filled()
         first = await sandbox.run(snippet(FIRST_JOB, env={"JOB_SECRET": "s3cret"}))
@@ -63,11 +59,11 @@ async def test_two_jobs_in_a_row_from_the_pool_share_nothing(engine: DockerEngin
     assert first.stdout == "s3cret\n"
     assert second.warm_start
     assert json.loads(second.stdout) == {"work": ["main.py"], "tmp": [], "env": None, "sleepers": []}
-    assert engine.our_containers() == []
+    assert backend.sandboxes_of() == []
 
 
-async def test_an_empty_pool_never_holds_the_caller_up(engine: DockerEngine) -> None:
-    async with pooled(engine, size=1) as sandbox:
+async def test_an_empty_pool_never_holds_the_caller_up(backend: Backend) -> None:
+    async with pooled(backend, size=1) as sandbox:
         assert sandbox.pool is not None
         await sandbox.pool.filled()
         results = []
@@ -80,11 +76,11 @@ async def test_an_empty_pool_never_holds_the_caller_up(engine: DockerEngine) -> 
                 group.start_soon(run)
     assert [r.stdout for r in results] == ["ok\n"] * 3
     assert sorted(r.warm_start for r in results) == [False, False, True]
-    assert engine.our_containers() == []
+    assert backend.sandboxes_of() == []
 
 
-async def test_a_job_with_other_limits_starts_cold(engine: DockerEngine) -> None:
-    async with pooled(engine) as sandbox:
+async def test_a_job_with_other_limits_starts_cold(backend: Backend) -> None:
+    async with pooled(backend) as sandbox:
         assert sandbox.pool is not None
         await sandbox.pool.filled()
         other = await sandbox.run(snippet("print(1)", limits={"memory_mib": 128}))
@@ -94,66 +90,62 @@ async def test_a_job_with_other_limits_starts_cold(engine: DockerEngine) -> None
     assert same.warm_start  # the timeout is enforced from outside: any warm container fits
 
 
-async def test_a_container_that_waited_too_long_is_replaced(engine: DockerEngine) -> None:
-    async with pooled(engine, size=1, max_idle_s=1.0) as sandbox:
+async def test_a_container_that_waited_too_long_is_replaced(backend: Backend) -> None:
+    async with pooled(backend, size=1, max_idle_s=1.0) as sandbox:
         assert sandbox.pool is not None
         await sandbox.pool.filled()
-        first = {c.id for c in engine.our_containers()}
+        first = set(backend.sandboxes_of())
         await anyio.sleep(2.5)
         await sandbox.pool.filled()
-        later = {c.id for c in engine.our_containers()}
+        later = set(backend.sandboxes_of())
         assert len(later) == 1
         assert not first & later
         result = await sandbox.run(snippet("print('fresh')"))
     assert result.stdout == "fresh\n"
 
 
-async def test_a_warm_container_that_died_is_not_handed_out(
-    engine: DockerEngine, docker_client: docker.DockerClient
-) -> None:
-    async with pooled(engine, size=1) as sandbox:
+async def test_a_warm_container_that_died_is_not_handed_out(backend: Backend) -> None:
+    async with pooled(backend, size=1) as sandbox:
         assert sandbox.pool is not None
         await sandbox.pool.filled()
-        (idle,) = engine.our_containers()
-        idle.kill()
+        (idle,) = backend.sandboxes_of()
+        backend.kill(idle)
         await anyio.sleep(0.5)
         result = await sandbox.run(snippet("print('still served')"))
     assert result.stdout == "still served\n"
     assert result.warm_start is False
-    assert engine.our_containers() == []
+    assert backend.sandboxes_of() == []
 
 
-async def test_a_pool_of_size_0_is_off(engine: DockerEngine) -> None:
-    async with pooled(engine, size=0) as sandbox:
+async def test_a_pool_of_size_0_is_off(backend: Backend) -> None:
+    async with pooled(backend, size=0) as sandbox:
         assert sandbox.pool is None
         result = await sandbox.run(snippet("print(1)"))
     assert result.warm_start is False
 
 
-def test_start_up_removes_the_pool_of_a_server_that_was_killed(engine: DockerEngine) -> None:
-    server = stdio_server()
-    owner_filter = owned_by(server.pid)
+def test_start_up_removes_the_pool_of_a_server_that_was_killed(backend: Backend) -> None:
+    server = stdio_server(backend.server_env())
     try:
         deadline = time.monotonic() + 30
-        while len(engine.client.containers.list(all=True, sparse=True, filters=owner_filter)) < 2:
+        while len(backend.sandboxes_of(server.pid)) < 2:
             assert time.monotonic() < deadline, "the server's pool did not fill"
             time.sleep(0.1)
     finally:
         server.send_signal(signal.SIGKILL)  # no chance to clean up
         server.wait()
-    assert len(engine.client.containers.list(all=True, sparse=True, filters=owner_filter)) == 2
-    Sandbox(Settings(), engine).start()
-    assert engine.client.containers.list(all=True, sparse=True, filters=owner_filter) == []
+    assert len(backend.sandboxes_of(server.pid)) == 2
+    Sandbox(backend.settings, backend.engine).start()
+    assert backend.sandboxes_of(server.pid) == []
 
 
-def test_a_server_stopped_with_sigterm_leaves_no_container(engine: DockerEngine) -> None:
-    server = stdio_server()
-    owner_filter = owned_by(server.pid)
+def test_a_server_stopped_with_sigterm_leaves_no_container(backend: Backend) -> None:
+    server = stdio_server(backend.server_env())
     deadline = time.monotonic() + 30
-    while len(engine.client.containers.list(all=True, sparse=True, filters=owner_filter)) < 2:
+    while len(backend.sandboxes_of(server.pid)) < 2:
         assert time.monotonic() < deadline, "the server's pool did not fill"
         time.sleep(0.1)
     server.send_signal(signal.SIGTERM)
     server.communicate(timeout=30)
     assert server.returncode == 0
-    assert engine.client.containers.list(all=True, sparse=True, filters=owner_filter) == []
+    assert backend.sandboxes_of(server.pid) == []

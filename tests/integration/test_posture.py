@@ -17,10 +17,13 @@ from mcp import Client, StdioServerParameters
 
 from agent_sandbox.config import GVISOR, Settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
+from agent_sandbox.engine.kubernetes import KubernetesEngine
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import (
+    KUBERNETES,
     PROFILES,
+    TEST_NAMESPACE,
     gvisor_gofers,
     host_ids,
     host_status,
@@ -36,8 +39,16 @@ NO_CAPABILITIES = "0000000000000000"
 
 @pytest.fixture(params=PROFILES)
 def profile(request: pytest.FixtureRequest, engine: DockerEngine) -> Settings:
-    """Every claim is checked under the default profile (runc) and the strict one (gVisor)."""
+    """Every claim is checked under the default profile (runc), the strict one (gVisor) and the
+    default's sandboxes as pods on the Kubernetes test cluster."""
     return profile_or_skip(request, engine)
+
+
+@pytest.fixture
+def kubernetes(profile: Settings) -> bool:
+    """On Kubernetes the sandbox is a pod: the pod spec gives most of what Docker's options do,
+    and where it cannot, the tests say what holds instead and why (docs/kubernetes.md)."""
+    return profile.engine.backend == KUBERNETES
 
 
 @pytest.fixture
@@ -99,7 +110,17 @@ async def test_the_root_filesystem_is_read_only(posture: dict[str, Any]) -> None
     assert "ro" in posture["root_mount"]
 
 
-async def test_work_and_tmp_are_noexec_nosuid(posture: dict[str, Any], gvisor: bool) -> None:
+async def test_work_and_tmp_are_noexec_nosuid(
+    posture: dict[str, Any], gvisor: bool, kubernetes: bool
+) -> None:
+    if kubernetes:
+        # A pod's emptyDir is mounted with no flags, and no pod field sets them: a file the
+        # program writes there can be executed. nosuid and nodev lose nothing (no new privileges;
+        # no capability to make a device node: see mknod); noexec is a wall Kubernetes lacks.
+        for mount in ("work_mount", "tmp_mount"):
+            assert {"rw", "noexec"} & set(posture[mount]) == {"rw"}, mount
+        assert (posture["exec_from_work"], posture["exec_from_tmp"]) == ("ok", "ok")
+        return
     # gVisor lists only noexec among the flags; with exec refused and every file there owned by
     # uid 1000, nosuid has nothing left to stop, and its devices are its own (see mknod).
     flags = {"rw", "noexec"} if gvisor else {"rw", "noexec", "nosuid", "nodev"}
@@ -130,7 +151,7 @@ async def test_no_block_kvm_or_memory_devices(posture: dict[str, Any], gvisor: b
 
 
 async def test_shared_memory_is_a_private_tmpfs_in_an_ipc_namespace_of_its_own(
-    posture: dict[str, Any], profile: Settings, gvisor: bool
+    posture: dict[str, Any], profile: Settings, gvisor: bool, kubernetes: bool
 ) -> None:
     """multiprocessing needs /dev/shm: the sandbox's own tmpfs, sized and counted in its memory
     like /work, in an IPC namespace that is not the host's (nsfs inode numbers are host-wide, so
@@ -138,6 +159,8 @@ async def test_shared_memory_is_a_private_tmpfs_in_an_ipc_namespace_of_its_own(
     lives in its own kernel, which the host's never sees."""
     assert posture["shm_mib"] == profile.limits.shm_mib
     flags = {"rw", "noexec"} if gvisor else {"rw", "noexec", "nosuid", "nodev"}  # as for /work
+    if kubernetes:
+        flags = {"rw"}  # an emptyDir, as /work (see test_work_and_tmp_are_noexec_nosuid)
     assert flags <= set(posture["shm_mount"])
     if gvisor:
         assert posture["ipc_namespace"] is None
@@ -165,7 +188,19 @@ async def test_etc_shadow_is_unreadable(posture: dict[str, Any]) -> None:
     assert posture["shadow_read"] == "EACCES"
 
 
-async def test_a_private_pid_and_cgroup_namespace(posture: dict[str, Any], gvisor: bool) -> None:
+async def test_a_private_pid_and_cgroup_namespace(
+    posture: dict[str, Any], gvisor: bool, kubernetes: bool
+) -> None:
+    if kubernetes:
+        # The launcher is PID 1 of the container's own PID namespace (a pod has no init): the
+        # kernel then never delivers the program's SIGSTOP or SIGKILL to it. Kubernetes 1.20 on
+        # cgroup v1 gives no cgroup namespace, so the program sees its pod's cgroup path (read-only:
+        # test_no_writable_kernel_or_cgroup_controls); newer clusters on cgroup v2 do give one.
+        assert posture["pid_1"] == "python3"
+        assert posture["process_count"] < 10  # the launcher and the probe
+        (path,) = posture["cgroup_paths"]
+        assert path.startswith("/kubepods/")
+        return
     assert posture["pid_1"] == "/sbin/docker-init"  # not the host's init
     assert posture["process_count"] < 10  # init, launcher, the probe: nothing of the host
     assert posture["cgroup_paths"] == ([] if gvisor else ["/"])  # gVisor has no cgroups inside
@@ -178,7 +213,7 @@ async def test_the_user_namespace_mapping_is_reported(posture: dict[str, Any]) -
 
 
 async def test_seen_from_the_host_the_sandbox_is_confined(
-    engine: DockerEngine, profile: Settings, docker_client: docker.DockerClient, gvisor: bool
+    request: pytest.FixtureRequest, profile: Settings, docker_client: docker.DockerClient, gvisor: bool
 ) -> None:
     """The processes the engine started, read from the host's /proc (one cold sandbox, so the only
     container running is the run's). Under runc: the program's init, uid 1000 with no
@@ -188,7 +223,20 @@ async def test_seen_from_the_host_the_sandbox_is_confined(
     files for it, under seccomp, as the host's root (userns-remap makes it the remapped root:
     tests/integration/test_userns_remap.py)."""
     settings = profile.model_copy(update={"engine": profile.engine.model_copy(update={"pool_size": 0})})
-    sandbox = Sandbox(settings, engine)
+    if settings.engine.backend == KUBERNETES:  # the pod's launcher, found by its container id
+        engine = request.getfixturevalue("kubernetes_engine")
+        async with anyio.create_task_group() as group:
+            group.start_soon(Sandbox(settings, engine).run, snippet("import time\ntime.sleep(30)"))
+            with anyio.fail_after(20):
+                while not (pid := await anyio.to_thread.run_sync(running_pod_launcher, engine)):
+                    await anyio.sleep(0.1)
+            status = host_status(pid)
+            assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+            assert host_ids(pid)[0] == [1000] * 4
+            assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == NO_CAPABILITIES
+            group.cancel_scope.cancel()
+        return
+    sandbox = Sandbox(settings, request.getfixturevalue("engine"))
     async with anyio.create_task_group() as group:
         group.start_soon(sandbox.run, snippet("import time\ntime.sleep(30)"))
         with anyio.fail_after(20):
@@ -214,6 +262,28 @@ async def test_seen_from_the_host_the_sandbox_is_confined(
             assert host_ids(pid)[0] == [1000] * 4
             assert status["CapEff"] == status["CapPrm"] == NO_CAPABILITIES
         group.cancel_scope.cancel()
+
+
+def running_pod_launcher(engine: KubernetesEngine) -> int | None:
+    """The host pid of the launcher of the one sandbox pod of ours that runs, if there is one yet:
+    the process in that container's cgroup that the container started."""
+    names = engine.our_pods()
+    if not names:
+        return None
+    (name,) = names
+    statuses = engine.api.read_namespaced_pod_status(name, TEST_NAMESPACE).status.container_statuses or []
+    ids = [status.container_id.rpartition("/")[2] for status in statuses if status.container_id]
+    if not ids:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            in_container = ids[0] in Path(f"/proc/{pid}/cgroup").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if in_container and command[:4] == [b"python3", b"-I", b"-S", b"-c"]:
+            return int(pid)
+    return None
 
 
 async def test_a_secret_in_the_servers_environment_never_reaches_the_program() -> None:

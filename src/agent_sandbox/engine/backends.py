@@ -12,7 +12,7 @@ def make_engine(settings: Settings) -> Engine:
     if settings.engine.backend == "kubernetes":
         from agent_sandbox.engine.kubernetes import KubernetesEngine
 
-        return KubernetesEngine(settings.engine, settings.kubernetes)
+        return KubernetesEngine(settings.engine, settings.kubernetes, settings.limits.pids)
     from agent_sandbox.engine.docker import DockerEngine
 
     return DockerEngine(settings.engine)

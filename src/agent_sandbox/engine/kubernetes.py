@@ -16,7 +16,8 @@ or lost with its node is an infrastructure failure, said as such. The pod is del
 The launcher is the container's PID 1 here (no init; each container has its own PID namespace),
 so the program cannot stop it: the session's "resume" is never needed and does nothing.
 Kubernetes has no per-container ulimits or pids limit: the launcher sets the job's rlimits itself,
-and the process limit is the kubelet's ``podPidsLimit`` (docs/kubernetes.md).
+and the process limit is the kubelet's ``podPidsLimit``, which ``limits.pids`` must state; a run
+that asks for another is refused (docs/kubernetes.md).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID,
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.session import Action, JobSession, drive
 from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
-from agent_sandbox.errors import EngineError, EngineUnavailable, ImageMissing
+from agent_sandbox.errors import EngineError, EngineUnavailable, ImageMissing, Refused
 
 ROLE_LABEL = "agent-sandbox.io/role"  # "sandbox" on every pod of ours (the NetworkPolicy selects it)
 OWNER_LABEL = "agent-sandbox.io/owner"  # a digest of the owning process, to list its pods
@@ -222,8 +223,11 @@ class KubernetesEngine:
 
     name = "the Kubernetes cluster"
 
-    def __init__(self, engine: EngineSettings, settings: KubernetesSettings):
+    def __init__(self, engine: EngineSettings, settings: KubernetesSettings, node_pids_limit: int):
         self.settings = settings
+        # What the kubelet's podPidsLimit holds every pod to, as configured (limits.pids): a pod
+        # spec cannot set a process limit, so no run may ask for another.
+        self.node_pids_limit = node_pids_limit
         self.namespace = settings.namespace
         self.owner = owner_id()
         # The image of each profile's tag: what a RunSpec names, what the pod runs.
@@ -332,7 +336,8 @@ class KubernetesEngine:
             fix=RUNTIME_FIX,
             weaknesses=(
                 "/work and /tmp are emptyDir volumes, which Kubernetes cannot mount noexec",
-                "the process limit is the kubelet's podPidsLimit, not limits.pids",
+                f"the process limit is the kubelet's podPidsLimit, which limits.pids ({self.node_pids_limit}) "
+                "must match: a pod cannot set its own, and runs cannot ask for another",
             ),
         )
         if nodes is not None and not any(nodes.values()):
@@ -354,10 +359,10 @@ class KubernetesEngine:
         uid = self.settings.server_pod_uid
         for pod in pods["items"]:
             metadata = pod["metadata"]
-            owner = metadata.get("annotations", {}).get(OWNER_ANNOTATION, "")
+            owner = (metadata.get("annotations") or {}).get(OWNER_ANNOTATION, "")
             if owner == self.owner:
                 continue
-            in_my_pod = bool(uid) and any(ref["uid"] == uid for ref in metadata.get("ownerReferences", ()))
+            in_my_pod = bool(uid) and any(ref["uid"] == uid for ref in metadata.get("ownerReferences") or ())
             created = datetime.datetime.fromisoformat(metadata["creationTimestamp"].replace("Z", "+00:00"))
             if orphaned(owner, self.owner) or in_my_pod or now - created.timestamp() > older_than_s:
                 removed += self._delete(metadata["name"])
@@ -393,6 +398,12 @@ class KubernetesEngine:
     ) -> Outcome:
         """Run ``spec`` in a pod of its own (warm if one is ready, else a new one) and delete the
         pod, whatever happens (cancellation too). ``on_output`` sees the output live."""
+        if spec.limits.pids != self.node_pids_limit:
+            raise Refused(
+                f"limits.pids is {spec.limits.pids}, but on Kubernetes every sandbox pod has the process "
+                f"limit of its node's kubelet (podPidsLimit, configured here as limits.pids = "
+                f"{self.node_pids_limit}), which a pod cannot change: leave pids out of the request"
+            )
         report = on_progress or _ignore
         started = self.pool.take(spec.shape) if self.pool else None
         warm = started is not None
@@ -402,7 +413,8 @@ class KubernetesEngine:
                 stream = await anyio.to_thread.run_sync(self._attach, started.name, limiter=self._calls)
             except EngineError as exc:  # it died while it waited: start cold instead
                 log.warning("warm pod %s cannot take a job (%s); starting one cold", started.name, exc)
-                self._dispose(started)
+                if self.pool is not None:
+                    self.pool.dispose(started)
                 started, warm = None, False
         if started is None:
             await report("starting")
@@ -416,7 +428,10 @@ class KubernetesEngine:
             )
             return dataclasses.replace(outcome, warm_start=warm)
         finally:
-            self._dispose(started)
+            if self.pool is not None:
+                self.pool.dispose(started)  # the caller has its result; the pool deletes it meanwhile
+            else:
+                await self.remove(started)
 
     async def start_sandbox(self, shape: ContainerShape) -> StartedPod:
         """Create a pod of ``shape`` and wait until its launcher runs; it then waits for a job."""
@@ -440,13 +455,6 @@ class KubernetesEngine:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._delete, started.name, limiter=self._calls)
 
-    def _dispose(self, started: StartedPod) -> None:
-        """Delete a used pod without making its caller wait (the pool's tasks, else a thread)."""
-        if self.pool is not None:
-            self.pool.dispose(started)
-        else:
-            threading.Thread(target=self._delete, args=(started.name,), daemon=True).start()
-
     def _create(self, manifest: dict[str, Any]) -> None:
         name = manifest["metadata"]["name"]
         try:
@@ -464,11 +472,11 @@ class KubernetesEngine:
         while time.monotonic() < deadline:
             with _api_errors(self):
                 status = self._read(self.api.read_namespaced_pod_status, name, self.namespace)["status"]
-            for condition in status.get("conditions", ()):
+            for condition in status.get("conditions") or ():
                 if condition["type"] == "PodScheduled" and condition["status"] != "True":
                     why = f"not scheduled: {condition.get('message') or condition.get('reason')}"
-            for container in status.get("containerStatuses", ()):
-                state = container.get("state", {})
+            for container in status.get("containerStatuses") or ():
+                state = container.get("state") or {}
                 if "running" in state:
                     return
                 if "waiting" in state:
@@ -600,8 +608,8 @@ class KubernetesEngine:
                     f"({status.get('message') or status.get('reason') or 'deleted'}): an infrastructure "
                     "failure, not the program's; run it again"
                 )
-            for container in status.get("containerStatuses", ()):
-                terminated = container.get("state", {}).get("terminated")
+            for container in status.get("containerStatuses") or ():
+                terminated = (container.get("state") or {}).get("terminated")
                 if terminated is not None:
                     return int(terminated["exitCode"]), terminated.get("reason") == "OOMKilled"
             if killed:
@@ -645,7 +653,7 @@ class KubernetesEngine:
             return None, set(), [f"nodes not readable ({exc})"]
         ready = {
             str(node["metadata"]["name"]): any(
-                c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", ())
+                c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions") or ()
             )
             for node in nodes
         }
@@ -653,8 +661,8 @@ class KubernetesEngine:
             str(image_name)
             for node in nodes
             if ready[node["metadata"]["name"]]
-            for image in node["status"].get("images", ())
-            for image_name in image.get("names", ())
+            for image in node["status"].get("images") or ()
+            for image_name in image.get("names") or ()
         }
         return ready, images, []
 

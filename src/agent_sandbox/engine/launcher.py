@@ -644,7 +644,10 @@ def main() -> None:
     sent = _unpack(_ArchiveInput(job["archive_bytes"]))
     # Read now, whether the program ever reads it or not: the engine's write must not wait on it.
     program_stdin = _ArchiveInput(job["stdin_bytes"]).read()
-    env = {**os.environ, **job["env"]}
+    # Kubernetes puts its API server's address into every container, even with service links off:
+    # the program has no business with it.
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("KUBERNETES_")}
+    env = {**inherited, **job["env"]}
     installed = True
     if job["wheels"]:
         install = _install(job["wheels"])
