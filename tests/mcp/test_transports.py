@@ -1,4 +1,5 @@
-"""The real server as a subprocess, over stdio, SSE and Streamable HTTP, calling both tools."""
+"""The real server as a subprocess, over stdio, SSE and Streamable HTTP, calling both tools (over
+stdio and Streamable HTTP on each backend: Docker, and the Kubernetes test cluster)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 
-from tests.helpers import TOOLS, owned_by
+from tests.helpers import TOOLS, Backend, owned_by
 
 from .conftest import ROOT, serving
 
@@ -53,21 +54,24 @@ async def exercise(client: Client) -> None:
     assert refused.is_error is True
 
 
-def stdio_parameters() -> StdioServerParameters:
+def stdio_parameters(env: dict[str, str] | None = None) -> StdioServerParameters:
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "agent_sandbox", "serve"], cwd=str(ROOT), env=dict(os.environ)
+        command=sys.executable,
+        args=["-m", "agent_sandbox", "serve"],
+        cwd=str(ROOT),
+        env={**os.environ, **(env or {})},
     )
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_stdio(mode: str) -> None:
-    async with Client(stdio_parameters(), mode=mode) as client:  # type: ignore[arg-type]
+async def test_stdio(mode: str, backend: Backend) -> None:
+    async with Client(stdio_parameters(backend.server_env()), mode=mode) as client:  # type: ignore[arg-type]
         await exercise(client)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_streamable_http(mode: str) -> None:
-    with serving("streamable-http") as (url, _, _):
+async def test_streamable_http(mode: str, backend: Backend) -> None:
+    with serving("streamable-http", backend.server_env()) as (url, _, _):
         async with Client(f"{url}/mcp", mode=mode) as client:  # type: ignore[arg-type]
             await exercise(client)
 
