@@ -45,8 +45,11 @@ def checks(settings: Settings, config_source: str, engine: Engine | None = None)
     yield _runtime(health.runtime, settings.engine.runtime)
     for image in health.images:
         if image.present:
-            size_mb = (image.size_bytes or 0) / 1e6
-            yield Check("ok", "image", f"{image.name} ({size_mb:.0f} MB, built {image.created} UTC)")
+            known = [f"{image.size_bytes / 1e6:.0f} MB" if image.size_bytes else "", image.created or ""]
+            if image.created:
+                known[1] = f"built {image.created} UTC"
+            about = ", ".join(part for part in known if part)
+            yield Check("ok", "image", f"{image.name} ({about})" if about else image.name)
         else:
             yield Check("FAIL", "image", image.problem or f"{image.name} is missing")
     default_image = settings.engine.image_of(settings.engine.profile)
@@ -122,10 +125,10 @@ def posture_summary(report: dict[str, Any], settings: Settings) -> str:
     host_uid = host_id(report["uid"], report.get("uid_map", []))
     if host_uid is not None and host_uid != report["uid"]:
         who += f" (host uid {host_uid}: user namespace remapped)"
-    return (
-        f"{who}, no capabilities, {kernel}, {network}, read-only root, noexec /work and /tmp, "
-        "no runtime socket"
-    )
+    scratch = "noexec /work and /tmp"
+    if settings.engine.backend == "kubernetes":
+        scratch = "/work and /tmp not noexec (a pod's emptyDir cannot be)"
+    return f"{who}, no capabilities, {kernel}, {network}, read-only root, {scratch}, no runtime socket"
 
 
 def host_id(inside: int, id_map: list[list[int]]) -> int | None:
@@ -150,8 +153,11 @@ def posture_problems(report: dict[str, Any], settings: Settings) -> list[str]:
         problems.append(f"the sandbox has network interfaces: {report['interfaces']}")
     if report["root_write"] != "EROFS":
         problems.append("the root filesystem is writable")
-    # gVisor enforces noexec but does not list nosuid among a mount's options.
+    # gVisor enforces noexec but does not list nosuid among a mount's options; a pod's emptyDir
+    # has neither, and nothing in a pod spec can ask for them (docs/kubernetes.md).
     wanted = {"noexec"} if settings.engine.runtime == GVISOR else {"noexec", "nosuid"}
+    if settings.engine.backend == "kubernetes":
+        wanted = set()
     for mount in ("work_mount", "tmp_mount"):
         if not wanted <= set(report[mount]):
             problems.append(f"{mount.split('_')[0]} is not {','.join(sorted(wanted))}")

@@ -89,12 +89,16 @@ async def test_healthz_reports_the_engine_the_images_and_the_pool(
                 await anyio.sleep(0.5)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {
+    body = response.json()
+    engine = body.pop("engine")
+    assert body == {
         "status": "ok",
-        "engine": {"version": docker_client.version()["Version"]},
         "images": {"minimal": {"image": "agent-sandbox:minimal", "present": True}},
         "pool": {"ready": 2, "size": 2},
     }
+    assert (engine["backend"], engine["version"]) == ("docker", docker_client.version()["Version"])
+    assert engine["description"].startswith(f"Docker {engine['version']} at ")
+    assert "runc" in engine["runtime"]["offered"]
 
 
 @pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
@@ -231,7 +235,7 @@ async def test_healthz_answers_503_naming_what_is_wrong_and_the_fix(
     body = response.json()
     assert body["status"] == "unavailable"
     # The engine's version is known whenever the engine answered.
-    assert body["engine"] == {"version": engine.version() if broken == "image" else None}
+    assert body["engine"]["version"] == (engine.version() if broken == "image" else None)
     assert body["images"]["minimal"]["present"] is (False if broken == "image" else None)
     assert len(body["problems"]) == 1
     assert body["problems"][0].startswith(problem)

@@ -302,9 +302,9 @@ class KubernetesEngine:
         states = []
         for tag in images:
             image = self.images.get(tag, tag)
-            present = _image_on(image, node_images)
-            if present or nodes is None:
-                states.append(ImageState(image, present or nodes is None))
+            size = _image_size(image, node_images)
+            if size is not None or nodes is None:  # there, or no way to tell: the run will say
+                states.append(ImageState(image, True, size))
                 continue
             if self.settings.image_pull_policy == "Never":
                 missing = ImageMissing(
@@ -328,17 +328,13 @@ class KubernetesEngine:
                 )
             )
         ready = "?" if nodes is None else f"{sum(nodes.values())}/{len(nodes)} nodes ready"
+        pids = f"process limit: the kubelet's podPidsLimit, stated as limits.pids = {self.node_pids_limit}"
         state = RuntimeState(
             used=configured or "(the nodes' default)",
             default="(the nodes' default)",
             offered=tuple(classes or ()),
-            details=f"{ready}; " + "; ".join(notes) if notes else ready,
+            details="; ".join([ready, pids, *notes]),
             fix=RUNTIME_FIX,
-            weaknesses=(
-                "/work and /tmp are emptyDir volumes, which Kubernetes cannot mount noexec",
-                f"the process limit is the kubelet's podPidsLimit, which limits.pids ({self.node_pids_limit}) "
-                "must match: a pod cannot set its own, and runs cannot ask for another",
-            ),
         )
         if nodes is not None and not any(nodes.values()):
             problems.append(EngineUnavailable("no node of the cluster is Ready: sandbox pods cannot start"))
@@ -643,14 +639,15 @@ class KubernetesEngine:
                     return 0
                 time.sleep(1)
 
-    def _nodes(self) -> tuple[dict[str, bool] | None, set[str], list[str]]:
-        """Each node's readiness, the images on ready nodes, and notes on what could not be read."""
+    def _nodes(self) -> tuple[dict[str, bool] | None, dict[str, int], list[str]]:
+        """Each node's readiness, the images on ready nodes (with their sizes), and notes on what
+        could not be read."""
         try:
             nodes = self._read(self.api.list_node)["items"]
         except ApiException as exc:
-            return None, set(), [f"nodes not readable ({exc.reason}): node readiness and images unknown"]
+            return None, {}, [f"nodes not readable ({exc.reason}): node readiness and images unknown"]
         except _CONNECTION_ERRORS as exc:
-            return None, set(), [f"nodes not readable ({exc})"]
+            return None, {}, [f"nodes not readable ({exc})"]
         ready = {
             str(node["metadata"]["name"]): any(
                 c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions") or ()
@@ -658,7 +655,7 @@ class KubernetesEngine:
             for node in nodes
         }
         images = {
-            str(image_name)
+            str(image_name): int(image.get("sizeBytes") or 0)
             for node in nodes
             if ready[node["metadata"]["name"]]
             for image in node["status"].get("images") or ()
@@ -675,14 +672,15 @@ class KubernetesEngine:
             return None
 
 
-def _image_on(image: str, names: set[str]) -> bool:
-    """Whether a node lists ``image`` (as written, or as the runtime normalises a short name)."""
-    candidates = {image}
-    if "/" not in image.split(":")[0] and "." not in image.split("/")[0]:
-        candidates |= {f"docker.io/library/{image}"}
-    elif image.count("/") == 1 and "." not in image.split("/")[0]:
-        candidates |= {f"docker.io/{image}"}
-    return bool(candidates & names)
+def _image_size(image: str, sizes: dict[str, int]) -> int | None:
+    """The size of ``image`` if a ready node lists it (as written, or as container runtimes
+    spell a short name: docker.io/library/NAME, docker.io/USER/NAME)."""
+    candidates = [image]
+    if "/" not in image:
+        candidates.append(f"docker.io/library/{image}")
+    elif image.count("/") == 1 and "." not in image.split("/")[0] and ":" not in image.split("/")[0]:
+        candidates.append(f"docker.io/{image}")
+    return next((sizes[name] for name in candidates if name in sizes), None)
 
 
 @contextlib.contextmanager

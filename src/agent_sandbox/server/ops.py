@@ -66,15 +66,27 @@ class HealthCheck:
         if not details:
             return JSONResponse({"status": status}, status_code=status_code)
         settings = self.sandbox.settings.engine
-        present = {image.name: image.present for image in health.images}
+        # The engine answers for the profiles' images in order (unless it could not be asked).
+        images = dict(zip(settings.profiles, health.images, strict=False))
+        runtime = health.runtime  # what runs the sandboxes: the runtime classes, on Kubernetes
+        offered = (
+            {"runtime": {"used": runtime.used, "offered": list(runtime.offered), "details": runtime.details}}
+            if runtime is not None
+            else {}
+        )
         load = self.sandbox.load()
         body = {
             "status": status,
-            "engine": {"version": health.version},
+            "engine": {
+                "backend": settings.backend,
+                "description": health.description,
+                "version": health.version,
+                **offered,
+            },
             "images": {
                 profile: {
-                    "image": settings.image_of(profile),
-                    "present": present.get(settings.image_of(profile)),
+                    "image": images[profile].name if profile in images else settings.image_of(profile),
+                    "present": images[profile].present if profile in images else None,
                 }
                 for profile in settings.profiles
             },
