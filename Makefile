@@ -1,12 +1,13 @@
 # Everything a fresh Debian machine needs: `make serve` serves MCP, `make test` runs every
-# check. Both create .venv and make sure the Docker engine and the sandbox image are there.
+# check. Both create .venv and make sure the Docker engine and the sandbox image are there;
+# `make test` also builds (once) and starts the Kubernetes test cluster, and stops it after.
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTHON ?= python3
 
 CONFORMANCE := .tools/conformance/node_modules/.bin/conformance
 
-.PHONY: run serve test lint unit venv engine image server-image conformance-tools clean
+.PHONY: run serve test lint unit venv engine image server-image conformance-tools cluster cluster-down clean
 
 # The main job: serve MCP over stdio (add ARGS="--transport streamable-http" for HTTP).
 serve: image
@@ -15,8 +16,11 @@ serve: image
 run: image
 	$(BIN)/agent-sandbox run examples/hello.py
 
+# The images the Kubernetes tests run (loaded into the test cluster's containerd).
+CLUSTER_IMAGES := agent-sandbox:minimal
+
 test: lint image conformance-tools
-	$(BIN)/pytest -q
+	bash scripts/ensure-cluster.sh run $(CLUSTER_IMAGES) -- $(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples
@@ -44,6 +48,14 @@ image: venv engine
 # The MCP server's own image (Dockerfile at the root): wheels made on the host, no network in the build.
 server-image: venv engine
 	bash scripts/build-server-image.sh agent-sandbox-server:latest
+
+# The Kubernetes test cluster, left running (tests use it with SANDBOX_TESTS_KUBECONFIG set to
+# /var/lib/agent-sandbox-kubernetes/admin.kubeconfig); `make cluster-down` stops it.
+cluster: image
+	bash scripts/ensure-cluster.sh up $(CLUSTER_IMAGES)
+
+cluster-down:
+	bash scripts/ensure-cluster.sh down
 
 # The MCP conformance suite needs Node >= 22; npm's `node` package brings one along.
 conformance-tools: $(CONFORMANCE)
