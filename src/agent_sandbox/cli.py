@@ -126,11 +126,12 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
     version = sandbox.start()
     where = "stdin/stdout" if options.transport == "stdio" else f"http://{options.host}:{options.port}"
     log.info(
-        "serving MCP over %s on %s; config %s; profiles %s; Docker engine %s; warm pool of %d",
+        "serving MCP over %s on %s; config %s; profiles %s; %s %s; warm pool of %d",
         options.transport,
         where,
         _config_source(options),
         ", ".join(settings.engine.profiles),
+        sandbox.engine_name,
         version,
         settings.engine.pool_size,
     )

@@ -148,7 +148,7 @@ class Sandbox:
             raise health.problems[0]
         removed = self.engine.reap(older_than_s=self._longest_sandbox_life_s())
         if removed:
-            log.info("removed %d container(s) left behind by an earlier process", removed)
+            log.info("removed %d sandbox(es) left behind by an earlier process", removed)
         self.wheels.cache.remove_stale(older_than_s=self._longest_sandbox_life_s())
         return health.version or "?"
 

@@ -239,7 +239,6 @@ class KubernetesEngine:
         self._api: k8s.CoreV1Api | None = None
         self._watchers = anyio.CapacityLimiter(engine.max_concurrent_runs)
         self._calls = anyio.CapacityLimiter(_ENGINE_CALL_THREADS)
-        self._killed: set[str] = set()  # pods this process deleted on purpose
         self.pool: WarmPool[StartedPod] | None = None
 
     @property
@@ -546,7 +545,6 @@ class KubernetesEngine:
         def act(due: Action) -> None:
             if due == "kill":  # "resume" never happens to the launcher as PID 1: nothing to do
                 killed.append(True)
-                self._killed.add(started.name)
                 threading.Thread(target=self._delete, args=(started.name,), daemon=True).start()
 
         try:
@@ -698,8 +696,8 @@ def _api_errors(engine: KubernetesEngine, starting: bool = False) -> Iterator[No
             ) from None
         if exc.status == 404 and not starting:
             raise EngineUnavailable(
-                f"namespace {engine.namespace} not found ({reason}): create it (kubectl apply -k "
-                "deploy/kubernetes) or set kubernetes.namespace"
+                f"the Kubernetes API server does not know it ({reason}); check kubernetes.namespace "
+                f"({engine.namespace}: kubectl apply -k deploy/kubernetes creates it)"
             ) from None
         if starting and exc.status and exc.status < 500:
             raise EngineError(
