@@ -7,13 +7,15 @@ K=${K:-/var/cache/agent-sandbox/kubernetes-v1.20.2}; D=${D:-/var/lib/agent-sandb
 P=$D/pki
 CTR="${CTR:-/usr/bin/ctr} -a $R/containerd.sock -n k8s.io"
 log() { echo "[$(date +%T)] $*"; }
-alive() { [ -f $R/$1.pid ] && kill -0 "$(cat $R/$1.pid)" 2>/dev/null; }
+# A process that exists and is not a zombie (a killed one its reaper has not collected yet).
+running() { [ -r /proc/$1/status ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status; }
+alive() { [ -f $R/$1.pid ] && running "$(cat $R/$1.pid)"; }
 stop() { # name: TERM, wait up to 10s, KILL — only the pid we recorded
   alive $1 || { rm -f $R/$1.pid; return; }
   local pid; pid=$(cat $R/$1.pid)
   kill -TERM $pid
-  for _ in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.2; done
-  kill -0 $pid 2>/dev/null && kill -KILL $pid
+  for _ in $(seq 50); do running $pid || break; sleep 0.2; done
+  running $pid && kill -KILL $pid
   rm -f $R/$1.pid
   log "stopped $1 ($pid)"
 }

@@ -17,9 +17,11 @@ T0=$(date +%s.%N)
 mkdir -p $P $D/logs $D/etcd $D/kubelet $D/containerd $R
 log() { printf '[%s +%5.1fs] %s\n' "$(date +%T)" "$(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{print a-b}')" "$*"; }
 
+# A process that exists and is not a zombie (a killed one its reaper has not collected yet).
+running() { [ -r /proc/$1/status ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status; }
 start() { # name cmd... : background, own session, pid file, log file
   local n=$1; shift
-  if [ -f $R/$n.pid ] && kill -0 "$(cat $R/$n.pid)" 2>/dev/null; then log "$n already running"; return; fi
+  if [ -f $R/$n.pid ] && running "$(cat $R/$n.pid)"; then log "$n already running"; return; fi
   setsid "$@" >>$D/logs/$n.log 2>&1 </dev/null &
   echo $! >$R/$n.pid
   log "started $n (pid $!)"

@@ -5,6 +5,7 @@ killed, its pods reaped at the next start: tests/integration/test_pool.py, on bo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,8 +38,13 @@ def settings() -> Settings:
 
 @pytest.fixture
 def cluster_restored() -> Iterator[None]:
-    """Whatever a test stopped is started again afterwards (up.sh starts only what is missing)."""
+    """Whatever a test stopped is started again afterwards, even if the test failed."""
     yield
+    start_cluster()
+
+
+def start_cluster() -> None:
+    """Start what is not running (scripts/ensure-cluster.sh up starts only what is missing)."""
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "ensure-cluster.sh"), "up"],
         capture_output=True,
@@ -49,11 +55,12 @@ def cluster_restored() -> Iterator[None]:
 
 
 def stop_component(name: str) -> None:
-    """SIGKILL one of the cluster's processes, as a crash would."""
+    """SIGKILL one of the cluster's processes, as a crash would, and wait until it is gone."""
     pid = int((RUNTIME / f"{name}.pid").read_text())
     os.kill(pid, signal.SIGKILL)
-    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
-        time.sleep(0.05)
+    with contextlib.suppress(OSError):  # gone, or a zombie: either way it serves no more
+        while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.05)
 
 
 async def run_until_running(sandbox: Sandbox, fault: object) -> EngineError:
@@ -112,9 +119,7 @@ async def test_the_api_server_restarted_mid_run(
     def restart_api_server() -> None:
         stop_component("kube-apiserver")
         time.sleep(1)
-        subprocess.run(
-            ["bash", str(ROOT / "scripts" / "ensure-cluster.sh"), "up"], capture_output=True, timeout=180
-        )
+        start_cluster()
 
     error = await run_until_running(Sandbox(settings, kubernetes_engine), restart_api_server)
     message = str(error)
@@ -151,7 +156,5 @@ async def test_a_lost_node_is_an_infrastructure_failure(
     assert "likely the node or its kubelet" in message, message
     assert "infrastructure failure" in message
     pods_gone(kubernetes_engine)
-    subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure-cluster.sh"), "up"], capture_output=True, timeout=180
-    )
+    start_cluster()
     cluster_containers_gone()
