@@ -32,6 +32,10 @@ class ProgressCallback(Protocol):
     def __call__(self, stage: Stage, detail: str = "") -> Awaitable[None]: ...
 
 
+async def no_progress(stage: Stage, detail: str = "") -> None:
+    """The ``ProgressCallback`` of a caller that wants none."""
+
+
 # Called (from a worker thread) as the program's output arrives: the stream (STDOUT or STDERR)
 # and its bytes, with the launcher's own lines and files already taken out.
 OutputCallback = Callable[[int, bytes], None]

@@ -42,7 +42,7 @@ from agent_sandbox.engine.base import (
     OutputCallback,
     ProgressCallback,
     RuntimeState,
-    Stage,
+    no_progress,
 )
 from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID, WORKDIR, orphaned, owner_id
 from agent_sandbox.engine.pool import WarmPool
@@ -274,7 +274,7 @@ class DockerEngine:
     ) -> Outcome:
         """Run ``spec`` in a container of its own (warm if one is ready, else a new one) and remove
         the container, whatever happens (cancellation too). ``on_output`` sees the output live."""
-        report = on_progress or _ignore
+        report = on_progress or no_progress
         started = self.pool.take(spec.shape) if self.pool else None
         warm = started is not None
         if started is None:
@@ -561,7 +561,3 @@ def unreachable(exc: BaseException) -> str:
         f"no Docker engine answers ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
         "start one with `scripts/ensure-engine.sh` (Debian, as root) or set DOCKER_HOST"
     )
-
-
-async def _ignore(stage: Stage, detail: str = "") -> None:
-    return None

@@ -55,7 +55,7 @@ from agent_sandbox.engine.base import (
     OutputCallback,
     ProgressCallback,
     RuntimeState,
-    Stage,
+    no_progress,
 )
 from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID, WORKDIR, orphaned, owner_id
 from agent_sandbox.engine.pool import WarmPool
@@ -399,7 +399,7 @@ class KubernetesEngine:
                 f"limit of its node's kubelet (podPidsLimit, configured here as limits.pids = "
                 f"{self.node_pids_limit}), which a pod cannot change: leave pids out of the request"
             )
-        report = on_progress or _ignore
+        report = on_progress or no_progress
         started = self.pool.take(spec.shape) if self.pool else None
         warm = started is not None
         stream: AttachStream | None = None
@@ -717,7 +717,3 @@ def _api_message(exc: ApiException) -> str:
     with contextlib.suppress(ValueError, TypeError):
         return str(json.loads(exc.body or "")["message"])
     return f"{exc.status} {exc.reason}"
-
-
-async def _ignore(stage: Stage, detail: str = "") -> None:
-    return None
