@@ -109,7 +109,7 @@ def profile_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> Set
     return settings
 
 
-def test_cluster_kubeconfig() -> str:
+def cluster_kubeconfig() -> str:
     """The Kubernetes test cluster's kubeconfig, which `scripts/ensure-cluster.sh run` hands to the
     tests; without one, skip, or fail if SANDBOX_TESTS_REQUIRE_RUNTIMES (CI) names kubernetes."""
     path = os.environ.get("SANDBOX_TESTS_KUBECONFIG", "")
@@ -125,7 +125,7 @@ def on_test_cluster(settings: Settings) -> Settings:
     """``settings`` with the sandboxes on the test cluster: its kubeconfig, the tests' namespace,
     and images that are loaded into it, never pulled."""
     cluster = {
-        "kubeconfig": test_cluster_kubeconfig(),
+        "kubeconfig": cluster_kubeconfig(),
         "namespace": TEST_NAMESPACE,
         "image_pull_policy": "Never",
     }

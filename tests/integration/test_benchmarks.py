@@ -11,7 +11,8 @@ import pytest
 
 from agent_sandbox.config import GVISOR
 from agent_sandbox.engine.docker import DockerEngine
-from tests.helpers import offered_runtimes, skip_unless_offered
+from agent_sandbox.engine.kubernetes import KubernetesEngine
+from tests.helpers import TEST_NAMESPACE, cluster_kubeconfig, offered_runtimes, skip_unless_offered
 
 ROOT = Path(__file__).parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -56,3 +57,29 @@ def test_the_runtime_cost_benchmark_runs(engine: DockerEngine) -> None:
     out = bench("benchmarks/runtimes.py", "--runs", "1")
     for row in ("hello world", "CPU:", "files:", "processes:", "memory:", "warm sandbox waiting"):
         assert row in out
+
+
+def test_the_backends_benchmark_runs_every_row(
+    engine: DockerEngine, kubernetes_engine: KubernetesEngine
+) -> None:
+    """Both backends on the test cluster and the local engine (the fixtures check them, and that
+    they are left empty); skipped without a test cluster, failed when CI requires one."""
+    kubeconfig = cluster_kubeconfig()
+    out = bench(
+        "benchmarks/backends.py",
+        *("--runs", "2", "--calls", "4", "--concurrency", "2"),
+        *("--kubeconfig", kubeconfig, "--namespace", TEST_NAMESPACE),
+    )
+    for row in (
+        "| cold (pool off) |",
+        "| warm (pool of 2, filled before each call) |",
+        "`docker run --rm IMAGE python3 -c`",
+        "| throughput, 4 calls, 2 at once, pool of 2 |",
+        "| runs/s |",
+        "| runs that found a warm sandbox |",
+        "`kubelet_pod_start_duration_seconds` per pod",
+        "| pods told apart",
+        "| the whole series: observations",
+        "creationTimestamp → container startedAt",
+    ):
+        assert row in out, row

@@ -30,8 +30,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from agent_sandbox.engine.kubernetes import ROLE_LABEL
 from agent_sandbox.server.run_tools import STAGE_MESSAGES
-from tests.helpers import ROOT
-from tests.helpers import test_cluster_kubeconfig as cluster_kubeconfig  # as test_*, pytest collects it
+from tests.helpers import ROOT, cluster_kubeconfig
 
 pytestmark = pytest.mark.anyio
 
