@@ -16,7 +16,8 @@ from kubernetes.client.exceptions import ApiException
 
 from agent_sandbox.config import FileSettings, LimitSettings, Settings, load_settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
-from agent_sandbox.engine.kubernetes import ROLE_LABEL, KubernetesEngine
+from agent_sandbox.engine.kubernetes import OWNER_ANNOTATION, ROLE_LABEL, KubernetesEngine
+from agent_sandbox.engine.launch import orphaned
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import KUBERNETES, ROOT, TEST_NAMESPACE, Backend, SandboxFactory, on_test_cluster
 
@@ -62,8 +63,17 @@ def kubernetes_engine() -> Iterator[KubernetesEngine]:
     health = engine.health([settings.engine.image_of(settings.engine.profile)], "")
     assert health.problems == [], health.problems
     yield engine
-    leftovers = engine.api.list_namespaced_pod(TEST_NAMESPACE, label_selector=f"{ROLE_LABEL}=sandbox").items
-    assert leftovers == [], f"pods left behind: {[pod.metadata.name for pod in leftovers if pod.metadata]}"
+    # Ours, or of a process of ours that has ended (a server a test started): not those of another
+    # live test session using the same cluster.
+    pods = engine.api.list_namespaced_pod(TEST_NAMESPACE, label_selector=f"{ROLE_LABEL}=sandbox").items
+    leftovers = []
+    for pod in pods:
+        assert pod.metadata is not None
+        owner = (pod.metadata.annotations or {}).get(OWNER_ANNOTATION, "")
+        being_deleted = pod.metadata.deletion_timestamp is not None
+        if (owner == engine.owner or orphaned(owner, engine.owner)) and not being_deleted:
+            leftovers.append(pod.metadata.name)
+    assert leftovers == [], f"pods left behind: {leftovers}"
 
 
 @pytest.fixture(params=["docker", KUBERNETES])

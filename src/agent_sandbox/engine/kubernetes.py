@@ -30,11 +30,13 @@ import json
 import logging
 import os
 import secrets
+import select
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -43,8 +45,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream as k8s_stream
-from kubernetes.stream.ws_client import STDERR_CHANNEL, STDOUT_CHANNEL
-from websocket import WebSocketException
+from kubernetes.stream.ws_client import STDERR_CHANNEL, STDIN_CHANNEL, STDOUT_CHANNEL
+from websocket import ABNF, WebSocket, WebSocketException
 
 from agent_sandbox.config import PROFILE_NAMES, EngineSettings, KubernetesSettings
 from agent_sandbox.engine.base import (
@@ -72,6 +74,8 @@ RUNTIME_FIX = (
     "(deploy/kubernetes/runtimeclass-gvisor.yaml is an example)"
 )
 _TICK_S = 0.1
+_READ_BUDGET = 1 << 20  # bytes read between two looks at the session's deadlines
+_API_TIMEOUT_S = 30.0  # for any one request to the API server, or write to a stream
 _WRITE_CHUNK = 1 << 16
 _ENGINE_CALL_THREADS = 16
 _FINAL_STATE_WAIT_S = 10.0  # for the kubelet to report a container that has ended
@@ -84,14 +88,46 @@ _CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, OSError, WebSocketException)
 log = logging.getLogger(__name__)
 
 
-class AttachStream(Protocol):
-    """What we use of the client's attach websocket (its ``WSClient``, which is untyped)."""
+class AttachStream:
+    """The pod's attach websocket (the v4 channel protocol: a channel byte, then the bytes), read a
+    frame at a time. The client's own reader keeps reading for as long as frames wait, so an output
+    flood would hold it, and the session could never stop the program."""
 
-    def update(self, timeout: float) -> None: ...
-    def read_channel(self, channel: int) -> bytes: ...
-    def is_open(self) -> bool: ...
-    def write_stdin(self, data: bytes) -> None: ...
-    def close(self) -> None: ...
+    def __init__(self, websocket: WebSocket):
+        self.websocket = websocket
+        self.open = True
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the launcher's stdin."""
+        self.websocket.send(bytes([STDIN_CHANNEL]) + data, opcode=ABNF.OPCODE_BINARY)
+
+    def receive(self, wait_s: float, budget: int) -> list[tuple[int, bytes]]:
+        """The stdout and stderr frames that come within ``wait_s`` (the first) or are already
+        here (the rest), up to about ``budget`` bytes; ``open`` turns False at the close frame."""
+        chunks: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + wait_s
+        while self.open and budget > 0 and self._readable(0.0 if chunks else deadline - time.monotonic()):
+            opcode, frame = self.websocket.recv_data_frame(True)
+            if opcode == ABNF.OPCODE_CLOSE:
+                self.open = False
+            elif opcode in (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT) and len(frame.data) > 1:
+                channel, data = frame.data[0], bytes(frame.data[1:])
+                if channel in (STDOUT_CHANNEL, STDERR_CHANNEL):
+                    chunks.append((STDOUT if channel == STDOUT_CHANNEL else STDERR, data))
+                    budget -= len(data)
+        return chunks
+
+    def _readable(self, timeout_s: float) -> bool:
+        sock = self.websocket.sock
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted already: poll cannot see it
+            return True
+        return bool(select.select([sock], [], [], max(0.0, timeout_s))[0])
+
+    def close(self) -> None:
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            self.websocket.close()
 
 
 def owner_digest(owner: str) -> str:
@@ -518,7 +554,8 @@ class KubernetesEngine:
                 )
         finally:
             api.api_client.close()
-        return cast(AttachStream, stream)
+        stream.sock.settimeout(_API_TIMEOUT_S)  # for writes: a stalled stream is a broken one
+        return AttachStream(stream.sock)
 
     def _watch(
         self, started: StartedPod, stream: AttachStream, spec: RunSpec, on_output: OutputCallback | None
@@ -532,15 +569,11 @@ class KubernetesEngine:
 
         def receive() -> list[tuple[int, bytes]] | None:
             try:
-                stream.update(timeout=_TICK_S)
+                chunks = stream.receive(_TICK_S, _READ_BUDGET)
             except _CONNECTION_ERRORS as exc:
                 broken.append(str(exc) or type(exc).__name__)
-            chunks = [
-                (ours, data)
-                for channel, ours in ((STDOUT_CHANNEL, STDOUT), (STDERR_CHANNEL, STDERR))
-                if (data := stream.read_channel(channel))
-            ]
-            return chunks if chunks or (stream.is_open() and not broken) else None
+                return None
+            return chunks if chunks or stream.open else None
 
         def act(due: Action) -> None:
             if due == "kill":  # "resume" never happens to the launcher as PID 1: nothing to do
@@ -555,8 +588,7 @@ class KubernetesEngine:
             if not broken:
                 drive(session, receive, act)
         finally:
-            with contextlib.suppress(Exception):
-                stream.close()
+            stream.close()
 
         def final_state(look_for_oom: bool) -> tuple[int | None, bool]:
             return self._final_state(started.name, broken[0] if broken else "", bool(killed))
@@ -568,7 +600,7 @@ class KubernetesEngine:
         starts, so writing everything before reading anything cannot deadlock."""
         view = memoryview(payload)
         for offset in range(0, len(view), _WRITE_CHUNK):
-            stream.write_stdin(bytes(view[offset : offset + _WRITE_CHUNK]))
+            stream.send(bytes(view[offset : offset + _WRITE_CHUNK]))
 
     def _final_state(self, name: str, broken: str, killed: bool) -> tuple[int | None, bool]:
         """Exit code and ``OOMKilled`` from the pod's status, waiting a moment for the kubelet to
