@@ -91,6 +91,16 @@ def test_past_the_limit_a_launcher_is_resumed_once_then_the_sandbox_killed() -> 
     assert asked == [False]  # the host killed it: no memory kill to look for
 
 
+def test_where_the_launcher_cannot_be_stopped_one_late_at_its_deadline_is_killed_at_once() -> None:
+    clock = Clock()
+    started = JobSession(dataclasses.replace(SPEC, results=CAPS), clock=clock, resumable=False)
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S + 0.1
+    assert started.due() == "kill"
+    clock.now += DRAIN_S
+    outcome = started.outcome(lambda look_for_oom: (None, False))
+    assert (outcome.timed_out, outcome.launcher_resumed) == (True, False)
+
+
 def test_a_resumed_launcher_that_then_stops_the_program_for_time_reports_a_timeout_only() -> None:
     clock = Clock()
     started, nonce = session(clock)

@@ -14,7 +14,8 @@ how the container ended (exit code, ``OOMKilled``), and a pod that the cluster e
 or lost with its node is an infrastructure failure, said as such. The pod is deleted on every path.
 
 The launcher is the container's PID 1 here (no init; each container has its own PID namespace),
-so the program cannot stop it: the session's "resume" is never needed and does nothing.
+so the program cannot stop it: the session never asks to resume it, and a launcher late at its
+deadline is killed.
 Kubernetes has no per-container ulimits or pids limit: the launcher sets the job's rlimits itself,
 and the process limit is the kubelet's ``podPidsLimit``, which ``limits.pids`` must state; a run
 that asks for another is refused (docs/kubernetes.md).
@@ -79,11 +80,21 @@ _API_TIMEOUT_S = 30.0  # for any one request to the API server, or write to a st
 _WRITE_CHUNK = 1 << 16
 _ENGINE_CALL_THREADS = 16
 _FINAL_STATE_WAIT_S = 10.0  # for the kubelet to report a container that has ended
-_REMOVE_RETRY_S = 60.0  # keep trying to delete a pod while the API server is away (a restart)
-# Why a waiting container will not start on its own: its image cannot be had.
-_IMAGE_PROBLEMS = {"ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+_REMOVE_RETRY_S = 20.0  # keep trying to delete a pod while the API server is away (a restart)
+# Why a waiting container will never start: its image is not there and may not be pulled, or
+# its name is wrong. A failed pull (_IMAGE_PULLS) the kubelet retries until start_timeout_s.
+_IMAGE_NEVER = {"ErrImageNeverPull", "InvalidImageName"}
+_IMAGE_PULLS = ("ErrImagePull", "ImagePullBackOff")
+# API answers worth another try: too many requests (API priority and fairness), a server error.
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
 # What the client raises when the API server is not there or the stream breaks.
-_CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, OSError, WebSocketException)
+_CONNECTION_ERRORS = (
+    urllib3.exceptions.HTTPError,
+    OSError,
+    WebSocketException,
+    ValueError,  # an answer that is not JSON (a proxy's error page)
+    k8s_config.ConfigException,  # credentials that could not be refreshed mid-call
+)
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +321,8 @@ class KubernetesEngine:
 
     def _read(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """An API call's answer as plain JSON: the client's models type every field optional."""
-        answer: dict[str, Any] = json.loads(call(*args, _preload_content=False, **kwargs).data)
+        response = call(*args, _preload_content=False, _request_timeout=_API_TIMEOUT_S, **kwargs)
+        answer: dict[str, Any] = json.loads(response.data)
         return answer
 
     def health(self, images: Sequence[str], runtime: str) -> EngineHealth:
@@ -322,7 +334,7 @@ class KubernetesEngine:
             with _api_errors(self):
                 version = str(self._read(k8s.VersionApi(self.api.api_client).get_code)["gitVersion"])
                 where = f"{self.configuration.host}, {where}"
-                self.api.list_namespaced_pod(self.namespace, limit=1)  # the namespace and our rights
+                self._read(self.api.list_namespaced_pod, self.namespace, limit=1)  # our rights
         except EngineError as exc:
             return EngineHealth(f"Kubernetes at {where}", None, problems=[exc])
         problems: list[EngineError] = []
@@ -379,9 +391,13 @@ class KubernetesEngine:
         """Delete sandbox pods that no live process will delete; returns how many.
 
         That is: those of a process of this host and PID namespace that has ended; those of an
-        earlier server in this server's own pod (one server per pod: a restarted container); and
-        any older than ``older_than_s``, whoever made them. A live server elsewhere keeps its pods."""
+        earlier server in this server's own pod (one server per pod: a restarted container); and,
+        whoever made them, any older than
+        ``older_than_s`` and than the cluster's own backstop (``max_pod_lifetime_s`` and a start):
+        another replica's pod may have waited for scheduling, and clocks differ. A live server
+        elsewhere keeps its pods; in a cluster, the owner reference removes a dead server's."""
         now = time.time()
+        backstop_s = max(older_than_s, self.settings.max_pod_lifetime_s + self.settings.start_timeout_s)
         removed = 0
         with _api_errors(self):
             pods = self._read(
@@ -395,7 +411,7 @@ class KubernetesEngine:
                 continue
             in_my_pod = bool(uid) and any(ref["uid"] == uid for ref in metadata.get("ownerReferences") or ())
             created = datetime.datetime.fromisoformat(metadata["creationTimestamp"].replace("Z", "+00:00"))
-            if orphaned(owner, self.owner) or in_my_pod or now - created.timestamp() > older_than_s:
+            if orphaned(owner, self.owner) or in_my_pod or now - created.timestamp() > backstop_s:
                 removed += self._delete(metadata["name"])
         return removed
 
@@ -439,18 +455,17 @@ class KubernetesEngine:
         started = self.pool.take(spec.shape) if self.pool else None
         warm = started is not None
         stream: AttachStream | None = None
-        if started is not None:
-            try:
-                stream = await anyio.to_thread.run_sync(self._attach, started.name, limiter=self._calls)
-            except EngineError as exc:  # it died while it waited: start cold instead
-                log.warning("warm pod %s cannot take a job (%s); starting one cold", started.name, exc)
-                if self.pool is not None:
-                    self.pool.dispose(started)
-                started, warm = None, False
-        if started is None:
-            await report("starting")
-            started = await self.start_sandbox(spec.shape)
         try:
+            if started is not None:
+                try:
+                    stream = await anyio.to_thread.run_sync(self._attach, started.name, limiter=self._calls)
+                except EngineError as exc:  # it died while it waited: start cold instead
+                    log.warning("warm pod %s cannot take a job (%s); starting one cold", started.name, exc)
+                    await self._release(started)
+                    started, warm = None, False
+            if started is None:
+                await report("starting")
+                started = await self.start_sandbox(spec.shape)
             if stream is None:
                 stream = await anyio.to_thread.run_sync(self._attach, started.name, limiter=self._calls)
             await report("installing" if spec.install is not None else "running")
@@ -459,10 +474,18 @@ class KubernetesEngine:
             )
             return dataclasses.replace(outcome, warm_start=warm)
         finally:
-            if self.pool is not None:
-                self.pool.dispose(started)  # the caller has its result; the pool deletes it meanwhile
-            else:
-                await self.remove(started)
+            if stream is not None:
+                stream.close()  # done already if the run got that far
+            if started is not None:
+                await self._release(started)
+
+    async def _release(self, started: StartedPod) -> None:
+        """Delete a pod that served (or could not serve) its job: the pool's tasks do it without
+        making the caller wait; without a pool, here, shielded from cancellation."""
+        if self.pool is not None:
+            self.pool.dispose(started)
+        else:
+            await self.remove(started)
 
     async def start_sandbox(self, shape: ContainerShape) -> StartedPod:
         """Create a pod of ``shape`` and wait until its launcher runs; it then waits for a job."""
@@ -487,22 +510,30 @@ class KubernetesEngine:
             await anyio.to_thread.run_sync(self._delete, started.name, limiter=self._calls)
 
     def _create(self, manifest: dict[str, Any]) -> None:
-        name = manifest["metadata"]["name"]
-        try:
-            with _api_errors(self, starting=True):
-                self.api.create_namespaced_pod(self.namespace, manifest)  # type: ignore[arg-type]
-        except EngineError:
-            self._delete(name)  # the API server may have made it even though the call failed
-            raise
+        with _api_errors(self, starting=True):
+            self.api.create_namespaced_pod(
+                self.namespace,
+                manifest,  # type: ignore[arg-type]
+                _request_timeout=_API_TIMEOUT_S,
+            )
 
     def _wait_running(self, name: str) -> None:
         """Until the pod's container runs; an image that cannot be had, a pod that failed, or one
         not running after ``start_timeout_s`` (unschedulable, say) is an ``EngineError``."""
         deadline = time.monotonic() + self.settings.start_timeout_s
-        why = "not scheduled yet"
+        why, pause_s = "not scheduled yet", 0.05
         while time.monotonic() < deadline:
-            with _api_errors(self):
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 1.5, 0.5)
+            try:
                 status = self._read(self.api.read_namespaced_pod_status, name, self.namespace)["status"]
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise EngineError(f"the sandbox pod {name} was deleted before it started") from None
+                if exc.status in _RETRY_STATUSES:
+                    continue
+                with _api_errors(self):
+                    raise
             for condition in status.get("conditions") or ():
                 if condition["type"] == "PodScheduled" and condition["status"] != "True":
                     why = f"not scheduled: {condition.get('message') or condition.get('reason')}"
@@ -513,7 +544,7 @@ class KubernetesEngine:
                 if "waiting" in state:
                     waiting = state["waiting"]
                     why = f"{waiting.get('reason')}: {waiting.get('message', '')}".rstrip(": ")
-                    if waiting.get("reason") in _IMAGE_PROBLEMS:
+                    if waiting.get("reason") in _IMAGE_NEVER:
                         raise ImageMissing(
                             f"pod {name} cannot get its image ({why}): load the sandbox image into the "
                             "nodes or push it where they can pull it, and check kubernetes.images "
@@ -528,7 +559,11 @@ class KubernetesEngine:
                     f"the sandbox pod {name} {status['phase'].lower()} before its job: "
                     f"{status.get('reason', '')} {status.get('message', '')}".rstrip()
                 )
-            time.sleep(0.05)
+        if why.startswith(_IMAGE_PULLS):
+            raise ImageMissing(
+                f"pod {name} could not pull its image within {self.settings.start_timeout_s:.0f} s ({why}): "
+                "check kubernetes.images, the registry and the nodes' credentials for it"
+            )
         raise EngineError(
             f"the sandbox pod {name} was not running after {self.settings.start_timeout_s:.0f} s ({why}); "
             "check the cluster's capacity and events (kubectl describe pod), or raise "
@@ -563,7 +598,7 @@ class KubernetesEngine:
         """Write the job session's payload, then feed the session the stdout and stderr channels
         (engine/session.py's ``drive``), deleting the pod when it says kill; where the launcher
         could not report, the pod's status says how the container ended."""
-        session = JobSession(spec, on_output)
+        session = JobSession(spec, on_output, resumable=False)  # the launcher is PID 1: see the module
         broken: list[str] = []  # why the stream ended early, if it broke
         killed: list[bool] = []
 
@@ -576,7 +611,7 @@ class KubernetesEngine:
             return chunks if chunks or stream.open else None
 
         def act(due: Action) -> None:
-            if due == "kill":  # "resume" never happens to the launcher as PID 1: nothing to do
+            if due == "kill":  # never "resume": the session is not resumable here
                 killed.append(True)
                 threading.Thread(target=self._delete, args=(started.name,), daemon=True).start()
 
@@ -591,7 +626,14 @@ class KubernetesEngine:
             stream.close()
 
         def final_state(look_for_oom: bool) -> tuple[int | None, bool]:
-            return self._final_state(started.name, broken[0] if broken else "", bool(killed))
+            try:
+                return self._final_state(started.name, broken[0] if broken else "", bool(killed))
+            except EngineError:
+                # Asked only for a flag (the launcher reported) or after our own kill: the result
+                # stands; only a job that ended unexplained is an infrastructure failure.
+                if look_for_oom:
+                    raise
+                return None, False
 
         return session.outcome(final_state)
 
@@ -628,6 +670,12 @@ class KubernetesEngine:
                     f"{'broke: ' + broken if broken else 'ended'}); the run was stopped: run it again"
                 ) from None
             status = pod["status"]
+            if status.get("reason") == "DeadlineExceeded":
+                raise EngineError(
+                    f"the sandbox pod {name} was ended by the cluster at its activeDeadlineSeconds "
+                    f"(kubernetes.max_pod_lifetime_s = {self.settings.max_pod_lifetime_s}): raise it above "
+                    "a warm wait, an install and the longest run"
+                )
             if status.get("reason") == "Evicted" or ("deletionTimestamp" in pod["metadata"] and not killed):
                 raise EngineError(
                     f"the sandbox pod {name} was evicted by the cluster during the run "
@@ -645,8 +693,8 @@ class KubernetesEngine:
                 raise EngineError(
                     f"lost the sandbox pod {name} on {node} mid-run (its stream "
                     f"{'broke: ' + broken if broken else 'ended'}, and the pod is still "
-                    f"{status.get('phase')}): "
-                    "an infrastructure failure, likely the node or its kubelet; run it again"
+                    f"{status.get('phase')}): an infrastructure failure, likely the node or its kubelet "
+                    "(or the API server instance carrying the stream); run it again"
                 )
             time.sleep(0.1)
 
@@ -656,13 +704,17 @@ class KubernetesEngine:
         deadline = time.monotonic() + _REMOVE_RETRY_S
         while True:
             try:
-                self.api.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+                self.api.delete_namespaced_pod(
+                    name, self.namespace, grace_period_seconds=0, _request_timeout=_API_TIMEOUT_S
+                )
                 return 1
             except ApiException as exc:
                 if exc.status == 404:
                     return 0
-                log.warning("could not delete pod %s: %s", name, exc.reason)
-                return 0
+                if exc.status not in _RETRY_STATUSES or time.monotonic() >= deadline:
+                    log.warning("could not delete pod %s: %s", name, exc.reason)
+                    return 0
+                time.sleep(1)
             except _CONNECTION_ERRORS as exc:
                 if time.monotonic() >= deadline:
                     log.warning("could not delete pod %s: %s", name, exc)
@@ -721,7 +773,7 @@ def _api_errors(engine: KubernetesEngine, starting: bool = False) -> Iterator[No
         yield
     except ApiException as exc:
         reason = _api_message(exc)
-        if exc.status in (401, 403):
+        if exc.status == 401 or (exc.status == 403 and "cannot" in reason):  # RBAC: "... cannot create ..."
             raise EngineUnavailable(
                 f"the Kubernetes API server refused us ({reason}): give the server's account the Role "
                 f"in deploy/kubernetes (pods, pods/attach in namespace {engine.namespace})"

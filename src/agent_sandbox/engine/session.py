@@ -98,8 +98,12 @@ class JobSession:
         spec: RunSpec,
         on_output: OutputCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resumable: bool = True,
     ):
         self.spec = spec
+        # False where the program cannot stop the launcher (it is PID 1 of its PID namespace, as in a
+        # pod): a launcher late at its deadline is then plainly stuck, and is killed at once.
+        self._resumable = resumable
         self._clock = clock
         nonce, install_nonce = secrets.token_hex(16), secrets.token_hex(16)
         self.payload = job_header(spec, nonce, install_nonce) + spec.archive + (spec.stdin or b"")
@@ -155,7 +159,7 @@ class JobSession:
         program_running = self._program_ended is None and (
             self._installing is None or self._installing.report is not None
         )
-        if program_running and not self.resumed:
+        if program_running and self._resumable and not self.resumed:
             self.resumed = True
             self._deadline = now + LAUNCHER_GRACE_S
             return "resume"
