@@ -152,7 +152,7 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
     finally:
         removed = sandbox.close()
         if removed:
-            log.info("removed %d container(s) of interrupted runs", removed)
+            log.info("removed %d sandbox(es) of interrupted runs", removed)
     if interrupted and options.transport == "stdio":
         # The transport's reader thread is blocked reading a stdin the client still holds open,
         # and the interpreter would wait for it forever at exit (a container stop would end in SIGKILL).

@@ -119,6 +119,10 @@ def _trial_run(sandbox: Sandbox, settings: Settings) -> Iterator[Check]:
 def posture_summary(report: dict[str, Any], settings: Settings) -> str:
     """One line of what the probe found in a sandbox with no problems."""
     network = "no network" if not settings.engine.network else "network on (engine.network)"
+    if report["interfaces"] != ["lo"] and settings.engine.backend == "kubernetes":
+        network = (
+            f"interfaces {', '.join(report['interfaces'])} (the deny-all NetworkPolicy must be enforced)"
+        )
     # Under gVisor the filter and the flag guard its kernel, where the probe cannot see them.
     kernel = "gVisor's kernel" if settings.engine.runtime == GVISOR else "seccomp, no-new-privileges"
     who = f"uid {report['uid']}"
@@ -149,7 +153,9 @@ def posture_problems(report: dict[str, Any], settings: Settings) -> list[str]:
     # gVisor's /proc shows neither: its seccomp filter guards the sentry, on the host's side.
     if settings.engine.runtime != GVISOR and (report["no_new_privs"] != "1" or report["seccomp"] != "2"):
         problems.append("no-new-privileges or the seccomp filter is missing")
-    if not settings.engine.network and report["interfaces"] != ["lo"]:
+    # A pod has the interfaces its cluster's CNI gives it: there the NetworkPolicy is the wall.
+    kubernetes = settings.engine.backend == "kubernetes"
+    if not settings.engine.network and not kubernetes and report["interfaces"] != ["lo"]:
         problems.append(f"the sandbox has network interfaces: {report['interfaces']}")
     if report["root_write"] != "EROFS":
         problems.append("the root filesystem is writable")

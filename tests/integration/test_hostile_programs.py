@@ -101,7 +101,7 @@ def fork_bomb(result: RunResult) -> None:
 def fork_bomb_on_kubernetes(result: RunResult) -> None:
     """A pod cannot have a process limit of its own: the kubelet's podPidsLimit holds every pod
     (128 on the test cluster), limits.pids says so, and a run cannot ask for 32 (it is refused:
-    tests/integration/test_kubernetes_engine.py). The bomb stops at 128 instead."""
+    tests/kubernetes/test_engine.py). The bomb stops at 128 instead."""
     assert not result.timed_out
     processes = [v for v in result.violations if v.kind == "processes"]
     assert processes, result.violations

@@ -7,7 +7,7 @@ runtime's default seccomp filter, no service account token or service links, mem
 ``emptyDir`` volumes for /work and /tmp, CPU and memory limits, ``activeDeadlineSeconds`` as the
 backstop) and labelled with the server that owns it. A run attaches to the pod (a websocket
 through the API server and the kubelet, one API client per stream: the official client patches
-its client while a stream is open), writes the job session's payload, and feeds the session what
+its client while the stream connects), writes the job session's payload, and feeds the session what
 comes back on the stdout and stderr channels until the launcher's end line is in on both. A kill
 is a deletion with no grace period. Where the launcher could not report, the pod's status says
 how the container ended (exit code, ``OOMKilled``), and a pod that the cluster evicted, deleted
@@ -722,10 +722,11 @@ class KubernetesEngine:
                 time.sleep(1)
 
     def _nodes(self) -> tuple[dict[str, bool] | None, dict[str, int], list[str]]:
-        """Each node's readiness, the images on ready nodes (with their sizes), and notes on what
-        could not be read."""
+        """Each sandbox node's readiness (those ``node_selector`` picks), the images on ready ones
+        (with their sizes), and notes on what could not be read."""
+        selector = ",".join(f"{key}={value}" for key, value in self.settings.node_selector.items())
         try:
-            nodes = self._read(self.api.list_node)["items"]
+            nodes = self._read(self.api.list_node, label_selector=selector)["items"]
         except ApiException as exc:
             return None, {}, [f"nodes not readable ({exc.reason}): node readiness and images unknown"]
         except _CONNECTION_ERRORS as exc:
