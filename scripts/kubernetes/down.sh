@@ -59,6 +59,9 @@ for ctl in /sys/fs/cgroup/*/; do
 done
 # 5. sysctls kubelet changed
 if [ -f $R/sysctl.orig ]; then sysctl -q -p $R/sysctl.orig && rm -f $R/sysctl.orig && log "sysctls restored"; fi
+# 6. the runtime folder (pids, sockets, containerd's and runc's state): nothing runs any more
+#    (kept if the sysctls could not be restored: it holds their old values)
+[ -f $R/sysctl.orig ] || rm -rf $R
 if [ "${1:-}" = "--purge" ]; then
   rm -rf $D $R /var/log/pods/* /var/log/containers/* /var/lib/kubelet/device-plugins  # kubelet 1.20 hard-codes these
   rm -f /var/lib/cni/results/agent-sandbox-noip-* /var/lib/cni/results/cni-loopback-*        # containerd's CNI result cache

@@ -18,7 +18,7 @@ from agent_sandbox.engine.base import STDOUT
 from agent_sandbox.engine.kubernetes import OWNER_ANNOTATION, ROLE_LABEL, KubernetesEngine
 from agent_sandbox.errors import EngineError, ImageMissing, Refused
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import ROOT, TEST_NAMESPACE, Backend, on_test_cluster, snippet
+from tests.helpers import KUBERNETES, ROOT, TEST_NAMESPACE, Backend, on_test_cluster, snippet
 from tests.mcp.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -149,10 +149,11 @@ async def test_an_unschedulable_pod_fails_the_run_with_the_schedulers_words() ->
     assert engine.our_pods() == []
 
 
-async def test_healthz_reports_the_cluster(backend: Backend) -> None:
-    if backend.name != "kubernetes":
-        pytest.skip("the Docker engine's /healthz: tests/mcp/test_ops.py")
-    with serving("streamable-http", backend.server_env()) as (url, _, _):
+async def test_healthz_reports_the_cluster(kubernetes_engine: KubernetesEngine) -> None:
+    cluster = Backend(
+        KUBERNETES, kubernetes_engine, on_test_cluster(load_settings(ROOT / "configs" / "kubernetes.toml"))
+    )
+    with serving("streamable-http", cluster.server_env()) as (url, _, _):
         async with httpx2.AsyncClient() as client:
             with anyio.fail_after(30):
                 while (response := await client.get(f"{url}/healthz")).json()["pool"]["ready"] < 2:
