@@ -451,6 +451,9 @@ class KubernetesEngine:
                 f"limit of its node's kubelet (podPidsLimit, configured here as limits.pids = "
                 f"{self.node_pids_limit}), which a pod cannot change: leave pids out of the request"
             )
+        # The runtime class may be gVisor (short writes on its pipes: docs/gvisor.md), and the
+        # launcher, PID 1 here, outlives anything the program does: relaying loses nothing.
+        spec = dataclasses.replace(spec, relay=True)
         report = on_progress or no_progress
         started = self.pool.take(spec.shape) if self.pool else None
         warm = started is not None

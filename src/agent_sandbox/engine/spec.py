@@ -104,14 +104,16 @@ class RunSpec:
     runtime: str = ""
     install: InstallSpec | None = None
     results: ResultCaps = field(default_factory=ResultCaps)
+    relay: bool = False  # the engine asks for relayed output whatever the runtime (see below)
 
     @property
     def relays_output(self) -> bool:
         """Whether the launcher copies the program's output through pipes of its own: under
-        gVisor, whose pipes return short writes that Python's unbuffered stdout drops. Elsewhere
-        the program writes straight into the container's pipes, so what it wrote is kept even if
-        it kills the launcher."""
-        return self.runtime == GVISOR
+        gVisor, whose pipes return short writes that Python's unbuffered stdout drops, and where
+        the engine asks (on Kubernetes, whose runtime class may be gVisor). Elsewhere the program
+        writes straight into the container's pipes, so what it wrote is kept even if it kills the
+        launcher."""
+        return self.relay or self.runtime == GVISOR
 
     @property
     def shape(self) -> ContainerShape:
