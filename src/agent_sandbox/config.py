@@ -295,14 +295,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"engine.profile {self.engine.profile!r} is not in engine.profiles; add it there"
             )
-        longest_pod_life_s = (
-            self.engine.pool_max_idle_s + self.packages.install_timeout_s + self.limits.max_timeout_s + 60
-        )
-        if self.engine.backend == "kubernetes" and self.kubernetes.max_pod_lifetime_s < longest_pod_life_s:
-            raise ValueError(
-                f"kubernetes.max_pod_lifetime_s must be at least {longest_pod_life_s:.0f}: a warm wait "
-                "(engine.pool_max_idle_s), an install and the longest run (limits.max_timeout_s) must fit"
-            )
+        if self.engine.backend == "kubernetes":
+            self._consistent_on_kubernetes()
         largest_call_kib = self.files.max_total_kib * 4 // 3 + self.files.max_stdin_kib + 64
         if self.server.max_request_kib < largest_call_kib:
             raise ValueError(
@@ -310,6 +304,34 @@ class Settings(BaseSettings):
                 "call the files limits allow (base64 adds a third)"
             )
         return self
+
+    def _consistent_on_kubernetes(self) -> None:
+        engine = self.engine
+        for key, value in (("network", engine.network), ("runtime", engine.runtime)):
+            if value:
+                raise ValueError(
+                    f"engine.{key} is a Docker setting and engine.backend is kubernetes: leave it empty "
+                    "(sandbox pods have no network; their runtime is kubernetes.runtime_class)"
+                )
+        if self.packages.enabled:
+            raise ValueError(
+                "packages.enabled: per-run requirements are not offered on Kubernetes yet (they need the "
+                "server's wheel cache inside the sandbox); set it to false (configs/kubernetes.toml does)"
+            )
+        # Starting (scheduling, an image pull), a warm wait, an install, the longest run, the graces.
+        longest_pod_life_s = (
+            self.kubernetes.start_timeout_s
+            + engine.pool_max_idle_s
+            + self.packages.install_timeout_s
+            + self.limits.max_timeout_s
+            + 60
+        )
+        if self.kubernetes.max_pod_lifetime_s < longest_pod_life_s:
+            raise ValueError(
+                f"kubernetes.max_pod_lifetime_s must be at least {longest_pod_life_s:.0f}: a start "
+                "(kubernetes.start_timeout_s), a warm wait (engine.pool_max_idle_s), an install and the "
+                "longest run (limits.max_timeout_s) must fit"
+            )
 
     @classmethod
     def settings_customise_sources(

@@ -12,7 +12,7 @@ import anyio
 
 from agent_sandbox.config import GVISOR, Settings
 from agent_sandbox.engine.base import Engine, RuntimeState
-from agent_sandbox.errors import EngineError
+from agent_sandbox.errors import EngineError, ImageMissing
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
@@ -42,7 +42,13 @@ def checks(settings: Settings, config_source: str, engine: Engine | None = None)
         yield Check("FAIL", "engine", "; ".join(str(problem) for problem in health.problems))
         return
     yield Check("ok", "engine", health.description)
-    yield _runtime(health.runtime, settings.engine.runtime)
+    if settings.engine.backend == "kubernetes":
+        yield _runtime(health.runtime, "")  # the runtime class is a problem below if missing
+        for problem in health.problems:
+            if not isinstance(problem, ImageMissing):
+                yield Check("FAIL", "cluster", str(problem))
+    else:
+        yield _runtime(health.runtime, settings.engine.runtime)
     for image in health.images:
         if image.present:
             known = [f"{image.size_bytes / 1e6:.0f} MB" if image.size_bytes else "", image.created or ""]

@@ -156,10 +156,29 @@ def test_per_run_packages_are_refused_with_what_to_do() -> None:
         manifest(shape)
 
 
-def test_the_pod_deadline_must_cover_a_warm_wait_an_install_and_the_longest_run() -> None:
-    with pytest.raises(ValueError, match=r"kubernetes.max_pod_lifetime_s must be at least 780"):
-        Settings(engine={"backend": "kubernetes"}, kubernetes={"max_pod_lifetime_s": 600})  # type: ignore[arg-type]
+def test_the_pod_deadline_must_cover_a_start_a_warm_wait_an_install_and_the_longest_run() -> None:
+    off = {"enabled": False}
+    with pytest.raises(ValueError, match=r"kubernetes.max_pod_lifetime_s must be at least 900"):
+        Settings(engine={"backend": "kubernetes"}, packages=off, kubernetes={"max_pod_lifetime_s": 600})  # type: ignore[arg-type]
     Settings(engine={"backend": "docker"}, kubernetes={"max_pod_lifetime_s": 600})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sections", "words"),
+    [
+        ({"engine": {"network": "bridge"}}, "engine.network is a Docker setting"),
+        ({"engine": {"runtime": "runsc"}}, "engine.runtime is a Docker setting"),
+        ({"packages": {"enabled": True}}, "per-run requirements are not offered on Kubernetes yet"),
+    ],
+)
+def test_docker_only_settings_with_the_kubernetes_backend_are_config_errors(
+    sections: dict[str, dict[str, Any]], words: str
+) -> None:
+    chosen = {"engine": {"backend": "kubernetes"}, "packages": {"enabled": False}}
+    for section, values in sections.items():
+        chosen[section] = {**chosen.get(section, {}), **values}
+    with pytest.raises(ValueError, match=words):
+        Settings(**chosen)  # type: ignore[arg-type]
 
 
 def test_images_may_only_be_named_for_known_profiles() -> None:
