@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import select
 import ssl
@@ -777,6 +778,9 @@ def _api_errors(engine: KubernetesEngine, starting: bool = False) -> Iterator[No
         yield
     except ApiException as exc:
         reason = _api_message(exc)
+        # A refused websocket handshake (attach) comes as status 0 with the HTTP status in words.
+        if not exc.status and (status := re.search(r"Handshake status (\d{3})", str(exc.reason))):
+            exc.status = int(status.group(1))
         if exc.status == 401 or (exc.status == 403 and "cannot" in reason):  # RBAC: "... cannot create ..."
             raise EngineUnavailable(
                 f"the Kubernetes API server refused us ({reason}): give the server's account the Role "
