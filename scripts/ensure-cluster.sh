@@ -33,12 +33,15 @@ log() { echo "[ensure-cluster $(date +%T)] $*" >&2; }
 prerequisites() {
   [ "$(id -u)" = 0 ] || { log "the test cluster needs root (it runs a kubelet)"; exit 1; }
   local missing=()
-  for tool in containerd ctr runc gcc openssl curl; do command -v $tool >/dev/null 2>&1 || missing+=($tool); done
+  # dpkg-source (dpkg-dev) unpacks the source package; make runs upstream's OpenAPI rule.
+  for tool in containerd ctr runc gcc openssl curl dpkg-source make; do
+    command -v $tool >/dev/null 2>&1 || missing+=($tool)
+  done
   if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]} ..."
+    log "installing what provides ${missing[*]} ..."
+    local packages="containerd runc gcc libc6-dev openssl curl dpkg-dev make"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq containerd runc gcc libc6-dev openssl curl >&2 ||
-      { apt-get update -qq >&2 && apt-get install -y -qq containerd runc gcc libc6-dev openssl curl >&2; }
+    apt-get install -y -qq $packages >&2 || { apt-get update -qq >&2 && apt-get install -y -qq $packages >&2; }
   fi
 }
 
