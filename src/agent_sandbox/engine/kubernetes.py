@@ -6,8 +6,8 @@ spec alone (non-root uid 1000, read-only root, no capabilities, no privilege esc
 runtime's default seccomp filter, no service account token or service links, memory-backed
 ``emptyDir`` volumes for /work and /tmp, CPU and memory limits, ``activeDeadlineSeconds`` as the
 backstop) and labelled with the server that owns it. A run attaches to the pod (a websocket
-through the API server and the kubelet, one API client per stream: the official client patches
-its client while the stream connects), writes the job session's payload, and feeds the session what
+through the API server and the kubelet, on an API client of its own: the official client patches
+the API client it is given while a stream connects), writes the job session's payload, and feeds the session what
 comes back on the stdout and stderr channels until the launcher's end line is in on both. A kill
 is a deletion with no grace period. Where the launcher could not report, the pod's status says
 how the container ended (exit code, ``OOMKilled``), and a pod that the cluster evicted, deleted
