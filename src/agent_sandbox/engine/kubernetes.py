@@ -7,8 +7,9 @@ runtime's default seccomp filter, no service account token or service links, mem
 ``emptyDir`` volumes for /work and /tmp, CPU and memory limits, ``activeDeadlineSeconds`` as the
 backstop) and labelled with the server that owns it. A run attaches to the pod (a websocket
 through the API server and the kubelet, on an API client of its own: the official client patches
-the API client it is given while a stream connects), writes the job session's payload, and feeds the session what
-comes back on the stdout and stderr channels until the launcher's end line is in on both. A kill
+the API client it is given while a stream connects), writes the job session's payload, and feeds
+the session what comes back on the stdout and stderr channels until the launcher's end line is in
+on both. A kill
 is a deletion with no grace period. Where the launcher could not report, the pod's status says
 how the container ended (exit code, ``OOMKilled``), and a pod that the cluster evicted, deleted
 or lost with its node is an infrastructure failure, said as such. The pod is deleted on every path.
