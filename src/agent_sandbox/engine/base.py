@@ -23,6 +23,9 @@ from agent_sandbox.errors import EngineError
 # installing its wheels (then running), running.
 Stage = Literal["resolving", "queued", "starting", "installing", "running"]
 STDOUT, STDERR = 1, 2  # the program's output streams, as OutputCallback names them
+# Worker threads a backend keeps for its calls to the engine (create, attach, remove), apart from
+# the ones watching runs: anyio's shared pool also serves the stdio transport.
+ENGINE_CALL_THREADS = 16
 
 
 class ProgressCallback(Protocol):

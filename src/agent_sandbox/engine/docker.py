@@ -37,6 +37,7 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from agent_sandbox.config import GVISOR, EngineSettings
 from agent_sandbox.engine.base import (
+    ENGINE_CALL_THREADS,
     EngineHealth,
     ImageState,
     OutputCallback,
@@ -46,7 +47,7 @@ from agent_sandbox.engine.base import (
 )
 from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID, WORKDIR, orphaned, owner_id
 from agent_sandbox.engine.pool import WarmPool
-from agent_sandbox.engine.session import JobSession, drive
+from agent_sandbox.engine.session import TICK_S, JobSession, drive
 from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
 from agent_sandbox.errors import EngineError, EngineUnavailable, ImageMissing
 
@@ -59,8 +60,6 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 RUNTIME_FIX = (
     "register it in /etc/docker/daemon.json (scripts/ensure-engine.sh does for runsc) and reload dockerd"
 )
-_TICK_S = 0.1
-_ENGINE_CALL_THREADS = 16
 # Host tasks gVisor's Sentry needs for itself (measured: 38 idle) and per sandboxed process
 # (about 5 each on its default ptrace platform; threads cost far less).
 _GVISOR_HOST_TASKS = 64
@@ -173,7 +172,7 @@ class DockerEngine:
         # Our own worker threads: a run's watcher holds one for its whole run, and anyio's shared
         # default pool also serves the stdio transport, which must keep reading requests.
         self._watchers = anyio.CapacityLimiter(settings.max_concurrent_runs)
-        self._calls = anyio.CapacityLimiter(_ENGINE_CALL_THREADS)
+        self._calls = anyio.CapacityLimiter(ENGINE_CALL_THREADS)
         self.pool: WarmPool[StartedContainer] | None = None  # the warm pool, while there is one
 
     @property
@@ -370,7 +369,7 @@ class DockerEngine:
         finished = threading.Event()
         threading.Thread(target=_feed, args=(stream, session.payload, finished), daemon=True).start()
         decoder = FrameDecoder()
-        stream.settimeout(_TICK_S)
+        stream.settimeout(TICK_S)
 
         def receive() -> list[tuple[int, bytes]] | None:
             try:
@@ -442,7 +441,7 @@ def _feed(stream: socket.socket, payload: bytes, finished: threading.Event) -> N
     It writes through its own socket object: the reader's short timeouts would otherwise cut a
     write to a program that reads its stdin late."""
     with stream.dup() as writer:
-        writer.settimeout(_TICK_S)
+        writer.settimeout(TICK_S)
         unsent = memoryview(payload)
         while unsent and not finished.is_set():
             try:

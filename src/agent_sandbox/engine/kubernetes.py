@@ -53,6 +53,7 @@ from websocket import ABNF, WebSocket, WebSocketException
 
 from agent_sandbox.config import PROFILE_NAMES, EngineSettings, KubernetesSettings
 from agent_sandbox.engine.base import (
+    ENGINE_CALL_THREADS,
     STDERR,
     STDOUT,
     EngineHealth,
@@ -64,7 +65,7 @@ from agent_sandbox.engine.base import (
 )
 from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID, WORKDIR, orphaned, owner_id
 from agent_sandbox.engine.pool import WarmPool
-from agent_sandbox.engine.session import Action, JobSession, drive
+from agent_sandbox.engine.session import TICK_S, Action, JobSession, drive
 from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
 from agent_sandbox.errors import EngineError, EngineUnavailable, ImageMissing, Refused
 
@@ -76,11 +77,9 @@ RUNTIME_FIX = (
     "create a RuntimeClass whose handler the nodes' container runtime offers "
     "(deploy/kubernetes/runtimeclass-gvisor.yaml is an example)"
 )
-_TICK_S = 0.1
 _READ_BUDGET = 1 << 20  # bytes read between two looks at the session's deadlines
 _API_TIMEOUT_S = 30.0  # for any one request to the API server, or write to a stream
 _WRITE_CHUNK = 1 << 16
-_ENGINE_CALL_THREADS = 16
 _FINAL_STATE_WAIT_S = 10.0  # for the kubelet to report a container that has ended
 _REMOVE_RETRY_S = 20.0  # keep trying to delete a pod while the API server is away (a restart)
 # Why a waiting container will never start: its image is not there and may not be pulled, or
@@ -287,7 +286,7 @@ class KubernetesEngine:
         self._configuration: k8s.Configuration | None = None
         self._api: k8s.CoreV1Api | None = None
         self._watchers = anyio.CapacityLimiter(engine.max_concurrent_runs)
-        self._calls = anyio.CapacityLimiter(_ENGINE_CALL_THREADS)
+        self._calls = anyio.CapacityLimiter(ENGINE_CALL_THREADS)
         self.pool: WarmPool[StartedPod] | None = None
 
     @property
@@ -480,7 +479,7 @@ class KubernetesEngine:
             return dataclasses.replace(outcome, warm_start=warm)
         finally:
             if stream is not None:
-                stream.close()  # done already if the run got that far
+                stream.close()  # also ends a watcher abandoned by a cancellation
             if started is not None:
                 await self._release(started)
 
@@ -609,7 +608,7 @@ class KubernetesEngine:
 
         def receive() -> list[tuple[int, bytes]] | None:
             try:
-                chunks = stream.receive(_TICK_S, _READ_BUDGET)
+                chunks = stream.receive(TICK_S, _READ_BUDGET)
             except _CONNECTION_ERRORS as exc:
                 broken.append(str(exc) or type(exc).__name__)
                 return None
@@ -624,11 +623,8 @@ class KubernetesEngine:
             self._send(stream, session.payload)
         except _CONNECTION_ERRORS as exc:
             broken.append(str(exc) or type(exc).__name__)
-        try:
-            if not broken:
-                drive(session, receive, act)
-        finally:
-            stream.close()
+        if not broken:
+            drive(session, receive, act)
 
         def final_state(look_for_oom: bool) -> tuple[int | None, bool]:
             try:

@@ -37,6 +37,7 @@ from agent_sandbox.engine.spec import Outcome, RunSpec
 
 log = logging.getLogger(__name__)
 
+TICK_S = 0.1  # how long a backend's receive waits for output before the driver looks at the deadlines
 LAUNCHER_GRACE_S = 5.0  # for the launcher to stop a program at its time limit itself
 FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
 DRAIN_S = 2.0  # to read what is still in flight after a kill
