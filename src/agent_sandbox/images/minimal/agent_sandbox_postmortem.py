@@ -1,0 +1,55 @@
+"""Lets the launcher ask every Python process of a run where it is, at the time limit.
+
+Imported at interpreter start by ``agent_sandbox_postmortem.pth`` in the image's site-packages (a
+``.pth`` rather than a ``sitecustomize``: Debian's Python ships its own, and a run's packages on
+PYTHONPATH could shadow one). When the launcher runs a program it listens on an abstract Unix
+socket named in ``AGENT_SANDBOX_POSTMORTEM``; each Python process connects once, says its pid, and registers
+``faulthandler`` to write the stacks of all its threads into that connection on SIGURG (whose
+default action is to ignore: a process that is not Python is not hurt by it). The dump goes to
+the launcher, never into the program's stdout or stderr; the launcher knows each connection's
+process from the kernel (SO_PEERCRED) and discards whatever arrives before it sends the signal.
+
+Builtin modules only, and nothing at all without the variable: it runs before every program.
+"""
+
+import os
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
+if TYPE_CHECKING:
+    import _socket
+
+_channel: "_socket.socket | None" = None
+
+
+def _connect() -> None:
+    global _channel
+    name = os.environ.get("AGENT_SANDBOX_POSTMORTEM")
+    if not name:
+        return
+    import _signal  # type: ignore[import-not-found]  # builtin: what ``signal`` wraps, no stub
+    import _socket
+    import faulthandler
+
+    if _channel is not None:  # a forked child: the parent's connection is the parent's
+        _channel.close()
+        _channel = None
+    channel = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    channel.setblocking(False)  # a full backlog must not hold the program's start
+    try:
+        channel.connect("\0" + name)
+    except OSError:
+        channel.close()
+        return
+    channel.setblocking(True)  # faulthandler writes from a signal handler and does not retry
+    try:
+        channel.sendall(b"%d\n" % os.getpid())  # where the kernel cannot tell the launcher (gVisor)
+    except OSError:
+        channel.close()
+        return
+    faulthandler.register(_signal.SIGURG, file=channel.fileno(), all_threads=True, chain=False)
+    _channel = channel
+
+
+_connect()
+if _channel is not None:
+    os.register_at_fork(after_in_child=_connect)
