@@ -84,7 +84,7 @@ def test_ulimits_cap_open_files_file_size_and_core_dumps() -> None:
     ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in container_options(SHAPE, owner="h:1")["ulimits"]}
     assert ulimits == {
         "nofile": (1024, 1024),
-        "fsize": (1024 * 1024 * 1024, 1024 * 1024 * 1024),
+        "fsize": (1024 * 1024 * 1024 + 1, 1024 * 1024 * 1024 + 1),  # one byte over: see file_size_rlimit
         "core": (0, 0),
     }
 
@@ -125,13 +125,14 @@ def test_the_job_travels_length_prefixed_before_the_tar_and_stdin() -> None:
         "entrypoint": "main.py",
         "args": ["--flag", "value"],
         "env": {"MY_VAR": "1"},
-        "rlimits": {"nofile": LIMITS.open_files, "fsize": LIMITS.file_size_mib * 1024 * 1024, "core": 0},
+        "rlimits": {"nofile": LIMITS.open_files, "fsize": LIMITS.file_size_mib * 1024 * 1024 + 1, "core": 0},
         "wheels": [],
         "notebook": None,
         "artifacts": {"max_files": 0, "max_bytes": 0, "max_listed": 0},
         "snapshot": None,
         "timeout_s": 30.0,
         "relay_output": False,
+        "post_mortem": True,
         "nonce": "n0nce",
         "install_nonce": "other",
     }

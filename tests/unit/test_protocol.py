@@ -12,14 +12,18 @@ from agent_sandbox.engine import protocol
 from agent_sandbox.engine.protocol import (
     OMITTED_KINDS,
     ArtifactCaps,
+    Dump,
     EndLine,
     FileCaps,
     InstallLine,
     Job,
     Manifest,
     ManifestEntry,
+    MeasuredLine,
     NotebookJob,
     OmittedEntry,
+    PostMortemLine,
+    UsageLine,
     job_header,
 )
 from tests.unit.test_container_options import SPEC
@@ -34,6 +38,10 @@ TYPED = (
     OmittedEntry,
     InstallLine,
     EndLine,
+    UsageLine,
+    MeasuredLine,
+    Dump,
+    PostMortemLine,
 )
 
 LAUNCHER = ast.parse((Path(protocol.__file__).parent / "launcher.py").read_text())
@@ -97,3 +105,41 @@ def test_the_launcher_gives_only_the_reasons_the_host_knows() -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_left_out":
             kinds |= {arg.value for arg in node.args[3:] if isinstance(arg, ast.Constant)}
     assert kinds == OMITTED_KINDS
+
+
+def test_the_end_report_carries_usage_measurements_and_the_post_mortem() -> None:
+    line = json.dumps(
+        {
+            "exit_code": 137,
+            "oom_kills": 0,
+            "timed_out": True,
+            "return_value": None,
+            "usage": {"peak_memory_bytes": 2**20, "cpu_s": 1.5, "wall_s": 2.0, "source": "cgroup"},
+            "measured": {
+                "forks_refused": 2,
+                "full": ["/tmp"],
+                "at_file_size": ["/work/a"],
+                "open_files_peak": 9,
+                "tasks_peak": None,
+            },
+            "oom_victim": None,
+            "post_mortem": {
+                "dumps": [{"pid": 9, "program": True, "text": "x"}],
+                "sources": {"/work/m.py:1": "y"},
+            },
+        }
+    ).encode()
+    report = protocol.end_report(line, line)
+    assert report is not None
+    assert report.usage == protocol.Usage(2**20, 1.5, 2.0, "cgroup")
+    assert report.measured == protocol.Measured(2, ("/tmp",), ("/work/a",), 9, None)
+    assert report.post_mortem == protocol.PostMortem(
+        (protocol.ProcessDump(9, True, "x"),), {"/work/m.py:1": "y"}
+    )
+
+
+def test_an_end_report_with_broken_measurements_is_no_report() -> None:
+    line = json.dumps(
+        {"exit_code": 0, "oom_kills": 0, "timed_out": False, "return_value": None, "usage": {"cpu_s": "x"}}
+    ).encode()
+    assert protocol.end_report(line, line) is None

@@ -45,7 +45,15 @@ from agent_sandbox.engine.base import (
     RuntimeState,
     no_progress,
 )
-from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID, WORKDIR, orphaned, owner_id
+from agent_sandbox.engine.launch import (
+    BASE_ENV,
+    LAUNCHER_COMMAND,
+    SANDBOX_UID,
+    WORKDIR,
+    file_size_rlimit,
+    orphaned,
+    owner_id,
+)
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.session import TICK_S, JobSession, drive
 from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
@@ -78,7 +86,7 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
     over the attach stream, so the same options serve cold starts and the warm pool."""
     tmpfs_flags = "uid=1000,gid=1000,noexec,nosuid,nodev"
     memory = shape.memory_mib * 1024 * 1024
-    file_size = shape.file_size_mib * 1024 * 1024
+    file_size = file_size_rlimit(shape.file_size_mib)
     tmpfs = {
         WORKDIR: f"size={shape.work_mib}m,{tmpfs_flags}",
         "/tmp": f"size={shape.tmp_mib}m,{tmpfs_flags}",

@@ -1,6 +1,6 @@
 """What every backend starts and how it tells its sandboxes apart: the launcher's command and
-environment, the sandbox user, and the owner stamped on each sandbox so a later process can
-tell a crashed server's leftovers from a live server's runs."""
+environment, the sandbox user, the file-size rlimit, and the owner stamped on each sandbox so a
+later process can tell a crashed server's leftovers from a live server's runs."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ BASE_ENV = {
     "XDG_CACHE_HOME": "/tmp/.cache",
     "MPLCONFIGDIR": "/tmp/matplotlib",
 }
+
+
+def file_size_rlimit(file_size_mib: int) -> int:
+    """RLIMIT_FSIZE for a limit of ``file_size_mib``: one byte over it. The kernel stops a file at
+    exactly the rlimit, so the launcher can tell a file the limit stopped (that length) from one
+    the program wrote to exactly the limit's size, and report the first as measured."""
+    return file_size_mib * 1024 * 1024 + 1
 
 
 def owner_id(pid: int | None = None) -> str:

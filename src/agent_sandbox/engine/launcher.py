@@ -22,11 +22,18 @@ every signal it does not need (its clock is a deadline it checks, not an alarm),
 program the defaults back, and offers the program to the kernel's OOM killer first, so a memory
 kill leaves the launcher to send the files back.
 
+While the program runs the launcher measures what the kernel counts and what no counter keeps:
+the sandbox's cgroup (peak memory, CPU time, forks the process limit refused, memory kills; v1
+or v2), and every 50 ms whether /work, /tmp or /dev/shm is full and how many files each process
+holds open. At the time limit it first asks every Python process for its stacks (SIGURG, see
+``agent_sandbox_postmortem.py`` in the image), over a socket of its own, then kills them.
+
 When the child exits, the launcher kills whatever the program left running, writes the files the
 program created or changed under /work as one block on stdout (a marked line with a manifest,
 then the files' bytes), and writes an end-of-job line (the host's nonce, the exit code, the
-container's OOM-kill count and a last expression's value) to stdout and to stderr, so the host
-has the whole result without waiting for the engine to tear the container down. The launcher
+container's OOM-kill count, a last expression's value, the usage, the limits measured and the
+post-mortem) to stdout and to stderr, so the host has the whole result without waiting for the
+engine to tear the container down. The launcher
 makes itself non-dumpable first, so the program (same uid) cannot read the nonce out of its
 memory.
 
@@ -40,8 +47,10 @@ import json
 import os
 import resource
 import select
+import selectors
 import shutil
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -53,6 +62,7 @@ import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from typing import TypedDict
 
     # The job, as engine/protocol.py writes it (tests/unit/test_protocol.py keeps the two equal).
@@ -85,6 +95,7 @@ if TYPE_CHECKING:
         snapshot: FileCaps | None
         timeout_s: float
         relay_output: bool
+        post_mortem: bool
         nonce: str
         install_nonce: str
 
@@ -110,11 +121,50 @@ if TYPE_CHECKING:
         seconds: float
         output: str
 
+    class Counters(TypedDict):
+        memory_peak: int | None
+        cpu_ns: int | None
+        oom_kills: int | None
+        forks_refused: int | None
+
+    class UsageLine(TypedDict):
+        peak_memory_bytes: int | None
+        cpu_s: float | None
+        wall_s: float | None
+        source: str | None
+
+    class MeasuredLine(TypedDict):
+        forks_refused: int | None
+        full: list[str]
+        at_file_size: list[str]
+        open_files_peak: int | None
+        tasks_peak: int | None
+
+    class Dump(TypedDict):
+        pid: int
+        program: bool
+        text: str
+
+    class PostMortemLine(TypedDict):
+        dumps: list[Dump]
+        sources: dict[str, str]
+
     class EndLine(TypedDict):
         exit_code: int | None
         oom_kills: int | None
         timed_out: bool
         return_value: str | None
+        usage: UsageLine
+        measured: MeasuredLine
+        oom_victim: str | None
+        post_mortem: PostMortemLine | None
+
+    class Ran(TypedDict):  # how the program ended, as _run saw it
+        exit_code: int
+        return_value: str | None
+        timed_out: bool
+        wall_s: float
+        dumps: list[Dump]
 
     Survey = tuple[list[tuple[str, int, int]], list[OmittedEntry]]
     Chosen = list[tuple[str, int, int]]  # path, size, an open descriptor
@@ -134,7 +184,19 @@ INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
 PR_SET_DUMPABLE = 4
-OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
+PR_SET_CHILD_SUBREAPER = 36
+CGROUP = "/sys/fs/cgroup"  # the sandbox's own cgroup, as the container sees it
+FILESYSTEMS = ("/work", "/tmp", "/dev/shm")  # the program's writable places, each of a fixed size
+SAMPLE_S = 0.05  # how often the filesystems and open files are looked at while the program runs
+MAX_LISTED = 5  # files at the size limit named
+MAX_LOOKED_AT = 10_000  # files looked at in /tmp and /dev/shm for one at the size limit
+POSTMORTEM_ENV = "AGENT_SANDBOX_POSTMORTEM"
+DUMP_SIGNAL = signal.SIGURG  # its default action is to ignore: a process that is not Python lives on
+DUMP_WAIT_S = 0.3  # at most, for the dumps to come, before the kill
+DUMP_QUIET_S = 0.05  # once every process has written, this long without a byte ends the wait
+DUMP_BYTES = 8192  # kept of each process's dump
+MAX_DUMPED = 16  # processes whose dumps are kept
+MAX_SOURCES = 64  # source lines sent for the dumps' frames in the program's files
 # Signals the launcher keeps: those it cannot catch, its child's, and SIGCONT (the host's way to
 # resume a launcher the program stopped). A real fault of its own (SIGSEGV, SIGABRT from abort())
 # still ends it: the kernel and the C library force the default action for those, ignored or not.
@@ -218,18 +280,274 @@ def _unpack(archive: _ArchiveInput) -> "dict[str, tuple[int, int]]":
     return sent
 
 
-def _oom_kills() -> "int | None":
-    """Processes the kernel killed for memory in this container (cgroup v1 or v2)."""
-    for path in OOM_COUNTERS:
-        try:
-            with open(path) as counters:
-                for line in counters:
-                    name, _, value = line.partition(" ")
-                    if name == "oom_kill":
-                        return int(value)
-        except OSError:
-            continue
+def _counters(root: str = CGROUP) -> "Counters":
+    """What the kernel counts for the sandbox's cgroup: peak memory (bytes), CPU time (ns), memory
+    kills, and forks or threads the process limit refused; None where it keeps no such file (gVisor
+    mounts no cgroup files at all). cgroup v2 when its root says so, else v1."""
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        cpu_us = _counter(root, "cpu.stat", "usage_usec")
+        # pids.events counts refusals where the limit is set (a pod's cgroup, above a container's);
+        # pids.events.local (Linux 6.13) counts those of this cgroup's own processes.
+        refused = _counter(root, "pids.events.local", "max")
+        return {
+            "memory_peak": _counter(root, "memory.peak"),
+            "cpu_ns": None if cpu_us is None else cpu_us * 1000,
+            "oom_kills": _counter(root, "memory.events", "oom_kill"),
+            "forks_refused": refused if refused is not None else _counter(root, "pids.events", "max"),
+        }
+    return {
+        "memory_peak": _counter(root, "memory/memory.max_usage_in_bytes"),
+        "cpu_ns": _counter(root, "cpuacct/cpuacct.usage"),
+        "oom_kills": _counter(root, "memory/memory.oom_control", "oom_kill"),
+        # v1 counts a refusal in the cgroup of the process that forked, whichever limit refused it.
+        "forks_refused": _counter(root, "pids/pids.events", "max"),
+    }
+
+
+def _counter(root: str, name: str, key: "str | None" = None) -> "int | None":
+    """A cgroup file's number, or its ``key``'s in a file of "key value" lines."""
+    try:
+        with open(os.path.join(root, name)) as counters:
+            text = counters.read()
+    except OSError:
+        return None
+    try:
+        if key is None:
+            return int(text)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except ValueError:
+        pass
     return None
+
+
+def _grew(before: "int | None", after: "int | None") -> "int | None":
+    return None if before is None or after is None else after - before
+
+
+class _Watch:
+    """What no counter keeps, looked at while the program runs and as it ends: which of the
+    program's filesystems filled up, the most files one process held open and, where the kernel
+    counts no refused forks (gVisor, whose RLIMIT_NPROC holds every task of the sandbox's user),
+    the most tasks (processes and threads) of the sandbox's user at once."""
+
+    def __init__(self, count_tasks: bool) -> None:
+        self.full: list[str] = []
+        self.open_files_peak = 0
+        self.tasks_peak: int | None = 0 if count_tasks else None
+        self._lock = threading.Lock()  # the waiting loop and the reaper both look
+
+    def sample(self, ended: int = 0) -> None:
+        """Look now; ``ended`` is a child that has exited but is not yet reaped, whose task still
+        counts toward the limit whether /proc lists it (Linux) or not (gVisor)."""
+        with self._lock:
+            for mount in FILESYSTEMS:
+                if mount not in self.full and _is_full(mount):
+                    self.full.append(mount)
+            tasks, own, uid = 0, os.getpid(), os.getuid()
+            listed = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+            if ended and ended not in listed:
+                tasks += 1
+            for pid in listed:
+                try:
+                    if pid not in (1, own):
+                        self.open_files_peak = max(self.open_files_peak, len(os.listdir(f"/proc/{pid}/fd")))
+                    if self.tasks_peak is not None and os.stat(f"/proc/{pid}").st_uid == uid:
+                        tasks += max(1, len(os.listdir(f"/proc/{pid}/task")))  # a zombie: 0 under gVisor
+                except OSError:
+                    continue  # gone meanwhile
+            if self.tasks_peak is not None:
+                self.tasks_peak = max(self.tasks_peak, tasks)
+
+
+def _is_full(mount: str) -> bool:
+    """No block or no inode left: the next write fails with ENOSPC."""
+    try:
+        status = os.statvfs(mount)
+    except OSError:
+        return False
+    return status.f_blocks > 0 and (status.f_bavail == 0 or (status.f_files > 0 and status.f_favail == 0))
+
+
+def _at_file_size(limit: int, sent: "dict[str, tuple[int, int]]", survey: "Survey") -> "list[str]":
+    """Files the program left at the file-size limit (a write past it was refused: the kernel
+    stops a file there, at exactly that size): in /work (from the survey), /tmp and /dev/shm."""
+    found = [
+        f"{WORK}/{path}"
+        for path, size, modified in survey[0]
+        if size >= limit and sent.get(path) != (size, modified)
+    ]
+    looked_at = 0
+    for top in FILESYSTEMS[1:]:
+        for folder, _, names in os.walk(top):
+            for name in names:
+                looked_at += 1
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_size >= limit:
+                        found.append(path)
+            if looked_at > MAX_LOOKED_AT or len(found) >= MAX_LISTED:
+                break
+    return found[:MAX_LISTED]
+
+
+class _DumpChannel:
+    """The launcher's end of the post-mortem channel: an abstract Unix socket (private to the
+    sandbox's network namespace) each Python process of the run connects to at its start. Until
+    ``collect``, whatever arrives is read and dropped (no dump is due, so it can only be forged);
+    ``collect`` sends SIGURG to every process and keeps what each writes back, by the process the
+    kernel says holds the connection (SO_PEERCRED; gVisor answers with the listener's own pid, and
+    then the pid the process wrote as its first line says)."""
+
+    def __init__(self) -> None:
+        self.name = f"agent-sandbox-postmortem-{os.getpid()}"
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind("\0" + self.name)
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._listening = True
+        self._peers: dict[socket.socket, int] = {}  # 0 until known
+        self._first_lines: dict[socket.socket, bytearray] = {}  # until each has come whole
+        self._dumps: dict[int, bytearray] = {}
+        self._keeping = False
+        self._last_byte = 0.0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                events = self._selector.select(SAMPLE_S)
+            except (OSError, ValueError):
+                return  # closed meanwhile
+            with self._lock:
+                for key, _ in events:
+                    if self._closed:
+                        return
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    else:
+                        self._receive(key.fileobj)  # type: ignore[arg-type]
+
+    def _accept(self) -> None:
+        try:
+            peer, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        except OSError:  # out of descriptors (the sandbox's limit holds us too): wait for one to close
+            self._selector.unregister(self._listener)
+            self._listening = False
+            return
+        peer.setblocking(False)
+        credentials = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", credentials)[0]
+        self._peers[peer] = 0 if pid in (0, os.getpid()) else pid
+        self._first_lines[peer] = bytearray()
+        self._selector.register(peer, selectors.EVENT_READ)
+
+    def _receive(self, peer: socket.socket) -> bool:
+        """Take what ``peer`` has sent; False once nothing more is waiting."""
+        try:
+            data = peer.recv(1 << 16)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._forget(peer)
+            return False
+        first = self._first_lines.get(peer)
+        if first is not None:
+            first += data
+            line, newline, data = bytes(first).partition(b"\n")
+            if not newline:
+                if len(first) > 20:
+                    self._forget(peer)
+                return True
+            del self._first_lines[peer]
+            if not self._peers[peer]:
+                self._peers[peer] = int(line) if line.isdigit() else 0
+        pid = self._peers[peer]
+        if data and pid and self._keeping and (pid in self._dumps or len(self._dumps) < MAX_DUMPED):
+            kept = self._dumps.setdefault(pid, bytearray())
+            kept += data[: DUMP_BYTES - len(kept)]
+            self._last_byte = time.monotonic()
+        return True
+
+    def _forget(self, peer: socket.socket) -> None:
+        self._selector.unregister(peer)
+        peer.close()
+        del self._peers[peer]
+        self._first_lines.pop(peer, None)
+        if not self._listening:
+            self._selector.register(self._listener, selectors.EVENT_READ)
+            self._listening = True
+
+    def collect(self, program: int) -> "list[Dump]":
+        """Ask every process for its stacks and wait for them (at most DUMP_WAIT_S): each Python
+        process's dump, the program's first."""
+        with self._lock:
+            for peer in list(self._peers):  # what came before the signal was no dump
+                while peer in self._peers and self._receive(peer):
+                    pass
+            self._keeping = True
+            connected = set(self._peers.values()) - {0}
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, DUMP_SIGNAL)  # every process but PID 1 and us
+        started = time.monotonic()
+        while time.monotonic() - started < DUMP_WAIT_S:
+            time.sleep(0.01)
+            with self._lock:
+                silent = connected.intersection(self._peers.values()) - set(self._dumps)
+                quiet = time.monotonic() - self._last_byte > DUMP_QUIET_S
+            if not silent and quiet:
+                break
+        self.close()
+        order = sorted(self._dumps, key=lambda pid: (pid != program, pid))
+        return [
+            {"pid": pid, "program": pid == program, "text": self._dumps[pid].decode("utf-8", "replace")}
+            for pid in order
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for peer in [self._listener, *self._peers]:
+                peer.close()
+            self._selector.close()
+
+
+def _sources(dumps: "list[Dump]") -> "dict[str, str]":
+    """The line of code of each frame in the program's own files, as ``FILE:LINE``."""
+    wanted: dict[str, str] = {}
+    for dump in dumps:
+        for line in dump["text"].splitlines():
+            start = line.find('File "' + WORK + "/")
+            if start < 0 or len(wanted) >= MAX_SOURCES:
+                continue
+            path, _, rest = line[start + 6 :].partition('", line ')
+            number = rest.split(" ", 1)[0]
+            if number.isdigit():
+                wanted.setdefault(f"{path}:{number}", "")
+    for place in wanted:
+        path, _, number = place.rpartition(":")
+        if not os.path.realpath(path).startswith(WORK + "/"):
+            continue  # through a link the program made: not its file
+        opened = _open_regular(os.path.relpath(path, WORK))
+        if isinstance(opened, str):
+            continue
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(opened, encoding="utf-8") as source:
+            for index, text in enumerate(source, 1):
+                if index == int(number):
+                    wanted[place] = text.strip()[:200]
+                    break
+    return {place: text for place, text in wanted.items() if text}
 
 
 def _install(wheels: "list[str]") -> "InstallLine":
@@ -297,24 +615,21 @@ def _ignore_foreign_signals() -> "list[int]":
     return ignored
 
 
-def _run(
-    entrypoint: str,
-    args: "list[str]",
-    env: "dict[str, str]",
-    rlimits: "Rlimits",
-    stdin: bytes,
-    notebook: "NotebookJob | None",
-    timeout_s: float,
-    relay: bool,
-    ignored: "list[int]",
-) -> "tuple[int, str | None, bool]":
-    """Run the program as our child in a process group of its own, killing that group once
-    ``timeout_s`` has passed: its exit code, as a shell gives it (128+N when killed by signal N),
-    what the notebook runner reported, if used, and whether time ran out. Stopping it here, not by
-    killing the container, is what lets the files it wrote still come back."""
+def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", watch: "_Watch") -> "Ran":
+    """Run the program as our child in a process group of its own, killing that group once its
+    time limit has passed (after asking every Python process where it was, if the job says so):
+    how it ended (its exit code as a shell gives it, 128+N when killed by signal N), what the
+    notebook runner reported, if used, whether time ran out, its wall time and the dumps.
+    Stopping it here, not by killing the container, is what lets the files it wrote still come
+    back."""
+    entrypoint, args, rlimits, notebook = job["entrypoint"], job["args"], job["rlimits"], job["notebook"]
+    channel = _DumpChannel() if job["post_mortem"] else None
+    if channel is not None:
+        env = {**env, POSTMORTEM_ENV: channel.name}
     report_read, report_write = os.pipe()
     stdin_read, stdin_write = os.pipe()
-    outputs = {1: os.pipe(), 2: os.pipe()} if relay else {}  # the program's stdout and stderr
+    outputs = {1: os.pipe(), 2: os.pipe()} if job["relay_output"] else {}  # the program's stdout and stderr
+    started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
@@ -361,13 +676,28 @@ def _run(
         relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
     for thread in (reader, *relays):
         thread.start()
-    code, timed_out = _wait(pid, timeout_s)
+    dumps: list[Dump] = []
+
+    def before_the_kill() -> None:
+        if channel is not None:
+            dumps.extend(channel.collect(pid))
+
+    code, timed_out = _wait(pid, job["timeout_s"], watch, before_the_kill)
+    wall_s = time.monotonic() - started
+    if channel is not None:
+        channel.close()
     _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
     reader.join(timeout=5)
     for relay_thread in relays:  # every byte of output before any line of ours; the host's deadline bounds it
         relay_thread.join()
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
-    return (128 - code if code < 0 else code), (value or None), timed_out
+    return {
+        "exit_code": 128 - code if code < 0 else code,
+        "return_value": value or None,
+        "timed_out": timed_out,
+        "wall_s": round(wall_s, 3),
+        "dumps": dumps,
+    }
 
 
 def _give_stdin(fd: int, data: bytes) -> None:
@@ -387,16 +717,21 @@ def _first_for_the_oom_killer() -> None:
         score.write("1000")
 
 
-def _wait(pid: int, timeout_s: float) -> "tuple[int, bool]":
-    """Wait for the child, killing its process group if it still runs once ``timeout_s`` has
-    passed: its exit status (negative: the signal that ended it) and whether we stopped it.
-    A thread reaps it and the deadline is checked on the monotonic clock, so no signal the
-    program sends us can end the wait early, and a launcher the program stopped for a while
-    does not take a program that ended meanwhile for one out of time."""
+def _wait(
+    pid: int, timeout_s: float, watch: "_Watch", before_the_kill: "Callable[[], None]"
+) -> "tuple[int, bool]":
+    """Wait for the child, looking at what ``watch`` keeps every SAMPLE_S, and kill its process
+    group if it still runs once ``timeout_s`` has passed (``before_the_kill`` first): its exit
+    status (negative: the signal that ended it) and whether we stopped it. A thread reaps it and
+    the deadline is checked on the monotonic clock, so no signal the program sends us can end the
+    wait early, and a launcher the program stopped for a while does not take a program that ended
+    meanwhile for one out of time."""
     statuses: list[int] = []
     ended = threading.Event()
 
     def reap() -> None:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        watch.sample(ended=pid)  # as it ended, still counted, beside whatever it left running
         statuses.append(os.waitpid(pid, 0)[1])
         ended.set()
 
@@ -404,10 +739,13 @@ def _wait(pid: int, timeout_s: float) -> "tuple[int, bool]":
     reaper.start()
     deadline = time.monotonic() + timeout_s
     killed = False
-    while not ended.wait(max(0.0, deadline - time.monotonic())):
+    while not ended.wait(max(0.0, min(SAMPLE_S, deadline - time.monotonic()))):
         if time.monotonic() < deadline:
+            watch.sample()
             continue
         if not _has_ended(pid):
+            watch.sample()
+            before_the_kill()
             for kill in (os.killpg, os.kill):  # the group, and the child should it have left it
                 with contextlib.suppress(ProcessLookupError):
                     kill(pid, signal.SIGKILL)
@@ -623,11 +961,9 @@ def _end_everything_else() -> None:
 
 def _others_alive() -> bool:
     """Whether a process other than PID 1 and us still runs (a zombie no longer can)."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in (1, os.getpid()):
-            continue
+    for pid in _other_pids():
         try:
-            with open(f"/proc/{name}/stat", "rb") as stat_line:
+            with open(f"/proc/{pid}/stat", "rb") as stat_line:
                 if stat_line.read().rpartition(b")")[2].split()[0] != b"Z":
                     return True
         except (OSError, IndexError):
@@ -635,12 +971,62 @@ def _others_alive() -> bool:
     return False
 
 
+def _other_pids() -> "Iterator[int]":
+    """Every process of the sandbox but PID 1 and us."""
+    own = os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, own):
+            yield int(name)
+
+
+def _reap_orphans() -> None:
+    """Collect every process the program left to us (we are its subreaper), so that the time it
+    used counts in RUSAGE_CHILDREN, and no zombie stays."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _usage(before: "Counters", after: "Counters", children_before: float, ran: "Ran | None") -> "UsageLine":
+    """Peak memory and CPU time of the sandbox from its cgroup (every process; memory counts its
+    tmpfs files and page cache, as the memory limit does); without one (gVisor), from the kernel's
+    accounting of our reaped descendants: CPU of them all, peak of the largest one alone."""
+    wall_s = ran["wall_s"] if ran else None
+    cpu_ns = _grew(before["cpu_ns"], after["cpu_ns"])
+    if cpu_ns is not None and after["memory_peak"] is not None:
+        return {
+            "peak_memory_bytes": after["memory_peak"],
+            "cpu_s": round(cpu_ns / 1e9, 3),
+            "wall_s": wall_s,
+            "source": "cgroup",
+        }
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "peak_memory_bytes": children.ru_maxrss * 1024,  # KiB on Linux
+        "cpu_s": round(children.ru_utime + children.ru_stime - children_before, 3),
+        "wall_s": wall_s,
+        "source": "processes",
+    }
+
+
+def _oom_victim(before: "Counters", after: "Counters", ran: "Ran | None") -> "str | None":
+    """Which process the kernel killed for memory, when it did and that can be known: the program
+    (it died of SIGKILL we did not send) or else one of its children."""
+    kills = _grew(before["oom_kills"], after["oom_kills"])
+    if not kills or ran is None:
+        return None
+    killed = ran["exit_code"] == 128 + signal.SIGKILL and not ran["timed_out"]
+    return "program" if killed else "child"
+
+
 def main() -> None:
     ignored = _ignore_foreign_signals()  # first: a warm launcher waits before the program exists
     job = _read_job()
     nonce = job["nonce"]
-    if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    libc = ctypes.CDLL(None)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         _fail("cannot protect the launcher's memory (prctl PR_SET_DUMPABLE)")
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come to us, and their usage with them
     sent = _unpack(_ArchiveInput(job["archive_bytes"]))
     # Read now, whether the program ever reads it or not: the engine's write must not wait on it.
     program_stdin = _ArchiveInput(job["stdin_bytes"]).read()
@@ -657,36 +1043,43 @@ def main() -> None:
         env["PYTHONPATH"] = PACKAGES
         env["PATH"] = f"{PACKAGES}/bin:{env['PATH']}"
     os.chdir(WORK)
-    exit_code, return_value, timed_out = None, None, False
-    if installed:
-        exit_code, return_value, timed_out = _run(
-            job["entrypoint"],
-            job["args"],
-            env,
-            job["rlimits"],
-            program_stdin,
-            job["notebook"],
-            job["timeout_s"],
-            job["relay_output"],
-            ignored,
-        )
+    before = _counters()
+    watch = _Watch(count_tasks=before["forks_refused"] is None)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ran = _run(job, program_stdin, env, ignored, watch) if installed else None
     _end_everything_else()
+    _reap_orphans()
+    after = _counters()
+    if ran:
+        watch.sample()  # what the program left: a full filesystem stays full
     for fd in (1, 2):  # the program may have made them non-blocking (they are its own, or via /proc)
         os.set_blocking(fd, True)
     survey = _survey()
     _send_files(nonce, sent, survey, job["artifacts"])
     if job["snapshot"]:
         _send_snapshot(nonce, survey, job["snapshot"])
+    dumps = ran["dumps"] if ran and ran["timed_out"] and job["post_mortem"] else None
     report: EndLine = {
-        "exit_code": exit_code,
-        "oom_kills": _oom_kills(),
-        "timed_out": timed_out,
-        "return_value": return_value,
+        "exit_code": ran["exit_code"] if ran else None,
+        "oom_kills": after["oom_kills"],
+        "timed_out": ran["timed_out"] if ran else False,
+        "return_value": ran["return_value"] if ran else None,
+        "usage": _usage(before, after, children.ru_utime + children.ru_stime, ran),
+        "measured": {
+            "forks_refused": _grew(before["forks_refused"], after["forks_refused"]),
+            "full": watch.full if ran else [],
+            "at_file_size": _at_file_size(job["rlimits"]["fsize"], sent, survey) if ran else [],
+            "open_files_peak": watch.open_files_peak if ran else None,
+            "tasks_peak": watch.tasks_peak if ran else None,
+        },
+        "oom_victim": _oom_victim(before, after, ran),
+        "post_mortem": None if dumps is None else {"dumps": dumps, "sources": _sources(dumps)},
     }
     line = _marked_line(END_PREFIX, nonce, report)
     _write_all(1, line)
     _write_all(2, line)
-    sys.exit(FAILURE_EXIT if exit_code is None else exit_code)
+    sys.exit(FAILURE_EXIT if ran is None else ran["exit_code"])
 
 
-main()
+if __name__ == "__main__":  # as python3 -c runs it; tests import it to read recorded cgroup files
+    main()

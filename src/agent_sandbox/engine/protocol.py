@@ -22,11 +22,23 @@ keys equal these.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, get_args
+from typing import Any, Literal, TypedDict, get_args
 
-from agent_sandbox.engine.spec import FileEntry, FilesOut, InstallOutcome, OmittedFile, OmittedKind, RunSpec
+from agent_sandbox.engine.launch import file_size_rlimit
+from agent_sandbox.engine.spec import (
+    FileEntry,
+    FilesOut,
+    InstallOutcome,
+    Measured,
+    OmittedFile,
+    OmittedKind,
+    PostMortem,
+    ProcessDump,
+    RunSpec,
+    Usage,
+)
 
 END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
@@ -54,7 +66,7 @@ class Rlimits(TypedDict):
     """The program's resource limits (setrlimit), soft and hard alike."""
 
     nofile: int
-    fsize: int  # bytes
+    fsize: int  # bytes: one over the limit (see launch.file_size_rlimit)
     core: int
 
 
@@ -73,6 +85,7 @@ class Job(TypedDict):
     snapshot: FileCaps | None  # a workspace run: all of /work comes back too
     timeout_s: float
     relay_output: bool
+    post_mortem: bool  # dump every Python process's stacks before a kill at the time limit
     nonce: str
     install_nonce: str
 
@@ -106,6 +119,32 @@ class InstallLine(TypedDict):
     output: str
 
 
+class UsageLine(TypedDict):
+    peak_memory_bytes: int | None
+    cpu_s: float | None
+    wall_s: float | None
+    source: str | None  # "cgroup" or "processes"
+
+
+class MeasuredLine(TypedDict):
+    forks_refused: int | None
+    full: list[str]
+    at_file_size: list[str]
+    open_files_peak: int | None
+    tasks_peak: int | None  # counted only where no counter keeps refused forks
+
+
+class Dump(TypedDict):
+    pid: int
+    program: bool
+    text: str
+
+
+class PostMortemLine(TypedDict):
+    dumps: list[Dump]
+    sources: dict[str, str]
+
+
 class EndLine(TypedDict):
     """How the program ended."""
 
@@ -113,6 +152,10 @@ class EndLine(TypedDict):
     oom_kills: int | None  # processes the kernel killed for memory; None: no counter
     timed_out: bool
     return_value: str | None
+    usage: UsageLine
+    measured: MeasuredLine
+    oom_victim: str | None  # "program" or "child"
+    post_mortem: PostMortemLine | None  # None: no kill at the time limit, or not asked for
 
 
 def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
@@ -126,7 +169,7 @@ def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
         "env": spec.env,
         "rlimits": {
             "nofile": spec.limits.open_files,
-            "fsize": spec.limits.file_size_mib * 1024 * 1024,
+            "fsize": file_size_rlimit(spec.limits.file_size_mib),
             "core": 0,
         },
         "wheels": list(spec.install.wheels) if spec.install else [],
@@ -145,6 +188,7 @@ def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
         ),
         "timeout_s": spec.limits.timeout_s,
         "relay_output": spec.relays_output,
+        "post_mortem": results.post_mortem,
         "nonce": nonce,
         "install_nonce": install_nonce,
     }
@@ -298,6 +342,10 @@ class EndReport:
     oom_killed: bool | None  # None: no cgroup counter to read, ask the engine
     return_value: str | None
     timed_out: bool  # the launcher stopped the program at its time limit
+    usage: Usage | None = None
+    measured: Measured = field(default_factory=Measured)
+    oom_victim: Literal["program", "child"] | None = None
+    post_mortem: PostMortem | None = None
 
 
 def end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> EndReport | None:
@@ -307,14 +355,54 @@ def end_report(stdout_line: bytes | None, stderr_line: bytes | None) -> EndRepor
     try:
         report = json.loads(stdout_line)
         code, oom_kills, value = report["exit_code"], report["oom_kills"], report.get("return_value")
+        victim = report.get("oom_victim")
         return EndReport(
             exit_code=None if code is None else int(code),
             oom_killed=None if oom_kills is None else int(oom_kills) > 0,
             return_value=value if isinstance(value, str) else None,
             timed_out=report.get("timed_out") is True,
+            usage=_usage(report.get("usage")),
+            measured=_measured(report.get("measured")),
+            oom_victim=victim if victim in ("program", "child") else None,
+            post_mortem=_post_mortem(report.get("post_mortem")),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _optional(kind: type[int] | type[float], value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+def _usage(raw: UsageLine | None) -> Usage | None:
+    if raw is None:
+        return None
+    source = raw["source"]
+    return Usage(
+        peak_memory_bytes=_optional(int, raw["peak_memory_bytes"]),
+        cpu_s=_optional(float, raw["cpu_s"]),
+        wall_s=_optional(float, raw["wall_s"]),
+        source="cgroup" if source == "cgroup" else "processes" if source == "processes" else None,
+    )
+
+
+def _measured(raw: MeasuredLine | None) -> Measured:
+    if raw is None:
+        return Measured()
+    return Measured(
+        forks_refused=_optional(int, raw["forks_refused"]),
+        full=tuple(str(path) for path in raw["full"]),
+        at_file_size=tuple(str(path) for path in raw["at_file_size"]),
+        open_files_peak=_optional(int, raw["open_files_peak"]),
+        tasks_peak=_optional(int, raw["tasks_peak"]),
+    )
+
+
+def _post_mortem(raw: PostMortemLine | None) -> PostMortem | None:
+    if raw is None:
+        return None
+    dumps = tuple(ProcessDump(int(d["pid"]), d["program"] is True, str(d["text"])) for d in raw["dumps"])
+    return PostMortem(dumps, {str(place): str(line) for place, line in raw["sources"].items()})
 
 
 def install_outcome(line: bytes | None, elapsed_s: float, timeout_s: float) -> InstallOutcome:

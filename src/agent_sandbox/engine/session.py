@@ -33,7 +33,7 @@ from agent_sandbox.engine.protocol import (
     install_outcome,
     job_header,
 )
-from agent_sandbox.engine.spec import Outcome, RunSpec
+from agent_sandbox.engine.spec import Measured, Outcome, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,10 @@ class JobSession:
         exit_code: int | None
         return_value = None
         timed_out = self.timed_out
-        if report is not None and not killed:
-            exit_code, return_value, timed_out = report.exit_code, report.return_value, report.timed_out
-            oom_killed = report.oom_killed if report.oom_killed is not None else final_state(False)[1]
+        measured = report if report is not None and not killed else None
+        if measured is not None:
+            exit_code, return_value, timed_out = measured.exit_code, measured.return_value, measured.timed_out
+            oom_killed = measured.oom_killed if measured.oom_killed is not None else final_state(False)[1]
         else:
             exit_code, oom_killed = final_state(not killed)
         install = None
@@ -214,6 +215,10 @@ class JobSession:
             launcher_lost=report is None and not killed,
             launcher_resumed=self.resumed and report is not None and not killed and not timed_out,
             output_relayed=self.spec.relays_output,
+            usage=measured.usage if measured else None,
+            measured=measured.measured if measured else Measured(),
+            oom_victim=measured.oom_victim if measured else None,
+            post_mortem=measured.post_mortem if measured else None,
         )
 
     def _take_launcher_blocks(self, data: bytes) -> bytes:

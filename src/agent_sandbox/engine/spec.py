@@ -41,6 +41,7 @@ class ResultCaps:
     return_value_chars: int = 0  # 0: no return value
     snapshot_files: int = 0  # a workspace run: all of /work comes back too, within these caps
     snapshot_bytes: int = 0
+    post_mortem: bool = True  # at the time limit, each Python process dumps its stacks before the kill
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,52 @@ class FilesOut:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What the program used, as the launcher measured it. ``source`` says how: "cgroup" (the
+    sandbox's cgroup: every process, and memory as its limit counts it, tmpfs files included) or
+    "processes" (no cgroup files, as under gVisor: CPU of every process the launcher reaped, and
+    the peak of the largest single one)."""
+
+    peak_memory_bytes: int | None
+    cpu_s: float | None
+    wall_s: float | None  # from the program's start to its end (or kill), in the sandbox
+    source: Literal["cgroup", "processes"] | None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Limits the launcher saw reached, whatever the program printed: forks or threads the
+    process limit refused (None: no counter, as under gVisor, where ``tasks_peak`` says how many
+    processes and threads the sandbox was seen holding at once instead), filesystems that filled
+    up, files left at the file-size limit, and the most files one process was seen holding open."""
+
+    forks_refused: int | None = None
+    full: tuple[str, ...] = ()
+    at_file_size: tuple[str, ...] = ()
+    open_files_peak: int | None = None
+    tasks_peak: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessDump:
+    """The stacks of every thread of one Python process, as faulthandler wrote them."""
+
+    pid: int
+    program: bool  # the program itself, not a child of it
+    text: str
+
+
+@dataclass(frozen=True)
+class PostMortem:
+    """What the launcher asked of the program's processes at the time limit, before the kill:
+    their dumps (empty: none answered) and the lines of code their frames under /work point at,
+    keyed ``FILE:LINE``."""
+
+    dumps: tuple[ProcessDump, ...]
+    sources: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The raw facts of one run, before any judgement."""
 
@@ -201,6 +248,11 @@ class Outcome:
     # The launcher reported only once the host had resumed it at the time limit (SIGCONT): the
     # program had likely stopped it (SIGSTOP), so duration_s includes that wait.
     launcher_resumed: bool = False
+    # From the launcher's end report; None (or empty) where it did not report.
+    usage: Usage | None = None
+    measured: Measured = field(default_factory=Measured)
+    oom_victim: Literal["program", "child"] | None = None
+    post_mortem: PostMortem | None = None
 
     @functools.cached_property
     def stderr_text(self) -> str:
