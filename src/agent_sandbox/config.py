@@ -244,6 +244,10 @@ class ResultSettings(_Section):
         default=2000, ge=16, le=12_000, description="Cap on the last expression's repr."
     )
     summary_kib: int = Field(default=16, ge=2, description="The text a model reads first, at most.")
+    post_mortem: bool = Field(
+        default=True,
+        description="At the time limit, each Python process dumps its stacks (SIGURG) before the kill.",
+    )
 
 
 class WorkspaceSettings(_Section):

@@ -112,9 +112,11 @@ def save_files(result: RunResult, folder: Path) -> list[str]:
 
 
 def status_line(result: RunResult, saved: list[str], folder: Path | None) -> str:
-    """One line for a person: how it ended, the limits hit, the files; then the notes."""
+    """One line for a person: how it ended, what it used, the limits hit, the files; then the notes."""
     status = "timed out" if result.timed_out else f"exit {result.exit_code}"
     line = f"[agent-sandbox] {status} in {result.duration_s:.2f} s"
+    if result.cpu_s is not None and result.peak_memory_mib is not None:
+        line += f" ({result.cpu_s:.2f} s CPU, {result.peak_memory_mib:.0f} MiB peak memory)"
     if result.violations:
         line += "; limits hit: " + ", ".join(v.kind.value for v in result.violations)
     if folder is not None and result.artifacts:

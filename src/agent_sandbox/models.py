@@ -170,6 +170,22 @@ class ErrorInfo(_Model):
     source: str | None = Field(default=None, description="That line of code, as the traceback shows it.")
 
 
+class StoppedAt(_Model):
+    """Where the program was when its time ran out, from the stacks every Python process of the
+    run dumped just before the kill (never from its output): the innermost frame in the
+    program's own files (under /work) of the process and thread most likely doing the work."""
+
+    process: Literal["program", "child"] = Field(description="The program itself, or a process it started.")
+    pid: int = Field(description="That process, as the sandbox numbers them.")
+    file: str | None = Field(description="null when no frame of any process was in the program's files.")
+    line: int | None
+    function: str | None
+    source: str | None = Field(description="That line of code, as the file held it at the end.")
+    dump: str = Field(
+        description="Every thread's stack of every process that answered (most recent call first), capped."
+    )
+
+
 class Artifact(_Model):
     """A file under /work the program created or changed."""
 
@@ -209,6 +225,25 @@ class RunResult(_Model):
     duration_s: float
     timed_out: bool
     oom_killed: bool
+    peak_memory_mib: float | None = Field(
+        default=None,
+        description="The most memory the run held at once, in MiB (see usage_source); null when unknown.",
+    )
+    cpu_s: float | None = Field(
+        default=None, description="CPU seconds used, user and system, by every process of the run."
+    )
+    usage_source: Literal["cgroup", "processes"] | None = Field(
+        default=None,
+        description="How usage was measured: 'cgroup' (the sandbox's kernel counters: every process, and "
+        "memory as the limit counts it, files in /work and /tmp included) or 'processes' (under gVisor: "
+        "CPU of every process, peak memory of the largest single one).",
+    )
+    oom_victim: Literal["program", "child"] | None = Field(
+        default=None, description="After a memory kill, which process the kernel killed, when known."
+    )
+    stopped_at: StoppedAt | None = Field(
+        default=None, description="After a timeout: where the program was when it was stopped."
+    )
     warm_start: bool = Field(description="The run used a container started ahead of time.")
     violations: list[Violation]
     notes: list[str] = Field(description="Plain sentences on what happened and what to change.")

@@ -35,6 +35,7 @@ from agent_sandbox.models import InstallReport, LimitRequest, Limits, RunRequest
 from agent_sandbox.packages.policy import check_requested, check_resolved
 from agent_sandbox.packages.requirements import REQUIREMENTS_FILE, parse_requirements, requirements_file
 from agent_sandbox.packages.resolver import Resolution, WheelResolver
+from agent_sandbox.postmortem import stopped_at
 from agent_sandbox.tracebacks import parse_error
 from agent_sandbox.verdict import judge
 from agent_sandbox.workspaces import WorkspaceInfo, WorkspaceStore
@@ -283,6 +284,7 @@ class Sandbox:
                 max_listed=results.max_artifacts,
                 notebook=request.notebook,
                 return_value_chars=results.max_return_value_chars if request.return_last_expression else 0,
+                post_mortem=results.post_mortem,
                 snapshot_files=self.settings.files.max_files if in_workspace else 0,
                 # The most a workspace may hold: its cap, and what one call may send back in.
                 snapshot_bytes=(
@@ -400,13 +402,16 @@ class Sandbox:
                 outcome = await self.engine.run(spec, on_progress, on_output)
         stderr = outcome.stderr_text
         error = parse_error(stderr) if outcome.exit_code == 1 else None  # Python's code for it
+        stopped = stopped_at(outcome.post_mortem)
         verdict = judge(
             outcome,
             spec.limits,
             max_timeout_s=self.settings.limits.max_timeout_s,
             had_stdin=request.stdin is not None,
             error=error,
+            stopped=stopped,
         )
+        usage = outcome.usage
         artifacts, artifact_notes = collect_artifacts(outcome.files, self.settings.results)
         result = RunResult(
             exit_code=outcome.exit_code,
@@ -419,6 +424,11 @@ class Sandbox:
             duration_s=outcome.duration_s,
             timed_out=outcome.timed_out,
             oom_killed=outcome.oom_killed,
+            peak_memory_mib=_mib(usage.peak_memory_bytes) if usage else None,
+            cpu_s=usage.cpu_s if usage else None,
+            usage_source=usage.source if usage else None,
+            oom_victim=outcome.oom_victim if outcome.oom_killed else None,
+            stopped_at=stopped,
             warm_start=outcome.warm_start,
             violations=verdict.violations,
             notes=verdict.notes + artifact_notes,
@@ -442,6 +452,10 @@ class Sandbox:
             mount = PackageMount(str(folder), self.settings.packages.install_mib)
             wheels = tuple(wheel.filename for wheel in resolution.wheels)
             yield InstallSpec(mount, wheels, self.settings.packages.install_timeout_s)
+
+
+def _mib(size: int | None) -> float | None:
+    return None if size is None else round(size / 2**20, 1)
 
 
 def _unsaveable(outcome: Outcome) -> str | None:

@@ -7,7 +7,7 @@ import signal
 from dataclasses import dataclass
 
 from agent_sandbox.engine.spec import InstallOutcome, Outcome
-from agent_sandbox.models import ErrorInfo, Limits, Violation, ViolationKind
+from agent_sandbox.models import ErrorInfo, Limits, StoppedAt, Violation, ViolationKind
 
 SIGXFSZ_EXIT = 128 + signal.SIGXFSZ
 
@@ -34,16 +34,26 @@ class Verdict:
 
 
 def judge(
-    outcome: Outcome, limits: Limits, *, max_timeout_s: float, had_stdin: bool, error: ErrorInfo | None = None
+    outcome: Outcome,
+    limits: Limits,
+    *,
+    max_timeout_s: float,
+    had_stdin: bool,
+    error: ErrorInfo | None = None,
+    stopped: StoppedAt | None = None,
 ) -> Verdict:
     """Name every limit ``outcome`` shows evidence of, most decisive first.
 
-    The engine's facts (time, memory, output) always count. Text in stderr counts only for a
-    program that did not exit 0: one that printed "[Errno 28]" about a remote bucket and went on
-    to succeed hit no limit of ours."""
+    What the launcher measured counts whatever the program printed or how it exited: the kernel's
+    counters (time, memory, forks refused by the process limit), full filesystems, files stopped
+    at the size limit, a process seen holding its limit of open files. Text in stderr counts only
+    where nothing was measured and only for a program that did not exit 0 (one that printed
+    "[Errno 28]" about a remote bucket and went on to succeed hit no limit of ours), and is then
+    worded "likely"."""
     if outcome.install is not None and not (outcome.install.finished and outcome.install.exit_code == 0):
         return _install_failed(outcome, outcome.install, limits)
     stderr = outcome.stderr_text
+    measured = outcome.measured
     violations: list[Violation] = []
     notes: list[str] = []
 
@@ -62,19 +72,21 @@ def judge(
             f"{limits.timeout_s:g} s",
             f"stopped after the {limits.timeout_s:g} s time limit",
             f"The program was still running after {limits.timeout_s:g} s and was stopped; the "
-            f"output it printed before that is kept. {more}otherwise look for an endless loop, "
-            "a long sleep, or a read from stdin that never ends.",
+            f"output it printed before that is kept.{_where(outcome, stopped)}{_busy(outcome)} {more}"
+            "otherwise look for an endless loop, a long sleep, or a read from stdin that never ends.",
         )
     if outcome.oom_killed:
-        who = " in a child process" if outcome.exit_code == 0 else ""
+        child = outcome.oom_victim == "child" or (outcome.oom_victim is None and outcome.exit_code == 0)
+        who = " in a child process" if child else ""
+        went_on = " (the program itself went on)" if outcome.oom_victim == "child" else ""
         found(
             ViolationKind.MEMORY,
             f"{limits.memory_mib} MiB",
             f"killed by the kernel for using more than {limits.memory_mib} MiB of memory{who}",
-            f"The program was killed{who} for using more than {limits.memory_mib} MiB of memory "
-            "(it gets no MemoryError: the kernel ends it). Files written under /work, /tmp and "
-            "/dev/shm are kept in memory and count toward this limit too. Process data in smaller "
-            "pieces, free large objects, or write less to disk.",
+            f"The program was killed{who}{went_on} for using more than {limits.memory_mib} MiB of "
+            f"memory{_peak(outcome)} (it gets no MemoryError: the kernel ends it). Files written "
+            "under /work, /tmp and /dev/shm are kept in memory and count toward this limit too. "
+            "Process data in smaller pieces, free large objects, or write less to disk.",
         )
     if outcome.output_killed:
         found(
@@ -94,40 +106,96 @@ def judge(
             "end, and a line marks what was cut. Print less, e.g. a summary.",
         )
     failed = outcome.exit_code != 0
-    if failed and (line := _evidence(_PROCESSES, stderr) or _fork_eagain(stderr)):
+    caught = " (the program caught the error itself)" if outcome.exit_code == 0 else ""
+    processes_limit = f"{limits.pids} processes and threads"
+    if measured.forks_refused:
         found(
             ViolationKind.PROCESSES,
-            f"{limits.pids} processes and threads",
+            processes_limit,
+            f"the kernel refused {measured.forks_refused} new processes or threads (the {limits.pids} limit)",
+            f"The kernel refused {_times(measured.forks_refused)} to start a process or thread: the "
+            f"run hit its limit of {processes_limit} together{caught}. Use fewer, e.g. a pool of 2 "
+            "to 4 workers, and make sure finished ones are joined.",
+        )
+    elif measured.tasks_peak is not None and measured.tasks_peak >= limits.pids - 1:
+        # Sampled: the launcher's own threads come and go, so one short of the limit is likely it.
+        likely = "" if measured.tasks_peak >= limits.pids else " (likely at the limit: it is sampled)"
+        found(
+            ViolationKind.PROCESSES,
+            processes_limit,
+            f"the sandbox was seen holding {measured.tasks_peak} of its {processes_limit}{likely}",
+            f"The sandbox was seen holding {measured.tasks_peak} of its {processes_limit} at once"
+            f"{likely}{caught}: starting one more fails with EAGAIN. Use fewer, e.g. a pool of 2 to 4 "
+            "workers, and make sure finished ones are joined.",
+        )
+    elif (
+        measured.forks_refused is None
+        and failed
+        and (line := _evidence(_PROCESSES, stderr) or _fork_eagain(stderr))
+    ):
+        found(
+            ViolationKind.PROCESSES,
+            processes_limit,
             f"could not start a process or thread (likely the {limits.pids} limit): {line}",
             f"The program could not start a new process or thread ({line!r}); it most likely hit "
-            f"the limit of {limits.pids} processes and threads together. Use fewer, e.g. a pool "
-            "of 2 to 4 workers, and make sure finished ones are joined.",
+            f"the limit of {processes_limit} together. Use fewer, e.g. a pool of 2 to 4 workers, "
+            "and make sure finished ones are joined.",
         )
-    if failed and (line := _evidence(_DISK, stderr)):
+    disk_limit = f"/work {limits.work_mib} MiB, /tmp {limits.tmp_mib} MiB"
+    sizes = f"/work holds {limits.work_mib} MiB, /tmp {limits.tmp_mib} MiB and /dev/shm {limits.shm_mib} MiB"
+    if measured.full:
+        full = " and ".join(measured.full)
         found(
             ViolationKind.DISK,
-            f"/work {limits.work_mib} MiB, /tmp {limits.tmp_mib} MiB",
-            f"ran out of space (likely /work or /tmp): {line}",
-            f"A write failed for lack of space ({line!r}): /work holds {limits.work_mib} MiB and "
-            f"/tmp {limits.tmp_mib} MiB, and both count toward the memory limit. Write less, or "
-            "delete files you no longer need.",
+            disk_limit,
+            f"{full} filled up to its size",
+            f"{full} filled up{caught}: writes there failed with ENOSPC. {sizes}, and all count "
+            "toward the memory limit. Write less, or delete files you no longer need.",
         )
-    if failed and ((line := _evidence(_FILE_SIZE, stderr)) or outcome.exit_code == SIGXFSZ_EXIT):
+    elif failed and (line := _evidence(_DISK, stderr)):
+        found(
+            ViolationKind.DISK,
+            disk_limit,
+            f"ran out of space (likely /work or /tmp): {line}",
+            f"A write failed for lack of space ({line!r}): {sizes}, and all count toward the "
+            "memory limit. Write less, or delete files you no longer need.",
+        )
+    file_size_limit = f"{limits.file_size_mib} MiB per file"
+    if measured.at_file_size:
+        files = ", ".join(measured.at_file_size)
+        found(
+            ViolationKind.FILE_SIZE,
+            file_size_limit,
+            f"a file stopped at the {limits.file_size_mib} MiB limit: {files}",
+            f"A file stopped growing at the {limits.file_size_mib} MiB limit{caught}: {files}. "
+            "Writes past it fail with EFBIG. Split the data over several smaller files, or write less.",
+        )
+    elif failed and ((line := _evidence(_FILE_SIZE, stderr)) or outcome.exit_code == SIGXFSZ_EXIT):
         evidence = line or f"exit code {SIGXFSZ_EXIT} (SIGXFSZ)"
         found(
             ViolationKind.FILE_SIZE,
-            f"{limits.file_size_mib} MiB per file",
+            file_size_limit,
             f"a file grew past the {limits.file_size_mib} MiB limit (likely): {evidence}",
             f"A file could not grow past {limits.file_size_mib} MiB ({evidence!r}). Split the "
             "data over several smaller files, or write less.",
         )
-    if failed and (line := _evidence(_OPEN_FILES, stderr)):
+    open_files_limit = f"{limits.open_files} open files"
+    advice = "Close files when done, e.g. `with open(...) as f:`."
+    if measured.open_files_peak is not None and measured.open_files_peak >= limits.open_files:
         found(
             ViolationKind.OPEN_FILES,
-            f"{limits.open_files} open files",
+            open_files_limit,
+            f"a process held {measured.open_files_peak} files open, its limit",
+            f"A process of the program held {measured.open_files_peak} files open, the limit"
+            f"{caught}: opening one more fails with EMFILE. {advice}",
+        )
+    elif failed and (line := _evidence(_OPEN_FILES, stderr)):
+        found(
+            ViolationKind.OPEN_FILES,
+            open_files_limit,
             f"too many open files (likely the {limits.open_files} limit): {line}",
             f"The program had too many files open at once ({line!r}; the limit is "
-            f"{limits.open_files}). Close files when done, e.g. `with open(...) as f:`.",
+            f"{limits.open_files}). {advice}",
         )
     if not had_stdin and _evidence(_EOF, stderr):
         notes.append("The program read from stdin, but the call gave no stdin: pass it in `stdin`.")
@@ -147,6 +215,41 @@ def judge(
             "duration_s includes that wait. Do not signal other processes of the sandbox."
         )
     return Verdict(violations=violations, notes=notes)
+
+
+def _times(count: int) -> str:
+    return "one attempt" if count == 1 else f"{count} attempts"
+
+
+def _where(outcome: Outcome, stopped: StoppedAt | None) -> str:
+    """Where the program was at the kill, as a sentence (empty when no one asked)."""
+    if stopped is None:
+        if outcome.post_mortem is None:
+            return ""
+        return (
+            " Where it was is unknown: no Python process of it answered the request for its "
+            "stacks (one that blocks or handles SIGURG, or is not Python, cannot)."
+        )
+    who = "It" if stopped.process == "program" else f"A child process of it (pid {stopped.pid})"
+    code = f": `{stopped.source}`" if stopped.source else ""
+    place = f"{stopped.file} line {stopped.line} (in {stopped.function}){code}"
+    outside = "" if (stopped.file or "").startswith("/work/") else ", outside the program's own files"
+    return f" {who} was running {place}{outside}; stopped_at.dump has every thread's stack."
+
+
+def _busy(outcome: Outcome) -> str:
+    """Whether the time went on computing or on waiting, from the CPU it used."""
+    usage = outcome.usage
+    if usage is None or usage.cpu_s is None or not usage.wall_s:
+        return ""
+    waiting = usage.cpu_s < usage.wall_s / 4
+    doing = "mostly waiting (a sleep, a lock, a child, or stdin)" if waiting else "busy computing"
+    return f" It used {usage.cpu_s:.2f} s of CPU in {usage.wall_s:.2f} s: {doing}."
+
+
+def _peak(outcome: Outcome) -> str:
+    peak = outcome.usage.peak_memory_bytes if outcome.usage else None
+    return f" (the run's peak: {peak / 2**20:.0f} MiB)" if peak else ""
 
 
 def _launcher_lost_note(outcome: Outcome) -> str:

@@ -112,7 +112,41 @@ def thread_bomb(result: RunResult) -> None:
     assert result.exit_code == 1
     assert "can't start new thread" in result.stderr
     assert kinds(result) == {"processes"}
-    assert "likely" in result.violations[0].message
+
+
+def measured(kind: str, limit: str, exit_code: int) -> Callable[[RunResult], None]:
+    """A limit the program met and then caught (exit 0, it says so on stdout only) or met and
+    left quietly (exit 1, nothing printed): the measurement reports it all the same."""
+
+    def check(result: RunResult) -> None:
+        assert result.exit_code == exit_code
+        assert result.stderr == ""
+        assert kinds(result) == {kind}
+        assert result.violations[0].limit == limit
+        assert ("caught the error itself" in result.notes[0]) is (exit_code == 0)
+
+    return check
+
+
+def maybe_seen_under_gvisor(exit_code: int) -> Callable[[RunResult], None]:
+    def check(result: RunResult) -> None:
+        """gVisor keeps no count of the tasks its RLIMIT_NPROC refused, and a thread bomb's
+        threads end with it: one that catches the refusal and exits at once is seen only if one
+        of the launcher's looks (50 ms apart) fell while it held them, and it wrote nothing to
+        stderr. (A fork bomb's children outlive it and are always counted.)"""
+        assert result.exit_code == exit_code
+        assert result.stderr == ""
+        assert kinds(result) <= {"processes"}
+        assert all(v.limit == "32 processes and threads" for v in result.violations)
+
+    return check
+
+
+def catch_or_quit(attempt: str, exit_code: int) -> str:
+    """``attempt`` (which runs into a limit) in a program that catches the error and exits
+    ``exit_code`` without a word on stderr."""
+    body = "\n".join("    " + line for line in attempt.splitlines())
+    return f"import os, sys, time\ntry:\n{body}\nexcept OSError as exc:\n    print('caught', exc)\nsys.exit({exit_code})"
 
 
 def flood(stream: str) -> Callable[[RunResult], None]:
@@ -240,8 +274,8 @@ def forged_end(result: RunResult) -> None:
 
 def forged_end_under_gvisor(result: RunResult) -> None:
     """gVisor lets the program read its non-dumpable launcher's environment and open its stdout
-    (not its memory). Neither gives the nonce away: the environment is the program's own and
-    never holds it; the launcher writes its lines after every other process is gone, and the
+    (not its memory). Neither gives the nonce away: the environment is the program's own (but
+    for the post-mortem socket's name, which the launcher adds for the program) and never holds it; the launcher writes its lines after every other process is gone, and the
     install line before the program starts, which waits (up to 2 s) until the host has read it."""
     assert result.exit_code == 3
     assert "launcher mem: EACCES" in result.stdout
@@ -344,6 +378,43 @@ def limit_words_on_stderr_of_a_success(result: RunResult) -> None:
     assert result.violations == []
     assert result.notes == []
 
+
+# Each limit the program can catch, met and caught (exit 0), and met and quietly left (exit 1).
+FORKS = "kids = []\nwhile True:\n    kid = os.fork()\n    if kid == 0:\n        time.sleep(60)\n        os._exit(0)\n    kids.append(kid)"
+THREADS = (
+    "import threading\nwhile True:\n    try:\n"
+    "        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+    "    except RuntimeError as exc:\n        raise OSError(str(exc)) from exc"
+)
+FILL = "with open('{path}', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)"
+BIG_FILE = "with open('big.bin', 'wb') as f:\n    f.write(b'x' * 2 * 2**20)"
+OPEN_FILES = "files = []\ntry:\n    while True:\n        files.append(open('/dev/null'))\nfinally:\n    time.sleep(0.3)"
+SMALL_DISKS = {"work_mib": 8, "tmp_mib": 16}
+CAUGHT = [
+    Hostile(
+        f"{what}, {'caught' if code == 0 else 'quietly exiting 1'}",
+        catch_or_quit(attempt, code),
+        measured(kind, limit, code),
+        limits,
+        under_gvisor=maybe_seen_under_gvisor(code) if attempt is THREADS else None,
+        under_kubernetes=measured(kind, "128 processes and threads", code) if kind == "processes" else None,
+    )
+    for what, attempt, kind, limit, limits in [
+        ("a fork bomb", FORKS, "processes", "32 processes and threads", {"pids": 32}),
+        ("a thread bomb", THREADS, "processes", "32 processes and threads", {"pids": 32}),
+        ("filling /work", FILL.format(path="fill.bin"), "disk", "/work 8 MiB, /tmp 16 MiB", SMALL_DISKS),
+        (
+            "filling /tmp",
+            FILL.format(path="/tmp/fill.bin"),
+            "disk",
+            "/work 16 MiB, /tmp 8 MiB",
+            {"work_mib": 16, "tmp_mib": 8},
+        ),
+        ("a file past its size limit", BIG_FILE, "file_size", "1 MiB per file", {"file_size_mib": 1}),
+        ("holding every file it may open", OPEN_FILES, "open_files", "64 open files", {"open_files": 64}),
+    ]
+    for code in (0, 1)
+]
 
 HOSTILE = [
     Hostile("infinite loop", "while True:\n    pass", timed_out_with_note, timeout_s=1.5),
@@ -484,7 +555,8 @@ HOSTILE = [
         "for what in ('mem', 'environ'):\n"
         "    try:\n"
         "        seen = open(f'/proc/{os.getppid()}/{what}', 'rb').read()\n"
-        "        own = seen == open('/proc/self/environ', 'rb').read()\n"
+        "        mine = open('/proc/self/environ', 'rb').read().split(b'\\0')\n"
+        "        own = seen.split(b'\\0') == [e for e in mine if not e.startswith(b'AGENT_SANDBOX_POSTMORTEM=')]\n"
         "        print('launcher', what + ':', \"the program's own\" if own else 'readable')\n"
         "    except OSError as exc:\n"
         "        print('launcher', what + ':', errno.errorcode[exc.errno])\n"
@@ -563,6 +635,7 @@ HOSTILE = [
         "sys.stderr.write('upstream said: [Errno 24] Too many open files\\n')\nprint('all good')",
         limit_words_on_stderr_of_a_success,
     ),
+    *CAUGHT,
 ]
 
 

@@ -60,6 +60,10 @@ def test_files_are_saved_but_never_over_a_file_a_link_or_outside_the_folder(
 def test_the_status_line_says_how_it_ended_the_limits_and_the_files() -> None:
     files = [artifact("a.txt", b"a"), artifact("b.txt", b"b")]
     assert status_line(result(exit_code=0), [], None) == "[agent-sandbox] exit 0 in 0.10 s"
+    measured = result(exit_code=0, cpu_s=0.081, peak_memory_mib=14.6)
+    assert (
+        status_line(measured, [], None) == "[agent-sandbox] exit 0 in 0.10 s (0.08 s CPU, 15 MiB peak memory)"
+    )
     timed_out = result(exit_code=137, timed_out=True, violations=[TIMEOUT], notes=["It was stopped."])
     assert status_line(timed_out, [], None) == (
         "[agent-sandbox] timed out in 0.10 s; limits hit: timeout\n[agent-sandbox] It was stopped."

@@ -76,7 +76,7 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def test_results_and_errors_are_counted_and_gauges_read_the_configuration() -> None:
     metrics = Metrics(Sandbox(Settings(engine=EngineSettings(pool_size=3, max_concurrent_runs=5))))
-    metrics.record_result("run_python", result(exit_code=0), 0.03)
+    metrics.record_result("run_python", result(exit_code=0, peak_memory_mib=40.5), 0.03)
     metrics.record_result("run_python", result(exit_code=137, violations=[TIMEOUT, MEMORY]), 1.5)
     metrics.record_result("run_project", result(exit_code=2), 0.3)
     metrics.record_error("run_project", RequestError("no"))
@@ -96,6 +96,10 @@ def test_results_and_errors_are_counted_and_gauges_read_the_configuration() -> N
     assert found[("agent_sandbox_run_duration_seconds_bucket", (("le", "0.05"), ("tool", "run_python")))] == 1
     # The refusal ran nothing: it is not in the histogram.
     assert found[("agent_sandbox_run_duration_seconds_count", (("tool", "run_project"),))] == 1
+    # Only the run that reported its peak memory is in its histogram.
+    assert found[("agent_sandbox_run_peak_memory_mib_count", (("tool", "run_python"),))] == 1
+    assert found[("agent_sandbox_run_peak_memory_mib_bucket", (("le", "32.0"), ("tool", "run_python")))] == 0
+    assert found[("agent_sandbox_run_peak_memory_mib_bucket", (("le", "64.0"), ("tool", "run_python")))] == 1
     assert found[("agent_sandbox_runs_in_progress", ())] == found[("agent_sandbox_runs_queued", ())] == 0
     assert found[("agent_sandbox_run_slots", ())] == 5
     assert found[("agent_sandbox_warm_pool_size", ())] == 3

@@ -166,6 +166,25 @@ def test_short_output_is_shown_whole_with_error_value_and_files() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("usage", "line"),
+    [
+        (
+            {"cpu_s": 1.021, "peak_memory_mib": 313.1, "usage_source": "cgroup"},
+            "usage: 1.02 s CPU, 313 MiB peak memory",
+        ),
+        (
+            {"cpu_s": 0.5, "peak_memory_mib": 21.0, "usage_source": "processes"},
+            "usage: 0.50 s CPU, 21 MiB peak memory (largest process)",
+        ),
+        ({}, None),
+    ],
+)
+def test_usage_is_one_short_line_under_the_status(usage: dict[str, object], line: str | None) -> None:
+    lines = summarise(result(**usage), 4096).splitlines()
+    assert lines[1:2] == ([line] if line else [])
+
+
 def test_content_is_the_summary_then_images_then_other_files_as_resources() -> None:
     artifacts = [
         Artifact(path="a.png", size=len(PNG), mime_type="image/png", sha256="0", data=PNG),

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from agent_sandbox.config import LimitSettings
-from agent_sandbox.engine.spec import Outcome
-from agent_sandbox.models import Limits, ViolationKind
-from agent_sandbox.verdict import judge
+from agent_sandbox.engine.spec import Measured, Outcome, PostMortem, Usage
+from agent_sandbox.models import Limits, StoppedAt, ViolationKind
+from agent_sandbox.verdict import Verdict, judge
 
 LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model_fields})
 CLEAN = Outcome(
@@ -190,3 +190,97 @@ def test_a_launcher_resumed_at_the_time_limit_is_said_not_taken_for_a_timeout() 
     verdict = judge(replace(CLEAN, launcher_resumed=True), LIMITS, max_timeout_s=300, had_stdin=False)
     assert verdict.violations == []
     assert "likely stopped its launcher (SIGSTOP" in verdict.notes[0]
+
+
+# What the launcher measured counts whatever the program printed or how it exited.
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+@pytest.mark.parametrize(
+    ("measured", "kind", "words"),
+    [
+        (Measured(forks_refused=3), ViolationKind.PROCESSES, "refused 3 attempts"),
+        (Measured(tasks_peak=128), ViolationKind.PROCESSES, "seen holding 128 of its 128"),
+        (Measured(full=("/tmp",)), ViolationKind.DISK, "/tmp filled up"),
+        (Measured(at_file_size=("/work/big.bin",)), ViolationKind.FILE_SIZE, "/work/big.bin"),
+        (Measured(open_files_peak=1024), ViolationKind.OPEN_FILES, "held 1024 files open"),
+    ],
+)
+def test_a_measured_limit_is_a_violation_even_when_the_program_caught_it_and_said_nothing(
+    measured: Measured, kind: ViolationKind, words: str, exit_code: int
+) -> None:
+    verdict = judge(
+        replace(CLEAN, exit_code=exit_code, measured=measured), LIMITS, max_timeout_s=300, had_stdin=False
+    )
+    assert [v.kind for v in verdict.violations] == [kind]
+    assert "likely" not in verdict.violations[0].message
+    assert words in verdict.notes[0]
+    assert ("caught the error itself" in verdict.notes[0]) is (exit_code == 0)
+
+
+def test_one_task_short_of_the_limit_sampled_is_likely_and_further_is_nothing() -> None:
+    one_short = judge(
+        replace(CLEAN, measured=Measured(tasks_peak=127)), LIMITS, max_timeout_s=300, had_stdin=False
+    )
+    assert "likely" in one_short.violations[0].message
+    assert kinds(replace(CLEAN, measured=Measured(tasks_peak=126))) == []
+
+
+def test_with_a_counter_that_saw_no_refusal_thread_errors_in_stderr_are_not_the_process_limit() -> None:
+    """'can't start new thread' also comes from a thread stack that did not fit in memory."""
+    stderr = b"RuntimeError: can't start new thread\n"
+    outcome = replace(CLEAN, exit_code=1, stderr=stderr, measured=Measured(forks_refused=0))
+    assert kinds(outcome) == []
+
+
+def test_errno_28_on_the_stderr_of_a_success_with_room_left_is_no_violation() -> None:
+    stderr = b"OSError: [Errno 28] No space left on device\n"
+    outcome = replace(
+        CLEAN, exit_code=0, stderr=stderr, measured=Measured(forks_refused=0, open_files_peak=5)
+    )
+    assert judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False) == Verdict([], [])
+
+
+def test_a_memory_kill_says_the_peak_and_whether_the_program_or_a_child_died() -> None:
+    usage = Usage(peak_memory_bytes=1024 * 2**20, cpu_s=0.5, wall_s=1.0, source="cgroup")
+    child = judge(
+        replace(CLEAN, oom_killed=True, oom_victim="child", usage=usage),
+        LIMITS,
+        max_timeout_s=300,
+        had_stdin=False,
+    )
+    assert "in a child process" in child.violations[0].message
+    assert "the program itself went on" in child.notes[0]
+    assert "peak: 1024 MiB" in child.notes[0]
+    program = judge(
+        replace(CLEAN, exit_code=137, oom_killed=True, oom_victim="program", usage=usage),
+        LIMITS,
+        max_timeout_s=300,
+        had_stdin=False,
+    )
+    assert "child" not in program.notes[0]
+
+
+def test_a_timeout_note_names_the_line_it_was_running_and_whether_it_computed_or_waited() -> None:
+    stopped = StoppedAt(
+        process="program",
+        pid=9,
+        file="/work/main.py",
+        line=12,
+        function="crunch",
+        source="while x < n:",
+        dump="",
+    )
+    usage = Usage(peak_memory_bytes=None, cpu_s=2.9, wall_s=3.0, source="cgroup")
+    outcome = replace(CLEAN, exit_code=137, timed_out=True, usage=usage)
+    note = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False, stopped=stopped).notes[0]
+    assert "It was running /work/main.py line 12 (in crunch): `while x < n:`" in note
+    assert "busy computing" in note
+    waiting = replace(outcome, usage=replace(usage, cpu_s=0.01))
+    assert "mostly waiting" in judge(waiting, LIMITS, max_timeout_s=300, had_stdin=False).notes[0]
+
+
+def test_a_timeout_where_no_process_answered_says_the_place_is_unknown() -> None:
+    outcome = replace(CLEAN, exit_code=137, timed_out=True, post_mortem=PostMortem((), {}))
+    note = judge(outcome, LIMITS, max_timeout_s=300, had_stdin=False).notes[0]
+    assert "Where it was is unknown" in note

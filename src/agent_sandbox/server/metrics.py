@@ -18,6 +18,7 @@ from agent_sandbox.sandbox import Load, Sandbox
 
 # From a warm snippet (tens of ms) to the longest time limit (300 s), about 1-2-5 per decade.
 DURATION_BUCKETS_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0)
+PEAK_MEMORY_BUCKETS_MIB = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 class RunOutcome(StrEnum):
@@ -79,6 +80,14 @@ class Metrics:
             buckets=DURATION_BUCKETS_S,
             registry=self.registry,
         )
+        self._peak_memory = Histogram(
+            "agent_sandbox_run_peak_memory_mib",
+            "The most memory a run held at once, as its result's peak_memory_mib says (runs that "
+            "report it; see usage_source there for how it was measured).",
+            ["tool"],
+            buckets=PEAK_MEMORY_BUCKETS_MIB,
+            registry=self.registry,
+        )
         gauges: dict[str, tuple[str, Callable[[Load], int]]] = {
             "agent_sandbox_runs_in_progress": ("Runs holding a run slot now.", lambda load: load.running),
             "agent_sandbox_runs_queued": (
@@ -110,6 +119,8 @@ class Metrics:
         """Count a call that ran its program and returned ``result`` after ``seconds``."""
         self._runs.labels(tool=tool, outcome=outcome_of(result)).inc()
         self._duration.labels(tool=tool).observe(seconds)
+        if result.peak_memory_mib is not None:
+            self._peak_memory.labels(tool=tool).observe(result.peak_memory_mib)
         for violation in result.violations:
             self._violations.labels(kind=violation.kind.value).inc()
 

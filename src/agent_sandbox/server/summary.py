@@ -36,6 +36,8 @@ def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str]
         return _clip(_one_line(text), line_cap)
 
     before = [f"status: {_status(result)}"]
+    if (usage := _usage(result)) is not None:
+        before.append(usage)
     if (error := result.error) is not None:
         before.append(line(f"error: {error.type}: {error.message} ({error.file} line {error.line})"))
     if (workspace := result.workspace) is not None:
@@ -102,6 +104,17 @@ def _status(result: RunResult) -> str:
     if result.exit_code is None:
         return f"exit code unknown after {result.duration_s:.2f} s"
     return f"exit code {result.exit_code} in {result.duration_s:.2f} s"
+
+
+def _usage(result: RunResult) -> str | None:
+    """One short line: CPU time and peak memory (of the largest process alone, under gVisor)."""
+    parts = []
+    if result.cpu_s is not None:
+        parts.append(f"{result.cpu_s:.2f} s CPU")
+    if result.peak_memory_mib is not None:
+        whose = " (largest process)" if result.usage_source == "processes" else ""
+        parts.append(f"{result.peak_memory_mib:.0f} MiB peak memory{whose}")
+    return "usage: " + ", ".join(parts) if parts else None
 
 
 def _files(result: RunResult, shown_images: frozenset[str], line: Callable[[str], str]) -> list[str]:
