@@ -188,6 +188,7 @@ def transcripts() -> dict[str, list[str]]:
 def normalised(line: str) -> str:
     """Without what changes from run to run: durations, versions, dates, sizes."""
     line = re.sub(r"\d+\.\d+ s\b", "N s", line)
+    line = re.sub(r"\d+ MiB peak memory", "N MiB peak memory", line)
     line = re.sub(r"Docker \S+ at", "Docker V at", line)
     return re.sub(r"\(\d+ MB, built [^)]*\)", "(N MB, built T)", line)
 
