@@ -8,10 +8,16 @@ Latency of `print("hi")`, median and p95 over --runs calls each:
     and the same with `--runtime runsc`,
   - the host's `/usr/bin/python3 -c ...`.
 Calls are --gap seconds apart (an agent's think time; the pool refills meanwhile); --gap 0 is a
-tight loop. Then throughput: --calls calls over Streamable HTTP from 1, 4 and 8 concurrent MCP
+tight loop. Then what measuring costs a warm hello world (the engine in-process, warm pool of 1),
+A/B in the same run, in interleaved blocks: the launcher of --baseline-rev (before usage, limits
+and the post-mortem were measured) on the image without the post-mortem hook, against today's
+launcher with results.post_mortem off (usage and limits read; the hook loaded but idle) and on
+(the default: each Python process also connects to the post-mortem socket). Then throughput:
+--calls calls over Streamable HTTP from 1, 4 and 8 concurrent MCP
 client sessions against one server (pool on), with failures and leaked containers counted.
 
     .venv/bin/python benchmarks/latency.py [--runs 30] [--gap 0.2] [--calls 200] [--chart docs/latency.png]
+                                           [--baseline-rev 44b580e]
 
 --chart also draws the latency rows as a PNG (the README's chart).
 """
@@ -27,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,13 +42,17 @@ import anyio
 import docker
 from mcp import Client, StdioServerParameters
 
-from agent_sandbox.config import GVISOR, EngineSettings, Settings, load_settings
+import agent_sandbox.engine.docker as docker_backend
+from agent_sandbox.config import GVISOR, EngineSettings, ResultSettings, Settings, load_settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
+from agent_sandbox.engine.launch import LAUNCHER_COMMAND
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import Sandbox
 
 CODE = 'print("hi")'
 ROOT = Path(__file__).parents[1]
+BASELINE_REV = "44b580e"  # the last commit before the launcher measured usage, limits and stacks
+NO_HOOK_REPOSITORY = "agent-sandbox-nohook"
 
 
 async def timed(action: Callable[[], Awaitable[object]], runs: int, gap_s: float) -> list[float]:
@@ -95,6 +106,55 @@ async def engine_direct(runs: int, gap_s: float) -> list[float]:
 
     await call()
     return await timed(call, runs, gap_s)
+
+
+def baseline_launcher(rev: str) -> list[str] | None:
+    """The launcher command as of ``rev``, or None if this clone does not have it."""
+    source = f"{rev}:src/agent_sandbox/engine/launcher.py"
+    done = subprocess.run(["git", "show", source], capture_output=True, text=True, cwd=ROOT, check=False)
+    return [*LAUNCHER_COMMAND[:-1], done.stdout] if done.returncode == 0 else None
+
+
+def image_without_hook(client: docker.DockerClient, image: str) -> None:
+    """``image`` with the post-mortem hook's .pth removed, as NO_HOOK_REPOSITORY:PROFILE."""
+    site = "$(python3 -c 'import site; print(site.getsitepackages()[0])')"
+    dockerfile = (
+        f'FROM {image}\nUSER root\nRUN rm "{site}/agent_sandbox_postmortem.pth"\n'
+        "RUN python3 -c \"import sys; assert 'agent_sandbox_postmortem' not in sys.modules\"\n"
+        "USER 1000:1000\n"
+    )
+    with tempfile.TemporaryDirectory() as context:
+        (Path(context) / "Dockerfile").write_text(dockerfile)
+        client.images.build(path=context, tag=f"{NO_HOOK_REPOSITORY}:{image.rpartition(':')[2]}", rm=True)
+
+
+async def measuring_cost(
+    arms: dict[str, tuple[list[str], str, bool]], runs: int, gap_s: float
+) -> dict[str, list[float]]:
+    """Warm in-process hello worlds for each arm (launcher command, image repository, post_mortem),
+    in interleaved blocks so that drift on the machine falls on every arm alike."""
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    request = RunRequest(files=[ProjectFile(path="main.py", content=CODE)])
+    blocks = max(1, min(5, runs // 5))
+    for block in range(blocks):
+        for name, (launcher, repository, post_mortem) in arms.items():
+            docker_backend.LAUNCHER_COMMAND = launcher  # what container_options starts, for this arm's pool
+            settings = Settings(
+                engine=EngineSettings(pool_size=1, image_repository=repository),
+                results=ResultSettings(post_mortem=post_mortem),
+            )
+            async with Sandbox(settings) as sandbox:
+                assert sandbox.pool is not None
+
+                async def call() -> None:
+                    assert (await sandbox.run(request)).stdout == "hi\n"
+
+                await sandbox.pool.filled()
+                await call()
+                share = runs // blocks + (1 if block < runs % blocks else 0)
+                samples[name] += await timed(call, share, max(gap_s, 0.3))  # time for the pool to refill
+    docker_backend.LAUNCHER_COMMAND = LAUNCHER_COMMAND
+    return samples
 
 
 async def command(argv: list[str], runs: int, gap_s: float) -> list[float]:
@@ -162,6 +222,11 @@ async def main() -> None:
     parser.add_argument("--gap", type=float, default=0.2, help="Seconds between calls (default 0.2).")
     parser.add_argument("--calls", type=int, default=200, help="Calls per throughput row (0: skip).")
     parser.add_argument("--chart", type=Path, help="Also draw the latency rows into this PNG.")
+    parser.add_argument(
+        "--baseline-rev",
+        default=BASELINE_REV,
+        help=f"The launcher to measure against (default {BASELINE_REV}).",
+    )
     options = parser.parse_args()
     if options.chart and importlib.util.find_spec("matplotlib") is None:
         parser.error("--chart needs matplotlib: pip install -e '.[bench]'")
@@ -220,6 +285,24 @@ async def main() -> None:
             {name: (statistics.median(s), p95(s)) for name, s in latency.items()}, title, options.chart
         )
         print(f"chart: {options.chart}")
+
+    launcher = baseline_launcher(options.baseline_rev)
+    if launcher is None:
+        print(f"\n# {options.baseline_rev} is not in this clone: no A/B of what measuring costs")
+    else:
+        image_without_hook(client, image)
+        arms = {
+            f"launcher of {options.baseline_rev}, no hook": (launcher, NO_HOOK_REPOSITORY, False),
+            "usage and limits, post_mortem off": (LAUNCHER_COMMAND, engine.image_repository, False),
+            "usage, limits and post-mortem (default)": (LAUNCHER_COMMAND, engine.image_repository, True),
+        }
+        cost = await measuring_cost(arms, runs, gap)
+        first = statistics.median(next(iter(cost.values())))
+        header = f"{'warm hello world, engine in-process':40} {'median ms':>10} {'p95 ms':>8}"
+        print(f"\n{header} {'+ms':>7} {'ratio':>6}")
+        for name, samples in cost.items():
+            median = statistics.median(samples)
+            print(f"{name:40} {median:10.1f} {p95(samples):8.1f} {median - first:7.1f} {median / first:6.2f}")
 
     if options.calls <= 0:
         return

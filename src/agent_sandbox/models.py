@@ -236,7 +236,7 @@ class RunResult(_Model):
         default=None,
         description="How usage was measured: 'cgroup' (the sandbox's kernel counters: every process, and "
         "memory as the limit counts it, files in /work and /tmp included) or 'processes' (under gVisor: "
-        "CPU of every process, peak memory of the largest single one).",
+        "CPU of the program and the children it waited for, peak memory of the largest single one).",
     )
     oom_victim: Literal["program", "child"] | None = Field(
         default=None, description="After a memory kill, which process the kernel killed, when known."

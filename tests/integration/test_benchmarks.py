@@ -32,6 +32,8 @@ def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path, engine: Dock
     for row in ("warm pool", "pool off (cold)", "engine in-process", "docker run", "host /usr/bin/python3"):
         assert row in out
     assert "4 calls, 8 concurrent clients" in out
+    for row in ("launcher of 44b580e, no hook", "post_mortem off", "post-mortem (default)"):
+        assert row in out  # what measuring costs, A/B against the launcher before it
     gvisor = GVISOR in offered_runtimes(engine)
     for row in ("gVisor: MCP stdio, warm pool", "gVisor: MCP stdio, pool off (cold)", "gVisor: docker run"):
         assert (row in out) is gvisor, row

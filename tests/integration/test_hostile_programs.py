@@ -373,6 +373,13 @@ def multiprocessing_works(result: RunResult) -> None:
     assert (result.exit_code, result.stdout) == (0, "queue 3\npool 25\n"), result.stderr
 
 
+def orphans_are_reaped(result: RunResult) -> None:
+    """Each `sleep 0 &` outlives its shell and goes to PID 1: Docker's init collects it at once; in
+    a pod the launcher is PID 1 and collects the ended ones every 50 ms. No zombie keeps a slot."""
+    assert (result.exit_code, result.stdout) == (0, "all started\n")
+    assert result.violations == []
+
+
 def limit_words_on_stderr_of_a_success(result: RunResult) -> None:
     assert (result.exit_code, result.stdout) == (0, "all good\n")
     assert result.violations == []
@@ -634,6 +641,13 @@ HOSTILE = [
         "import sys\nsys.stderr.write('retrying upload: [Errno 28] No space left on device (remote bucket)\\n')\n"
         "sys.stderr.write('upstream said: [Errno 24] Too many open files\\n')\nprint('all good')",
         limit_words_on_stderr_of_a_success,
+    ),
+    Hostile(
+        "orphaning more processes than its limit, one after another",
+        "import subprocess\nfor _ in range(100):\n    subprocess.run(['sh', '-c', 'sleep 0 &'], check=True)\n"
+        "print('all started')",
+        orphans_are_reaped,
+        {"pids": 32},
     ),
     *CAUGHT,
 ]

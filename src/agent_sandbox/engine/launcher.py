@@ -33,9 +33,8 @@ program created or changed under /work as one block on stdout (a marked line wit
 then the files' bytes), and writes an end-of-job line (the host's nonce, the exit code, the
 container's OOM-kill count, a last expression's value, the usage, the limits measured and the
 post-mortem) to stdout and to stderr, so the host has the whole result without waiting for the
-engine to tear the container down. The launcher
-makes itself non-dumpable first, so the program (same uid) cannot read the nonce out of its
-memory.
+engine to tear the container down. The launcher makes itself non-dumpable first, so the program
+(same uid) cannot read the nonce out of its memory.
 
 Self-contained and standard-library only: it runs on the sandbox image's Python.
 """
@@ -184,7 +183,6 @@ INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
 PR_SET_DUMPABLE = 4
-PR_SET_CHILD_SUBREAPER = 36
 CGROUP = "/sys/fs/cgroup"  # the sandbox's own cgroup, as the container sees it
 FILESYSTEMS = ("/work", "/tmp", "/dev/shm")  # the program's writable places, each of a fixed size
 SAMPLE_S = 0.05  # how often the filesystems and open files are looked at while the program runs
@@ -384,12 +382,12 @@ def _at_file_size(limit: int, sent: "dict[str, tuple[int, int]]", survey: "Surve
         for folder, _, names in os.walk(top):
             for name in names:
                 looked_at += 1
+                if looked_at > MAX_LOOKED_AT or len(found) >= MAX_LISTED:
+                    return found[:MAX_LISTED]
                 path = os.path.join(folder, name)
                 with contextlib.suppress(OSError):
                     if os.lstat(path).st_size >= limit:
                         found.append(path)
-            if looked_at > MAX_LOOKED_AT or len(found) >= MAX_LISTED:
-                break
     return found[:MAX_LISTED]
 
 
@@ -517,6 +515,8 @@ class _DumpChannel:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             for peer in [self._listener, *self._peers]:
                 peer.close()
@@ -742,6 +742,7 @@ def _wait(
     while not ended.wait(max(0.0, min(SAMPLE_S, deadline - time.monotonic()))):
         if time.monotonic() < deadline:
             watch.sample()
+            _reap_orphans(pid)
             continue
         if not _has_ended(pid):
             watch.sample()
@@ -979,18 +980,23 @@ def _other_pids() -> "Iterator[int]":
             yield int(name)
 
 
-def _reap_orphans() -> None:
-    """Collect every process the program left to us (we are its subreaper), so that the time it
-    used counts in RUSAGE_CHILDREN, and no zombie stays."""
+def _reap_orphans(program: int = 0) -> None:
+    """Collect every process the program left behind that has ended, but ``program`` itself (its
+    reaper thread takes it). Orphans come to us where we are PID 1 (a pod has no init): no zombie
+    may hold one of the run's process slots."""
     with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+        while True:
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if ended is None or ended.si_pid == program:
+                return
+            os.waitpid(ended.si_pid, 0)
 
 
 def _usage(before: "Counters", after: "Counters", children_before: float, ran: "Ran | None") -> "UsageLine":
     """Peak memory and CPU time of the sandbox from its cgroup (every process; memory counts its
     tmpfs files and page cache, as the memory limit does); without one (gVisor), from the kernel's
-    accounting of our reaped descendants: CPU of them all, peak of the largest one alone."""
+    accounting of the program and the descendants that were waited for (RUSAGE_CHILDREN): CPU of
+    them all, the peak of the largest one alone."""
     wall_s = ran["wall_s"] if ran else None
     cpu_ns = _grew(before["cpu_ns"], after["cpu_ns"])
     if cpu_ns is not None and after["memory_peak"] is not None:
@@ -1023,10 +1029,8 @@ def main() -> None:
     ignored = _ignore_foreign_signals()  # first: a warm launcher waits before the program exists
     job = _read_job()
     nonce = job["nonce"]
-    libc = ctypes.CDLL(None)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         _fail("cannot protect the launcher's memory (prctl PR_SET_DUMPABLE)")
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come to us, and their usage with them
     sent = _unpack(_ArchiveInput(job["archive_bytes"]))
     # Read now, whether the program ever reads it or not: the engine's write must not wait on it.
     program_stdin = _ArchiveInput(job["stdin_bytes"]).read()

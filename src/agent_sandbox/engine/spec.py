@@ -179,8 +179,8 @@ class FilesOut:
 class Usage:
     """What the program used, as the launcher measured it. ``source`` says how: "cgroup" (the
     sandbox's cgroup: every process, and memory as its limit counts it, tmpfs files included) or
-    "processes" (no cgroup files, as under gVisor: CPU of every process the launcher reaped, and
-    the peak of the largest single one)."""
+    "processes" (no cgroup files, as under gVisor: CPU of the program and of the children that
+    were waited for, and the peak of the largest single one)."""
 
     peak_memory_bytes: int | None
     cpu_s: float | None
