@@ -39,6 +39,7 @@ V2 = {
     "memory.peak": "331612160\n",
     "memory.events": "low 0\nhigh 0\nmax 41\noom 2\noom_kill 2\noom_group_kill 0\n",
     "cpu.stat": "usage_usec 1021458\nuser_usec 1001000\nsystem_usec 20458\nnr_periods 0\n",
+    "pids.max": "64\n",
     "pids.events": "max 0\n",
     "pids.events.local": "max 7\n",
 }
@@ -61,10 +62,15 @@ def test_each_cgroup_version_gives_the_same_counters(tmp_path: Path, files: dict
         assert counters == EXPECTED
 
 
-def test_v2_without_local_pid_events_counts_the_hierarchical_ones(tmp_path: Path) -> None:
-    """Before Linux 6.13 pids.events is all there is; it counts refusals where the limit is set."""
-    record(tmp_path, {name: text for name, text in V2.items() if name != "pids.events.local"})
-    assert LAUNCHER._counters(str(tmp_path))["forks_refused"] == 0
+@pytest.mark.parametrize(("limit", "refused"), [("64\n", 0), ("max\n", None)])
+def test_v2_without_local_pid_events_counts_only_a_limit_set_here(
+    tmp_path: Path, limit: str, refused: int | None
+) -> None:
+    """Before Linux 6.13 pids.events is all there is, and it counts refusals where the limit is
+    set: a container's own (Docker), but not one under a pod's cgroup, whose limit is the pod's."""
+    files = {name: text for name, text in V2.items() if name != "pids.events.local"}
+    record(tmp_path, {**files, "pids.max": limit})
+    assert LAUNCHER._counters(str(tmp_path))["forks_refused"] == refused
 
 
 def test_v2_before_memory_peak_existed_has_no_peak(tmp_path: Path) -> None:

@@ -284,14 +284,17 @@ def _counters(root: str = CGROUP) -> "Counters":
     mounts no cgroup files at all). cgroup v2 when its root says so, else v1."""
     if os.path.exists(os.path.join(root, "cgroup.controllers")):
         cpu_us = _counter(root, "cpu.stat", "usage_usec")
-        # pids.events counts refusals where the limit is set (a pod's cgroup, above a container's);
-        # pids.events.local (Linux 6.13) counts those of this cgroup's own processes.
+        # pids.events.local (Linux 6.13) counts the refusals of this cgroup's own processes;
+        # pids.events only those of a limit set here: not a container's in a pod, whose limit is the
+        # pod's cgroup's. Then there is no counter, and the launcher samples the tasks instead.
         refused = _counter(root, "pids.events.local", "max")
+        if refused is None and _counter(root, "pids.max") is not None:
+            refused = _counter(root, "pids.events", "max")
         return {
             "memory_peak": _counter(root, "memory.peak"),
             "cpu_ns": None if cpu_us is None else cpu_us * 1000,
             "oom_kills": _counter(root, "memory.events", "oom_kill"),
-            "forks_refused": refused if refused is not None else _counter(root, "pids.events", "max"),
+            "forks_refused": refused,
         }
     return {
         "memory_peak": _counter(root, "memory/memory.max_usage_in_bytes"),
