@@ -13,10 +13,13 @@ import re
 from agent_sandbox.engine.spec import PostMortem, ProcessDump
 from agent_sandbox.models import StoppedAt
 
-_THREAD = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]+ \(most recent call first\):$")
-_FRAME = re.compile(r'^  File "(?P<file>[^"]*)", line (?P<line>\d+) in (?P<function>.*)$')
+_THREAD = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]{1,16} \(most recent call first\):$")
+_FRAME = re.compile(r'^  File "(?P<file>[^"]{1,1024})", line (?P<line>[0-9]{1,9}) in (?P<function>.{1,200})$')
 _USER_CODE = "/work/"
 MAX_DUMP_CHARS = 16 * 1024
+# The dumps come from the program's own processes, which could write anything there: what reaches
+# the result and its notes is one line of text, controls and undecodable bytes escaped.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
 
 Frame = tuple[str, int, str]  # file, line, function
 
@@ -44,12 +47,18 @@ def stopped_at(post_mortem: PostMortem | None) -> StoppedAt | None:
     return StoppedAt(
         process="program" if dump.program else "child",
         pid=dump.pid,
-        file=file,
+        file=_printable(file),
         line=line,
-        function=function,
-        source=source or None,
+        function=_printable(function),
+        source=_printable(source) or None,
         dump=_joined(post_mortem.dumps),
     )
+
+
+def _printable(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return _UNPRINTABLE.sub(lambda char: f"\\x{ord(char[0]) & 0xFF:02x}", text)
 
 
 def _threads(text: str) -> list[list[Frame]]:
@@ -72,7 +81,7 @@ def _joined(dumps: tuple[ProcessDump, ...]) -> str:
     parts = [
         f"process {d.pid} ({'the program' if d.program else 'a child'}):\n{d.text.rstrip()}" for d in dumps
     ]
-    text = "\n\n".join(parts)
+    text = "\n".join(_printable(line) or "" for line in "\n\n".join(parts).splitlines())
     if len(text) > MAX_DUMP_CHARS:
         text = text[: MAX_DUMP_CHARS - 40] + "\n[... the rest of the dump cut here ...]"
     return text

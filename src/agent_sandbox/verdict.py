@@ -117,15 +117,13 @@ def judge(
             f"run hit its limit of {processes_limit} together{caught}. Use fewer, e.g. a pool of 2 "
             "to 4 workers, and make sure finished ones are joined.",
         )
-    elif measured.tasks_peak is not None and measured.tasks_peak >= limits.pids - 1:
-        # Sampled: the launcher's own threads come and go, so one short of the limit is likely it.
-        likely = "" if measured.tasks_peak >= limits.pids else " (likely at the limit: it is sampled)"
+    elif measured.tasks_peak is not None and measured.tasks_peak >= limits.pids:
         found(
             ViolationKind.PROCESSES,
             processes_limit,
-            f"the sandbox was seen holding {measured.tasks_peak} of its {processes_limit}{likely}",
-            f"The sandbox was seen holding {measured.tasks_peak} of its {processes_limit} at once"
-            f"{likely}{caught}: starting one more fails with EAGAIN. Use fewer, e.g. a pool of 2 to 4 "
+            f"the sandbox was seen holding all {measured.tasks_peak} of its {processes_limit}",
+            f"The sandbox was seen holding all {measured.tasks_peak} of its {processes_limit} at "
+            f"once{caught}: starting one more fails with EAGAIN. Use fewer, e.g. a pool of 2 to 4 "
             "workers, and make sure finished ones are joined.",
         )
     elif (

@@ -40,7 +40,7 @@ V2 = {
     "memory.events": "low 0\nhigh 0\nmax 41\noom 2\noom_kill 2\noom_group_kill 0\n",
     "cpu.stat": "usage_usec 1021458\nuser_usec 1001000\nsystem_usec 20458\nnr_periods 0\n",
     "pids.max": "64\n",
-    "pids.events": "max 0\n",
+    "pids.events": "max 7\n",
     "pids.events.local": "max 7\n",
 }
 EXPECTED = {"memory_peak": 331612160, "cpu_ns": 1021458000, "oom_kills": 2, "forks_refused": 7}
@@ -62,14 +62,14 @@ def test_each_cgroup_version_gives_the_same_counters(tmp_path: Path, files: dict
         assert counters == EXPECTED
 
 
-@pytest.mark.parametrize(("limit", "refused"), [("64\n", 0), ("max\n", None)])
-def test_v2_without_local_pid_events_counts_only_a_limit_set_here(
+@pytest.mark.parametrize(("limit", "refused"), [("64\n", 7), ("max\n", None)])
+def test_v2_counts_refused_forks_only_where_the_limit_is_the_cgroups_own(
     tmp_path: Path, limit: str, refused: int | None
 ) -> None:
-    """Before Linux 6.13 pids.events is all there is, and it counts refusals where the limit is
-    set: a container's own (Docker), but not one under a pod's cgroup, whose limit is the pod's."""
-    files = {name: text for name, text in V2.items() if name != "pids.events.local"}
-    record(tmp_path, {**files, "pids.max": limit})
+    """v2 counts a refusal in the cgroup whose limit refused it (and its ancestors): a container's
+    own limit (Docker) shows, a pod's (above the container's cgroup) never would, so there is no
+    counter then and the launcher samples the tasks."""
+    record(tmp_path, {**V2, "pids.max": limit})
     assert LAUNCHER._counters(str(tmp_path))["forks_refused"] == refused
 
 

@@ -75,3 +75,18 @@ def test_the_dump_is_capped() -> None:
     assert place is not None
     assert len(place.dump) <= MAX_DUMP_CHARS
     assert place.dump.endswith("cut here ...]")
+
+
+def test_a_dump_the_program_forged_cannot_break_the_result_or_its_notes() -> None:
+    """The dumps come from the program's own processes: a handler of its own can write anything."""
+    forged = (
+        "Current thread 0x1 (most recent call first):\n"
+        f'  File "/work/a.py", line {"9" * 5000} in f\n'  # past int()'s digit limit: not a frame
+        '  File "/work/b.py", line 3 in evil\x1b[2J\x07\n'
+    )
+    place = stopped_at(PostMortem((ProcessDump(9, True, forged),), {"/work/b.py:3": "x = 1\rrm -rf /"}))
+    assert place is not None
+    assert (place.file, place.line) == ("/work/b.py", 3)
+    assert place.function == "evil\\x1b[2J\\x07"
+    assert place.source == "x = 1\\x0drm -rf /"
+    assert "\x1b" not in place.dump

@@ -44,6 +44,7 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import resource
 import select
 import selectors
@@ -61,7 +62,7 @@ import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from typing import TypedDict
 
     # The job, as engine/protocol.py writes it (tests/unit/test_protocol.py keeps the two equal).
@@ -195,6 +196,10 @@ DUMP_QUIET_S = 0.05  # once every process has written, this long without a byte 
 DUMP_BYTES = 8192  # kept of each process's dump
 MAX_DUMPED = 16  # processes whose dumps are kept
 MAX_SOURCES = 64  # source lines sent for the dumps' frames in the program's files
+SOURCE_BYTES = 1 << 20  # read of each such file, at most
+MAX_CONNECTIONS = 64  # post-mortem connections held at once
+OWN_DESCRIPTORS = 24  # kept free of them for the launcher's own work (pipes, /proc, the files)
+_FRAME = re.compile(r'^  File "(/work/[^"\x00]{1,1024})", line ([0-9]{1,9}) in ', re.MULTILINE)
 # Signals the launcher keeps: those it cannot catch, its child's, and SIGCONT (the host's way to
 # resume a launcher the program stopped). A real fault of its own (SIGSEGV, SIGABRT from abort())
 # still ends it: the kernel and the C library force the default action for those, ignored or not.
@@ -284,12 +289,11 @@ def _counters(root: str = CGROUP) -> "Counters":
     mounts no cgroup files at all). cgroup v2 when its root says so, else v1."""
     if os.path.exists(os.path.join(root, "cgroup.controllers")):
         cpu_us = _counter(root, "cpu.stat", "usage_usec")
-        # pids.events.local (Linux 6.13) counts the refusals of this cgroup's own processes;
-        # pids.events only those of a limit set here: not a container's in a pod, whose limit is the
-        # pod's cgroup's. Then there is no counter, and the launcher samples the tasks instead.
-        refused = _counter(root, "pids.events.local", "max")
-        if refused is None and _counter(root, "pids.max") is not None:
-            refused = _counter(root, "pids.events", "max")
+        # v2 counts a refusal where the limit that refused it is set (and above): a container's own
+        # limit (Docker), not a pod's above the container. Without a limit here there is no
+        # counter, and the launcher samples the tasks instead.
+        limited = _counter(root, "pids.max") is not None
+        refused = _counter(root, "pids.events", "max") if limited else None
         return {
             "memory_peak": _counter(root, "memory.peak"),
             "cpu_ns": None if cpu_us is None else cpu_us * 1000,
@@ -332,7 +336,8 @@ class _Watch:
     """What no counter keeps, looked at while the program runs and as it ends: which of the
     program's filesystems filled up, the most files one process held open and, where the kernel
     counts no refused forks (gVisor, whose RLIMIT_NPROC holds every task of the sandbox's user),
-    the most tasks (processes and threads) of the sandbox's user at once."""
+    the most tasks (processes and threads) of the sandbox's user at once, ours and init's
+    included, once the program has started a task of its own."""
 
     def __init__(self, count_tasks: bool) -> None:
         self.full: list[str] = []
@@ -341,25 +346,35 @@ class _Watch:
         self._lock = threading.Lock()  # the waiting loop and the reaper both look
 
     def sample(self, ended: int = 0) -> None:
-        """Look now; ``ended`` is a child that has exited but is not yet reaped, whose task still
-        counts toward the limit whether /proc lists it (Linux) or not (gVisor)."""
+        """Look now; ``ended`` is a child that has exited but is not yet reaped: its task still
+        counts toward the limit (gVisor lists such a zombie with no task folder)."""
         with self._lock:
             for mount in FILESYSTEMS:
                 if mount not in self.full and _is_full(mount):
                     self.full.append(mount)
-            tasks, own, uid = 0, os.getpid(), os.getuid()
-            listed = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+            tasks, programs, own, uid = 0, 0, os.getpid(), os.getuid()
+            try:
+                listed = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+            except OSError:  # out of descriptors, say: this look is skipped
+                return
             if ended and ended not in listed:
-                tasks += 1
+                tasks = programs = 1
             for pid in listed:
-                try:
-                    if pid not in (1, own):
+                if pid not in (1, own):
+                    with contextlib.suppress(OSError):  # gone meanwhile
                         self.open_files_peak = max(self.open_files_peak, len(os.listdir(f"/proc/{pid}/fd")))
-                    if self.tasks_peak is not None and os.stat(f"/proc/{pid}").st_uid == uid:
-                        tasks += max(1, len(os.listdir(f"/proc/{pid}/task")))  # a zombie: 0 under gVisor
+                try:
+                    if self.tasks_peak is None or os.stat(f"/proc/{pid}").st_uid != uid:
+                        continue
                 except OSError:
                     continue  # gone meanwhile
-            if self.tasks_peak is not None:
+                try:
+                    held = max(1, len(os.listdir(f"/proc/{pid}/task")))
+                except OSError:
+                    held = 1  # a zombie under gVisor has no task folder, and still counts
+                tasks += held
+                programs += held if pid not in (1, own) else 0
+            if self.tasks_peak is not None and programs > 1:  # only once the program started one
                 self.tasks_peak = max(self.tasks_peak, tasks)
 
 
@@ -373,77 +388,85 @@ def _is_full(mount: str) -> bool:
 
 
 def _at_file_size(limit: int, sent: "dict[str, tuple[int, int]]", survey: "Survey") -> "list[str]":
-    """Files the program left at the file-size limit (a write past it was refused: the kernel
-    stops a file there, at exactly that size): in /work (from the survey), /tmp and /dev/shm."""
+    """Files the program left at the file-size rlimit (one byte over the limit: a write past the
+    limit was refused, and the kernel stops the file exactly there): in /work (from the survey),
+    /tmp and /dev/shm (looked through here, at most MAX_LOOKED_AT entries, links not followed)."""
     found = [
         f"{WORK}/{path}"
         for path, size, modified in survey[0]
         if size >= limit and sent.get(path) != (size, modified)
     ]
-    looked_at = 0
-    for top in FILESYSTEMS[1:]:
-        for folder, _, names in os.walk(top):
-            for name in names:
-                looked_at += 1
-                if looked_at > MAX_LOOKED_AT or len(found) >= MAX_LISTED:
-                    return found[:MAX_LISTED]
-                path = os.path.join(folder, name)
-                with contextlib.suppress(OSError):
-                    if os.lstat(path).st_size >= limit:
-                        found.append(path)
+    pending, looked_at = list(FILESYSTEMS[1:]), 0
+    while pending and len(found) < MAX_LISTED:
+        try:
+            with os.scandir(pending.pop()) as listing:
+                for entry in listing:
+                    looked_at += 1
+                    if looked_at > MAX_LOOKED_AT:
+                        return found[:MAX_LISTED]
+                    if entry.is_dir(follow_symlinks=False):
+                        if len(os.fsencode(entry.path)) <= MAX_FOLDER_PATH_BYTES:
+                            pending.append(entry.path)
+                    elif (
+                        entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_size >= limit
+                    ):
+                        found.append(entry.path)
+        except OSError:
+            continue
     return found[:MAX_LISTED]
 
 
 class _DumpChannel:
     """The launcher's end of the post-mortem channel: an abstract Unix socket (private to the
-    sandbox's network namespace) each Python process of the run connects to at its start. Until
-    ``collect``, whatever arrives is read and dropped (no dump is due, so it can only be forged);
-    ``collect`` sends SIGURG to every process and keeps what each writes back, by the process the
-    kernel says holds the connection (SO_PEERCRED; gVisor answers with the listener's own pid, and
-    then the pid the process wrote as its first line says)."""
+    sandbox's network namespace, its name random) each Python process of the run connects to at
+    its start, writing its pid as a first line. The launcher's waiting loop polls it: until
+    ``collect``, whatever else arrives is read and dropped (no dump is due, so it can only be
+    forged); ``collect`` sends SIGURG to every process and keeps what each writes back, by the
+    process the kernel says holds the connection (SO_PEERCRED; gVisor answers with the listener's
+    own pid, and then the pid the process wrote says). Connections are capped well below the
+    launcher's own descriptor limit, which is the sandbox's."""
 
-    def __init__(self) -> None:
-        self.name = f"agent-sandbox-postmortem-{os.getpid()}"
+    def __init__(self, wake: int) -> None:
+        self.name = f"agent-sandbox-postmortem-{os.urandom(8).hex()}"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind("\0" + self.name)
         self._listener.listen(64)
         self._listener.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ)
+        self._selector.register(wake, selectors.EVENT_READ)  # the program ended: stop waiting
+        self._room = min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - OWN_DESCRIPTORS)
         self._listening = True
+        if self._room <= 0:  # a descriptor limit too small to spare any
+            self._pause()
         self._peers: dict[socket.socket, int] = {}  # 0 until known
         self._first_lines: dict[socket.socket, bytearray] = {}  # until each has come whole
         self._dumps: dict[int, bytearray] = {}
+        self._program = 0  # whose dump always has a place, once asked
         self._keeping = False
         self._last_byte = 0.0
         self._closed = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
 
-    def _serve(self) -> None:
-        while not self._closed:
-            try:
-                events = self._selector.select(SAMPLE_S)
-            except (OSError, ValueError):
-                return  # closed meanwhile
-            with self._lock:
-                for key, _ in events:
-                    if self._closed:
-                        return
-                    if key.fileobj is self._listener:
-                        self._accept()
-                    else:
-                        self._receive(key.fileobj)  # type: ignore[arg-type]
+    def poll(self, timeout: float) -> None:
+        """Take what has come, waiting at most ``timeout`` for anything (or the program's end)."""
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self._listener:
+                self._accept()
+            elif isinstance(key.fileobj, socket.socket):
+                if key.fileobj in self._peers:  # not forgotten since the select
+                    self._receive(key.fileobj)
+            else:
+                with contextlib.suppress(OSError):
+                    os.read(key.fd, 64)
 
     def _accept(self) -> None:
         try:
             peer, _ = self._listener.accept()
         except BlockingIOError:
             return
-        except OSError:  # out of descriptors (the sandbox's limit holds us too): wait for one to close
-            self._selector.unregister(self._listener)
-            self._listening = False
+        except OSError:  # out of descriptors after all: wait for a connection to close
+            self._pause()
             return
         peer.setblocking(False)
         credentials = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -451,18 +474,24 @@ class _DumpChannel:
         self._peers[peer] = 0 if pid in (0, os.getpid()) else pid
         self._first_lines[peer] = bytearray()
         self._selector.register(peer, selectors.EVENT_READ)
+        if len(self._peers) >= self._room:
+            self._pause()
 
-    def _receive(self, peer: socket.socket) -> bool:
-        """Take what ``peer`` has sent; False once nothing more is waiting."""
+    def _pause(self) -> None:
+        if self._listening:
+            self._selector.unregister(self._listener)
+            self._listening = False
+
+    def _receive(self, peer: socket.socket) -> None:
         try:
-            data = peer.recv(1 << 16)
+            data = peer.recv(DUMP_BYTES)
         except BlockingIOError:
-            return False
+            return
         except OSError:
             data = b""
         if not data:
             self._forget(peer)
-            return False
+            return
         first = self._first_lines.get(peer)
         if first is not None:
             first += data
@@ -470,44 +499,40 @@ class _DumpChannel:
             if not newline:
                 if len(first) > 20:
                     self._forget(peer)
-                return True
+                return
             del self._first_lines[peer]
             if not self._peers[peer]:
-                self._peers[peer] = int(line) if line.isdigit() else 0
+                self._peers[peer] = int(line) if line.isdigit() and len(line) < 10 else 0
         pid = self._peers[peer]
-        if data and pid and self._keeping and (pid in self._dumps or len(self._dumps) < MAX_DUMPED):
+        if not (data and pid and self._keeping):
+            return
+        if pid in self._dumps or pid == self._program or len(self._dumps) < MAX_DUMPED - 1:
             kept = self._dumps.setdefault(pid, bytearray())
             kept += data[: DUMP_BYTES - len(kept)]
             self._last_byte = time.monotonic()
-        return True
 
     def _forget(self, peer: socket.socket) -> None:
         self._selector.unregister(peer)
         peer.close()
         del self._peers[peer]
         self._first_lines.pop(peer, None)
-        if not self._listening:
+        if not self._listening and len(self._peers) < self._room:
             self._selector.register(self._listener, selectors.EVENT_READ)
             self._listening = True
 
     def collect(self, program: int) -> "list[Dump]":
         """Ask every process for its stacks and wait for them (at most DUMP_WAIT_S): each Python
         process's dump, the program's first."""
-        with self._lock:
-            for peer in list(self._peers):  # what came before the signal was no dump
-                while peer in self._peers and self._receive(peer):
-                    pass
-            self._keeping = True
-            connected = set(self._peers.values()) - {0}
+        self.poll(0)  # what came before the signal was no dump: dropped
+        self._program, self._keeping = program, True
+        asked = set(self._peers.values()) - {0}
         with contextlib.suppress(ProcessLookupError):
             os.kill(-1, DUMP_SIGNAL)  # every process but PID 1 and us
         started = time.monotonic()
         while time.monotonic() - started < DUMP_WAIT_S:
-            time.sleep(0.01)
-            with self._lock:
-                silent = connected.intersection(self._peers.values()) - set(self._dumps)
-                quiet = time.monotonic() - self._last_byte > DUMP_QUIET_S
-            if not silent and quiet:
+            self.poll(0.01)
+            silent = asked.intersection(self._peers.values()) - set(self._dumps)
+            if not silent and time.monotonic() - self._last_byte > DUMP_QUIET_S:
                 break
         self.close()
         order = sorted(self._dumps, key=lambda pid: (pid != program, pid))
@@ -517,40 +542,42 @@ class _DumpChannel:
         ]
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for peer in [self._listener, *self._peers]:
-                peer.close()
-            self._selector.close()
+        if self._closed:
+            return
+        self._closed = True
+        for peer in [self._listener, *self._peers]:
+            peer.close()
+        self._selector.close()
 
 
 def _sources(dumps: "list[Dump]") -> "dict[str, str]":
-    """The line of code of each frame in the program's own files, as ``FILE:LINE``."""
-    wanted: dict[str, str] = {}
+    """The line of code of each frame in the program's own files, keyed ``FILE:LINE`` as the
+    dumps name them: read once per file, at most SOURCE_BYTES of it, and only a regular file
+    whose real path is under /work (not through a link the program made)."""
+    wanted: dict[str, set[int]] = {}
     for dump in dumps:
-        for line in dump["text"].splitlines():
-            start = line.find('File "' + WORK + "/")
-            if start < 0 or len(wanted) >= MAX_SOURCES:
+        for path, number in _FRAME.findall(dump["text"]):
+            if sum(len(lines) for lines in wanted.values()) < MAX_SOURCES:
+                wanted.setdefault(path, set()).add(int(number))
+    found: dict[str, str] = {}
+    for path, numbers in wanted.items():
+        try:
+            real = os.path.realpath(path)
+            if not real.startswith(WORK + "/"):
                 continue
-            path, _, rest = line[start + 6 :].partition('", line ')
-            number = rest.split(" ", 1)[0]
-            if number.isdigit():
-                wanted.setdefault(f"{path}:{number}", "")
-    for place in wanted:
-        path, _, number = place.rpartition(":")
-        if not os.path.realpath(path).startswith(WORK + "/"):
-            continue  # through a link the program made: not its file
-        opened = _open_regular(os.path.relpath(path, WORK))
-        if isinstance(opened, str):
+            opened = _open_regular(os.path.relpath(real, WORK))
+            if isinstance(opened, str):
+                continue
+            with os.fdopen(opened, "rb") as source:
+                lines = source.read(SOURCE_BYTES).split(b"\n", max(numbers))
+        except (OSError, ValueError):
             continue
-        with contextlib.suppress(OSError, UnicodeDecodeError), open(opened, encoding="utf-8") as source:
-            for index, text in enumerate(source, 1):
-                if index == int(number):
-                    wanted[place] = text.strip()[:200]
-                    break
-    return {place: text for place, text in wanted.items() if text}
+        for number in numbers:
+            if 0 < number < len(lines):  # the last piece may be cut short: not a whole line
+                text = lines[number - 1][:400].decode("utf-8", "replace").strip()[:200]
+                if text:
+                    found[f"{path}:{number}"] = text
+    return found
 
 
 def _install(wheels: "list[str]") -> "InstallLine":
@@ -626,7 +653,8 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
     Stopping it here, not by killing the container, is what lets the files it wrote still come
     back."""
     entrypoint, args, rlimits, notebook = job["entrypoint"], job["args"], job["rlimits"], job["notebook"]
-    channel = _DumpChannel() if job["post_mortem"] else None
+    wake = os.pipe()  # the reaper's word that the program has ended
+    channel = _DumpChannel(wake[0]) if job["post_mortem"] else None
     if channel is not None:
         env = {**env, POSTMORTEM_ENV: channel.name}
     report_read, report_write = os.pipe()
@@ -669,7 +697,10 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
             os._exit(127)
     os.close(report_write)
     os.close(stdin_read)
-    threading.Thread(target=_give_stdin, args=(stdin_write, stdin), daemon=True).start()
+    if stdin:  # a thread less when there is none: under gVisor threads count toward the process limit
+        threading.Thread(target=_give_stdin, args=(stdin_write, stdin), daemon=True).start()
+    else:
+        os.close(stdin_write)
     reported: list[bytes] = []
     # Read while it runs: a full pipe must never block the program.
     reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
@@ -679,16 +710,12 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
         relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
     for thread in (reader, *relays):
         thread.start()
-    dumps: list[Dump] = []
-
-    def before_the_kill() -> None:
-        if channel is not None:
-            dumps.extend(channel.collect(pid))
-
-    code, timed_out = _wait(pid, job["timeout_s"], watch, before_the_kill)
+    code, timed_out, dumps = _wait(pid, job["timeout_s"], watch, channel, wake)
     wall_s = time.monotonic() - started
     if channel is not None:
         channel.close()
+    for fd in wake:
+        os.close(fd)
     _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
     reader.join(timeout=5)
     for relay_thread in relays:  # every byte of output before any line of ours; the host's deadline bounds it
@@ -721,43 +748,53 @@ def _first_for_the_oom_killer() -> None:
 
 
 def _wait(
-    pid: int, timeout_s: float, watch: "_Watch", before_the_kill: "Callable[[], None]"
-) -> "tuple[int, bool]":
-    """Wait for the child, looking at what ``watch`` keeps every SAMPLE_S, and kill its process
-    group if it still runs once ``timeout_s`` has passed (``before_the_kill`` first): its exit
-    status (negative: the signal that ended it) and whether we stopped it. A thread reaps it and
-    the deadline is checked on the monotonic clock, so no signal the program sends us can end the
-    wait early, and a launcher the program stopped for a while does not take a program that ended
+    pid: int, timeout_s: float, watch: "_Watch", channel: "_DumpChannel | None", wake: "tuple[int, int]"
+) -> "tuple[int, bool, list[Dump]]":
+    """Wait for the child, looking at what ``watch`` keeps every SAMPLE_S and polling the
+    post-mortem ``channel``, and kill its process group if it still runs once ``timeout_s`` has
+    passed (asking the channel for the stacks first): its exit status (negative: the signal that
+    ended it), whether we stopped it, and the dumps. A thread reaps it and says so on ``wake``; the
+    deadline is checked on the monotonic clock, so no signal the program sends us can end the wait
+    early, and a launcher the program stopped for a while does not take a program that ended
     meanwhile for one out of time."""
     statuses: list[int] = []
-    ended = threading.Event()
+    wake_read, wake_write = wake
 
     def reap() -> None:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-        watch.sample(ended=pid)  # as it ended, still counted, beside whatever it left running
+        with contextlib.suppress(Exception):  # a look that fails must not cost the exit status
+            watch.sample(ended=pid)  # as it ended, still counted, beside whatever it left running
         statuses.append(os.waitpid(pid, 0)[1])
-        ended.set()
+        os.write(wake_write, b"\0")
 
     reaper = threading.Thread(target=reap, daemon=True)
     reaper.start()
-    deadline = time.monotonic() + timeout_s
-    killed = False
-    while not ended.wait(max(0.0, min(SAMPLE_S, deadline - time.monotonic()))):
-        if time.monotonic() < deadline:
+    now = time.monotonic()
+    deadline, next_look = now + timeout_s, now + SAMPLE_S
+    killed, dumps = False, []
+    while not statuses:
+        now = time.monotonic()
+        if now >= deadline:
+            if not _has_ended(pid):
+                watch.sample()
+                dumps = channel.collect(pid) if channel is not None else []
+                for kill in (os.killpg, os.kill):  # the group, and the child should it have left it
+                    with contextlib.suppress(ProcessLookupError):
+                        kill(pid, signal.SIGKILL)
+                killed = True
+            break
+        if now >= next_look:
             watch.sample()
             _reap_orphans(pid)
-            continue
-        if not _has_ended(pid):
-            watch.sample()
-            before_the_kill()
-            for kill in (os.killpg, os.kill):  # the group, and the child should it have left it
-                with contextlib.suppress(ProcessLookupError):
-                    kill(pid, signal.SIGKILL)
-            killed = True
-        break
+            next_look = now + SAMPLE_S
+        timeout = max(0.0, min(next_look, deadline) - now)
+        if channel is not None:
+            channel.poll(timeout)
+        else:
+            select.select([wake_read], [], [], timeout)
     reaper.join()
     code = os.waitstatus_to_exitcode(statuses[0])
-    return code, killed and code == -signal.SIGKILL  # killed by us, not merely ended as we looked
+    return code, killed and code == -signal.SIGKILL, dumps  # killed by us, not merely ended as we looked
 
 
 def _has_ended(pid: int) -> bool:
@@ -1057,8 +1094,6 @@ def main() -> None:
     _end_everything_else()
     _reap_orphans()
     after = _counters()
-    if ran:
-        watch.sample()  # what the program left: a full filesystem stays full
     for fd in (1, 2):  # the program may have made them non-blocking (they are its own, or via /proc)
         os.set_blocking(fd, True)
     survey = _survey()

@@ -39,6 +39,7 @@ from agent_sandbox.engine.spec import (
     RunSpec,
     Usage,
 )
+from agent_sandbox.filenames import shown_name
 
 END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
@@ -391,8 +392,8 @@ def _measured(raw: MeasuredLine | None) -> Measured:
         return Measured()
     return Measured(
         forks_refused=_optional(int, raw["forks_refused"]),
-        full=tuple(str(path) for path in raw["full"]),
-        at_file_size=tuple(str(path) for path in raw["at_file_size"]),
+        full=tuple(shown_name(str(path)) for path in raw["full"]),
+        at_file_size=tuple(shown_name(str(path)) for path in raw["at_file_size"]),
         open_files_peak=_optional(int, raw["open_files_peak"]),
         tasks_peak=_optional(int, raw["tasks_peak"]),
     )

@@ -3,11 +3,14 @@
 Imported at interpreter start by ``agent_sandbox_postmortem.pth`` in the image's site-packages (a
 ``.pth`` rather than a ``sitecustomize``: Debian's Python ships its own, and a run's packages on
 PYTHONPATH could shadow one). When the launcher runs a program it listens on an abstract Unix
-socket named in ``AGENT_SANDBOX_POSTMORTEM``; each Python process connects once, says its pid, and registers
-``faulthandler`` to write the stacks of all its threads into that connection on SIGURG (whose
-default action is to ignore: a process that is not Python is not hurt by it). The dump goes to
-the launcher, never into the program's stdout or stderr; the launcher knows each connection's
-process from the kernel (SO_PEERCRED) and discards whatever arrives before it sends the signal.
+socket named in ``AGENT_SANDBOX_POSTMORTEM``; each Python process connects once, says its pid, and
+registers ``faulthandler`` to write the stacks of all its threads into that connection on SIGURG
+(whose default action is to ignore: a process that is not Python is not hurt by it). The dump
+goes to the launcher, never into the program's stdout or stderr; the launcher knows each
+connection's process from the kernel (SO_PEERCRED) and discards whatever arrives before it sends
+the signal. The connection is moved to a high descriptor number, so that a program that closes
+its descriptors (a daemon does) and opens files again is unlikely to be handed that number,
+which faulthandler would then write into.
 
 Builtin modules only, and nothing at all without the variable: it runs before every program.
 """
@@ -19,35 +22,56 @@ if TYPE_CHECKING:
     import _socket
 
 _channel: "_socket.socket | None" = None
+_HIGH_DESCRIPTORS = (1023, 511, 255, 127, 63)  # the first one under the descriptor limit
 
 
 def _connect() -> None:
     global _channel
+    if _channel is not None:  # a forked child: the parent's connection is the parent's
+        import _signal  # type: ignore[import-not-found]  # builtin: what ``signal`` wraps, no stub
+        import faulthandler
+
+        faulthandler.unregister(_signal.SIGURG)
+        _channel.close()
+        _channel = None
     name = os.environ.get("AGENT_SANDBOX_POSTMORTEM")
     if not name:
         return
-    import _signal  # type: ignore[import-not-found]  # builtin: what ``signal`` wraps, no stub
+    import _signal
     import _socket
     import faulthandler
 
-    if _channel is not None:  # a forked child: the parent's connection is the parent's
-        _channel.close()
-        _channel = None
     channel = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     channel.setblocking(False)  # a full backlog must not hold the program's start
     try:
         channel.connect("\0" + name)
-    except OSError:
-        channel.close()
-        return
-    channel.setblocking(True)  # faulthandler writes from a signal handler and does not retry
-    try:
+        channel.setblocking(True)  # faulthandler writes from a signal handler and does not retry
         channel.sendall(b"%d\n" % os.getpid())  # where the kernel cannot tell the launcher (gVisor)
+        channel = _high(channel)
     except OSError:
         channel.close()
         return
     faulthandler.register(_signal.SIGURG, file=channel.fileno(), all_threads=True, chain=False)
     _channel = channel
+
+
+def _high(channel: "_socket.socket") -> "_socket.socket":
+    """``channel`` on the highest free descriptor of _HIGH_DESCRIPTORS, if any is allowed."""
+    import _socket
+
+    for number in _HIGH_DESCRIPTORS:
+        try:
+            os.fstat(number)
+            continue  # taken
+        except OSError:
+            pass
+        try:
+            os.dup2(channel.fileno(), number, inheritable=False)
+        except OSError:
+            continue  # over the limit
+        channel.close()
+        return _socket.socket(fileno=number)
+    return channel
 
 
 _connect()
