@@ -14,7 +14,7 @@ from agent_sandbox.engine.spec import PostMortem, ProcessDump
 from agent_sandbox.models import StoppedAt
 
 _THREAD = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]{1,16} \(most recent call first\):$")
-_FRAME = re.compile(r'^  File "(?P<file>[^"]{1,1024})", line (?P<line>[0-9]{1,9}) in (?P<function>.{1,200})$')
+_FRAME = re.compile(r'^  File "(?P<file>[^"]{1,1024})", line (?P<line>[0-9]{1,9}) in (?P<function>.{1,500})$')
 _USER_CODE = "/work/"
 MAX_DUMP_CHARS = 16 * 1024
 # The dumps come from the program's own processes, which could write anything there: what reaches

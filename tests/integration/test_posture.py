@@ -99,9 +99,10 @@ async def test_no_runtime_socket_and_no_kubernetes_token(posture: dict[str, Any]
 
 
 async def test_the_environment_holds_only_what_the_sandbox_sets(posture: dict[str, Any]) -> None:
+    """AGENT_SANDBOX_POSTMORTEM names the run's own post-mortem socket (the image's hook reads it)."""
     assert set(posture["environment"]) <= {
         "PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "MPLBACKEND", "HOSTNAME",
-        "XDG_CACHE_HOME", "MPLCONFIGDIR",
+        "XDG_CACHE_HOME", "MPLCONFIGDIR", "AGENT_SANDBOX_POSTMORTEM",
     }  # fmt: skip
 
 

@@ -28,8 +28,9 @@ def sandbox(engine: DockerEngine) -> Sandbox:
 
 RESULT_FIELDS = {
     "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "stdout_bytes",
-    "stderr_bytes", "duration_s", "timed_out", "oom_killed", "warm_start", "violations", "notes", "limits",
-    "profile", "install", "return_value", "error", "artifacts", "workspace",
+    "stderr_bytes", "duration_s", "timed_out", "oom_killed", "peak_memory_mib", "cpu_s", "usage_source",
+    "oom_victim", "stopped_at", "warm_start", "violations", "notes", "limits", "profile", "install",
+    "return_value", "error", "artifacts", "workspace",
 }  # fmt: skip
 
 

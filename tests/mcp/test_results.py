@@ -4,6 +4,7 @@ embedded resources, the last expression's value, and a summary within its budget
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -109,7 +110,9 @@ async def test_the_last_expression_and_the_error_come_back_over_mcp(client: Clie
     assert failed.structured_content["error"]["line"] == 2
     summary = failed.content[0]
     assert isinstance(summary, TextContent)
-    assert summary.text.splitlines()[1] == "error: KeyError: 'k' (/work/main.py line 2)"
+    usage, error = summary.text.splitlines()[1:3]
+    assert re.fullmatch(r"usage: \d+\.\d\d s CPU, \d+ MiB peak memory", usage), usage
+    assert error == "error: KeyError: 'k' (/work/main.py line 2)"
 
 
 async def test_five_mib_of_output_gives_a_summary_within_the_budget(client: Client) -> None:

@@ -62,8 +62,10 @@ import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from typing import TypedDict
+    from collections.abc import Callable, Iterator
+    from typing import TypedDict, TypeVar
+
+    T = TypeVar("T")
 
     # The job, as engine/protocol.py writes it (tests/unit/test_protocol.py keeps the two equal).
     class NotebookJob(TypedDict):
@@ -375,7 +377,9 @@ class _Watch:
                 tasks += held
                 programs += held if pid not in (1, own) else 0
             if self.tasks_peak is not None and programs > 1:  # only once the program started one
-                self.tasks_peak = max(self.tasks_peak, tasks)
+                # As PID 1 we are a pod's container: the pod's pause process counts toward its
+                # limit but is not in our PID namespace.
+                self.tasks_peak = max(self.tasks_peak, tasks + (1 if own == 1 else 0))
 
 
 def _is_full(mount: str) -> bool:
@@ -436,10 +440,8 @@ class _DumpChannel:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ)
         self._selector.register(wake, selectors.EVENT_READ)  # the program ended: stop waiting
-        self._room = min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - OWN_DESCRIPTORS)
+        self._room = _room_for_connections()
         self._listening = True
-        if self._room <= 0:  # a descriptor limit too small to spare any
-            self._pause()
         self._peers: dict[socket.socket, int] = {}  # 0 until known
         self._first_lines: dict[socket.socket, bytearray] = {}  # until each has come whole
         self._dumps: dict[int, bytearray] = {}
@@ -468,12 +470,16 @@ class _DumpChannel:
         except OSError:  # out of descriptors after all: wait for a connection to close
             self._pause()
             return
-        peer.setblocking(False)
-        credentials = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        try:
+            peer.setblocking(False)
+            credentials = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            self._selector.register(peer, selectors.EVENT_READ)
+        except OSError:  # the kernel out of room for it (epoll entries count in the sandbox's memory)
+            peer.close()
+            return
         pid = struct.unpack("3i", credentials)[0]
         self._peers[peer] = 0 if pid in (0, os.getpid()) else pid
         self._first_lines[peer] = bytearray()
-        self._selector.register(peer, selectors.EVENT_READ)
         if len(self._peers) >= self._room:
             self._pause()
 
@@ -517,12 +523,14 @@ class _DumpChannel:
         del self._peers[peer]
         self._first_lines.pop(peer, None)
         if not self._listening and len(self._peers) < self._room:
-            self._selector.register(self._listener, selectors.EVENT_READ)
-            self._listening = True
+            with contextlib.suppress(OSError):
+                self._selector.register(self._listener, selectors.EVENT_READ)
+                self._listening = True
 
     def collect(self, program: int) -> "list[Dump]":
         """Ask every process for its stacks and wait for them (at most DUMP_WAIT_S): each Python
-        process's dump, the program's first."""
+        process's dump, the program's first. The connections stay open until the kill: a process
+        still writing must not die of SIGPIPE first."""
         self.poll(0)  # what came before the signal was no dump: dropped
         self._program, self._keeping = program, True
         asked = set(self._peers.values()) - {0}
@@ -534,7 +542,6 @@ class _DumpChannel:
             silent = asked.intersection(self._peers.values()) - set(self._dumps)
             if not silent and time.monotonic() - self._last_byte > DUMP_QUIET_S:
                 break
-        self.close()
         order = sorted(self._dumps, key=lambda pid: (pid != program, pid))
         return [
             {"pid": pid, "program": pid == program, "text": self._dumps[pid].decode("utf-8", "replace")}
@@ -550,10 +557,16 @@ class _DumpChannel:
         self._selector.close()
 
 
+def _room_for_connections() -> int:
+    """Post-mortem connections the launcher can hold beside its own descriptors (its limit is the
+    sandbox's); with none to spare there is no post-mortem."""
+    return min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - OWN_DESCRIPTORS)
+
+
 def _sources(dumps: "list[Dump]") -> "dict[str, str]":
     """The line of code of each frame in the program's own files, keyed ``FILE:LINE`` as the
     dumps name them: read once per file, at most SOURCE_BYTES of it, and only a regular file
-    whose real path is under /work (not through a link the program made)."""
+    that really is under /work (not one a link the program made points to elsewhere)."""
     wanted: dict[str, set[int]] = {}
     for dump in dumps:
         for path, number in _FRAME.findall(dump["text"]):
@@ -561,23 +574,36 @@ def _sources(dumps: "list[Dump]") -> "dict[str, str]":
                 wanted.setdefault(path, set()).add(int(number))
     found: dict[str, str] = {}
     for path, numbers in wanted.items():
-        try:
-            real = os.path.realpath(path)
-            if not real.startswith(WORK + "/"):
-                continue
-            opened = _open_regular(os.path.relpath(real, WORK))
-            if isinstance(opened, str):
-                continue
-            with os.fdopen(opened, "rb") as source:
-                lines = source.read(SOURCE_BYTES).split(b"\n", max(numbers))
-        except (OSError, ValueError):
+        data = _read_own_file(path)
+        if data is None:
             continue
+        lines = data.split(b"\n", max(numbers))
+        whole = len(lines) if len(data) < SOURCE_BYTES else len(lines) - 1  # a cut piece is no line
         for number in numbers:
-            if 0 < number < len(lines):  # the last piece may be cut short: not a whole line
+            if 0 < number <= whole:
                 text = lines[number - 1][:400].decode("utf-8", "replace").strip()[:200]
                 if text:
                     found[f"{path}:{number}"] = text
     return found
+
+
+def _read_own_file(path: str) -> "bytes | None":
+    """At most SOURCE_BYTES of ``path`` if it is a regular file that really is under /work (the
+    kernel follows the links, at most 40; where they led is asked of the descriptor); else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not os.readlink(f"/proc/self/fd/{fd}").startswith(
+            WORK + "/"
+        ):
+            return None
+        return os.read(fd, SOURCE_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _install(wheels: "list[str]") -> "InstallLine":
@@ -654,7 +680,7 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
     back."""
     entrypoint, args, rlimits, notebook = job["entrypoint"], job["args"], job["rlimits"], job["notebook"]
     wake = os.pipe()  # the reaper's word that the program has ended
-    channel = _DumpChannel(wake[0]) if job["post_mortem"] else None
+    channel = _DumpChannel(wake[0]) if job["post_mortem"] and _room_for_connections() > 0 else None
     if channel is not None:
         env = {**env, POSTMORTEM_ENV: channel.name}
     report_read, report_write = os.pipe()
@@ -777,7 +803,8 @@ def _wait(
         if now >= deadline:
             if not _has_ended(pid):
                 watch.sample()
-                dumps = channel.collect(pid) if channel is not None else []
+                with contextlib.suppress(Exception):  # no post-mortem rather than no result
+                    dumps = channel.collect(pid) if channel is not None else []
                 for kill in (os.killpg, os.kill):  # the group, and the child should it have left it
                     with contextlib.suppress(ProcessLookupError):
                         kill(pid, signal.SIGKILL)
@@ -788,10 +815,15 @@ def _wait(
             _reap_orphans(pid)
             next_look = now + SAMPLE_S
         timeout = max(0.0, min(next_look, deadline) - now)
-        if channel is not None:
-            channel.poll(timeout)
-        else:
-            select.select([wake_read], [], [], timeout)
+        try:
+            if channel is not None:
+                channel.poll(timeout)
+            else:
+                select.select([wake_read], [], [], timeout)
+        except Exception:  # the channel failed: no post-mortem, the run goes on
+            if channel is not None:
+                channel.close()
+            channel = None
     reaper.join()
     code = os.waitstatus_to_exitcode(statuses[0])
     return code, killed and code == -signal.SIGKILL, dumps  # killed by us, not merely ended as we looked
@@ -1055,6 +1087,15 @@ def _usage(before: "Counters", after: "Counters", children_before: float, ran: "
     }
 
 
+def _safely(measure: "Callable[[], T]", otherwise: "T") -> "T":
+    """What ``measure`` finds, or ``otherwise`` should the program have made it fail: a measurement
+    must never cost the run its end line."""
+    try:
+        return measure()
+    except Exception:
+        return otherwise
+
+
 def _oom_victim(before: "Counters", after: "Counters", ran: "Ran | None") -> "str | None":
     """Which process the kernel killed for memory, when it did and that can be known: the program
     (it died of SIGKILL we did not send) or else one of its children."""
@@ -1110,12 +1151,16 @@ def main() -> None:
         "measured": {
             "forks_refused": _grew(before["forks_refused"], after["forks_refused"]),
             "full": watch.full if ran else [],
-            "at_file_size": _at_file_size(job["rlimits"]["fsize"], sent, survey) if ran else [],
+            "at_file_size": _safely(lambda: _at_file_size(job["rlimits"]["fsize"], sent, survey), [])
+            if ran
+            else [],
             "open_files_peak": watch.open_files_peak if ran else None,
             "tasks_peak": watch.tasks_peak if ran else None,
         },
         "oom_victim": _oom_victim(before, after, ran),
-        "post_mortem": None if dumps is None else {"dumps": dumps, "sources": _sources(dumps)},
+        "post_mortem": None
+        if dumps is None
+        else {"dumps": dumps, "sources": _safely(lambda: _sources(dumps), {})},
     }
     line = _marked_line(END_PREFIX, nonce, report)
     _write_all(1, line)

@@ -21,19 +21,43 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, witho
 if TYPE_CHECKING:
     import _socket
 
+_HIGH_DESCRIPTORS = (1023, 511, 255, 127, 63)  # below the limit's own top, should it be taken
 _channel: "_socket.socket | None" = None
-_HIGH_DESCRIPTORS = (1023, 511, 255, 127, 63)  # the first one under the descriptor limit
+_identity: "tuple[int, int] | None" = None  # the connection's (st_dev, st_ino), to know it again
 
 
 def _connect() -> None:
-    global _channel
-    if _channel is not None:  # a forked child: the parent's connection is the parent's
-        import _signal  # type: ignore[import-not-found]  # builtin: what ``signal`` wraps, no stub
-        import faulthandler
+    """Connect (again, in a forked child), never failing the program: with no connection, no dump."""
+    try:
+        _drop_inherited()
+        _open()
+    except Exception:
+        pass
 
-        faulthandler.unregister(_signal.SIGURG)
-        _channel.close()
-        _channel = None
+
+def _drop_inherited() -> None:
+    """In a forked child the parent's connection is the parent's: stop dumping into it, and close
+    it unless the program has closed it and got that descriptor number for a file of its own."""
+    global _channel, _identity
+    if _channel is None:
+        return
+    import _signal  # type: ignore[import-not-found]  # builtin: what ``signal`` wraps, no stub
+    import faulthandler
+
+    faulthandler.unregister(_signal.SIGURG)
+    channel, _channel = _channel, None
+    try:
+        status = os.fstat(channel.fileno())
+        if (status.st_dev, status.st_ino) == _identity:
+            channel.close()
+            return
+    except OSError:
+        pass
+    channel.detach()  # not ours any more: leave the descriptor alone
+
+
+def _open() -> None:
+    global _channel, _identity
     name = os.environ.get("AGENT_SANDBOX_POSTMORTEM")
     if not name:
         return
@@ -51,15 +75,19 @@ def _connect() -> None:
     except OSError:
         channel.close()
         return
+    status = os.fstat(channel.fileno())
     faulthandler.register(_signal.SIGURG, file=channel.fileno(), all_threads=True, chain=False)
-    _channel = channel
+    _channel, _identity = channel, (status.st_dev, status.st_ino)
 
 
 def _high(channel: "_socket.socket") -> "_socket.socket":
-    """``channel`` on the highest free descriptor of _HIGH_DESCRIPTORS, if any is allowed."""
+    """``channel`` on a free descriptor near the top of those allowed, if one is."""
     import _socket
 
-    for number in _HIGH_DESCRIPTORS:
+    top = os.sysconf("SC_OPEN_MAX")  # the descriptor limit
+    for number in (top - 1, *_HIGH_DESCRIPTORS):
+        if not 2 < number < top:
+            continue
         try:
             os.fstat(number)
             continue  # taken
@@ -68,7 +96,7 @@ def _high(channel: "_socket.socket") -> "_socket.socket":
         try:
             os.dup2(channel.fileno(), number, inheritable=False)
         except OSError:
-            continue  # over the limit
+            continue
         channel.close()
         return _socket.socket(fileno=number)
     return channel
