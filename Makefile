@@ -6,8 +6,9 @@ BIN    := $(VENV)/bin
 PYTHON ?= python3
 
 CONFORMANCE := .tools/conformance/node_modules/.bin/conformance
+MCP_CLIENTS := .tools/mcp-clients/node_modules/.bin/mcpdo
 
-.PHONY: run serve test lint unit venv engine image server-image conformance-tools cluster cluster-down clean
+.PHONY: run serve test lint unit venv engine image server-image conformance-tools mcp-clients cluster cluster-down clean
 
 # The main job: serve MCP over stdio (add ARGS="--transport streamable-http" for HTTP).
 serve: image
@@ -19,7 +20,7 @@ run: image
 # The images the Kubernetes tests run (loaded into the test cluster's containerd).
 CLUSTER_IMAGES := agent-sandbox:minimal
 
-test: lint image conformance-tools
+test: lint image conformance-tools mcp-clients
 	bash scripts/ensure-cluster.sh run $(CLUSTER_IMAGES) -- $(BIN)/pytest -q
 
 lint: venv
@@ -63,6 +64,14 @@ conformance-tools: $(CONFORMANCE)
 $(CONFORMANCE):
 	npm install --prefix .tools/conformance --no-audit --no-fund --loglevel=error \
 		node@22 @modelcontextprotocol/conformance@0.1.16
+
+# Clients that speak MCP Tasks (tests/mcp/test_tasks.py): the Inspector's mcpdo and the TypeScript
+# SDK, on that same Node 22.
+mcp-clients: $(MCP_CLIENTS)
+
+$(MCP_CLIENTS): $(CONFORMANCE)
+	PATH="$(CURDIR)/.tools/conformance/node_modules/.bin:$$PATH" npm install --prefix .tools/mcp-clients \
+		--no-audit --no-fund --loglevel=error @modelcontextprotocol/inspector@2.12.0 @modelcontextprotocol/sdk@1.32.2
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build/server-image

@@ -24,7 +24,7 @@ from agent_sandbox.engine.kubernetes import KubernetesEngine, owner_digest
 from agent_sandbox.engine.launch import owner_id
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
-from agent_sandbox.server.run_tools import STAGE_MESSAGES
+from agent_sandbox.server.progress import STAGE_MESSAGES
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 ROOT = Path(__file__).parents[1]
@@ -40,6 +40,10 @@ TOOLS = {
     "workspace_files",
     "workspace_read",
     "workspace_delete",
+    "run_status",
+    "run_result",
+    "run_cancel",
+    "runs_list",
 }
 
 

@@ -2,7 +2,9 @@
 
 Exit codes: ``run`` returns the program's own exit code (1 when its requirements failed to
 install); 2 means the request or the configuration was refused, 3 that the engine or the image
-is not usable, 4 that the program hit a limit while exiting 0.
+is not usable, 4 that the program hit a limit while exiting 0. ``runs result`` and ``runs cancel``:
+5 means the background run has not ended yet, 6 that it ended without a result (cancelled, lost
+with a server, or failed: the line printed says which and why).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from pathlib import Path
 import anyio
 from pydantic import ValidationError
 
-from agent_sandbox import local_run
+from agent_sandbox import detached, local_run
+from agent_sandbox.background import BackgroundRuns
 from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
 from agent_sandbox.doctor import checks
 from agent_sandbox.errors import EngineError, Refused
 from agent_sandbox.images.build import ImageBuildError, build_profiles
 from agent_sandbox.images.profiles import PROFILES, UnknownProfile
-from agent_sandbox.models import LimitRequest, RunRequest
+from agent_sandbox.models import LimitRequest, RunRequest, RunResult
 from agent_sandbox.packages.resolver import WheelResolver
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
@@ -35,6 +38,8 @@ from agent_sandbox.server.transports import TRANSPORTS, serve
 EXIT_REFUSED = 2
 EXIT_ENGINE = 3
 EXIT_LIMIT = 4
+EXIT_NOT_DONE = 5
+EXIT_NO_RESULT = 6
 IMAGE_WHEELS_MIB = 4096  # a profile's packages are the operator's choice, not a caller's
 
 log = logging.getLogger("agent_sandbox")
@@ -91,9 +96,38 @@ def _parser() -> argparse.ArgumentParser:
         "-r", "--requirement", action="append", default=[], help="A package to install first (repeatable)."
     )
     run.add_argument("--image", help="Image profile (default: the configured engine.profile).")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="Run it in the background: print its run id and return (see `agent-sandbox runs`).",
+    )
     run.add_argument("args", nargs="*", help="Arguments for the program (after --).")
     # A person running a program wants its output and the status line, not the service's news.
     run.set_defaults(handler=_run, log_level=logging.WARNING)
+    commands.add_parser(detached.CHILD_COMMAND).set_defaults(  # the child of `run --detach`
+        handler=lambda options, settings: detached.serve_one(settings), log_level=logging.WARNING
+    )
+
+    runs = commands.add_parser(
+        "runs", help="Follow background runs (run --detach, or an MCP client's): status, result, cancel."
+    )
+    runs_commands = runs.add_subparsers(required=True, metavar="ACTION")
+    runs_commands.add_parser("list", help="Every background run in the store, newest first.").set_defaults(
+        handler=_runs_list
+    )
+    for action, handler, text in (
+        ("status", _runs_status, "The run's state and the last lines it printed so far."),
+        ("result", _runs_result, "The run's output and status line, as `run` prints them."),
+        ("cancel", _runs_cancel, "Stop the run and remove its sandbox."),
+    ):
+        command = runs_commands.add_parser(action, help=text)
+        command.add_argument("run_id", help="The id `run --detach` printed (or run_python's run_id).")
+        command.set_defaults(handler=handler)
+        if action == "result":
+            command.add_argument("--wait", type=float, default=0.0, help="Seconds to wait for the end.")
+            command.add_argument("--json", action="store_true", help="Print the structured result as JSON.")
+            command.add_argument("--out", type=Path, help="Folder to save the files the program wrote into.")
+    runs.set_defaults(log_level=logging.WARNING)
 
     image = commands.add_parser("image", help="Manage the sandbox image.")
     image_commands = image.add_subparsers(required=True, metavar="ACTION")
@@ -135,10 +169,12 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
         version,
         settings.engine.pool_size,
     )
-    server = build_server(sandbox, options.transport)
+    background = BackgroundRuns(settings.runs)
+    server = build_server(sandbox, options.transport, background)
 
     async def serve_with_pool() -> None:
-        async with sandbox:  # the warm pool lives as long as the server
+        # The warm pool and the background runs live as long as the server.
+        async with sandbox, background:
             await serve(server, options.transport, options.host, options.port, settings.server)
 
     # SIGTERM ends the server like Ctrl-C, so runs in progress are cancelled and cleaned up.
@@ -168,6 +204,8 @@ def _config_source(options: argparse.Namespace) -> str:
 def _run(options: argparse.Namespace, settings: Settings) -> int:
     if options.out and options.out.exists() and not options.out.is_dir():
         raise Refused(f"--out {options.out} is a file; name a folder (it is created if missing)")
+    if options.detach and (options.out or options.json):
+        raise Refused("--out and --json are for a result; with --detach, give them to `runs result ID`")
     files, entrypoint = local_run.collect(options.path, options.entrypoint)
     request = RunRequest(
         files=files,
@@ -178,17 +216,64 @@ def _run(options: argparse.Namespace, settings: Settings) -> int:
         requirements=options.requirement,
         profile=options.image,
     )
+    if options.detach:
+        run_id = detached.start(request.model_copy(update={"background": True}), options.config)
+        print(run_id)
+        local_run.say(
+            f"[agent-sandbox] started in the background; follow it: agent-sandbox runs status {run_id}"
+        )
+        return 0
     sandbox = Sandbox(settings)
     sandbox.start()
     # A person sees the output as it comes; --json keeps stdout for the one JSON document.
     live = None if options.json else local_run.write_live
     result = anyio.run(functools.partial(sandbox.run, request, local_run.show_long_steps, on_output=live))
+    return _show(result, options, shown_live=live is not None)
+
+
+def _show(result: RunResult, options: argparse.Namespace, shown_live: bool = False) -> int:
+    """Print a result as ``run`` does (its output unless it was shown live, the files saved where
+    asked, the status line) and return the exit code that says how it ended."""
+    if not options.json and not shown_live:
+        local_run.write_live(1, result.stdout.encode())
+        local_run.write_live(2, result.stderr.encode())
     saved = local_run.save_files(result, options.out) if options.out else []
     if options.json:
         local_run.say(result.model_dump_json(indent=2), sys.stdout)
     else:
         local_run.say(local_run.status_line(result, saved, options.out))
     return local_run.exit_code(result, limit_code=EXIT_LIMIT, engine_code=EXIT_ENGINE)
+
+
+def _runs_list(options: argparse.Namespace, settings: Settings) -> int:
+    for record in BackgroundRuns(settings.runs).runs(None):
+        print(local_run.run_line(record))
+    return 0
+
+
+def _runs_status(options: argparse.Namespace, settings: Settings) -> int:
+    record = BackgroundRuns(settings.runs).status(options.run_id, None)
+    print(local_run.run_line(record))
+    if record.output is not None:
+        local_run.write_live(1, record.output.stdout.encode())
+        local_run.write_live(2, record.output.stderr.encode())
+    return 0
+
+
+def _runs_result(options: argparse.Namespace, settings: Settings) -> int:
+    background = BackgroundRuns(settings.runs)
+    record = anyio.run(background.wait, options.run_id, None, options.wait)
+    result = background.store.result(record.id, None) if record.state == "finished" else None
+    if result is None:
+        local_run.say(local_run.run_line(record))
+        return EXIT_NOT_DONE if record.in_flight else EXIT_NO_RESULT
+    return _show(result, options)
+
+
+def _runs_cancel(options: argparse.Namespace, settings: Settings) -> int:
+    record = anyio.run(BackgroundRuns(settings.runs).cancel, options.run_id, None)
+    local_run.say(local_run.run_line(record))
+    return 0 if not record.in_flight else EXIT_NOT_DONE
 
 
 def _image_build(options: argparse.Namespace, settings: Settings) -> int:

@@ -118,7 +118,7 @@ class KubernetesSettings(_Section):
     )
     start_timeout_s: float = Field(default=120.0, gt=0, description="For a pod to be scheduled and running.")
     max_pod_lifetime_s: int = Field(
-        default=3600, ge=60, description="activeDeadlineSeconds: the cluster ends any sandbox pod this old."
+        default=4200, ge=60, description="activeDeadlineSeconds: the cluster ends any sandbox pod this old."
     )
     server_pod_name: str = Field(
         default="", description="The server's own pod (downward API): sandbox pods get it as their owner."
@@ -151,6 +151,9 @@ class LimitSettings(_Section):
     shm_mib: int = Field(default=64, ge=0, description="tmpfs size of /dev/shm; 0: none.")
     timeout_s: float = Field(default=30.0, gt=0)
     max_timeout_s: float = Field(default=300.0, gt=0)
+    max_background_timeout_s: float = Field(
+        default=3600.0, gt=0, description="The most a background run may ask for (run_status to follow it)."
+    )
     output_capture_kib: int = Field(
         default=1024, ge=1, description="Output kept per stream; the rest is counted, not kept."
     )
@@ -168,6 +171,11 @@ class LimitSettings(_Section):
         if self.timeout_s > self.max_timeout_s:
             raise ValueError(
                 f"timeout_s ({self.timeout_s}) must not exceed max_timeout_s ({self.max_timeout_s})"
+            )
+        if self.max_background_timeout_s < self.max_timeout_s:
+            raise ValueError(
+                f"max_background_timeout_s ({self.max_background_timeout_s}) must be at least "
+                f"max_timeout_s ({self.max_timeout_s}): a background run may run as long as a foreground one"
             )
         if self.output_kill_kib < self.output_capture_kib:
             raise ValueError("output_kill_kib must be at least output_capture_kib")
@@ -268,8 +276,33 @@ class WorkspaceSettings(_Section):
         """Where snapshots live: ``dir``, else $XDG_DATA_HOME or ~/.local/share."""
         if self.dir:
             return Path(self.dir).expanduser().absolute()
-        root = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-        return Path(root) / "agent-sandbox" / "workspaces"
+        return _data_home() / "workspaces"
+
+
+class RunSettings(_Section):
+    """Background runs: started by one call, followed and collected by others, their results kept
+    on disk (never unpacked, never executable) for a while, across restarts."""
+
+    dir: str = Field(default="", description="Where results live; empty: the user's data folder.")
+    max_background_runs: int = Field(default=8, ge=0, description="Background runs in flight; 0: none.")
+    max_background_runs_per_client: int = Field(default=4, ge=1, description="Per client.")
+    result_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="A finished run's result is kept this long."
+    )
+    max_stored_runs: int = Field(default=200, ge=1, description="Results kept; the oldest go first.")
+    shared: bool = Field(default=False, description="Any client may follow any run id it knows.")
+
+    @property
+    def path(self) -> Path:
+        """Where results live: ``dir``, else $XDG_DATA_HOME or ~/.local/share."""
+        if self.dir:
+            return Path(self.dir).expanduser().absolute()
+        return _data_home() / "runs"
+
+
+def _data_home() -> Path:
+    root = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(root) / "agent-sandbox"
 
 
 class Settings(BaseSettings):
@@ -290,6 +323,7 @@ class Settings(BaseSettings):
     packages: PackageSettings = PackageSettings()
     results: ResultSettings = ResultSettings()
     workspaces: WorkspaceSettings = WorkspaceSettings()
+    runs: RunSettings = RunSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -327,14 +361,14 @@ class Settings(BaseSettings):
             self.kubernetes.start_timeout_s
             + engine.pool_max_idle_s
             + self.packages.install_timeout_s
-            + self.limits.max_timeout_s
+            + self.limits.max_background_timeout_s  # the longest run: a background one
             + 60
         )
         if self.kubernetes.max_pod_lifetime_s < longest_pod_life_s:
             raise ValueError(
                 f"kubernetes.max_pod_lifetime_s must be at least {longest_pod_life_s:.0f}: a start "
                 "(kubernetes.start_timeout_s), a warm wait (engine.pool_max_idle_s), an install and the "
-                "longest run (limits.max_timeout_s) must fit"
+                "longest run (limits.max_background_timeout_s) must fit"
             )
 
     @classmethod

@@ -5,6 +5,7 @@
     │   ├── ArchiveError     a file, path or size broke the rules for what a caller may send
     │   ├── PackageRefused   a requirement the package policy or the index refused
     │   ├── WorkspaceError   a workspace call that cannot be done (unknown, busy, full, off)
+    │   ├── RunError         a background run that is unknown, not this client's, or capped
     │   ├── RateLimited      the client started too many runs in the last minute
     │   └── Busy             no run slot and no place in a queue
     └── EngineError          the engine could not run it: not the request's fault
@@ -38,6 +39,10 @@ class WorkspaceError(Refused):
     """A workspace call was refused; the message says why and what to do instead."""
 
 
+class RunError(Refused):
+    """A call about a background run was refused: no such run, or too many in flight."""
+
+
 class RateLimited(Refused):
     """A client started too many runs in the last minute; the message says how long to wait."""
 
@@ -56,3 +61,14 @@ class EngineUnavailable(EngineError):
 
 class ImageMissing(EngineError):
     """The sandbox image is not on the engine."""
+
+
+def describe(exc: SandboxError) -> str:
+    """The message a client is given for ``exc``: which branch it is, then what to change."""
+    if isinstance(exc, EngineError):
+        return f"the sandbox is unavailable: {exc}"
+    if isinstance(exc, Busy):
+        return str(exc)
+    if isinstance(exc, RateLimited):
+        return f"too many runs: {exc}"
+    return f"refused: {exc}"

@@ -13,6 +13,7 @@ from typing import TextIO
 
 from agent_sandbox.errors import Refused
 from agent_sandbox.models import ProjectFile, RunResult
+from agent_sandbox.run_store import RunRecord
 
 SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
 LONG_STEPS = {
@@ -125,6 +126,14 @@ def status_line(result: RunResult, saved: list[str], folder: Path | None) -> str
     elif result.artifacts:
         line += f"; {len(result.artifacts)} file(s) written (--out DIR saves them)"
     return "\n".join([line, *(f"[agent-sandbox] {note}" for note in result.notes)])
+
+
+def run_line(record: RunRecord) -> str:
+    """One line for a person about a background run: its id, state, age and output so far."""
+    line = f"{record.id} {record.state} {record.elapsed_s():.1f} s ({record.tool}, owner {record.owner})"
+    if record.output is not None:
+        line += f", {record.output.printed} bytes of output"
+    return line + (f": {record.error}" if record.error else "")
 
 
 def exit_code(result: RunResult, limit_code: int, engine_code: int) -> int:

@@ -6,7 +6,7 @@ import re
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Linux takes one argument or NAME=value string of at most 128 KiB with its NUL (MAX_ARG_STRLEN);
@@ -63,6 +63,9 @@ class RunRequest(_Model):
     )
     return_last_expression: bool = Field(
         default=False, description="With notebook: a last expression's repr comes back as return_value."
+    )
+    background: bool = Field(
+        default=False, description="A background run: its time limit may go up to max_background_timeout_s."
     )
 
     @field_validator("env")
@@ -265,3 +268,35 @@ class RunResult(_Model):
     def install_failed(self) -> bool:
         """Its requirements did not install, so the program never ran."""
         return self.install is not None and not self.install.ok
+
+
+RunStateName = Literal["queued", "running", "finished", "failed", "cancelled", "lost"]
+
+
+class RunStatus(_Model):
+    """A background run as it stands: its state, the output so far, and what to do next."""
+
+    run_id: str = Field(description="Pass it to run_status, run_result and run_cancel.")
+    state: RunStateName = Field(
+        description="queued, running; then finished (run_result has the result), failed (refused "
+        "or the sandbox unavailable: see error), cancelled, or lost (the server stopped meanwhile)."
+    )
+    tool: str
+    stage: str | None = Field(default=None, description="While in flight: e.g. 'queued, 2 ahead', 'running'.")
+    elapsed_s: float = Field(description="Since it was started; until it ended, once it has.")
+    timeout_s: float = Field(description="Its time limit, the program's own run.")
+    stdout_tail: str = Field(description="The last lines the program wrote to stdout so far.")
+    stderr_tail: str = Field(description="The last lines it wrote to stderr so far.")
+    stdout_bytes: int = Field(description="Bytes written to stdout so far, shown or not.")
+    stderr_bytes: int = Field(description="Bytes written to stderr so far, shown or not.")
+    limits_hit: list[str] = Field(
+        default_factory=list, description="Limits hit so far (as in violations); final in the result."
+    )
+    error: str | None = Field(default=None, description="Why it failed or was lost, when it was.")
+    next: str = Field(description="What to call next.")
+
+
+class RunAnswer(RootModel[RunResult | RunStatus]):
+    """What run_python and run_project return: the result, or for a background run its status."""
+
+    model_config = ConfigDict(json_schema_extra={"type": "object"})

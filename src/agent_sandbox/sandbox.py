@@ -45,15 +45,16 @@ LOCAL = Caller()  # a caller of this process's own: the command line, a script, 
 RequestError = Refused  # the name this service's refusals had before errors.py; kept for callers
 
 
-def resolve_limits(asked: LimitRequest, configured: LimitSettings) -> Limits:
+def resolve_limits(asked: LimitRequest, configured: LimitSettings, background: bool = False) -> Limits:
     """The limits a run gets: the configured ones, lowered where the caller asked.
 
-    Time may also be raised, up to ``max_timeout_s``; nothing else may exceed its default. Less
+    Time may also be raised, up to ``max_timeout_s`` (``max_background_timeout_s`` for a
+    background run); nothing else may exceed its default. Less
     memory shrinks /work, /tmp and /dev/shm in the same proportion: they are memory, and must
     still fit in it for a full disk to read as one (the result's ``limits`` shows the sizes).
     """
     ceilings: dict[str, float] = {
-        "timeout_s": configured.max_timeout_s,
+        "timeout_s": configured.max_background_timeout_s if background else configured.max_timeout_s,
         "memory_mib": configured.memory_mib,
         "cpus": configured.cpus,
         "pids": configured.pids,
@@ -64,8 +65,14 @@ def resolve_limits(asked: LimitRequest, configured: LimitSettings) -> Limits:
         if wanted is None:
             continue
         if wanted > ceiling:
+            longer = (
+                f" (or run it in the background, background=true, for up to "
+                f"{configured.max_background_timeout_s:g})"
+                if name == "timeout_s" and not background
+                else ""
+            )
             raise Refused(
-                f"{name} {wanted:g} is above the maximum of {ceiling:g}; ask for {ceiling:g} or less"
+                f"{name} {wanted:g} is above the maximum of {ceiling:g}; ask for {ceiling:g} or less{longer}"
             )
         values[name] = wanted
     share = values["memory_mib"] / configured.memory_mib
@@ -237,7 +244,7 @@ class Sandbox:
         whole run."""
         slack_s = 60.0
         before_run_s = max(self.settings.engine.pool_max_idle_s, self.settings.packages.install_timeout_s)
-        return before_run_s + self.settings.limits.max_timeout_s + slack_s
+        return before_run_s + self.settings.limits.max_background_timeout_s + slack_s
 
     def _checked(self, request: RunRequest, files: list[Incoming]) -> _Checked:
         """Every check of ``request`` that needs no engine; ``Refused`` names the first it fails."""
@@ -261,7 +268,8 @@ class Sandbox:
                 f"image profile {profile!r} is not offered here; use one of "
                 f"{', '.join(self.settings.engine.profiles)}"
             )
-        return _Checked(archive, stdin, profile, resolve_limits(request.limits, self.settings.limits))
+        limits = resolve_limits(request.limits, self.settings.limits, request.background)
+        return _Checked(archive, stdin, profile, limits)
 
     def _spec(self, request: RunRequest, checked: _Checked, install: InstallSpec | None) -> RunSpec:
         """The spec the engine runs, in one step."""
@@ -406,7 +414,11 @@ class Sandbox:
         verdict = judge(
             outcome,
             spec.limits,
-            max_timeout_s=self.settings.limits.max_timeout_s,
+            max_timeout_s=(
+                self.settings.limits.max_background_timeout_s
+                if request.background
+                else self.settings.limits.max_timeout_s
+            ),
             had_stdin=request.stdin is not None,
             error=error,
             stopped=stopped,

@@ -29,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from agent_sandbox.engine.kubernetes import ROLE_LABEL
-from agent_sandbox.server.run_tools import STAGE_MESSAGES
+from agent_sandbox.server.progress import STAGE_MESSAGES
 from tests.helpers import ROOT, cluster_kubeconfig
 
 pytestmark = pytest.mark.anyio

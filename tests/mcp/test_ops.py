@@ -24,7 +24,7 @@ from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server, ops
-from agent_sandbox.server.run_tools import STAGE_MESSAGES
+from agent_sandbox.server.progress import STAGE_MESSAGES
 from agent_sandbox.server.transports import Transport, http_app
 
 from .conftest import free_port, serving

@@ -17,7 +17,7 @@ from agent_sandbox.engine.base import EngineHealth
 from agent_sandbox.errors import EngineUnavailable, ImageMissing
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
-from agent_sandbox.server.run_tools import STAGE_MESSAGES
+from agent_sandbox.server.progress import STAGE_MESSAGES
 from agent_sandbox.server.transports import http_app
 from tests.scripted_engine import ScriptedEngine, outcome
 

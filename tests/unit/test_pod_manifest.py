@@ -69,7 +69,7 @@ def test_hardening_comes_from_the_pod_spec_alone() -> None:
     assert (spec["automountServiceAccountToken"], spec["enableServiceLinks"]) == (False, False)
     assert (spec["hostNetwork"], spec["hostPID"], spec["hostIPC"]) == (False, False, False)
     assert spec["restartPolicy"] == "Never"
-    assert spec["activeDeadlineSeconds"] == 3600
+    assert spec["activeDeadlineSeconds"] == 4200
     assert all(set(volume) == {"name", "emptyDir"} for volume in spec["volumes"])  # no host paths
 
 
@@ -158,7 +158,7 @@ def test_per_run_packages_are_refused_with_what_to_do() -> None:
 
 def test_the_pod_deadline_must_cover_a_start_a_warm_wait_an_install_and_the_longest_run() -> None:
     off = {"enabled": False}
-    with pytest.raises(ValueError, match=r"kubernetes.max_pod_lifetime_s must be at least 900"):
+    with pytest.raises(ValueError, match=r"kubernetes.max_pod_lifetime_s must be at least 4200"):
         Settings(engine={"backend": "kubernetes"}, packages=off, kubernetes={"max_pod_lifetime_s": 600})  # type: ignore[arg-type]
     Settings(engine={"backend": "docker"}, kubernetes={"max_pod_lifetime_s": 600})  # type: ignore[arg-type]
 

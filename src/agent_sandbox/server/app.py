@@ -8,24 +8,33 @@ from importlib.metadata import PackageNotFoundError, version
 
 from mcp.server.mcpserver import MCPServer
 
+from agent_sandbox.background import BackgroundRuns
 from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.sandbox import Sandbox
+from agent_sandbox.server.background_tools import add_background_tools
 from agent_sandbox.server.clients import Channel, client_of
 from agent_sandbox.server.environment import describe_environment
 from agent_sandbox.server.metrics import Metrics
 from agent_sandbox.server.ops import add_routes
 from agent_sandbox.server.run_tools import add_run_tools
+from agent_sandbox.server.tasks import RunTasks
 from agent_sandbox.server.workspace_tools import add_workspace_tools
 
 SERVER_NAME = "agent-sandbox"
 CONFIG_URI = "sandbox://config"
 
 
-def build_server(sandbox: Sandbox, transport: Channel = "in-process") -> MCPServer:
+def build_server(
+    sandbox: Sandbox, transport: Channel = "in-process", background: BackgroundRuns | None = None
+) -> MCPServer:
     """An ``MCPServer`` whose tools run code through ``sandbox``, served over ``transport``; over
-    HTTP it also serves ``/healthz`` and ``/metrics``."""
+    HTTP it also serves ``/healthz`` and ``/metrics``. Calls may run in the background when
+    ``background`` is given and open (``async with``) for as long as the server serves."""
     settings = sandbox.settings
     metrics = Metrics(sandbox)
+    # Without a lifetime for background runs, the tools still read the runs on disk.
+    background = background or BackgroundRuns(settings.runs)
+    tasks = RunTasks(background, transport, settings.results)
     server = MCPServer(
         SERVER_NAME,
         title="Python sandbox",
@@ -34,8 +43,11 @@ def build_server(sandbox: Sandbox, transport: Channel = "in-process") -> MCPServ
             "files. " + describe_environment(settings)
         ),
         version=_version(),
+        extensions=[tasks],
+        middleware=[tasks.middleware],
     )
-    add_run_tools(server, sandbox, transport, metrics)
+    add_run_tools(server, sandbox, transport, metrics, background)
+    add_background_tools(server, background, lambda ctx: client_of(ctx, transport), settings.results)
     if settings.workspaces.enabled:
         add_workspace_tools(server, sandbox, lambda ctx: client_of(ctx, transport))
     add_routes(server, sandbox, metrics)

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from mcp_types import (
     BlobResourceContents,
+    CallToolResult,
     ContentBlock,
     EmbeddedResource,
     ImageContent,
@@ -19,6 +20,13 @@ from agent_sandbox.artifacts import IMAGE_TYPES
 from agent_sandbox.config import ResultSettings
 from agent_sandbox.models import Artifact, RunResult
 from agent_sandbox.server.summary import summarise
+
+
+def tool_result(result: RunResult, settings: ResultSettings) -> CallToolResult:
+    """A run's result as a tool call returns it: the content a model reads, all of it structured."""
+    return CallToolResult(
+        content=tool_content(result, settings), structured_content=result.model_dump(mode="json")
+    )
 
 
 def tool_content(result: RunResult, settings: ResultSettings) -> list[ContentBlock]:

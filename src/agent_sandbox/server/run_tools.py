@@ -10,41 +10,44 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
-from agent_sandbox.admission import Share
-from agent_sandbox.engine.base import ProgressCallback, Stage
-from agent_sandbox.errors import Busy, EngineError, RateLimited, Refused, SandboxError
-from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
+from agent_sandbox.admission import Caller, Share
+from agent_sandbox.background import BackgroundRuns
+from agent_sandbox.engine.base import OutputCallback, ProgressCallback
+from agent_sandbox.errors import Busy, Refused, RunError, SandboxError, describe
+from agent_sandbox.live_output import LiveOutput
+from agent_sandbox.models import LimitRequest, ProjectFile, RunAnswer, RunRequest, RunResult
+from agent_sandbox.run_store import RunRecord
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server.audit import AuditEvent, AuditLog
+from agent_sandbox.server.background_tools import status_answer
 from agent_sandbox.server.clients import Channel, caller_of
-from agent_sandbox.server.content import tool_content
+from agent_sandbox.server.content import tool_result
 from agent_sandbox.server.environment import describe_environment
 from agent_sandbox.server.metrics import Metrics
+from agent_sandbox.server.progress import RunProgress, Send
 from agent_sandbox.server.start_rate import StartRate
 
 _RequestFactory = Callable[[], RunRequest]
-# Progress as MCP reports it: installing and running are the same step (one or the other).
-_STEPS: dict[Stage, int] = {"resolving": 0, "queued": 1, "starting": 2, "installing": 3, "running": 3}
-_FINISHED = max(_STEPS.values()) + 1
-STAGE_MESSAGES: dict[Stage, str] = {
-    "resolving": "fetching the requirements' wheels on the host",
-    "queued": "queued",  # with how many wait ahead: "queued, 2 ahead"
-    "starting": "creating a fresh container",
-    "installing": "installing the requirements in the sandbox, then running the program",
-    "running": "the program is running",
-}
 ANNOTATIONS = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
 )
 
 
-def add_run_tools(server: MCPServer, sandbox: Sandbox, channel: Channel, metrics: Metrics) -> None:
-    """Register ``run_python`` and ``run_project`` on ``server``, running through ``sandbox``."""
+def add_run_tools(
+    server: MCPServer,
+    sandbox: Sandbox,
+    channel: Channel,
+    metrics: Metrics,
+    background: BackgroundRuns,
+) -> "ToolCall":
+    """Register ``run_python`` and ``run_project`` on ``server``, running through ``sandbox`` (in
+    the ``background`` when a call asks); the ``ToolCall`` that runs them."""
     settings = sandbox.settings
     limits = settings.limits
     calls = ToolCall(
@@ -53,13 +56,20 @@ def add_run_tools(server: MCPServer, sandbox: Sandbox, channel: Channel, metrics
         StartRate(settings.server.runs_per_minute_per_client),
         AuditLog(Path(settings.server.audit_log)) if settings.server.audit_log else None,
         metrics,
+        background,
     )
     environment = describe_environment(settings)
     timeout_field = Field(
         default=None,
         gt=0,
         description=f"Seconds before the program is stopped (default {limits.timeout_s:g}, "
-        f"at most {limits.max_timeout_s:g}). Output printed before a stop is kept.",
+        f"at most {limits.max_timeout_s:g}; in the background at most "
+        f"{limits.max_background_timeout_s:g}). Output printed before a stop is kept.",
+    )
+    background_field = Field(
+        description="Run it in the background: the call returns a run_id at once; follow it with "
+        "run_status (output so far), collect it with run_result, stop it with run_cancel. For work "
+        "that may outlast your wait for a tool call (more than a minute or so).",
     )
     stdin_field = Field(default=None, description="Text given to the program on standard input.")
     image_field = Field(
@@ -93,7 +103,8 @@ def add_run_tools(server: MCPServer, sandbox: Sandbox, channel: Channel, metrics
                 "return_value, as a notebook cell shows it (printing is unchanged)."
             ),
         ] = True,
-    ) -> Annotated[CallToolResult, RunResult]:
+        background: Annotated[bool, background_field] = False,
+    ) -> Annotated[CallToolResult, RunAnswer]:
         return await calls.run(
             "run_python",
             ctx,
@@ -106,7 +117,9 @@ def add_run_tools(server: MCPServer, sandbox: Sandbox, channel: Channel, metrics
                 workspace=workspace,
                 notebook=True,
                 return_last_expression=return_last_expression,
+                background=background,
             ),
+            background,
         )
 
     async def run_project(
@@ -132,7 +145,8 @@ def add_run_tools(server: MCPServer, sandbox: Sandbox, channel: Channel, metrics
         requirements: Annotated[list[str] | None, requirements_field] = None,
         image: Annotated[str | None, image_field] = None,
         workspace: Annotated[str | None, workspace_field] = None,
-    ) -> Annotated[CallToolResult, RunResult]:
+        background: Annotated[bool, background_field] = False,
+    ) -> Annotated[CallToolResult, RunAnswer]:
         return await calls.run(
             "run_project",
             ctx,
@@ -146,7 +160,9 @@ def add_run_tools(server: MCPServer, sandbox: Sandbox, channel: Channel, metrics
                 requirements=requirements or [],
                 profile=image,
                 workspace=workspace,
+                background=background,
             ),
+            background,
         )
 
     server.add_tool(
@@ -164,11 +180,13 @@ def add_run_tools(server: MCPServer, sandbox: Sandbox, channel: Channel, metrics
         "top-level requirements.txt among them is installed like `requirements`. " + environment,
         annotations=ANNOTATIONS,
     )
+    return calls
 
 
 class ToolCall:
     """Runs one tool call: validation, the client's start rate, the run (within the client's fair
-    share: see ``clients.caller_of``), the audit record and the metrics."""
+    share: see ``clients.caller_of``; in the background when asked), the audit record and the
+    metrics."""
 
     def __init__(
         self,
@@ -177,17 +195,70 @@ class ToolCall:
         rate: StartRate,
         audit: AuditLog | None,
         metrics: Metrics,
+        background: BackgroundRuns,
     ):
         self.sandbox = sandbox
         self.channel = channel
         self.rate = rate
         self.audit = audit
         self.metrics = metrics
+        self.background = background
         server = sandbox.settings.server
         self.share = Share(server.max_runs_per_client, server.max_queued_per_client)
 
-    async def run(self, tool: str, ctx: Context, make_request: _RequestFactory) -> CallToolResult:
+    async def run(
+        self, tool: str, ctx: Context, make_request: _RequestFactory, background: bool = False
+    ) -> CallToolResult:
+        """The call's result; for a background run, its status at once (the run goes on)."""
         caller = caller_of(ctx, self.channel, self.share)
+        if background:
+            record = self.start(tool, caller, make_request)
+            return status_answer(self.background.status(record.id, caller.id), self.background)
+        progress = RunProgress(_sender(ctx), self._timeout_of(make_request))
+        output = LiveOutput()
+        refusal: SandboxError | None = None
+        async with anyio.create_task_group() as live:
+            live.start_soon(progress.follow, output)
+            try:
+                result = await self.execute(tool, caller, make_request, progress.stage, output.feed)
+            except SandboxError as exc:
+                refusal = exc
+            finally:
+                live.cancel_scope.cancel()
+        if refusal is not None:
+            raise ToolError(describe(refusal))
+        await progress.finished()
+        return tool_result(result, self.sandbox.settings.results)
+
+    def start(self, tool: str, caller: Caller, make_request: _RequestFactory) -> RunRecord:
+        """Start the call as a background run (``RunError`` when it cannot); the request is
+        checked first, so a refusal comes back at once rather than as a failed run."""
+        try:
+            request = self._validated(make_request)
+            self.sandbox.prepare(request)
+        except SandboxError as exc:
+            self._record("refused", tool, caller.id, None, None, describe(exc))
+            raise ToolError(describe(exc)) from None
+
+        async def work(on_output: OutputCallback, on_progress: ProgressCallback) -> RunResult:
+            return await self.execute(tool, caller, lambda: request, on_progress, on_output)
+
+        try:
+            return self.background.start(
+                caller.id, tool, request.limits.timeout_s or self._default_timeout(), work
+            )
+        except RunError as exc:
+            raise ToolError(describe(exc)) from None
+
+    async def execute(
+        self,
+        tool: str,
+        caller: Caller,
+        make_request: _RequestFactory,
+        on_progress: ProgressCallback,
+        on_output: OutputCallback,
+    ) -> RunResult:
+        """The run itself, on the record: audit and metrics; a refusal raises ``SandboxError``."""
         client = caller.id
         request: RunRequest | None = None
         started = time.monotonic()
@@ -196,26 +267,30 @@ class ToolCall:
             self.rate.count(client)
             self._record("started", tool, client, request, None, None)
             try:
-                result = await self.sandbox.run(request, _progress_reporter(ctx), caller)
+                result = await self.sandbox.run(request, on_progress, caller, on_output)
             except Busy:
                 self.rate.refund(client)  # it never ran
                 raise
         except SandboxError as exc:
-            message = _tool_error_message(exc)
-            self._record("refused", tool, client, request, None, message)
+            self._record("refused", tool, client, request, None, describe(exc))
             self.metrics.record_error(tool, exc)
-            raise ToolError(message) from None
+            raise
         except BaseException as exc:  # cancelled by the client, or a bug: still on the record
             self._record("ended", tool, client, request, None, f"interrupted: {type(exc).__name__}")
             self.metrics.record_error(tool, exc)
             raise
         self._record("finished", tool, client, request, result, None)
         self.metrics.record_result(tool, result, time.monotonic() - started)
-        await ctx.report_progress(_FINISHED, _FINISHED, "finished")
-        return CallToolResult(
-            content=tool_content(result, self.sandbox.settings.results),
-            structured_content=result.model_dump(mode="json"),
-        )
+        return result
+
+    def _timeout_of(self, make_request: _RequestFactory) -> float:
+        try:
+            return make_request().limits.timeout_s or self._default_timeout()
+        except ValidationError:
+            return self._default_timeout()
+
+    def _default_timeout(self) -> float:
+        return self.sandbox.settings.limits.timeout_s
 
     @staticmethod
     def _validated(make_request: _RequestFactory) -> RunRequest:
@@ -245,22 +320,11 @@ class ToolCall:
             )
 
 
-def _tool_error_message(exc: SandboxError) -> str:
-    if isinstance(exc, EngineError):
-        return f"the sandbox is unavailable: {exc}"
-    if isinstance(exc, Busy):
-        return str(exc)
-    if isinstance(exc, RateLimited):
-        return f"too many runs: {exc}"
-    return f"refused: {exc}"
+def _sender(ctx: Context) -> Send:
+    async def send(progress: float, total: float, message: str) -> None:
+        await ctx.report_progress(progress, total, message)
 
-
-def _progress_reporter(ctx: Context) -> ProgressCallback:
-    async def report(stage: Stage, detail: str = "") -> None:
-        message = STAGE_MESSAGES[stage] + (f", {detail}" if detail else "")
-        await ctx.report_progress(_STEPS[stage], _FINISHED, message)
-
-    return report
+    return send
 
 
 def _describe(exc: ValidationError) -> str:

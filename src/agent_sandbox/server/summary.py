@@ -80,6 +80,11 @@ def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str]
     return text
 
 
+def escape_controls(text: str) -> str:
+    """The program's text with its terminal controls escaped, as the summary shows output."""
+    return text.translate(_CONTROLS)
+
+
 def _output(result: RunResult, streams: list[tuple[str, str]], room: int) -> list[str]:
     """Each stream under its header, sharing ``room`` bytes, headers and cut lines included."""
     parts = []
