@@ -187,7 +187,7 @@ class BackgroundRuns:
 
     async def _keep_output(self, run_id: str, live: _Live) -> None:
         """Save the output so far while it grows; stop the run when another process asks."""
-        saved = -1
+        saved: tuple[int, tuple[str, ...]] = (-1, ())
         since_save = 0.0
         while True:
             await anyio.sleep(CANCEL_POLL_S)
@@ -198,10 +198,10 @@ class BackgroundRuns:
             if since_save >= SAVE_EVERY_S:
                 since_save = 0.0
                 output = live.output.so_far()
-                if output.printed != saved:
+                if (output.printed, output.limits_hit) != saved:
                     with contextlib.suppress(OSError):
                         self.store.save_output(run_id, output)
-                    saved = output.printed
+                    saved = (output.printed, output.limits_hit)
 
 
 def _with(record: RunRecord, live: _Live) -> RunRecord:

@@ -1,13 +1,13 @@
-"""A run's output as it is printed: the newest lines of each stream, within a budget, fed by the
-engine's worker thread and read by whoever follows the run (``run_status``, progress
-notifications, the run's record on disk)."""
+"""A run's output as it is printed: the newest lines of each stream, within a budget, and the
+limits it has reached so far, fed by the engine's worker thread and read by whoever follows the
+run (``run_status``, progress notifications, the run's record on disk)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
 
-from agent_sandbox.engine.base import STDERR, STDOUT
+from agent_sandbox.engine.base import LIMITS, STDERR, STDOUT
 
 TAIL_BYTES = 8192  # kept per stream, and of the two interleaved
 
@@ -20,6 +20,7 @@ class OutputSoFar:
     stderr: str
     stdout_bytes: int
     stderr_bytes: int
+    limits_hit: tuple[str, ...] = ()  # kinds of limit reached so far, as the launcher measured
 
     @property
     def printed(self) -> int:
@@ -35,9 +36,13 @@ class LiveOutput:
         self._tails = {STDOUT: bytearray(), STDERR: bytearray()}
         self._both = bytearray()
         self._bytes = {STDOUT: 0, STDERR: 0}
+        self._limits_hit: tuple[str, ...] = ()
 
     def feed(self, stream: int, data: bytes) -> None:
-        """The engine's ``OutputCallback``: keep the newest bytes."""
+        """The engine's ``OutputCallback``: keep the newest bytes, and the limits reached."""
+        if stream == LIMITS:
+            self._limits_hit = tuple(data.decode("ascii", errors="replace").split(","))
+            return
         with self._lock:
             for tail in (self._tails[stream], self._both):
                 tail += data
@@ -50,7 +55,11 @@ class LiveOutput:
             stdout, stderr = bytes(self._tails[STDOUT]), bytes(self._tails[STDERR])
             counts = dict(self._bytes)
         return OutputSoFar(
-            _last_lines(stdout, max_lines), _last_lines(stderr, max_lines), counts[STDOUT], counts[STDERR]
+            _last_lines(stdout, max_lines),
+            _last_lines(stderr, max_lines),
+            counts[STDOUT],
+            counts[STDERR],
+            self._limits_hit,
         )
 
     def newest(self, since: int, max_chars: int) -> tuple[str, int]:

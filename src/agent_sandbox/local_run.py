@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from agent_sandbox.engine.base import STDERR, STDOUT
 from agent_sandbox.errors import Refused
 from agent_sandbox.models import ProjectFile, RunResult
 from agent_sandbox.run_store import RunRecord
@@ -55,7 +56,9 @@ def _project_file(path: Path, name: str) -> ProjectFile:
 
 def write_live(stream: int, data: bytes) -> None:
     """The engine's output callback: the program's bytes to our stdout (1) or stderr (2)."""
-    out = sys.stdout if stream == 1 else sys.stderr
+    if stream not in (STDOUT, STDERR):
+        return  # not output (the limits reached so far)
+    out = sys.stdout if stream == STDOUT else sys.stderr
     try:
         out.buffer.write(data)
         out.flush()

@@ -250,8 +250,10 @@ def _process_identity_alive(identity: object) -> bool | None:
 
 def _read_output(folder: Path) -> OutputSoFar | None:
     raw = _read_json(folder / "output.json")
+    if raw is None:
+        return None
     try:
-        return OutputSoFar(**raw) if raw is not None else None
+        return OutputSoFar(**{**raw, "limits_hit": tuple(raw.get("limits_hit") or ())})
     except TypeError:
         return None
 

@@ -117,7 +117,7 @@ def judge(
             f"run hit its limit of {processes_limit} together{caught}. Use fewer, e.g. a pool of 2 "
             "to 4 workers, and make sure finished ones are joined.",
         )
-    elif measured.tasks_peak is not None and measured.tasks_peak >= limits.pids:
+    elif measured.all_tasks_held(limits.pids):
         found(
             ViolationKind.PROCESSES,
             processes_limit,
@@ -179,7 +179,7 @@ def judge(
         )
     open_files_limit = f"{limits.open_files} open files"
     advice = "Close files when done, e.g. `with open(...) as f:`."
-    if measured.open_files_peak is not None and measured.open_files_peak >= limits.open_files:
+    if measured.open_files_held(limits.open_files):
         found(
             ViolationKind.OPEN_FILES,
             open_files_limit,

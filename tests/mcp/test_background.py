@@ -175,3 +175,18 @@ async def test_the_cap_on_background_runs_names_itself(tmp_path: Path) -> None:
         await call(client, "run_cancel", {"run_id": first["run_id"]})
         again = await call(client, "run_python", {"code": "print(1)", "background": True})
         assert (await call(client, "run_result", {"run_id": again["run_id"]}))["stdout"] == "1\n"
+
+
+async def test_run_status_shows_the_limits_a_run_has_reached_while_it_runs(tmp_path: Path) -> None:
+    filler = (
+        "import time\ntry:\n    with open('/work/big', 'wb') as f:\n        while True:\n"
+        "            f.write(b'x' * (1 << 20))\nexcept OSError as e:\n    print('full:', e.strerror, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    async with connected("stdio", server_env(tmp_path)) as (client, _):
+        started = await call(client, "run_python", {"code": filler, "timeout_s": 40, "background": True})
+        status = await status_when(client, started["run_id"], lambda s: s["limits_hit"])
+        assert status["state"] == "running"  # measured by the launcher, before the run ends
+        assert status["limits_hit"] == ["disk"]
+        assert status["stdout_tail"] == "full: No space left on device\n"
+        await call(client, "run_cancel", {"run_id": started["run_id"]})

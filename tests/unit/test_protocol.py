@@ -23,6 +23,7 @@ from agent_sandbox.engine.protocol import (
     NotebookJob,
     OmittedEntry,
     PostMortemLine,
+    SoFarLine,
     UsageLine,
     job_header,
 )
@@ -40,6 +41,7 @@ TYPED = (
     EndLine,
     UsageLine,
     MeasuredLine,
+    SoFarLine,
     Dump,
     PostMortemLine,
 )
@@ -85,7 +87,7 @@ def launcher_typed_dicts() -> dict[str, set[str]]:
 
 def test_the_launchers_line_prefixes_equal_the_hosts() -> None:
     constants = launcher_constants()
-    for name in ("END_PREFIX", "INSTALLED_PREFIX", "FILES_PREFIX", "SNAPSHOT_PREFIX"):
+    for name in ("END_PREFIX", "INSTALLED_PREFIX", "FILES_PREFIX", "SNAPSHOT_PREFIX", "MEASURED_PREFIX"):
         assert constants[name] == getattr(protocol, name), name
 
 

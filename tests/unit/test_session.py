@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from agent_sandbox.engine.base import STDERR, STDOUT
-from agent_sandbox.engine.protocol import END_PREFIX, FILES_PREFIX
+from agent_sandbox.engine.base import LIMITS, STDERR, STDOUT
+from agent_sandbox.engine.protocol import END_PREFIX, FILES_PREFIX, MEASURED_PREFIX
 from agent_sandbox.engine.session import DRAIN_S, LAUNCHER_GRACE_S, JobSession, drive
 from agent_sandbox.engine.spec import ResultCaps
 from tests.unit.test_container_options import SPEC
@@ -168,3 +168,31 @@ def test_no_end_report_means_the_engine_says_how_it_ended_and_the_launcher_was_l
     outcome = started.outcome(final_state)
     assert asked == [True]  # nobody killed it that we know of: memory may have
     assert (outcome.exit_code, outcome.stdout, outcome.launcher_lost) == (137, b"before-kill\n", True)
+
+
+def so_far_line(nonce: str, **measured: object) -> bytes:
+    line = {"forks_refused": 0, "full": [], "at_file_size": [], "open_files_peak": 3, "tasks_peak": None}
+    line |= {"oom_kills": 0, **measured}
+    return MEASURED_PREFIX + nonce.encode() + b" " + json.dumps(line).encode() + b"\n"
+
+
+def test_measurements_while_the_program_runs_are_taken_out_of_stderr_and_told_as_limits_reached() -> None:
+    told: list[tuple[int, bytes]] = []
+    spec = dataclasses.replace(SPEC, results=CAPS)
+    started = JobSession(spec, lambda stream, data: told.append((stream, data)), clock=Clock())
+    size, _, rest = started.payload.partition(b"\n")
+    nonce = str(json.loads(rest[: int(size)])["nonce"])
+    forged = so_far_line("0" * 32, full=["/work"])  # the program cannot know the nonce
+    started.feed(STDERR, b"half a li" + so_far_line(nonce) + b"ne\n" + forged)
+    started.feed(STDERR, so_far_line(nonce, full=["/work"])[:20])  # a line may come in pieces
+    started.feed(STDERR, so_far_line(nonce, full=["/work"])[20:])
+    started.feed(STDERR, so_far_line(nonce, full=["/work"], oom_kills=1))
+    started.feed(STDERR, so_far_line(nonce, full=["/work"], oom_kills=1))
+    limits = [data for stream, data in told if stream == LIMITS]
+    assert limits == [b"disk", b"disk,memory"]  # told as each new one is reached, never twice
+    program = b"".join(data for stream, data in told if stream == STDERR)
+    assert (
+        program == b"half a line\n" + forged
+    )  # the program's bytes, whole and in order    started.feed(STDERR, so_far_line(nonce, full=["/work"])[20:])
+    started.feed(STDERR, so_far_line(nonce, full=["/work"], oom_kills=1))
+    started.feed(STDERR, so_far_line(nonce, full=["/work"], oom_kills=1))

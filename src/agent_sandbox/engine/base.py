@@ -23,6 +23,7 @@ from agent_sandbox.errors import EngineError
 # installing its wheels (then running), running.
 Stage = Literal["resolving", "queued", "starting", "installing", "running"]
 STDOUT, STDERR = 1, 2  # the program's output streams, as OutputCallback names them
+LIMITS = 3  # not output: the kinds of limit the run has reached so far, as OutputCallback names them
 # Worker threads a backend keeps for its calls to the engine (create, attach, remove), apart from
 # the ones watching runs: anyio's shared pool also serves the stdio transport.
 ENGINE_CALL_THREADS = 16
@@ -40,7 +41,9 @@ async def no_progress(stage: Stage, detail: str = "") -> None:
 
 
 # Called (from a worker thread) as the program's output arrives: the stream (STDOUT or STDERR)
-# and its bytes, with the launcher's own lines and files already taken out.
+# and its bytes, with the launcher's own lines and files already taken out; and, as stream LIMITS,
+# each time the launcher's measurements show another limit reached while the program runs, the
+# kinds reached so far (``ViolationKind`` values, comma-separated ASCII). Output readers skip it.
 OutputCallback = Callable[[int, bytes], None]
 
 

@@ -142,6 +142,9 @@ if TYPE_CHECKING:
         open_files_peak: int | None
         tasks_peak: int | None
 
+    class SoFarLine(MeasuredLine):
+        oom_kills: int | None
+
     class Dump(TypedDict):
         pid: int
         program: bool
@@ -185,6 +188,8 @@ END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
+MEASURED_PREFIX = b"\x00agent-sandbox-measured "
+TELL_EVERY_S = 0.5  # at most this often, what was measured so far goes to the host when it changed
 PR_SET_DUMPABLE = 4
 CGROUP = "/sys/fs/cgroup"  # the sandbox's own cgroup, as the container sees it
 FILESYSTEMS = ("/work", "/tmp", "/dev/shm")  # the program's writable places, each of a fixed size
@@ -206,6 +211,9 @@ _FRAME = re.compile(r'^  File "(/work/[^"\x00]{1,1024})", line ([0-9]{1,9}) in '
 # resume a launcher the program stopped). A real fault of its own (SIGSEGV, SIGABRT from abort())
 # still ends it: the kernel and the C library force the default action for those, ignored or not.
 _KEPT_SIGNALS = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT}
+# Our lines on stderr and the output we relay there take turns, whole: a line of ours must never
+# land inside a short write of the program's (gVisor's pipes make them), nor the other way round.
+STDERR_LOCK = threading.Lock()
 
 
 def _fail(message: str) -> None:
@@ -341,11 +349,31 @@ class _Watch:
     the most tasks (processes and threads) of the sandbox's user at once, ours and init's
     included, once the program has started a task of its own."""
 
-    def __init__(self, count_tasks: bool) -> None:
+    def __init__(self, before: "Counters", nonce: str) -> None:
         self.full: list[str] = []
         self.open_files_peak = 0
-        self.tasks_peak: int | None = 0 if count_tasks else None
+        self.tasks_peak: int | None = 0 if before["forks_refused"] is None else None
         self._lock = threading.Lock()  # the waiting loop and the reaper both look
+        self._before = before
+        self._nonce = nonce
+        self._told: SoFarLine | None = None
+
+    def tell(self) -> None:
+        """Write what was measured so far as a marked line on stderr, if it changed since the
+        last one: a run followed while it runs (run_status) sees the limits it reached."""
+        now = _counters()
+        so_far: SoFarLine = {
+            "forks_refused": _grew(self._before["forks_refused"], now["forks_refused"]),
+            "full": list(self.full),
+            "at_file_size": [],  # looked for once, at the end
+            "open_files_peak": self.open_files_peak,
+            "tasks_peak": self.tasks_peak,
+            "oom_kills": _grew(self._before["oom_kills"], now["oom_kills"]),
+        }
+        if so_far != self._told:
+            self._told = so_far
+            with STDERR_LOCK:
+                _write_all(2, _marked_line(MEASURED_PREFIX, self._nonce, so_far))
 
     def sample(self, ended: int = 0) -> None:
         """Look now; ``ended`` is a child that has exited but is not yet reaped: its task still
@@ -652,7 +680,7 @@ def _wait_until_read(fd: int, limit_s: float = 2.0) -> None:
         time.sleep(0.001)
 
 
-def _marked_line(prefix: bytes, nonce: str, report: "Manifest | InstallLine | EndLine") -> bytes:
+def _marked_line(prefix: bytes, nonce: str, report: "Manifest | InstallLine | EndLine | SoFarLine") -> bytes:
     return prefix + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
 
 
@@ -796,7 +824,7 @@ def _wait(
     reaper = threading.Thread(target=reap, daemon=True)
     reaper.start()
     now = time.monotonic()
-    deadline, next_look = now + timeout_s, now + SAMPLE_S
+    deadline, next_look, next_tell = now + timeout_s, now + SAMPLE_S, now + TELL_EVERY_S
     killed, dumps = False, []
     while not statuses:
         now = time.monotonic()
@@ -814,6 +842,10 @@ def _wait(
             watch.sample()
             _reap_orphans(pid)
             next_look = now + SAMPLE_S
+        if now >= next_tell:
+            with contextlib.suppress(Exception):  # a measurement must never cost the run
+                watch.tell()
+            next_tell = now + TELL_EVERY_S
         timeout = max(0.0, min(next_look, deadline) - now)
         try:
             if channel is not None:
@@ -846,7 +878,8 @@ def _relay(source: int, target: int) -> None:
     with os.fdopen(source, "rb", buffering=0) as pipe:
         while chunk := pipe.read(1 << 16):
             try:
-                _write_all(target, chunk)
+                with STDERR_LOCK if target == 2 else contextlib.nullcontext():
+                    _write_all(target, chunk)
             except OSError:
                 return
 
@@ -1129,7 +1162,7 @@ def main() -> None:
         env["PATH"] = f"{PACKAGES}/bin:{env['PATH']}"
     os.chdir(WORK)
     before = _counters()
-    watch = _Watch(count_tasks=before["forks_refused"] is None)
+    watch = _Watch(before, nonce)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     ran = _run(job, program_stdin, env, ignored, watch) if installed else None
     _end_everything_else()

@@ -45,6 +45,7 @@ END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
+MEASURED_PREFIX = b"\x00agent-sandbox-measured "
 OMITTED_KINDS: frozenset[str] = frozenset(get_args(OmittedKind))
 NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
 
@@ -133,6 +134,12 @@ class MeasuredLine(TypedDict):
     at_file_size: list[str]
     open_files_peak: int | None
     tasks_peak: int | None  # counted only where no counter keeps refused forks
+
+
+class SoFarLine(MeasuredLine):
+    """What the launcher has measured while the program runs (on stderr, each time it changes)."""
+
+    oom_kills: int | None  # memory kills since the program started (a child's, while it lives on)
 
 
 class Dump(TypedDict):
@@ -244,6 +251,39 @@ class MarkedLine:
             if buffer.endswith(self.marker[:size]):
                 return size
         return 0
+
+
+class SoFarLines:
+    """The launcher's measured-so-far lines in stderr, wherever they come (between the program's
+    writes, even within one of its lines): ``feed`` takes them out and returns the program's bytes;
+    ``reports`` has every line taken, unread ones first."""
+
+    def __init__(self, nonce: str):
+        self._nonce = nonce
+        self._line = MarkedLine(MEASURED_PREFIX, nonce)
+        self.reports: list[bytes] = []
+
+    def feed(self, data: bytes) -> bytes:
+        program = []
+        while True:
+            program.append(self._line.feed(data))
+            if self._line.report is None:
+                return b"".join(program)
+            self.reports.append(self._line.report)
+            data = self._line.rest
+            self._line = MarkedLine(MEASURED_PREFIX, self._nonce)
+
+    def flush(self) -> bytes:
+        return self._line.flush()
+
+
+def measured_so_far(line: bytes) -> tuple[Measured, int] | None:
+    """A measured-so-far line: the measurements, and the memory kills; None if it is not one."""
+    try:
+        raw: SoFarLine = json.loads(line)
+        return _measured(raw), int(raw["oom_kills"] or 0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 class EndOfJob(MarkedLine):

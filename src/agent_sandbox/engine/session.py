@@ -23,15 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent_sandbox.engine.base import STDERR, STDOUT, OutputCallback
+from agent_sandbox.engine.base import LIMITS, STDERR, STDOUT, OutputCallback
 from agent_sandbox.engine.protocol import (
     SNAPSHOT_PREFIX,
     EndOfJob,
     FilesBlock,
     InstallDone,
+    SoFarLines,
     end_report,
     install_outcome,
     job_header,
+    measured_so_far,
 )
 from agent_sandbox.engine.spec import Measured, Outcome, RunSpec
 
@@ -112,6 +114,8 @@ class JobSession:
         self._captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
         self._watchers = [on_output] if on_output is not None else []
         self._ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
+        self._so_far = SoFarLines(nonce)
+        self._reached: list[str] = []  # the kinds of limit seen reached while the program runs
         results = spec.results
         self._files = FilesBlock(nonce, results.max_files, results.max_bytes)
         self._snapshot = FilesBlock(nonce, results.snapshot_files, results.snapshot_bytes, SNAPSHOT_PREFIX)
@@ -140,6 +144,9 @@ class JobSession:
         """Take a chunk of the sandbox's ``stream`` (STDOUT or STDERR)."""
         if stream == STDOUT:
             data = self._take_launcher_blocks(data)
+        elif stream == STDERR:
+            data = self._so_far.feed(data)
+            self._tell_reached()
         if stream in self._captures:
             self._keep(stream, self._ends[stream].feed(data))
         seen = sum(capture.seen for capture in self._captures.values())
@@ -175,6 +182,7 @@ class JobSession:
         ended_at = self._program_ended or self._clock()
         duration = ended_at - self._program_started if program_ran else 0.0
         self._keep(STDOUT, self._ends[STDOUT].feed(self._files.flush() + self._snapshot.flush()))
+        self._keep(STDERR, self._ends[STDERR].feed(self._so_far.flush()))
         for stream, end in self._ends.items():
             self._keep(stream, end.flush())
         report = end_report(self._ends[STDOUT].report, self._ends[STDERR].report)
@@ -243,9 +251,32 @@ class JobSession:
             data = self._snapshot.feed(data)
         return data
 
+    def _tell_reached(self) -> None:
+        """Take in the launcher's newest measurements of the running program."""
+        if not self._so_far.reports:
+            return
+        parsed = measured_so_far(self._so_far.reports[-1])
+        self._so_far.reports.clear()
+        if parsed is not None:
+            measured, oom_kills = parsed
+            self._reach(measured.reached(self.spec.limits) + (["memory"] if oom_kills else []))
+
+    def _reach(self, kinds: list[str]) -> None:
+        """Tell the watchers when another kind of limit is reached."""
+        if set(kinds) - set(self._reached):
+            self._reached = sorted(set(kinds) | set(self._reached))
+            self._tell(LIMITS, ",".join(self._reached).encode())
+
     def _keep(self, stream: int, data: bytes) -> None:
-        self._captures[stream].add(data)
-        for watcher in self._watchers if data else ():
+        capture = self._captures[stream]
+        capture.add(data)
+        if data:
+            self._tell(stream, data)
+            if capture.truncated:  # more than is kept of it: the output limit, as the verdict says
+                self._reach(["output"])
+
+    def _tell(self, stream: int, data: bytes) -> None:
+        for watcher in self._watchers:
             try:
                 watcher(stream, data)
             except Exception as exc:  # a reader that went away must not cost the result

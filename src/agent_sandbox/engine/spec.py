@@ -201,6 +201,24 @@ class Measured:
     open_files_peak: int | None = None
     tasks_peak: int | None = None
 
+    def all_tasks_held(self, pids: int) -> bool:
+        """Seen holding every process and thread it may (where no counter keeps refusals)."""
+        return self.tasks_peak is not None and self.tasks_peak >= pids
+
+    def open_files_held(self, open_files: int) -> bool:
+        """A process was seen holding every file it may open."""
+        return self.open_files_peak is not None and self.open_files_peak >= open_files
+
+    def reached(self, limits: Limits) -> list[str]:
+        """The kinds of limit (as ``ViolationKind`` values) these measurements show reached."""
+        reached = {
+            "processes": bool(self.forks_refused) or self.all_tasks_held(limits.pids),
+            "disk": bool(self.full),
+            "file_size": bool(self.at_file_size),
+            "open_files": self.open_files_held(limits.open_files),
+        }
+        return [kind for kind, hit in reached.items() if hit]
+
 
 @dataclass(frozen=True)
 class ProcessDump:

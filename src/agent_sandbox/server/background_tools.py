@@ -38,10 +38,10 @@ class RunList(BaseModel):
 def status_of(record: RunRecord, background: BackgroundRuns) -> RunStatus:
     """The run's status as a client is told it, with what to call next."""
     output = record.output
-    limits_hit: list[str] = []
-    if record.state == "finished":
+    limits_hit = list(output.limits_hit) if output else []
+    if record.state == "finished":  # the verdict's, which also counts what only the end shows
         result = background.store.result(record.id, None)
-        limits_hit = [v.kind.value for v in result.violations] if result is not None else []
+        limits_hit = [v.kind.value for v in result.violations] if result is not None else limits_hit
     return RunStatus(
         run_id=record.id,
         state=record.state,
