@@ -85,3 +85,16 @@ def test_the_backends_benchmark_runs_every_row(
         "creationTimestamp → container startedAt",
     ):
         assert row in out, row
+
+
+def test_background_benchmark_runs_every_row() -> None:
+    out = bench("benchmarks/background.py", "--runs", "2", "--gap", "0", "--lines", "4", "--spacing", "0.2")
+    for row in (
+        'print("hi"): foreground run_python',
+        "sleep 2 s, print: background start + run_result(wait_s=60)",
+        "background start alone (run_id in hand)",
+        "| progress notifications of a foreground run_python |",
+        "| run_status polled every 0.2 s, background run |",
+        "leaked containers: 0",
+    ):
+        assert row in out, row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -252,3 +253,54 @@ def test_a_missing_image_exits_3_and_says_how_to_build_it() -> None:
     )
     assert done.returncode == 3
     assert "agent-sandbox image build" in done.stderr
+
+
+def runs_cli(runs: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command with a store of the test's own."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent_sandbox", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "AGENT_SANDBOX_RUNS__DIR": str(runs)},
+        timeout=120,
+    )
+
+
+def test_a_detached_run_is_followed_with_the_runs_commands(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    program = tmp_path / "steps.py"
+    program.write_text(
+        "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(1)\n"
+    )
+    started = time.monotonic()
+    detached = runs_cli(runs, "run", "--detach", str(program))
+    assert detached.returncode == 0, detached.stderr
+    assert time.monotonic() - started < 10  # it returns once the run is recorded, not at its end
+    run_id = detached.stdout.strip()
+    assert f"agent-sandbox runs status {run_id}" in detached.stderr
+
+    deadline = time.monotonic() + 30
+    while "step 0" not in (status := runs_cli(runs, "runs", "status", run_id)).stdout:
+        assert time.monotonic() < deadline, status.stdout + status.stderr
+        time.sleep(0.3)
+    assert status.stdout.startswith(f"{run_id} running")
+    assert runs_cli(runs, "runs", "list").stdout.startswith(run_id)
+
+    result = runs_cli(runs, "runs", "result", run_id, "--wait", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stdout"] == "step 0\nstep 1\nstep 2\n"
+    shown = runs_cli(runs, "runs", "result", run_id)
+    assert shown.stdout == "step 0\nstep 1\nstep 2\n"
+    assert "[agent-sandbox] exit 0" in shown.stderr
+
+    program.write_text("import time\nprint('waiting', flush=True)\ntime.sleep(60)\n")
+    doomed = runs_cli(runs, "run", "--detach", str(program)).stdout.strip()
+    assert runs_cli(runs, "runs", "result", doomed).returncode == 5  # not ended yet
+    cancelled = runs_cli(runs, "runs", "cancel", doomed)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"{doomed} cancelled" in cancelled.stderr
+    assert runs_cli(runs, "runs", "result", doomed).returncode == 6  # ended without a result
+    unknown = runs_cli(runs, "runs", "status", "A" * 22)
+    assert unknown.returncode == 2
+    assert "there is no run" in unknown.stderr

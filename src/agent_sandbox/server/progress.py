@@ -54,7 +54,7 @@ class RunProgress:
     async def follow(self, output: LiveOutput) -> None:
         """Send the newest output as it comes, and a heartbeat when there is none; until cancelled."""
         seen = 0
-        sent_at = self._clock()
+        sent_at = self._clock() - MIN_INTERVAL_S  # the first output goes at once
         while True:
             await anyio.sleep(POLL_S)
             now = self._clock()
