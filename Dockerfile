@@ -29,7 +29,7 @@ RUN set -eu; \
     groupadd --gid 10001 agent-sandbox; \
     useradd --uid 10001 --gid 10001 --home-dir /var/lib/agent-sandbox --create-home \
         --shell /usr/sbin/nologin agent-sandbox; \
-    install -d -o 10001 -g 10001 -m 0700 /var/lib/agent-sandbox/workspaces; \
+    install -d -o 10001 -g 10001 -m 0700 /var/lib/agent-sandbox/workspaces /var/lib/agent-sandbox/runs; \
     install -d -o 10001 -g 10001 -m 0755 /var/cache/agent-sandbox
 COPY --from=dependencies /opt/agent-sandbox /opt/agent-sandbox
 COPY build/server-image/project/ /tmp/project/
@@ -44,15 +44,16 @@ RUN set -eu; \
 # - per-run requirements are off: they need a network for the server's `pip download` and the
 #   wheel cache mounted at the SAME path as on the host, since the engine bind-mounts it into
 #   sandboxes by its host path. docs/server-image.md shows how to turn them on.
-# - workspaces live in the container (gone with it) unless a volume is mounted there; the
-#   engine never mounts them, so any volume or host folder works.
+# - workspaces and background runs' results live in the container (gone with it) unless a volume
+#   is mounted there; the engine never mounts them, so any volume or host folder works.
 ENV PATH=/opt/agent-sandbox/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     LANG=C.UTF-8 \
     AGENT_SANDBOX_PACKAGES__ENABLED=false \
     AGENT_SANDBOX_PACKAGES__CACHE_DIR=/var/cache/agent-sandbox \
-    AGENT_SANDBOX_WORKSPACES__DIR=/var/lib/agent-sandbox/workspaces
+    AGENT_SANDBOX_WORKSPACES__DIR=/var/lib/agent-sandbox/workspaces \
+    AGENT_SANDBOX_RUNS__DIR=/var/lib/agent-sandbox/runs
 
 # Not io.agent-sandbox: that label marks sandbox containers, which servers reap.
 LABEL org.opencontainers.image.title="agent-sandbox-server" \

@@ -32,6 +32,7 @@ AGENTS = ROOT / "examples" / "agents"
 VERBATIM = "tests/integration/test_readme.py::test_the_command_runs_as_written"
 HTTP = "tests/integration/test_readme.py::test_the_http_commands_run_as_written_on_a_free_port"
 TRANSCRIPT = "tests/integration/test_readme.py::test_the_command_prints_what_the_readme_shows"
+DETACHED = "tests/integration/test_cli.py::test_a_detached_run_is_followed_with_the_runs_commands"
 CI = "CI: .ci/run runs `make test`, which runs the `engine`, `image`, `lint` and test targets"
 
 # Where each command is exercised. A command added to the README without an entry here, or an
@@ -64,6 +65,14 @@ EXERCISED = {
     ),
     "claude mcp add agent-sandbox -- /ABSOLUTE/PATH/TO/agent-sandbox/.venv/bin/agent-sandbox serve": (
         "tests/integration/test_readme.py::test_the_client_configs_start_the_server_the_readme_starts"
+    ),
+    ".venv/bin/agent-sandbox run --detach examples/slow.py": DETACHED,
+    ".venv/bin/agent-sandbox runs list": DETACHED,
+    ".venv/bin/agent-sandbox runs status RUN_ID": DETACHED,
+    ".venv/bin/agent-sandbox runs result RUN_ID --wait 60": DETACHED,
+    ".venv/bin/agent-sandbox runs cancel RUN_ID": DETACHED,
+    ".venv/bin/python benchmarks/background.py": (
+        "tests/integration/test_benchmarks.py::test_background_benchmark_runs_every_row"
     ),
     "agent-sandbox serve --transport streamable-http --port 8000": HTTP,
     "agent-sandbox serve --transport sse --port 8000": HTTP,

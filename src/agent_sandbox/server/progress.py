@@ -41,6 +41,7 @@ class RunProgress:
         self._clock = clock
         self._last = -1.0
         self._running_since: float | None = None
+        self._seen = 0  # bytes of output already sent
 
     async def stage(self, stage: Stage, detail: str = "") -> None:
         """A ``ProgressCallback``: the stage's message, with its detail."""
@@ -48,26 +49,33 @@ class RunProgress:
             self._running_since = self._clock()
         await self._notify(STEPS[stage], STAGE_MESSAGES[stage] + (f", {detail}" if detail else ""))
 
-    async def finished(self) -> None:
+    async def finished(self, output: LiveOutput) -> None:
+        """The output not sent yet (printed just before the end), then "finished"."""
+        await self._send_new(output, self._clock())
         await self._notify(FINISHED, "finished")
 
     async def follow(self, output: LiveOutput) -> None:
         """Send the newest output as it comes, and a heartbeat when there is none; until cancelled."""
-        seen = 0
         sent_at = self._clock() - MIN_INTERVAL_S  # the first output goes at once
         while True:
             await anyio.sleep(POLL_S)
             now = self._clock()
             if now - sent_at < MIN_INTERVAL_S:
                 continue
-            text, printed = output.newest(seen, MAX_CHARS)
-            if printed != seen:
-                seen = printed
-                await self._notify(self._running_step(now), "output: " + text)
+            if await self._send_new(output, now):
                 sent_at = now
             elif now - sent_at >= HEARTBEAT_S:
                 await self._notify(self._running_step(now), self._heartbeat(now))
                 sent_at = now
+
+    async def _send_new(self, output: LiveOutput, now: float) -> bool:
+        """Send what was printed since the last time, if anything was; whether it was."""
+        text, printed = output.newest(self._seen, MAX_CHARS)
+        if printed == self._seen:
+            return False
+        self._seen = printed
+        await self._notify(self._running_step(now), "output: " + text)
+        return True
 
     def _running_step(self, now: float) -> float:
         """Within the running step: the share of the time limit used so far."""

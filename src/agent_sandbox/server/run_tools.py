@@ -227,7 +227,7 @@ class ToolCall:
                 live.cancel_scope.cancel()
         if refusal is not None:
             raise ToolError(describe(refusal))
-        await progress.finished()
+        await progress.finished(output)
         return tool_result(result, self.sandbox.settings.results)
 
     def start(self, tool: str, caller: Caller, make_request: _RequestFactory) -> RunRecord:
