@@ -70,8 +70,9 @@ class LiveOutput:
             fresh = bytes(self._both[-min(printed - since, len(self._both)) :]) if printed > since else b""
         text = fresh.decode("utf-8", errors="replace")
         if len(text) > max_chars:
+            cut_at_line = text[-max_chars - 1] == "\n"
             text = text[-max_chars:]
-            start = text.find("\n")
+            start = -1 if cut_at_line else text.find("\n")
             if 0 <= start < len(text) - 1:
                 text = text[start + 1 :]
         return text, printed

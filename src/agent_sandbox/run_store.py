@@ -134,16 +134,20 @@ class RunStore:
     def result(self, run_id: str, owner: str | None) -> RunResult | None:
         """The finished run's result, as a foreground call returned it; None before it ends."""
         folder, _ = self._owned(run_id, owner)
-        stored = _read_json(folder / "result.json")
-        if stored is None:
+        path = folder / "result.json"
+        if not path.exists():
             return None
+        unreadable = RunError(
+            f"the stored result of run {run_id} cannot be read (it was changed on disk); start it again"
+        )
+        stored = _read_json(path)
+        if stored is None:
+            raise unreadable
         try:
             result = RunResult.model_validate(stored["result"])
             files = {path: base64.b64decode(data) for path, data in dict(stored.get("files", {})).items()}
         except (ValidationError, KeyError, TypeError, ValueError):
-            raise RunError(
-                f"the stored result of run {run_id} cannot be read (it was changed on disk); start it again"
-            ) from None
+            raise unreadable from None
         artifacts = [a.model_copy(update={"data": files.get(a.path)}) for a in result.artifacts]
         return result.model_copy(update={"artifacts": artifacts})
 
@@ -199,7 +203,7 @@ class RunStore:
     def _checked_meta(self, folder: Path) -> dict[str, Any] | None:
         """The run's record, a lost run marked so; None when there is no valid one."""
         meta = _read_json(folder / "meta.json")
-        if meta is None or meta.get("state") not in _STATES or not isinstance(meta.get("owner"), str):
+        if meta is None or not _valid(meta):
             return None
         if meta["state"] in IN_FLIGHT and _process_identity_alive(meta.get("runner")) is False:
             meta = {**meta, "state": "lost", "ended": time.time(), "error": LOST_NOTE}
@@ -224,6 +228,18 @@ class RunStore:
             error=meta.get("error"),
             output=output,
         )
+
+
+def _valid(meta: dict[str, Any]) -> bool:
+    """A record this store wrote: anything else (changed on disk, cut short) is no run at all."""
+    number = (int, float)
+    return (
+        meta.get("state") in _STATES
+        and isinstance(meta.get("owner"), str)
+        and isinstance(meta.get("created"), number)
+        and isinstance(meta.get("ended"), (*number, type(None)))
+        and isinstance(meta.get("timeout_s", 0), number)
+    )
 
 
 def _process_identity(pid: int) -> str:

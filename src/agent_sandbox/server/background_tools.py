@@ -39,9 +39,14 @@ def status_of(record: RunRecord, background: BackgroundRuns) -> RunStatus:
     """The run's status as a client is told it, with what to call next."""
     output = record.output
     limits_hit = list(output.limits_hit) if output else []
+    error = record.error
     if record.state == "finished":  # the verdict's, which also counts what only the end shows
-        result = background.store.result(record.id, None)
-        limits_hit = [v.kind.value for v in result.violations] if result is not None else limits_hit
+        try:
+            result = background.store.result(record.id, None)
+        except RunError as exc:  # one run's broken result must not cost a list of them all
+            error = str(exc)
+        else:
+            limits_hit = [v.kind.value for v in result.violations] if result is not None else limits_hit
     return RunStatus(
         run_id=record.id,
         state=record.state,
@@ -54,7 +59,7 @@ def status_of(record: RunRecord, background: BackgroundRuns) -> RunStatus:
         stdout_bytes=output.stdout_bytes if output else 0,
         stderr_bytes=output.stderr_bytes if output else 0,
         limits_hit=limits_hit,
-        error=record.error,
+        error=error,
         next=_next(record),
     )
 
