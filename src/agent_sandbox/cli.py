@@ -169,7 +169,7 @@ def _serve(options: argparse.Namespace, settings: Settings) -> int:
         version,
         settings.engine.pool_size,
     )
-    background = BackgroundRuns(settings.runs)
+    background = BackgroundRuns(settings.runs, settings.engine.max_concurrent_runs)
     server = build_server(sandbox, options.transport, background)
 
     async def serve_with_pool() -> None:

@@ -284,8 +284,10 @@ class RunSettings(_Section):
     on disk (never unpacked, never executable) for a while, across restarts."""
 
     dir: str = Field(default="", description="Where results live; empty: the user's data folder.")
-    max_background_runs: int = Field(default=8, ge=0, description="Background runs in flight; 0: none.")
-    max_background_runs_per_client: int = Field(default=4, ge=1, description="Per client.")
+    max_background_runs: int = Field(
+        default=8, ge=0, description="In flight, and one fewer than engine.max_concurrent_runs; 0: none."
+    )
+    max_background_runs_per_client: int = Field(default=2, ge=1, description="Per client.")
     result_ttl_s: float = Field(
         default=86_400.0, gt=0, description="A finished run's result is kept this long."
     )

@@ -72,13 +72,13 @@ def serve_one(settings: Settings) -> int:
     sandbox = Sandbox(settings)
     sandbox.start()
     sandbox.prepare(request)  # refused here, before an id is given out
-    background = BackgroundRuns(settings.runs)
+    background = BackgroundRuns(settings.runs, settings.engine.max_concurrent_runs)
 
     async def work(on_output: OutputCallback, on_progress: ProgressCallback) -> RunResult:
         return await sandbox.run(request, on_progress, LOCAL, on_output)
 
     async def run() -> None:
-        async with sandbox, background:
+        async with background:  # no warm pool: this process runs one run
             timeout_s = request.limits.timeout_s or settings.limits.timeout_s
             record = background.start(owner(), "agent-sandbox run", timeout_s, work)
             print(record.id, flush=True)

@@ -11,6 +11,7 @@ or made executable. A run whose process is gone while its record says it runs is
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -20,19 +21,21 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from agent_sandbox.config import RunSettings
+from agent_sandbox.engine.launch import owner_id, owner_place, process_alive
 from agent_sandbox.errors import RunError
 from agent_sandbox.live_output import OutputSoFar
-from agent_sandbox.models import RunResult
+from agent_sandbox.models import RunResult, RunStateName
 
-RunState = Literal["queued", "running", "finished", "failed", "cancelled", "lost"]
+RunState = RunStateName
 IN_FLIGHT: frozenset[str] = frozenset({"queued", "running"})
 _STATES: frozenset[str] = frozenset(get_args(RunState))
 _ID = re.compile(r"[A-Za-z0-9_-]{22}")
+ABANDONED_S = 3600.0  # a folder with no valid record this old is a write cut short
 LOST_NOTE = (
     "the server stopped while this run was in flight, so it has no result; the output below is "
     "what it had printed by then. Start it again"
@@ -52,6 +55,7 @@ class RunRecord:
     timeout_s: float
     error: str | None  # failed: the refusal or engine error; lost: why
     output: OutputSoFar | None
+    limits_hit: tuple[str, ...] = ()  # once finished: the result's violations, by kind
 
     @property
     def in_flight(self) -> bool:
@@ -83,7 +87,7 @@ class RunStore:
             "ended": None,
             "timeout_s": timeout_s,
             "error": None,
-            "runner": _process_identity(os.getpid()),
+            "runner": _runner(os.getpid()),
         }
         _write_json(folder / "meta.json", meta)
         return self._record(run_id, meta, None)
@@ -107,14 +111,14 @@ class RunStore:
         """How many of ``owner``'s runs (None: all) are queued or running."""
         return sum(record.in_flight for record in self.runs(owner))
 
-    def mark(self, run_id: str, state: RunState, error: str | None = None) -> None:
+    def mark(self, run_id: str, state: RunState, error: str | None = None, **more: object) -> None:
         """Move the run to ``state``; an end state records when it ended."""
         folder = self.root / run_id
         meta = _read_json(folder / "meta.json")
         if meta is None:
             return  # removed meanwhile (expired, or the folder was cleared)
         ended = None if state in IN_FLIGHT else time.time()
-        _write_json(folder / "meta.json", {**meta, "state": state, "ended": ended, "error": error})
+        _write_json(folder / "meta.json", {**meta, "state": state, "ended": ended, "error": error, **more})
 
     def save_output(self, run_id: str, output: OutputSoFar) -> None:
         """Keep the newest output, so that a run lost with the server still shows it."""
@@ -129,7 +133,8 @@ class RunStore:
             return
         files = {a.path: base64.b64encode(a.data).decode() for a in result.artifacts if a.data is not None}
         _write_json(folder / "result.json", {"result": result.model_dump(mode="json"), "files": files})
-        self.mark(run_id, "finished")
+        # What a list of runs shows of the result, without reading it.
+        self.mark(run_id, "finished", limits_hit=[violation.kind.value for violation in result.violations])
 
     def result(self, run_id: str, owner: str | None) -> RunResult | None:
         """The finished run's result, as a foreground call returned it; None before it ends."""
@@ -145,7 +150,7 @@ class RunStore:
             raise unreadable
         try:
             result = RunResult.model_validate(stored["result"])
-            files = {path: base64.b64decode(data) for path, data in dict(stored.get("files", {})).items()}
+            files = {name: base64.b64decode(data) for name, data in dict(stored.get("files", {})).items()}
         except (ValidationError, KeyError, TypeError, ValueError):
             raise unreadable from None
         artifacts = [a.model_copy(update={"data": files.get(a.path)}) for a in result.artifacts]
@@ -162,14 +167,19 @@ class RunStore:
         return (self.root / run_id / "cancel").exists()
 
     def expire(self) -> int:
-        """Remove results older than ``result_ttl_s``, then the oldest past ``max_stored_runs``;
-        runs in flight are kept. Returns how many were removed."""
+        """Remove results older than ``result_ttl_s``, then the oldest past ``max_stored_runs``,
+        and folders that hold no valid record after an hour (a write cut short); runs in flight
+        are kept. Returns how many were removed."""
         now = time.time()
         ended: list[tuple[float, Path]] = []
         removed = 0
         for folder in self._folders():
             meta = self._checked_meta(folder)
             if meta is None:
+                with contextlib.suppress(OSError):
+                    if now - folder.stat().st_mtime > ABANDONED_S:
+                        shutil.rmtree(folder, ignore_errors=True)
+                        removed += 1
                 continue
             if meta["state"] in IN_FLIGHT:
                 continue
@@ -189,8 +199,9 @@ class RunStore:
         self.expire()
         missing = RunError(
             f"there is no run {run_id!r} for this client: it ended more than "
-            f"{self.settings.result_ttl_s:g} s ago and its result was removed, or it belongs to "
-            "another client. runs_list shows this client's runs"
+            f"{self.settings.result_ttl_s:g} s ago (or was among the oldest past the "
+            f"{self.settings.max_stored_runs} kept) and its result was removed, or it belongs to "
+            "another client. runs_list (or `agent-sandbox runs list`) shows the runs"
         )
         if not _ID.fullmatch(run_id):
             raise missing
@@ -205,7 +216,7 @@ class RunStore:
         meta = _read_json(folder / "meta.json")
         if meta is None or not _valid(meta):
             return None
-        if meta["state"] in IN_FLIGHT and _process_identity_alive(meta.get("runner")) is False:
+        if meta["state"] in IN_FLIGHT and _runner_alive(meta.get("runner")) is False:
             meta = {**meta, "state": "lost", "ended": time.time(), "error": LOST_NOTE}
             _write_json(folder / "meta.json", meta)
         return meta
@@ -227,6 +238,7 @@ class RunStore:
             timeout_s=float(meta.get("timeout_s", 0)),
             error=meta.get("error"),
             output=output,
+            limits_hit=tuple(str(kind) for kind in meta.get("limits_hit") or ()),
         )
 
 
@@ -242,26 +254,33 @@ def _valid(meta: dict[str, Any]) -> bool:
     )
 
 
-def _process_identity(pid: int) -> str:
-    """The process as "pid:start", its start time in clock ticks since boot (a reused pid
-    has another); just the pid where /proc cannot say."""
+def _runner(pid: int) -> str:
+    """The process running a run, as ``HOST/pidns:N:PID@START``: where its pid means something
+    (``launch.owner_id``) and when it started (a reused pid has another start; empty where
+    /proc cannot say)."""
+    return f"{owner_id(pid)}@{_started(pid)}"
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot; "" where /proc cannot say."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        start = stat.rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
-        return str(pid)
-    return f"{pid}:{start}"
+        return ""
 
 
-def _process_identity_alive(identity: object) -> bool | None:
-    """Whether the process that ran a run still does; None when the record cannot say."""
-    if not isinstance(identity, str) or not identity.split(":")[0].isdigit():
+def _runner_alive(runner: object) -> bool | None:
+    """Whether the process that ran a run still does; None where this process cannot tell (a
+    record it cannot read, a runner on another host or in another PID namespace)."""
+    if not isinstance(runner, str) or "@" not in runner:
         return None
-    pid = int(identity.split(":")[0])
-    current = _process_identity(pid)
-    if ":" not in current:
-        return False if not Path(f"/proc/{pid}").exists() else None
-    return current == identity
+    owner, _, started = runner.rpartition("@")
+    if owner_place(owner) != owner_place(owner_id()):
+        return None
+    pid = owner.rpartition(":")[2]
+    if not process_alive(pid):
+        return False
+    return not started or _started(int(pid)) in ("", started)
 
 
 def _read_output(folder: Path) -> OutputSoFar | None:

@@ -272,6 +272,18 @@ def forged_end(result: RunResult) -> None:
     assert "launcher fd/1: EACCES" in result.stdout
 
 
+def forged_end_with_a_stolen_nonce(result: RunResult) -> None:
+    """The program can read its own stderr back, and so the measured-so-far lines written there
+    while it runs; they carry a nonce of their own, so an end line forged with it is output."""
+    assert result.exit_code == 3  # the real one
+    assert not result.timed_out
+    assert result.violations == []
+    said = result.stdout.splitlines()
+    assert said[0] in ("stole a measured line", "stole nothing")  # a race with the host's reader
+    if said[0] == "stole a measured line":
+        assert said[1].startswith("\x00agent-sandbox-end ")  # the forgery, kept as output
+
+
 def forged_end_under_gvisor(result: RunResult) -> None:
     """gVisor lets the program read its non-dumpable launcher's environment and open its stdout
     (not its memory). Neither gives the nonce away: the environment is the program's own (but
@@ -575,6 +587,21 @@ HOSTILE = [
         "raise SystemExit(3)",
         forged_end,
         under_gvisor=forged_end_under_gvisor,
+    ),
+    Hostile(
+        "forging the end line with a nonce read back from its own stderr",
+        "import os, re, time\n"
+        "back = os.open('/proc/self/fd/2', os.O_RDONLY | os.O_NONBLOCK)\n"
+        "seen, deadline = b'', time.monotonic() + 3\n"
+        "while time.monotonic() < deadline and b'agent-sandbox-measured' not in seen:\n"
+        "    try:\n        seen += os.read(back, 65536)\n    except BlockingIOError:\n        time.sleep(0.01)\n"
+        "found = re.search(rb'agent-sandbox-measured ([0-9a-f]+) ', seen)\n"
+        "print('stole a measured line' if found else 'stole nothing')\n"
+        "if found:\n"
+        "    end = b'\\x00agent-sandbox-end ' + found.group(1) + b' {\"exit_code\": 0, \"oom_kills\": 0}'\n"
+        "    print(end.decode(), flush=True)\n"
+        "raise SystemExit(3)",
+        forged_end_with_a_stolen_nonce,
     ),
     Hostile(
         "a daemon reading the launcher's stdout",

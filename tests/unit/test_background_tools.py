@@ -244,7 +244,7 @@ async def test_the_server_over_its_cap_refuses_every_client(tmp_path: Path) -> N
         refused = await b.call_tool("run_python", {"code": "1", "background": True})
         engine.hold.set()
     assert refused.is_error
-    assert "this server already has 1 background runs in flight" in text_of(refused)
+    assert "1 background runs are in flight on this server's store" in text_of(refused)
     assert "runs.max_background_runs = 1" in text_of(refused)
 
 

@@ -116,7 +116,7 @@ def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
 
 def test_the_job_travels_length_prefixed_before_the_tar_and_stdin() -> None:
     spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536, "stdin": b"abc"})
-    header = job_header(spec, nonce="n0nce", install_nonce="other")
+    header = job_header(spec, nonce="n0nce", install_nonce="other", measured_nonce="third")
     size, _, job = header.partition(b"\n")
     assert int(size) == len(job)
     assert json.loads(job) == {
@@ -135,6 +135,7 @@ def test_the_job_travels_length_prefixed_before_the_tar_and_stdin() -> None:
         "post_mortem": True,
         "nonce": "n0nce",
         "install_nonce": "other",
+        "measured_nonce": "third",
     }
 
 

@@ -59,7 +59,7 @@ async def test_a_run_comes_back_as_a_summary_and_structured_content(
     summary = result.content[0].text  # type: ignore[union-attr]
     assert "\\x1b[31mred" in summary  # escaped for a terminal
     assert "plot.txt" in summary
-    output = "output: \x1b[31mred\x1b[0m\n"  # printed just before the end: sent before "finished"
+    output = "output: \\x1b[31mred\\x1b[0m\n"  # sent before "finished", its controls escaped
     assert heard == [STAGE_MESSAGES["starting"], STAGE_MESSAGES["running"], output, "finished"]
     assert engine.specs[0].results.notebook
 

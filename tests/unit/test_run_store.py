@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agent_sandbox.config import LimitSettings, RunSettings
+from agent_sandbox.engine.launch import owner_id, owner_place
 from agent_sandbox.errors import RunError
 from agent_sandbox.live_output import OutputSoFar
 from agent_sandbox.models import (
@@ -26,7 +27,7 @@ from agent_sandbox.models import (
     ViolationKind,
     WorkspaceReport,
 )
-from agent_sandbox.run_store import LOST_NOTE, RunStore, _process_identity
+from agent_sandbox.run_store import LOST_NOTE, RunStore, _runner
 
 LIMITS = Limits(**{name: getattr(LimitSettings(), name) for name in Limits.model_fields})
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
@@ -125,8 +126,8 @@ def test_a_run_whose_runner_exited_is_lost_and_keeps_its_output(tmp_path: Path) 
     printed = OutputSoFar("step 1\nstep 2\n", "warning\n", 14, 8, ("processes",))
     store.save_output(run_id, printed)
     with subprocess.Popen(["true"]) as child:
-        identity = _process_identity(child.pid)  # unreaped until wait: its /proc entry is there
-        assert ":" in identity
+        identity = _runner(child.pid)  # unreaped until wait: its /proc entry is there
+        assert not identity.endswith("@")
     edit_meta(store, run_id, runner=identity)  # that process has exited and been reaped
     record = store.get(run_id, "a")
     assert (record.state, record.error) == ("lost", LOST_NOTE)
@@ -140,8 +141,9 @@ def test_a_run_whose_runner_exited_is_lost_and_keeps_its_output(tmp_path: Path) 
 @pytest.mark.parametrize(
     "runner",
     [
-        f"{int(Path('/proc/sys/kernel/pid_max').read_text()) + 1}:12345",  # a pid that cannot exist
-        f"{os.getpid()}:1",  # a live pid, but another process's: its start time differs
+        # a pid that cannot exist
+        f"{owner_place(owner_id())}:{int(Path('/proc/sys/kernel/pid_max').read_text()) + 1}@12345",
+        f"{owner_id()}@1",  # a live pid, but another process's: its start time differs
     ],
 )
 def test_a_run_whose_runner_identity_names_no_live_process_is_lost(tmp_path: Path, runner: str) -> None:
@@ -154,7 +156,22 @@ def test_a_run_whose_runner_identity_names_no_live_process_is_lost(tmp_path: Pat
 def test_a_run_whose_runner_lives_stays_in_flight(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     run_id = store.create("a", "run_python", 30.0).id
-    assert meta_of(store, run_id)["runner"] == _process_identity(os.getpid())
+    assert meta_of(store, run_id)["runner"] == _runner(os.getpid())
+    assert store.get(run_id, "a").state == "queued"
+
+
+@pytest.mark.parametrize(
+    "runner",
+    [
+        "elsewhere/pidns:4026531836:1@7",  # another host's pid 1: this process cannot tell
+        f"{owner_id().replace('/pidns:', '/pidns:9')}@7",  # another PID namespace of this host
+        "12345:678",  # a record of another form
+    ],
+)
+def test_a_run_whose_runner_this_process_cannot_judge_stays_in_flight(tmp_path: Path, runner: str) -> None:
+    store = store_in(tmp_path)
+    run_id = store.create("a", "run_python", 30.0).id
+    edit_meta(store, run_id, runner=runner)
     assert store.get(run_id, "a").state == "queued"
 
 

@@ -181,8 +181,10 @@ def test_measurements_while_the_program_runs_are_taken_out_of_stderr_and_told_as
     spec = dataclasses.replace(SPEC, results=CAPS)
     started = JobSession(spec, lambda stream, data: told.append((stream, data)), clock=Clock())
     size, _, rest = started.payload.partition(b"\n")
-    nonce = str(json.loads(rest[: int(size)])["nonce"])
-    forged = so_far_line("0" * 32, full=["/work"])  # the program cannot know the nonce
+    job = json.loads(rest[: int(size)])
+    nonce = str(job["measured_nonce"])
+    assert nonce != job["nonce"]  # the program can read these lines back: never the result's nonce
+    forged = so_far_line("0" * 32, full=["/work"])  # nor can it know this one before it reads a line
     started.feed(STDERR, b"half a li" + so_far_line(nonce) + b"ne\n" + forged)
     started.feed(STDERR, so_far_line(nonce, full=["/work"])[:20])  # a line may come in pieces
     started.feed(STDERR, so_far_line(nonce, full=["/work"])[20:])

@@ -79,3 +79,13 @@ def test_a_token_is_required_off_loopback_only() -> None:
 def test_a_weak_token_is_refused(token: str) -> None:
     with pytest.raises(AuthConfigError, match="at least 16 characters"):
         require_token_off_loopback("0.0.0.0", token)
+
+
+def test_a_refunded_only_start_leaves_nothing_behind() -> None:
+    clock = Clock()
+    rate = StartRate(2, clock)
+    rate.count("a")
+    rate.refund("a")  # refused after all: the client holds no start
+    assert rate.tracked_clients == 0
+    rate.count("b")  # looking through the clients must not trip on an emptied one
+    assert rate.tracked_clients == 1

@@ -53,11 +53,12 @@ def orphaned(owner: str, me: str) -> bool:
     """Whether ``owner`` is a process of this host and PID namespace (where ``me`` runs) that
     has ended: its sandboxes are leftovers no one will remove."""
     return (
-        owner != me and owner_place(owner) == owner_place(me) and not _process_alive(owner.rpartition(":")[2])
+        owner != me and owner_place(owner) == owner_place(me) and not process_alive(owner.rpartition(":")[2])
     )
 
 
-def _process_alive(pid: str) -> bool:
+def process_alive(pid: str) -> bool:
+    """Whether process ``pid`` of this PID namespace exists (where the system cannot say: yes)."""
     if not pid.isdigit():
         return False
     if os.name != "posix":  # os.kill(pid, 0) there sends a signal instead of asking: rely on age

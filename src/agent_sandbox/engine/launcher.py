@@ -25,7 +25,10 @@ kill leaves the launcher to send the files back.
 While the program runs the launcher measures what the kernel counts and what no counter keeps:
 the sandbox's cgroup (peak memory, CPU time, forks the process limit refused, memory kills; v1
 or v2), and every 50 ms whether /work, /tmp or /dev/shm is full and how many files each process
-holds open. At the time limit it first asks every Python process for its stacks (SIGURG, see
+holds open; what it has seen so far goes to the host as a marked line on stderr whenever it
+changes (at most every 0.5 s), marked with a nonce of its own: the program can read its stderr
+back, so these lines are advice for a run followed while it runs, never the result. At the time
+limit it first asks every Python process for its stacks (SIGURG, see
 ``agent_sandbox_postmortem.py`` in the image), over a socket of its own, then kills them.
 
 When the child exits, the launcher kills whatever the program left running, writes the files the
@@ -100,6 +103,7 @@ if TYPE_CHECKING:
         post_mortem: bool
         nonce: str
         install_nonce: str
+        measured_nonce: str
 
     # What the launcher reports, as engine/protocol.py reads it.
     class ManifestEntry(TypedDict):
@@ -349,31 +353,28 @@ class _Watch:
     the most tasks (processes and threads) of the sandbox's user at once, ours and init's
     included, once the program has started a task of its own."""
 
-    def __init__(self, before: "Counters", nonce: str) -> None:
+    def __init__(self, before: "Counters", teller: "_Teller") -> None:
         self.full: list[str] = []
         self.open_files_peak = 0
         self.tasks_peak: int | None = 0 if before["forks_refused"] is None else None
         self._lock = threading.Lock()  # the waiting loop and the reaper both look
         self._before = before
-        self._nonce = nonce
-        self._told: SoFarLine | None = None
+        self.teller = teller
 
     def tell(self) -> None:
-        """Write what was measured so far as a marked line on stderr, if it changed since the
-        last one: a run followed while it runs (run_status) sees the limits it reached."""
+        """Hand what was measured so far to the teller: a run followed while it runs
+        (run_status) sees the limits it reached."""
         now = _counters()
-        so_far: SoFarLine = {
-            "forks_refused": _grew(self._before["forks_refused"], now["forks_refused"]),
-            "full": list(self.full),
-            "at_file_size": [],  # looked for once, at the end
-            "open_files_peak": self.open_files_peak,
-            "tasks_peak": self.tasks_peak,
-            "oom_kills": _grew(self._before["oom_kills"], now["oom_kills"]),
-        }
-        if so_far != self._told:
-            self._told = so_far
-            with STDERR_LOCK:
-                _write_all(2, _marked_line(MEASURED_PREFIX, self._nonce, so_far))
+        self.teller.tell(
+            {
+                "forks_refused": _grew(self._before["forks_refused"], now["forks_refused"]),
+                "full": list(self.full),
+                "at_file_size": [],  # looked for once, at the end
+                "open_files_peak": self.open_files_peak,
+                "tasks_peak": self.tasks_peak,
+                "oom_kills": _grew(self._before["oom_kills"], now["oom_kills"]),
+            }
+        )
 
     def sample(self, ended: int = 0) -> None:
         """Look now; ``ended`` is a child that has exited but is not yet reaped: its task still
@@ -408,6 +409,44 @@ class _Watch:
                 # As PID 1 we are a pod's container: the pod's pause process counts toward its
                 # limit but is not in our PID namespace.
                 self.tasks_peak = max(self.tasks_peak, tasks + (1 if own == 1 else 0))
+
+
+class _Teller:
+    """Writes the newest measured-so-far line, when it changed, on stderr, from a thread of its
+    own: a stderr the host reads slowly (or the relay holding it) must never hold up the loop that
+    keeps the time limit. Marked with the job's ``measured_nonce``: the program can read it."""
+
+    def __init__(self, nonce: str) -> None:
+        self._nonce = nonce
+        self._newest: SoFarLine | None = None
+        self._told: SoFarLine | None = None
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._write, daemon=True)
+        self._thread.start()
+
+    def tell(self, so_far: "SoFarLine") -> None:
+        if so_far != self._newest:
+            self._newest = so_far
+            self._wake.set()
+
+    def stop(self) -> None:
+        """No line after this returns (or after a second: a stuck stderr is the host's problem)."""
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=1.0)
+
+    def _write(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            newest = self._newest
+            if self._stopped:
+                return
+            if newest is not None and newest != self._told:
+                self._told = newest
+                with STDERR_LOCK, contextlib.suppress(OSError):
+                    _write_all(2, _marked_line(MEASURED_PREFIX, self._nonce, newest))
 
 
 def _is_full(mount: str) -> bool:
@@ -1162,9 +1201,10 @@ def main() -> None:
         env["PATH"] = f"{PACKAGES}/bin:{env['PATH']}"
     os.chdir(WORK)
     before = _counters()
-    watch = _Watch(before, nonce)
+    watch = _Watch(before, _Teller(job["measured_nonce"]))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     ran = _run(job, program_stdin, env, ignored, watch) if installed else None
+    watch.teller.stop()  # no measured line after this: the end line is the last word
     _end_everything_else()
     _reap_orphans()
     after = _counters()

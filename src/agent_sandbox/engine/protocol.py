@@ -90,6 +90,9 @@ class Job(TypedDict):
     post_mortem: bool  # dump every Python process's stacks before a kill at the time limit
     nonce: str
     install_nonce: str
+    # Marks the measured-so-far lines, written while the program runs: it can read them (its
+    # stderr is theirs), so they carry a nonce of their own and are only ever advice.
+    measured_nonce: str
 
 
 class ManifestEntry(TypedDict):
@@ -166,7 +169,7 @@ class EndLine(TypedDict):
     post_mortem: PostMortemLine | None  # None: no kill at the time limit, or not asked for
 
 
-def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
+def job_header(spec: RunSpec, nonce: str, install_nonce: str = "", measured_nonce: str = "") -> bytes:
     """What the launcher reads first: the job's size, then the job."""
     results = spec.results
     job: Job = {
@@ -199,6 +202,7 @@ def job_header(spec: RunSpec, nonce: str, install_nonce: str = "") -> bytes:
         "post_mortem": results.post_mortem,
         "nonce": nonce,
         "install_nonce": install_nonce,
+        "measured_nonce": measured_nonce,
     }
     encoded = json.dumps(job).encode()
     return b"%d\n" % len(encoded) + encoded
@@ -256,7 +260,9 @@ class MarkedLine:
 class SoFarLines:
     """The launcher's measured-so-far lines in stderr, wherever they come (between the program's
     writes, even within one of its lines): ``feed`` takes them out and returns the program's bytes;
-    ``reports`` has every line taken, unread ones first."""
+    ``reports`` has every line taken, unread ones first. They are marked with the job's
+    ``measured_nonce``, never its ``nonce``: a program can read its own stderr back, so what they
+    say is advice (what run_status shows), never the result."""
 
     def __init__(self, nonce: str):
         self._nonce = nonce

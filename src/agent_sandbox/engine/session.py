@@ -108,13 +108,14 @@ class JobSession:
         # pod): a launcher late at its deadline is then plainly stuck, and is killed at once.
         self._resumable = resumable
         self._clock = clock
-        nonce, install_nonce = secrets.token_hex(16), secrets.token_hex(16)
-        self.payload = job_header(spec, nonce, install_nonce) + spec.archive + (spec.stdin or b"")
+        nonce, install_nonce, measured_nonce = (secrets.token_hex(16) for _ in range(3))
+        header = job_header(spec, nonce, install_nonce, measured_nonce)
+        self.payload = header + spec.archive + (spec.stdin or b"")
         cap = spec.limits.output_capture_kib * 1024
         self._captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
         self._watchers = [on_output] if on_output is not None else []
         self._ends = {STDOUT: EndOfJob(nonce), STDERR: EndOfJob(nonce)}
-        self._so_far = SoFarLines(nonce)
+        self._so_far = SoFarLines(measured_nonce)
         self._reached: list[str] = []  # the kinds of limit seen reached while the program runs
         results = spec.results
         self._files = FilesBlock(nonce, results.max_files, results.max_bytes)

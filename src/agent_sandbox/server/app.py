@@ -33,7 +33,7 @@ def build_server(
     settings = sandbox.settings
     metrics = Metrics(sandbox)
     # Without a lifetime for background runs, the tools still read the runs on disk.
-    background = background or BackgroundRuns(settings.runs)
+    background = background or BackgroundRuns(settings.runs, settings.engine.max_concurrent_runs)
     tasks = RunTasks(background, transport, settings.results)
     server = MCPServer(
         SERVER_NAME,

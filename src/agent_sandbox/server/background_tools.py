@@ -20,12 +20,12 @@ from agent_sandbox.errors import RunError, describe
 from agent_sandbox.models import RunAnswer, RunStatus
 from agent_sandbox.run_store import RunRecord
 from agent_sandbox.server.content import tool_result
+from agent_sandbox.server.progress import HEARTBEAT_S
 from agent_sandbox.server.summary import escape_controls
 
 ClientOf = Callable[[Context], str]
 MAX_WAIT_S = 300.0
 DEFAULT_WAIT_S = 30.0
-HEARTBEAT_S = 10.0  # while run_result waits: progress, so a client keeps waiting
 _ID_FIELD = Field(description="A run_id from run_python or run_project with background=true.")
 
 
@@ -38,15 +38,8 @@ class RunList(BaseModel):
 def status_of(record: RunRecord, background: BackgroundRuns) -> RunStatus:
     """The run's status as a client is told it, with what to call next."""
     output = record.output
-    limits_hit = list(output.limits_hit) if output else []
-    error = record.error
-    if record.state == "finished":  # the verdict's, which also counts what only the end shows
-        try:
-            result = background.store.result(record.id, None)
-        except RunError as exc:  # one run's broken result must not cost a list of them all
-            error = str(exc)
-        else:
-            limits_hit = [v.kind.value for v in result.violations] if result is not None else limits_hit
+    # Once finished, the verdict's, which also counts what only the end shows.
+    limits_hit = record.limits_hit if record.state == "finished" else output.limits_hit if output else ()
     return RunStatus(
         run_id=record.id,
         state=record.state,
@@ -58,8 +51,8 @@ def status_of(record: RunRecord, background: BackgroundRuns) -> RunStatus:
         stderr_tail=output.stderr if output else "",
         stdout_bytes=output.stdout_bytes if output else 0,
         stderr_bytes=output.stderr_bytes if output else 0,
-        limits_hit=limits_hit,
-        error=error,
+        limits_hit=list(limits_hit),
+        error=record.error,
         next=_next(record),
     )
 

@@ -13,6 +13,7 @@ import anyio
 
 from agent_sandbox.engine.base import Stage
 from agent_sandbox.live_output import LiveOutput
+from agent_sandbox.server.summary import escape_controls
 
 Send = Callable[[float, float, str], Awaitable[None]]  # progress, total, message
 # Progress as MCP reports it: installing and running are the same step (one or the other).
@@ -74,12 +75,15 @@ class RunProgress:
         if printed == self._seen:
             return False
         self._seen = printed
-        await self._notify(self._running_step(now), "output: " + text)
+        await self._notify(self._running_step(now), "output: " + escape_controls(text))
         return True
 
     def _running_step(self, now: float) -> float:
-        """Within the running step: the share of the time limit used so far."""
-        used = (now - self._running_since) / self._timeout_s if self._running_since is not None else 0.0
+        """Within the running step: the share of the time limit used so far; before it, the
+        stage the run is at (the least step up)."""
+        if self._running_since is None:
+            return self._last
+        used = (now - self._running_since) / self._timeout_s
         return STEPS["running"] + min(used, 0.99)
 
     def _heartbeat(self, now: float) -> str:

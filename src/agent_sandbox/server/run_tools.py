@@ -231,23 +231,28 @@ class ToolCall:
         return tool_result(result, self.sandbox.settings.results)
 
     def start(self, tool: str, caller: Caller, make_request: _RequestFactory) -> RunRecord:
-        """Start the call as a background run (``RunError`` when it cannot); the request is
-        checked first, so a refusal comes back at once rather than as a failed run."""
+        """Start the call as a background run. The request, the client's start rate and the
+        caps are checked first, so a refusal comes back at once rather than as a failed run (a
+        server whose slots and queue are full fails the run, and run_status says so)."""
         try:
             request = self._validated(make_request)
             self.sandbox.prepare(request)
+            self.rate.count(caller.id)
         except SandboxError as exc:
             self._record("refused", tool, caller.id, None, None, describe(exc))
             raise ToolError(describe(exc)) from None
 
         async def work(on_output: OutputCallback, on_progress: ProgressCallback) -> RunResult:
-            return await self.execute(tool, caller, lambda: request, on_progress, on_output)
+            return await self.execute(
+                tool, caller, lambda: request, on_progress, on_output, rate_counted=True
+            )
 
         try:
             return self.background.start(
                 caller.id, tool, request.limits.timeout_s or self._default_timeout(), work
             )
         except RunError as exc:
+            self.rate.refund(caller.id)  # it never started
             raise ToolError(describe(exc)) from None
 
     async def execute(
@@ -257,14 +262,17 @@ class ToolCall:
         make_request: _RequestFactory,
         on_progress: ProgressCallback,
         on_output: OutputCallback,
+        rate_counted: bool = False,
     ) -> RunResult:
-        """The run itself, on the record: audit and metrics; a refusal raises ``SandboxError``."""
+        """The run itself, on the record: audit and metrics; a refusal raises ``SandboxError``.
+        ``rate_counted``: the client's start rate already counted it (a background run's start)."""
         client = caller.id
         request: RunRequest | None = None
         started = time.monotonic()
         try:
             request = self._validated(make_request)
-            self.rate.count(client)
+            if not rate_counted:
+                self.rate.count(client)
             self._record("started", tool, client, request, None, None)
             try:
                 result = await self.sandbox.run(request, on_progress, caller, on_output)

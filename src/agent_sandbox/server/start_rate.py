@@ -41,6 +41,8 @@ class StartRate:
         """Take back ``client``'s latest start: the run was refused after all (busy)."""
         if starts := self._starts.get(client):
             starts.pop()
+            if not starts:  # no start left in the window: as if it had never started one
+                del self._starts[client]
 
     @property
     def tracked_clients(self) -> int:

@@ -43,6 +43,7 @@ from agent_sandbox.run_store import RunRecord
 from agent_sandbox.server.background_tools import status_answer, status_of
 from agent_sandbox.server.clients import Channel, client_of_request
 from agent_sandbox.server.content import tool_result
+from agent_sandbox.server.summary import escape_controls
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
@@ -94,6 +95,8 @@ class RunTasks(Extension):
 
     async def middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Declare tasks where 2025 wants them, and turn a task-asking run call into a task."""
+        if not self.background.offered:  # nothing to declare, no call to make a task of
+            return await call_next(ctx)
         if ctx.method == "initialize":
             return _with_capability(await call_next(ctx))
         if ctx.method == "tools/list" and not _modern(ctx):
@@ -102,7 +105,8 @@ class RunTasks(Extension):
             return await call_next(ctx)
         name = ctx.params.get("name")
         if _modern(ctx):
-            if name not in TASK_TOOLS or not _declared(ctx):
+            # The server decides: a task when one can start now, else the call as it always was.
+            if name not in TASK_TOOLS or not _declared(ctx) or self.background.refusal(self._owner(ctx)):
                 return await call_next(ctx)
         elif ctx.params.get("task") is None:
             return await call_next(ctx)
@@ -186,7 +190,7 @@ class RunTasks(Extension):
         status = status_of(record, self.background)
         last = (status.stdout_tail or status.stderr_tail).rstrip("\n").rpartition("\n")[2]
         message = status.error or (status.stage or status.state) + (
-            f"; last output: {last[-200:]}" if last else ""
+            f"; last output: {escape_controls(last[-200:])}" if last else ""
         )
         ended = record.ended or record.created
         ttl_ms = int(self.background.settings.result_ttl_s * 1000)
