@@ -82,7 +82,9 @@ class BackgroundRuns:
         for live in self._live.values():
             live.scope.cancel()
         group, self._group = self._group, None
-        await group.__aexit__(exc_type, exc, traceback)
+        # Every task was just told to end: wait for them, and let whatever ended the block (a
+        # KeyboardInterrupt from SIGTERM, say) go on as itself, not wrapped in a group.
+        await group.__aexit__(None, None, None)
 
     @property
     def offered(self) -> bool:

@@ -53,6 +53,9 @@ EXERCISED = {
     ".venv/bin/python examples/agents/python_client.py": (
         "tests/mcp/test_examples.py::test_the_python_client_example_runs_both_tools"
     ),
+    ".venv/bin/python examples/agents/background_client.py": (
+        "tests/mcp/test_examples.py::test_the_background_client_example_follows_a_long_run"
+    ),
     ".venv/bin/python examples/agents/pydantic_ai_agent.py": (
         "tests/mcp/test_agent_examples.py::test_the_example_answers_with_what_the_sandbox_computed"
     ),

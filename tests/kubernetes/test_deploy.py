@@ -298,7 +298,12 @@ def test_the_base_renders_with_its_hardening(kubeconfig: str) -> None:
     assert pod["serviceAccountName"] == "agent-sandbox-server"
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
-    assert set(mounts) == {"/var/lib/agent-sandbox/workspaces", "/var/cache/agent-sandbox", "/tmp"}
+    assert set(mounts) == {
+        "/var/lib/agent-sandbox/workspaces",
+        "/var/lib/agent-sandbox/runs",
+        "/var/cache/agent-sandbox",
+        "/tmp",
+    }
     assert all("emptyDir" in volume for volume in mounts.values())
     assert container["image"] == "agent-sandbox-server:latest"
     assert container["args"] == [

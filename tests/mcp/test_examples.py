@@ -35,3 +35,19 @@ def test_every_client_config_names_the_stdio_server() -> None:
         server = json.loads((AGENTS / name).read_text())[key]["agent-sandbox"]
         assert server["command"].endswith("/.venv/bin/agent-sandbox"), name
         assert server["args"] == ["serve"], name
+
+
+def test_the_background_client_example_follows_a_long_run() -> None:
+    done = subprocess.run(
+        [sys.executable, str(AGENTS / "background_client.py")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("started ")
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert epochs == [f"epoch {n}: loss {1 / n:.3f}" for n in range(1, 5)]  # each once, in order
+    assert lines[-1].startswith("exit code 0 in ")

@@ -57,6 +57,7 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
         "image",
         "workspace",
         "return_last_expression",
+        "background",
     }
     assert project.input_schema["required"] == ["files"]
     assert set(project.input_schema["properties"]) == {
@@ -69,10 +70,17 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
         "requirements",
         "image",
         "workspace",
+        "background",
     }
     for tool in (python, project):
         assert tool.output_schema is not None
-        assert set(tool.output_schema["properties"]) >= RESULT_FIELDS
+        # A result, or for a background run its status: both described, either may come back.
+        assert tool.output_schema["type"] == "object"
+        assert {branch["$ref"] for branch in tool.output_schema["anyOf"]} == {
+            "#/$defs/RunResult",
+            "#/$defs/RunStatus",
+        }
+        assert set(tool.output_schema["$defs"]["RunResult"]["properties"]) >= RESULT_FIELDS
         assert "NO network" in (tool.description or "")
         assert "/work" in (tool.description or "")
         assert tool.annotations is not None
@@ -207,8 +215,11 @@ async def test_progress_is_reported_while_starting_and_running(client: Client) -
 
     await client.call_tool("run_python", {"code": "print(1)"}, progress_callback=on_progress)
     messages = [message for _, _, message in seen]
-    assert messages == ["creating a fresh container", "the program is running", "finished"]
-    assert [progress for progress, _, _ in seen] == [2, 3, 4]
+    assert messages == ["creating a fresh container", "the program is running", "output: 1\n", "finished"]
+    progress = [progress for progress, _, _ in seen]
+    assert progress[:2] == [2, 3]
+    assert 3 < progress[2] < 4  # within the running step: the share of the time limit used
+    assert progress[3] == 4
     seen.clear()
     await client.call_tool(
         "run_python", {"code": "import six", "requirements": ["six"]}, progress_callback=on_progress

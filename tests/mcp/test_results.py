@@ -146,6 +146,6 @@ async def test_the_output_schema_describes_the_new_fields(client: Client) -> Non
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     schema = tools["run_python"].output_schema
     assert schema is not None
-    assert {"artifacts", "return_value", "error"} <= set(schema["properties"])
+    assert {"artifacts", "return_value", "error"} <= set(schema["$defs"]["RunResult"]["properties"])
     assert "return_last_expression" in tools["run_python"].input_schema["properties"]
     assert "return_last_expression" not in tools["run_project"].input_schema["properties"]
