@@ -45,9 +45,9 @@ def add_run_tools(
     channel: Channel,
     metrics: Metrics,
     background: BackgroundRuns,
-) -> "ToolCall":
+) -> None:
     """Register ``run_python`` and ``run_project`` on ``server``, running through ``sandbox`` (in
-    the ``background`` when a call asks); the ``ToolCall`` that runs them."""
+    the ``background`` when a call asks)."""
     settings = sandbox.settings
     limits = settings.limits
     calls = ToolCall(
@@ -180,7 +180,6 @@ def add_run_tools(
         "top-level requirements.txt among them is installed like `requirements`. " + environment,
         annotations=ANNOTATIONS,
     )
-    return calls
 
 
 class ToolCall:
