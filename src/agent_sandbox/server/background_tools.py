@@ -11,7 +11,7 @@ from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from agent_sandbox.background import BackgroundRuns
@@ -22,6 +22,7 @@ from agent_sandbox.run_store import RunRecord
 from agent_sandbox.server.content import tool_result
 from agent_sandbox.server.progress import HEARTBEAT_S
 from agent_sandbox.server.summary import escape_controls
+from agent_sandbox.server.tool_table import add_tools
 
 ClientOf = Callable[[Context], str]
 MAX_WAIT_S = 300.0
@@ -131,34 +132,27 @@ def add_background_tools(
 
     settings = background.settings
     keep = f"Results are kept {settings.result_ttl_s:g} s after a run ends, across server restarts."
-    for tool, title, description, read_only in (
-        (
-            run_status,
-            "Background run status",
-            "The state of a background run and the last lines it printed so far (without waiting).",
-            True,
-        ),
-        (
-            run_result,
-            "Background run result",
-            "The result of a background run, the same as the foreground call would have returned; "
-            "waits up to wait_s for it to end, else returns its status. " + keep,
-            True,
-        ),
-        (run_cancel, "Cancel a background run", "Stop a background run and remove its sandbox.", False),
-        (runs_list, "List background runs", "This client's background runs, newest first. " + keep, True),
-    ):
-        server.add_tool(
-            tool,
-            title=title,
-            description=description,
-            annotations=ToolAnnotations(
-                read_only_hint=read_only,
-                destructive_hint=tool is run_cancel,
-                idempotent_hint=read_only,
-                open_world_hint=False,
+    add_tools(
+        server,
+        [
+            (
+                run_status,
+                "Background run status",
+                "The state of a background run and the last lines it printed so far (without waiting).",
+                True,
             ),
-        )
+            (
+                run_result,
+                "Background run result",
+                "The result of a background run, the same as the foreground call would have returned; "
+                "waits up to wait_s for it to end, else returns its status. " + keep,
+                True,
+            ),
+            (run_cancel, "Cancel a background run", "Stop a background run and remove its sandbox.", False),
+            (runs_list, "List background runs", "This client's background runs, newest first. " + keep, True),
+        ],
+        run_cancel,
+    )
 
 
 async def _waiting(

@@ -210,16 +210,20 @@ class ToolCall:
     ) -> CallToolResult:
         """The call's result; for a background run, its status at once (the run goes on)."""
         caller = caller_of(ctx, self.channel, self.share)
+        try:
+            request = self._validated(make_request)
+        except SandboxError as exc:
+            raise self._refused(tool, caller.id, None, exc) from None
         if background:
-            record = self.start(tool, caller, make_request)
+            record = self.start(tool, caller, request)
             return status_answer(self.background.status(record.id, caller.id), self.background)
-        progress = RunProgress(_sender(ctx), self._timeout_of(make_request))
+        progress = RunProgress(_sender(ctx), request.limits.timeout_s or self._default_timeout())
         output = LiveOutput()
         refusal: SandboxError | None = None
         async with anyio.create_task_group() as live:
             live.start_soon(progress.follow, output)
             try:
-                result = await self.execute(tool, caller, make_request, progress.stage, output.feed)
+                result = await self.execute(tool, caller, request, progress.stage, output.feed)
             except SandboxError as exc:
                 refusal = exc
             finally:
@@ -229,22 +233,18 @@ class ToolCall:
         await progress.finished(output)
         return tool_result(result, self.sandbox.settings.results)
 
-    def start(self, tool: str, caller: Caller, make_request: _RequestFactory) -> RunRecord:
+    def start(self, tool: str, caller: Caller, request: RunRequest) -> RunRecord:
         """Start the call as a background run. The request, the client's start rate and the
         caps are checked first, so a refusal comes back at once rather than as a failed run (a
         server whose slots and queue are full fails the run, and run_status says so)."""
         try:
-            request = self._validated(make_request)
             self.sandbox.prepare(request)
             self.rate.count(caller.id)
         except SandboxError as exc:
-            self._record("refused", tool, caller.id, None, None, describe(exc))
-            raise ToolError(describe(exc)) from None
+            raise self._refused(tool, caller.id, request, exc) from None
 
         async def work(on_output: OutputCallback, on_progress: ProgressCallback) -> RunResult:
-            return await self.execute(
-                tool, caller, lambda: request, on_progress, on_output, rate_counted=True
-            )
+            return await self.execute(tool, caller, request, on_progress, on_output, rate_counted=True)
 
         try:
             return self.background.start(
@@ -258,7 +258,7 @@ class ToolCall:
         self,
         tool: str,
         caller: Caller,
-        make_request: _RequestFactory,
+        request: RunRequest,
         on_progress: ProgressCallback,
         on_output: OutputCallback,
         rate_counted: bool = False,
@@ -266,10 +266,8 @@ class ToolCall:
         """The run itself, on the record: audit and metrics; a refusal raises ``SandboxError``.
         ``rate_counted``: the client's start rate already counted it (a background run's start)."""
         client = caller.id
-        request: RunRequest | None = None
         started = time.monotonic()
         try:
-            request = self._validated(make_request)
             if not rate_counted:
                 self.rate.count(client)
             self._record("started", tool, client, request, None, None)
@@ -279,8 +277,7 @@ class ToolCall:
                 self.rate.refund(client)  # it never ran
                 raise
         except SandboxError as exc:
-            self._record("refused", tool, client, request, None, describe(exc))
-            self.metrics.record_error(tool, exc)
+            self._refused(tool, client, request, exc)
             raise
         except BaseException as exc:  # cancelled by the client, or a bug: still on the record
             self._record("ended", tool, client, request, None, f"interrupted: {type(exc).__name__}")
@@ -290,11 +287,11 @@ class ToolCall:
         self.metrics.record_result(tool, result, time.monotonic() - started)
         return result
 
-    def _timeout_of(self, make_request: _RequestFactory) -> float:
-        try:
-            return make_request().limits.timeout_s or self._default_timeout()
-        except ValidationError:
-            return self._default_timeout()
+    def _refused(self, tool: str, client: str, request: RunRequest | None, exc: SandboxError) -> ToolError:
+        """A refusal on the record (audit, metrics), as the tool error that tells the client."""
+        self._record("refused", tool, client, request, None, describe(exc))
+        self.metrics.record_error(tool, exc)
+        return ToolError(describe(exc))
 
     def _default_timeout(self) -> float:
         return self.sandbox.settings.limits.timeout_s

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, TextContent
 from pydantic import Field
 
 from agent_sandbox.errors import WorkspaceError
 from agent_sandbox.filenames import name_from_shown, shown_name
 from agent_sandbox.sandbox import Sandbox
+from agent_sandbox.server.tool_table import add_tools
 
 ClientOf = Callable[[Context], str]
 MAX_READ_BYTES = 1024 * 1024
@@ -91,25 +92,18 @@ def add_workspace_tools(server: MCPServer, sandbox: Sandbox, client_of: ClientOf
         f"A workspace keeps /work between runs (up to {settings.max_kib} KiB, dropped after "
         f"{settings.idle_ttl_s:g} s unused); every run still gets a fresh container."
     )
-    for tool, title, description, read_only in (
-        (workspace_create, "Create a workspace", "Create a workspace and return its id. " + keep, False),
-        (workspace_files, "List a workspace", "List the files in a workspace, with sizes.", True),
-        (
-            workspace_read,
-            "Read a workspace file",
-            "Read one file of a workspace (UTF-8 text or base64).",
-            True,
-        ),
-        (workspace_delete, "Delete a workspace", "Delete a workspace and its files.", False),
-    ):
-        server.add_tool(
-            tool,
-            title=title,
-            description=description,
-            annotations=ToolAnnotations(
-                read_only_hint=read_only,
-                destructive_hint=tool is workspace_delete,
-                idempotent_hint=read_only,
-                open_world_hint=False,
+    add_tools(
+        server,
+        [
+            (workspace_create, "Create a workspace", "Create a workspace and return its id. " + keep, False),
+            (workspace_files, "List a workspace", "List the files in a workspace, with sizes.", True),
+            (
+                workspace_read,
+                "Read a workspace file",
+                "Read one file of a workspace (UTF-8 text or base64).",
+                True,
             ),
-        )
+            (workspace_delete, "Delete a workspace", "Delete a workspace and its files.", False),
+        ],
+        workspace_delete,
+    )
