@@ -225,6 +225,11 @@ class PackageSettings(_Section):
     )
     cache_dir: str = Field(default="", description="Wheel cache; empty: ~/.cache/agent-sandbox.")
     max_cache_mib: int = Field(default=4096, ge=1, description="Least recently used wheels go past this.")
+    auto_install: bool = Field(
+        default=True,
+        description="A run that dies on a missing module is run once more with the package that "
+        "provides it (within this policy); needs `enabled`.",
+    )
 
     @field_validator("allow", "deny")
     @classmethod
@@ -265,6 +270,12 @@ class WorkspaceSettings(_Section):
     dir: str = Field(default="", description="Where snapshots live; empty: the user's data folder.")
     max_kib: int = Field(
         default=50 * 1024, ge=1, description="Largest snapshot; a bigger /work is not saved."
+    )
+    max_state_kib: int = Field(
+        default=128 * 1024,
+        ge=0,
+        description="Largest Python state a run_python cell keeps (its names, pickled in the sandbox); "
+        "0 keeps none.",
     )
     max_count: int = Field(default=200, ge=1, description="Workspaces on this server.")
     max_per_client: int = Field(default=10, ge=1, description="Workspaces one client may have.")

@@ -67,6 +67,11 @@ class RunRequest(_Model):
     background: bool = Field(
         default=False, description="A background run: its time limit may go up to max_background_timeout_s."
     )
+    keep_state: bool | None = Field(
+        default=None,
+        description="A notebook cell in a workspace: restore the global names earlier cells kept, and "
+        "keep this one's for the next. None: on for notebook cells in a workspace.",
+    )
 
     @field_validator("env")
     @classmethod
@@ -160,6 +165,11 @@ class InstallReport(_Model):
     install_s: float = Field(description="Sandbox seconds to install them into /packages.")
     ok: bool = Field(description="All installed; when false, the program did not run.")
     output: str = Field(description="The installer's own output (its end, when long).")
+    auto: bool = Field(
+        default=False,
+        description="Added by the server after the program died on a missing module; the call was run again.",
+    )
+    added: list[str] = Field(default=[], description="With auto: the requirements the server added.")
 
 
 class ErrorInfo(_Model):
@@ -201,6 +211,28 @@ class Artifact(_Model):
     )
     omitted: str | None = Field(default=None, description="Why the file did not come back, if it did not.")
     data: bytes | None = Field(default=None, exclude=True, repr=False)  # raw bytes, never serialised
+
+
+class NameNote(_Model):
+    """One global name of a notebook cell, and why it was not carried."""
+
+    name: str
+    why: str
+
+
+class StateReport(_Model):
+    """The Python state of a notebook cell in a workspace: what the next cell will find."""
+
+    saved: bool = Field(description="This cell's names are now the workspace's Python state.")
+    kept: list[str] = Field(default=[], description="Names the next cell starts with (modules included).")
+    dropped: list[NameNote] = Field(default=[], description="This cell's names that could not be kept.")
+    not_restored: list[NameNote] = Field(
+        default=[],
+        description="Names saved earlier that this cell could not restore (kept for a later run that "
+        "can, unless this cell defined them anew).",
+    )
+    bytes: int = Field(default=0, description="Size of the kept state.")
+    note: str | None = Field(default=None, description="Why it was not saved.")
 
 
 class WorkspaceReport(_Model):
@@ -263,6 +295,9 @@ class RunResult(_Model):
         default_factory=list, description="Files under /work the program created or changed."
     )
     workspace: WorkspaceReport | None = Field(default=None, description="For a run in a workspace.")
+    state: StateReport | None = Field(
+        default=None, description="For a run_python cell in a workspace that keeps its Python state."
+    )
 
     @property
     def install_failed(self) -> bool:

@@ -8,11 +8,13 @@ import logging
 import math
 import unicodedata
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 from types import TracebackType
 
 import anyio.to_thread
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from agent_sandbox.admission import Admission, Caller, QueuedCallback
 from agent_sandbox.archive import (
@@ -25,20 +27,30 @@ from agent_sandbox.archive import (
     incoming_size,
 )
 from agent_sandbox.artifacts import collect_artifacts
+from agent_sandbox.cell_state import read_cell_state, state_notes
 from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.backends import make_engine
 from agent_sandbox.engine.base import Engine, EngineHealth, OutputCallback, ProgressCallback, WarmSandboxes
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, ResultCaps, RunSpec
-from agent_sandbox.errors import Refused
+from agent_sandbox.errors import PackageRefused, Refused
 from agent_sandbox.filenames import shown_name
-from agent_sandbox.models import InstallReport, LimitRequest, Limits, RunRequest, RunResult, WorkspaceReport
+from agent_sandbox.models import (
+    InstallReport,
+    LimitRequest,
+    Limits,
+    RunRequest,
+    RunResult,
+    StateReport,
+    WorkspaceReport,
+)
+from agent_sandbox.packages.missing import missing_module, missing_note, refusal
 from agent_sandbox.packages.policy import check_requested, check_resolved
 from agent_sandbox.packages.requirements import REQUIREMENTS_FILE, parse_requirements, requirements_file
 from agent_sandbox.packages.resolver import Resolution, WheelResolver
 from agent_sandbox.postmortem import stopped_at
 from agent_sandbox.tracebacks import parse_error
 from agent_sandbox.verdict import judge
-from agent_sandbox.workspaces import WorkspaceInfo, WorkspaceStore
+from agent_sandbox.workspaces import SavedState, WorkspaceInfo, WorkspaceStore
 
 log = logging.getLogger(__name__)
 LOCAL = Caller()  # a caller of this process's own: the command line, a script, a test
@@ -204,6 +216,11 @@ class Sandbox:
         """One file of the workspace."""
         return await anyio.to_thread.run_sync(self.workspaces.read, workspace, owner, path)
 
+    async def reset_workspace_state(self, workspace: str, owner: str) -> None:
+        """Forget the workspace's Python state; its files stay (on the event loop, like
+        ``delete_workspace``: a run on it meanwhile is refused, never undone)."""
+        self.workspaces.reset_state(workspace, owner)
+
     async def delete_workspace(self, workspace: str, owner: str) -> None:
         """Remove the workspace and its files (on the event loop, so no run can take it between
         the check that it is free and its removal)."""
@@ -212,7 +229,7 @@ class Sandbox:
     def prepare(self, request: RunRequest) -> RunSpec:
         """Validate ``request`` and turn it into a sandbox spec (without requirements), or raise
         ``Refused``."""
-        return self._spec(request, self._checked(request, list(request.files)), None)
+        return self._spec(request, self._checked(request, list(request.files)), None, None)
 
     async def run(
         self,
@@ -226,18 +243,108 @@ class Sandbox:
         and waits within its share; ``on_output`` sees the program's output as it comes."""
         requirements, files = self._requirements(request)  # the caller's own: never a workspace's
         if request.workspace is None:
-            result, _ = await self._execute(request, files, requirements, caller, on_progress, on_output)
+            result, _ = await self._attempt(request, files, requirements, caller, on_progress, on_output)
             return result
         workspace = request.workspace
         with self.workspaces.in_use(workspace, caller.id):
             stored = await anyio.to_thread.run_sync(self.workspaces.files, workspace, caller.id)
             files = self._on_top_of(workspace, stored, files)
-            result, outcome = await self._execute(
-                request, files, requirements, caller, on_progress, on_output
+            keep_state = self._keeps_state(request)
+            before = None
+            if keep_state:
+                before = await anyio.to_thread.run_sync(self.workspaces.state, workspace, caller.id)
+            result, outcome = await self._attempt(
+                request, files, requirements, caller, on_progress, on_output, before
             )
             report = await anyio.to_thread.run_sync(self._save, workspace, caller.id, outcome)
+            state = None
+            if keep_state:
+                state = await anyio.to_thread.run_sync(
+                    self._save_state, workspace, caller.id, outcome, report, before, result.profile
+                )
         notes = result.notes + ([f"Workspace {workspace}: {report.note}"] if report.note else [])
-        return result.model_copy(update={"workspace": report, "notes": notes})
+        if state is not None:
+            notes += state_notes(state, before.profile if before else None, result.profile)
+        return result.model_copy(update={"workspace": report, "state": state, "notes": notes})
+
+    async def _attempt(
+        self,
+        request: RunRequest,
+        files: list[Incoming],
+        requirements: list[Requirement],
+        caller: Caller,
+        on_progress: ProgressCallback | None,
+        on_output: OutputCallback | None,
+        state: SavedState | None = None,
+    ) -> tuple[RunResult, Outcome]:
+        """Run once. A run that died on a module none of its files provide gets a note naming
+        the package; with ``packages.auto_install`` (and the policy's leave) it runs once more,
+        from the same files and state, with that package installed."""
+
+        async def execute(packages: list[Requirement]) -> tuple[RunResult, Outcome]:
+            return await self._execute(request, files, packages, caller, on_progress, on_output, state)
+
+        result, outcome = await execute(requirements)
+        missing = missing_module(result.error)
+        if missing is None or _provided_by_files(missing.module, files):
+            return result, outcome
+        packages, profile = self.settings.packages, result.profile
+        note = missing_note(missing, profile, self.settings.engine.profiles, packages)
+        asked = {canonicalize_name(requirement.name) for requirement in requirements}
+        if (
+            not packages.auto_install
+            or refusal(missing, packages) is not None
+            or canonicalize_name(missing.distribution) in asked
+        ):
+            return result.model_copy(update={"notes": [*result.notes, note]}), outcome
+        added = parse_requirements([missing.requirement])
+        try:
+            retry, retried = await execute(requirements + added)
+        except PackageRefused as exc:
+            tried = f"The server tried to install {missing.requirement!r} for it and could not: {exc}"
+            return result.model_copy(update={"notes": [*result.notes, note, tried]}), outcome
+        if retry.install is None or not retry.install.ok:
+            output = retry.install.output if retry.install else ""
+            tried = f"The server tried to install {missing.requirement!r} for it; that failed: {output}"
+            return result.model_copy(update={"notes": [*result.notes, note, tried]}), outcome
+        install = retry.install.model_copy(update={"auto": True, "added": [missing.requirement]})
+        auto = (
+            f"The first run stopped on ModuleNotFoundError (no module named {missing.module!r}); the "
+            f"server installed {missing.requirement!r} (offline, for this call only) and ran the call "
+            f"once more in a fresh sandbox, from the same files{' and state' if state else ''}: this is "
+            f"that run. Next time pass requirements=[{missing.requirement!r}] yourself."
+        )
+        return retry.model_copy(update={"install": install, "notes": [*retry.notes, auto]}), retried
+
+    def _keeps_state(self, request: RunRequest) -> bool:
+        """Whether this run restores and keeps the workspace's Python state."""
+        in_workspace = request.notebook and request.workspace is not None
+        return in_workspace and request.keep_state is not False and self.settings.workspaces.max_state_kib > 0
+
+    def _save_state(
+        self,
+        workspace: str,
+        owner: str,
+        outcome: Outcome,
+        files: WorkspaceReport,
+        before: SavedState | None,
+        profile: str,
+    ) -> StateReport:
+        """Keep the cell's state as the workspace's, together with its files: if /work was not
+        saved, neither is the state (the next call starts where this one did)."""
+        if not files.saved:
+            outcome = replace(outcome, state=None)
+        cell = read_cell_state(outcome.state, before)
+        if not files.saved:
+            note = "not saved, as /work was not: the next call starts with the names of before this call"
+            return cell.report.model_copy(update={"note": note})
+        if cell.data is not None:
+            kept = SavedState(cell.data, tuple(cell.report.kept), profile)
+            try:
+                self.workspaces.save_state(workspace, owner, kept)
+            except Refused as exc:  # deleted or expired meanwhile
+                return cell.report.model_copy(update={"saved": False, "note": f"not saved: {exc}"})
+        return cell.report
 
     def _longest_sandbox_life_s(self) -> float:
         """How long a sandbox of ours can legitimately exist: a warm wait or an install, then a
@@ -269,12 +376,20 @@ class Sandbox:
                 f"{', '.join(self.settings.engine.profiles)}"
             )
         limits = resolve_limits(request.limits, self.settings.limits, request.background)
+        if request.keep_state and not (request.notebook and request.workspace is not None):
+            raise Refused(
+                "keep_state is for run_python cells in a workspace (pass workspace=...); a run_project "
+                "program's names end with it: keep what matters in files under /work instead"
+            )
         return _Checked(archive, stdin, profile, limits)
 
-    def _spec(self, request: RunRequest, checked: _Checked, install: InstallSpec | None) -> RunSpec:
+    def _spec(
+        self, request: RunRequest, checked: _Checked, install: InstallSpec | None, state: SavedState | None
+    ) -> RunSpec:
         """The spec the engine runs, in one step."""
         results, engine = self.settings.results, self.settings.engine
         in_workspace = request.workspace is not None
+        keep_state = self._keeps_state(request)
         return RunSpec(
             image=engine.image_of(checked.profile),
             archive=checked.archive.data,
@@ -283,6 +398,7 @@ class Sandbox:
             stdin=checked.stdin,
             env=dict(request.env),
             limits=checked.limits,
+            state=state.data if state is not None and keep_state else b"",
             network=engine.network,
             runtime=engine.runtime,
             install=install,
@@ -300,6 +416,7 @@ class Sandbox:
                     if in_workspace
                     else 0
                 ),
+                state_bytes=self.settings.workspaces.max_state_kib * 1024 if keep_state else 0,
             ),
         )
 
@@ -395,9 +512,11 @@ class Sandbox:
         caller: Caller,
         on_progress: ProgressCallback | None,
         on_output: OutputCallback | None,
+        state: SavedState | None = None,
     ) -> tuple[RunResult, Outcome]:
-        """Run ``request`` with ``files`` once ``caller`` is admitted; its result, and the raw
-        outcome (which holds all of /work when it is a workspace run)."""
+        """Run ``request`` with ``files`` (and a workspace's Python ``state``) once ``caller`` is
+        admitted; its result, and the raw outcome (which holds all of /work, and the cell's new
+        state, when it is a workspace run)."""
         checked = self._checked(request, files)
         resolution = None
         if requirements:
@@ -405,7 +524,7 @@ class Sandbox:
                 await on_progress("resolving")
             resolution = await self._resolve(requirements)
         async with self._installing(resolution) as install:
-            spec = self._spec(request, checked, install)
+            spec = self._spec(request, checked, install, state)
             async with self.admission.admit(caller, _queued_reporter(on_progress)):
                 outcome = await self.engine.run(spec, on_progress, on_output)
         stderr = outcome.stderr_text
@@ -464,6 +583,13 @@ class Sandbox:
             mount = PackageMount(str(folder), self.settings.packages.install_mib)
             wheels = tuple(wheel.filename for wheel in resolution.wheels)
             yield InstallSpec(mount, wheels, self.settings.packages.install_timeout_s)
+
+
+def _provided_by_files(module: str, files: list[Incoming]) -> bool:
+    """Whether the run's own files hold a module or folder of that name: then the import failed
+    for its place (sys.path), not for a missing package, and nothing is installed for it."""
+    names = {module, f"{module}.py"}
+    return any(names & set(PurePosixPath(incoming_path(file)).parts) for file in files)
 
 
 def _mib(size: int | None) -> float | None:

@@ -1,10 +1,12 @@
 """Workspaces: a run's /work kept between calls as a snapshot on the host's disk, restored into
 the next run's fresh container. Never a kept container, and never unpacked on the host.
 
-Layout under the configured folder: ``<id>/meta.json`` (owner, created, last used) and
-``<id>/snapshot.tar``, which this module writes itself from files the sandbox streamed out, and
-reads back member by member into memory, refusing anything but regular files and folders with
-clean paths within the size cap.
+Layout under the configured folder: ``<id>/meta.json`` (owner, created, last used, what the
+Python state holds) and ``<id>/snapshot.tar``, which this module writes itself from files the
+sandbox streamed out, and reads back member by member into memory, refusing anything but regular
+files and folders with clean paths within the size cap; and ``<id>/state.bin``, a notebook
+cell's global names as the sandbox pickled them: opaque bytes here, handed only to a later
+sandbox of the same workspace (never unpickled outside one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ _TAR_OVERHEAD = 1024 * 1024  # headers and padding a snapshot of max_kib may add
 
 
 @dataclass(frozen=True)
+class SavedState:
+    """A workspace's Python state: bytes only a sandbox unpickles, and what the host was told of
+    them (the names, the profile they were saved under)."""
+
+    data: bytes
+    names: tuple[str, ...]
+    profile: str
+
+
+@dataclass(frozen=True)
 class WorkspaceInfo:
     """One workspace and what it holds."""
 
@@ -44,6 +56,9 @@ class WorkspaceInfo:
     created: float
     used: float
     files: dict[str, int]  # path -> size
+    state_names: tuple[str, ...] = ()  # the Python state's names, for a notebook cell
+    state_bytes: int = 0
+    state_profile: str | None = None
 
 
 class WorkspaceStore:
@@ -82,7 +97,45 @@ class WorkspaceStore:
         """The workspace and the size of every file in it."""
         folder, meta = self._owned(workspace_id, owner)
         files = {path: len(data) for path, data in self._read_snapshot(folder).items()}
-        return WorkspaceInfo(workspace_id, meta["owner"], meta["created"], meta["used"], files)
+        state = meta.get("state") or {}
+        return WorkspaceInfo(
+            workspace_id,
+            meta["owner"],
+            meta["created"],
+            meta["used"],
+            files,
+            state_names=tuple(state.get("names", ())),
+            state_bytes=int(state.get("bytes", 0)),
+            state_profile=state.get("profile"),
+        )
+
+    def state(self, workspace_id: str, owner: str) -> SavedState | None:
+        """The Python state the workspace's last stateful cell kept, if any (its bytes unread)."""
+        folder, meta = self._owned(workspace_id, owner)
+        state = meta.get("state")
+        if not state:
+            return None
+        path = folder / "state.bin"
+        try:
+            if path.stat().st_size > self.settings.max_state_kib * 1024:
+                raise _refused_state(workspace_id, f"it is over the {self.settings.max_state_kib} KiB cap")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _refused_state(workspace_id, f"it cannot be read ({exc})") from None
+        return SavedState(data, tuple(state.get("names", ())), str(state.get("profile", "")))
+
+    def save_state(self, workspace_id: str, owner: str, state: SavedState | None) -> None:
+        """Make ``state`` the workspace's Python state (None: it has none)."""
+        folder, meta = self._owned(workspace_id, owner)
+        if state is None:
+            self._write_meta(folder, {**meta, "state": None})
+            (folder / "state.bin").unlink(missing_ok=True)
+            return
+        _replace(folder / "state.bin", state.data)
+        described = {"names": list(state.names), "bytes": len(state.data), "profile": state.profile}
+        self._write_meta(folder, {**meta, "state": described, "used": time.time()})
 
     def files(self, workspace_id: str, owner: str) -> dict[str, bytes]:
         """Every file in the workspace, read from its snapshot into memory."""
@@ -113,6 +166,15 @@ class WorkspaceStore:
         except (UnicodeError, OSError) as exc:
             raise WorkspaceError(f"it could not be written: {exc}") from None
         self._write_meta(folder, {**meta, "used": time.time()})
+
+    def reset_state(self, workspace_id: str, owner: str) -> None:
+        """Forget the workspace's Python state; its files stay."""
+        self._owned(workspace_id, owner)
+        if workspace_id in self._busy:
+            raise WorkspaceError(
+                f"workspace {workspace_id!r} is in use by a run; clear its state when that ends"
+            )
+        self.save_state(workspace_id, owner, None)
 
     def delete(self, workspace_id: str, owner: str) -> None:
         """Remove the workspace and its files."""
@@ -233,6 +295,13 @@ def _refused(workspace_id: str, why: str) -> WorkspaceError:
     return WorkspaceError(
         f"the snapshot of workspace {workspace_id!r} was refused and nothing was unpacked: {why}. "
         "Delete the workspace (workspace_delete) and start a new one"
+    )
+
+
+def _refused_state(workspace_id: str, why: str) -> WorkspaceError:
+    return WorkspaceError(
+        f"the Python state of workspace {workspace_id!r} was refused: {why}. Clear it "
+        "(workspace_reset_state); the workspace's files stay"
     )
 
 

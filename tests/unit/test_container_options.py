@@ -114,14 +114,15 @@ def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:
     }
 
 
-def test_the_job_travels_length_prefixed_before_the_tar_and_stdin() -> None:
-    spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536, "stdin": b"abc"})
+def test_the_job_travels_length_prefixed_before_the_tar_stdin_and_state() -> None:
+    spec = RunSpec(**{**SPEC.__dict__, "archive": b"x" * 1536, "stdin": b"abc", "state": b"12345"})
     header = job_header(spec, nonce="n0nce", install_nonce="other", measured_nonce="third")
     size, _, job = header.partition(b"\n")
     assert int(size) == len(job)
     assert json.loads(job) == {
         "archive_bytes": 1536,
         "stdin_bytes": 3,
+        "state_bytes": 5,
         "entrypoint": "main.py",
         "args": ["--flag", "value"],
         "env": {"MY_VAR": "1"},

@@ -81,7 +81,7 @@ async def test_the_workspace_tools_go_through_the_service(connected: tuple[Clien
     assert created.structured_content is not None
     workspace = created.structured_content["workspace"]
     listed = await client.call_tool("workspace_files", {"workspace": workspace})
-    assert listed.structured_content == {"workspace": workspace, "files": [], "bytes": 0}
+    assert listed.structured_content == {"workspace": workspace, "files": [], "bytes": 0, "state": None}
     deleted = await client.call_tool("workspace_delete", {"workspace": workspace})
     assert deleted.is_error is False
     gone = await client.call_tool("workspace_files", {"workspace": workspace})

@@ -71,9 +71,14 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
     # The job, as engine/protocol.py writes it (tests/unit/test_protocol.py keeps the two equal).
+    class StateJob(TypedDict):
+        code: str
+        max_bytes: int
+
     class NotebookJob(TypedDict):
         runner: str
         max_chars: int
+        state: StateJob | None
 
     class FileCaps(TypedDict):
         max_files: int
@@ -90,6 +95,7 @@ if TYPE_CHECKING:
     class Job(TypedDict):
         archive_bytes: int
         stdin_bytes: int
+        state_bytes: int
         entrypoint: str
         args: list[str]
         env: dict[str, str]
@@ -171,6 +177,7 @@ if TYPE_CHECKING:
     class Ran(TypedDict):  # how the program ended, as _run saw it
         exit_code: int
         return_value: str | None
+        state: bytes | None  # the notebook runner's report line and state, if it kept one
         timed_out: bool
         wall_s: float
         dumps: list[Dump]
@@ -192,6 +199,7 @@ END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
+STATE_PREFIX = b"\x00agent-sandbox-state "
 MEASURED_PREFIX = b"\x00agent-sandbox-measured "
 TELL_EVERY_S = 0.5  # at most this often, what was measured so far goes to the host when it changed
 PR_SET_DUMPABLE = 4
@@ -738,11 +746,14 @@ def _ignore_foreign_signals() -> "list[int]":
     return ignored
 
 
-def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", watch: "_Watch") -> "Ran":
+def _run(
+    job: "Job", stdin: bytes, saved_state: bytes, env: "dict[str, str]", ignored: "list[int]", watch: "_Watch"
+) -> "Ran":
     """Run the program as our child in a process group of its own, killing that group once its
     time limit has passed (after asking every Python process where it was, if the job says so):
     how it ended (its exit code as a shell gives it, 128+N when killed by signal N), what the
-    notebook runner reported, if used, whether time ran out, its wall time and the dumps.
+    notebook runner reported, if used (a last expression, the workspace's Python state, which it
+    restores from ``saved_state``), whether time ran out, its wall time and the dumps.
     Stopping it here, not by killing the container, is what lets the files it wrote still come
     back."""
     entrypoint, args, rlimits, notebook = job["entrypoint"], job["args"], job["rlimits"], job["notebook"]
@@ -751,6 +762,8 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
     if channel is not None:
         env = {**env, POSTMORTEM_ENV: channel.name}
     report_read, report_write = os.pipe()
+    state_job = notebook["state"] if notebook else None
+    state_in, state_out = (os.pipe(), os.pipe()) if state_job else ((-1, -1), (-1, -1))
     stdin_read, stdin_write = os.pipe()
     outputs = {1: os.pipe(), 2: os.pipe()} if job["relay_output"] else {}  # the program's stdout and stderr
     started = time.monotonic()
@@ -778,11 +791,20 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
             script = "./" + entrypoint if entrypoint.startswith("-") else entrypoint  # not an option
             command = ["python3", script, *args]
             if notebook:
+                state, state_code = "-", ""
+                if state_job:
+                    os.close(state_in[1])
+                    os.close(state_out[0])
+                    for fd in (state_in[0], state_out[1]):
+                        os.set_inheritable(fd, True)
+                    state = f"{state_in[0]},{state_out[1]},{state_job['max_bytes']}"
+                    state_code = state_job["code"]
                 os.set_inheritable(report_write, True)
                 limit = str(notebook["max_chars"])
                 runner = str(notebook["runner"])
                 # -P: the runner's own imports must not find the program's files (a types.py).
-                command = ["python3", "-P", "-c", runner, str(report_write), limit, script, *args]
+                command = ["python3", "-P", "-c", runner, str(report_write), limit, state, state_code, script]
+                command += args
             os.execvpe("python3", command, env)
         except BaseException as exc:
             os.write(2, f"agent-sandbox launcher: cannot start python3: {exc}\n".encode())
@@ -790,6 +812,16 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
             os._exit(127)
     os.close(report_write)
     os.close(stdin_read)
+    state_out_kept: list[bytes] = []
+    state_threads = []
+    if state_job:
+        os.close(state_in[0])
+        os.close(state_out[1])
+        state_cap = state_job["max_bytes"] + REPORT_BYTES + 1  # one more: over the cap shows
+        state_threads = [
+            threading.Thread(target=_give_stdin, args=(state_in[1], saved_state), daemon=True),
+            threading.Thread(target=_drain, args=(state_out[0], state_out_kept, state_cap), daemon=True),
+        ]
     if stdin:  # a thread less when there is none: under gVisor threads count toward the process limit
         threading.Thread(target=_give_stdin, args=(stdin_write, stdin), daemon=True).start()
     else:
@@ -801,7 +833,7 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
     for target, (read_end, write_end) in outputs.items():
         os.close(write_end)
         relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
-    for thread in (reader, *relays):
+    for thread in (reader, *relays, *state_threads):
         thread.start()
     code, timed_out, dumps = _wait(pid, job["timeout_s"], watch, channel, wake)
     wall_s = time.monotonic() - started
@@ -810,13 +842,16 @@ def _run(job: "Job", stdin: bytes, env: "dict[str, str]", ignored: "list[int]", 
     for fd in wake:
         os.close(fd)
     _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
-    reader.join(timeout=5)
+    for thread in (reader, *state_threads):
+        thread.join(timeout=5)
     for relay_thread in relays:  # every byte of output before any line of ours; the host's deadline bounds it
         relay_thread.join()
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
+    kept_state = b"".join(state_out_kept)
     return {
         "exit_code": 128 - code if code < 0 else code,
         "return_value": value or None,
+        "state": kept_state if state_job and not timed_out else None,
         "timed_out": timed_out,
         "wall_s": round(wall_s, 3),
         "dumps": dumps,
@@ -923,12 +958,12 @@ def _relay(source: int, target: int) -> None:
                 return
 
 
-def _drain(fd: int, into: "list[bytes]") -> None:
-    """Read ``fd`` to its end, keeping the first REPORT_BYTES."""
+def _drain(fd: int, into: "list[bytes]", cap: int = REPORT_BYTES) -> None:
+    """Read ``fd`` to its end, keeping the first ``cap`` bytes (or a little more)."""
     kept = 0
     with os.fdopen(fd, "rb", buffering=0) as source:
         while chunk := source.read(1 << 16):
-            if kept < REPORT_BYTES:
+            if kept < cap:
                 into.append(chunk)
                 kept += len(chunk)
 
@@ -1062,6 +1097,25 @@ def _send_snapshot(nonce: str, survey: "Survey", caps: "FileCaps") -> None:
     _write_block(SNAPSHOT_PREFIX, nonce, chosen, omitted[: caps["max_files"]], len(found) + len(unseen))
 
 
+def _send_state(nonce: str, written: "bytes | None", max_bytes: int) -> None:
+    """The notebook runner's report line and the state it saved, as a third block (same layout:
+    a report and a state "file"); or none, with why."""
+    report, newline, data = (written or b"").partition(b"\n")
+    refused = None
+    if written is None:
+        refused = "the cell did not run to its end (it never started, or its time ran out)"
+    elif not newline:
+        refused = "the cell ended without saving it (os._exit, a crash or a kill)"
+    elif len(report) > REPORT_BYTES or len(data) > max_bytes:
+        refused = f"it is over the {max_bytes // 1024} KiB a state may hold"
+    parts = [] if refused else [("report", report), ("state", data)]
+    files: list[ManifestEntry] = [{"path": path, "size": len(part)} for path, part in parts]
+    manifest: Manifest = {"files": files, "omitted": [], "changed": len(parts), "refused": refused}
+    _write_all(1, _marked_line(STATE_PREFIX, nonce, manifest))
+    for _, part in parts:
+        _write_all(1, part)
+
+
 def _write_block(
     prefix: bytes,
     nonce: str,
@@ -1187,6 +1241,7 @@ def main() -> None:
     sent = _unpack(_ArchiveInput(job["archive_bytes"]))
     # Read now, whether the program ever reads it or not: the engine's write must not wait on it.
     program_stdin = _ArchiveInput(job["stdin_bytes"]).read()
+    saved_state = _ArchiveInput(job["state_bytes"]).read()  # a workspace's Python state, opaque here
     # Kubernetes puts its API server's address into every container, even with service links off:
     # the program has no business with it.
     inherited = {name: value for name, value in os.environ.items() if not name.startswith("KUBERNETES_")}
@@ -1203,7 +1258,7 @@ def main() -> None:
     before = _counters()
     watch = _Watch(before, _Teller(job["measured_nonce"]))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ran = _run(job, program_stdin, env, ignored, watch) if installed else None
+    ran = _run(job, program_stdin, saved_state, env, ignored, watch) if installed else None
     watch.teller.stop()  # no measured line after this: the end line is the last word
     _end_everything_else()
     _reap_orphans()
@@ -1214,6 +1269,9 @@ def main() -> None:
     _send_files(nonce, sent, survey, job["artifacts"])
     if job["snapshot"]:
         _send_snapshot(nonce, survey, job["snapshot"])
+    state_job = job["notebook"]["state"] if job["notebook"] else None
+    if state_job:
+        _send_state(nonce, ran["state"] if ran else None, state_job["max_bytes"])
     dumps = ran["dumps"] if ran and ran["timed_out"] and job["post_mortem"] else None
     report: EndLine = {
         "exit_code": ran["exit_code"] if ran else None,

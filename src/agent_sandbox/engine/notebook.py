@@ -1,14 +1,19 @@
 """Runs a ``run_python`` snippet like a notebook cell; its source is passed to ``python3 -c``.
 
 Arguments: the file descriptor to report on, the most characters to report (0: report nothing),
-the script, then the program's own arguments. The
-script runs as ``__main__`` with its own file name in tracebacks (this runner's frame is left
-out), and two things are added to what ``python3 SCRIPT`` would do:
+the workspace's Python state (``-``: none kept; else ``IN,OUT,MAX_BYTES`` descriptors and cap)
+and the source that keeps it (``notebook_state.py``), the script, then the program's own
+arguments. The script runs as ``__main__`` with its own file name in tracebacks (this runner's
+frame is left out), and these things are added to what ``python3 SCRIPT`` would do:
 
 - when the script ends with an expression, its ``repr()`` is written to the descriptor (the
   program prints nothing more than it would have);
 - ``matplotlib.pyplot.show()``, which does nothing under the non-interactive backend, saves every
-  open figure as ``/work/figure_N.png`` and closes it, so the figures come back as files.
+  open figure as ``/work/figure_N.png`` and closes it, so the figures come back as files;
+- with a state: the names the workspace's previous cells kept are restored before the script
+  runs, and its global names are saved when it ends (an exception or ``sys.exit`` too; not
+  ``os._exit`` or a kill). The state's code imports ``pickle`` and ``dill`` before the script's
+  folder is on ``sys.path``, so a stateful cell's ``import types`` gets the standard library's.
 
 The launcher starts it with ``-P``, so the runner's own imports come before the script's folder
 is on ``sys.path`` and a ``types.py`` or ``signal.py`` of the program's cannot replace them; an
@@ -76,10 +81,38 @@ def _saving_show(pyplot: "types.ModuleType") -> object:
     return show
 
 
+class _State:
+    """The workspace's Python state around one cell: restored before it, saved after it."""
+
+    def __init__(self, spec: str, code: str) -> None:
+        in_fd, self.out_fd, self.max_bytes = (int(part) for part in spec.split(","))
+        for fd in (in_fd, self.out_fd):
+            os.set_inheritable(fd, False)  # the program's own children do not get them
+        with open(in_fd, "rb") as saved_file:
+            self.saved = saved_file.read()
+        self.code = ModuleType("agent_sandbox_state")
+        exec(compile(code, "<agent-sandbox state>", "exec"), self.code.__dict__)
+        self.not_restored: list[list[str]] = []
+        self.carried: list[object] = []
+
+    def restore(self, namespace: "dict[str, object]") -> None:
+        self.not_restored, self.carried = self.code.restore(self.saved, namespace)
+
+    def save(self, namespace: "dict[str, object]") -> None:
+        """Write what the cell leaves behind; a failure to save says why and keeps nothing."""
+        try:
+            report, data = self.code.save(namespace, self.carried, self.max_bytes)
+        except Exception as exc:  # the cell's result stands; only this state is lost
+            report, data = {"error": f"{type(exc).__name__}: {exc}"[:500]}, b""
+        report["not_restored"] = self.not_restored
+        self.code.write(self.out_fd, report, data)
+
+
 def main() -> None:
-    report_fd, max_chars, script = int(sys.argv[1]), int(sys.argv[2]), os.path.abspath(sys.argv[3])
+    report_fd, max_chars, script = int(sys.argv[1]), int(sys.argv[2]), os.path.abspath(sys.argv[5])
     os.set_inheritable(report_fd, False)  # the program's own children do not get it
-    sys.argv = sys.argv[3:]
+    state = _State(sys.argv[3], sys.argv[4]) if sys.argv[3] != "-" else None
+    sys.argv = sys.argv[5:]
     sys.path.insert(0, os.path.dirname(script))  # as python3 SCRIPT has it (-P left it out)
     sys.meta_path.insert(0, _PatchPyplotShow())  # type: ignore[arg-type]
 
@@ -89,6 +122,8 @@ def main() -> None:
     module.__file__ = script
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     sys.modules["__main__"] = module
+    if state is not None:
+        state.restore(module.__dict__)
     try:
         tree = compile(source, script, "exec", ONLY_AST)
         last = tree.body[-1] if tree.body and max_chars else None
@@ -100,6 +135,8 @@ def main() -> None:
         value_code = compile(_ast.Expression(last.value), script, "eval") if last else None
     except SyntaxError as exc:  # in the script itself: shown as Python shows it, with no frames
         sys.excepthook(type(exc), exc.with_traceback(None), None)
+        if state is not None:
+            state.save(module.__dict__)  # what was restored stays kept
         sys.exit(1)
     try:
         exec(body, module.__dict__)
@@ -108,16 +145,22 @@ def main() -> None:
             if value is not None:
                 os.write(report_fd, repr(value)[:max_chars].encode("utf-8", errors="replace"))
     except SystemExit:
+        if state is not None:
+            state.save(module.__dict__)
         raise
     except BaseException as exc:
         # As Python itself would report it (through the program's own hook, if it set one),
         # without this runner's frame.
         program_frames = exc.__traceback__.tb_next if exc.__traceback__ else None
         sys.excepthook(type(exc), exc.with_traceback(program_frames), program_frames)
+        if state is not None:
+            state.save(module.__dict__)  # as a notebook keeps what a failed cell defined
         if isinstance(exc, KeyboardInterrupt):  # end as Python does: by SIGINT (exit 130)
             _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
             os.kill(os.getpid(), _signal.SIGINT)
         sys.exit(1)
+    if state is not None:
+        state.save(module.__dict__)
 
 
 main()

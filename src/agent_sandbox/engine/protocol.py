@@ -3,15 +3,17 @@ sandbox. Any engine that can carry bytes to a process's stdin and back from its 
 can run a job with it (``engine/session.py`` does the talking).
 
 To the launcher, on its stdin: the job's size in decimal and a newline, the ``Job`` as JSON, a
-tar of exactly ``archive_bytes`` bytes, then exactly ``stdin_bytes`` of the caller's stdin (framed,
-so no engine has to close the launcher's stdin to end the program's).
+tar of exactly ``archive_bytes`` bytes, then exactly ``stdin_bytes`` of the caller's stdin and
+``state_bytes`` of a workspace's Python state (framed, so no engine has to close the launcher's
+stdin to end the program's).
 
 From the launcher, each line marked with a prefix and the host's secret nonce for this job, so
 that program output can never pass for one:
 
 - the install line, on stdout before the program starts (runs with wheels): ``InstallDone``;
 - the files block, on stdout once everything of the program's is gone: a manifest line, then
-  exactly the bytes it promises (``FilesBlock``); a workspace run has a second one, the snapshot;
+  exactly the bytes it promises (``FilesBlock``); a workspace run has a second one, the snapshot,
+  and a workspace cell that keeps its Python state a third: the runner's report and the state;
 - the end line, on stdout and stderr: ``EndOfJob``. Within one stream the program's bytes all
   come before it, so once both streams have shown it, all of the program's output is in.
 
@@ -45,14 +47,24 @@ END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
 FILES_PREFIX = b"\x00agent-sandbox-files "
 SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
+STATE_PREFIX = b"\x00agent-sandbox-state "
 MEASURED_PREFIX = b"\x00agent-sandbox-measured "
 OMITTED_KINDS: frozenset[str] = frozenset(get_args(OmittedKind))
 NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
+NOTEBOOK_STATE = (Path(__file__).parent / "notebook_state.py").read_text()
+STATE_REPORT, STATE_DATA = "report", "state"  # the state block's two parts
+STATE_REPORT_BYTES = 1 << 16  # the most the runner's report line may be (the launcher's REPORT_BYTES)
+
+
+class StateJob(TypedDict):
+    code: str  # notebook_state.py's source, run by the runner in the sandbox
+    max_bytes: int  # the most state it may send back
 
 
 class NotebookJob(TypedDict):
     runner: str  # the notebook runner's source
     max_chars: int  # of the last expression's repr; 0: report none
+    state: StateJob | None  # keep the cell's global names in the workspace
 
 
 class FileCaps(TypedDict):
@@ -77,6 +89,7 @@ class Job(TypedDict):
 
     archive_bytes: int
     stdin_bytes: int  # the caller's stdin that follows the tar
+    state_bytes: int  # a workspace's Python state that follows the stdin, for the notebook runner
     entrypoint: str
     args: list[str]
     env: dict[str, str]
@@ -175,6 +188,7 @@ def job_header(spec: RunSpec, nonce: str, install_nonce: str = "", measured_nonc
     job: Job = {
         "archive_bytes": len(spec.archive),
         "stdin_bytes": len(spec.stdin or b""),
+        "state_bytes": len(spec.state),
         "entrypoint": spec.entrypoint,
         "args": list(spec.args),
         "env": spec.env,
@@ -185,7 +199,17 @@ def job_header(spec: RunSpec, nonce: str, install_nonce: str = "", measured_nonc
         },
         "wheels": list(spec.install.wheels) if spec.install else [],
         "notebook": (
-            {"runner": NOTEBOOK_RUNNER, "max_chars": results.return_value_chars} if results.notebook else None
+            {
+                "runner": NOTEBOOK_RUNNER,
+                "max_chars": results.return_value_chars,
+                "state": (
+                    {"code": NOTEBOOK_STATE, "max_bytes": results.state_bytes}
+                    if results.state_bytes
+                    else None
+                ),
+            }
+            if results.notebook
+            else None
         ),
         "artifacts": {
             "max_files": results.max_files,

@@ -26,6 +26,8 @@ from typing import Literal
 from agent_sandbox.engine.base import LIMITS, STDERR, STDOUT, OutputCallback
 from agent_sandbox.engine.protocol import (
     SNAPSHOT_PREFIX,
+    STATE_PREFIX,
+    STATE_REPORT_BYTES,
     EndOfJob,
     FilesBlock,
     InstallDone,
@@ -110,7 +112,7 @@ class JobSession:
         self._clock = clock
         nonce, install_nonce, measured_nonce = (secrets.token_hex(16) for _ in range(3))
         header = job_header(spec, nonce, install_nonce, measured_nonce)
-        self.payload = header + spec.archive + (spec.stdin or b"")
+        self.payload = header + spec.archive + (spec.stdin or b"") + spec.state
         cap = spec.limits.output_capture_kib * 1024
         self._captures = {STDOUT: Capture(cap), STDERR: Capture(cap)}
         self._watchers = [on_output] if on_output is not None else []
@@ -120,10 +122,12 @@ class JobSession:
         results = spec.results
         self._files = FilesBlock(nonce, results.max_files, results.max_bytes)
         self._snapshot = FilesBlock(nonce, results.snapshot_files, results.snapshot_bytes, SNAPSHOT_PREFIX)
+        self._state = FilesBlock(nonce, 2, results.state_bytes + STATE_REPORT_BYTES, STATE_PREFIX)
         self._installing = InstallDone(install_nonce) if spec.install is not None else None
         self._installed_in_time = False
         self._started = self._program_started = clock()
-        unpack_s = len(spec.archive) / UNPACK_BYTES_PER_S  # the launcher's timer starts after it
+        # The launcher's timer starts after it has read the files and the state.
+        unpack_s = (len(spec.archive) + len(spec.state)) / UNPACK_BYTES_PER_S
         self._program_deadline_s = spec.limits.timeout_s + LAUNCHER_GRACE_S + unpack_s
         first = spec.install.timeout_s if spec.install is not None else self._program_deadline_s
         self._deadline = self._started + first
@@ -182,7 +186,8 @@ class JobSession:
         program_ran = self._installing is None or self._installed_in_time
         ended_at = self._program_ended or self._clock()
         duration = ended_at - self._program_started if program_ran else 0.0
-        self._keep(STDOUT, self._ends[STDOUT].feed(self._files.flush() + self._snapshot.flush()))
+        held = self._files.flush() + self._snapshot.flush() + self._state.flush()
+        self._keep(STDOUT, self._ends[STDOUT].feed(held))
         self._keep(STDERR, self._ends[STDERR].feed(self._so_far.flush()))
         for stream, end in self._ends.items():
             self._keep(stream, end.flush())
@@ -220,6 +225,7 @@ class JobSession:
             install=install,
             files=self._files.result(),
             snapshot=self._snapshot.result(),
+            state=self._state.result() if self.spec.results.state_bytes else None,
             return_value=return_value,
             launcher_lost=report is None and not killed,
             launcher_resumed=self.resumed and report is not None and not killed and not timed_out,
@@ -250,6 +256,10 @@ class JobSession:
                     self._deadline = max(self._deadline, self._program_ended + FILES_GRACE_S)
         if self.spec.results.snapshot_files and not self._snapshot.complete:
             data = self._snapshot.feed(data)
+        results = self.spec.results
+        after_snapshot = self._snapshot.complete or not results.snapshot_files
+        if results.state_bytes and after_snapshot and not self._state.complete:
+            data = self._state.feed(data)
         return data
 
     def _tell_reached(self) -> None:

@@ -41,6 +41,7 @@ class ResultCaps:
     return_value_chars: int = 0  # 0: no return value
     snapshot_files: int = 0  # a workspace run: all of /work comes back too, within these caps
     snapshot_bytes: int = 0
+    state_bytes: int = 0  # a notebook cell in a workspace: its global names come back, this big at most
     post_mortem: bool = True  # at the time limit, each Python process dumps its stacks before the kill
 
 
@@ -101,6 +102,7 @@ class RunSpec:
     stdin: bytes | None
     env: dict[str, str]
     limits: Limits
+    state: bytes = b""  # the workspace's Python state to restore (opaque: only the sandbox reads it)
     network: str = ""
     runtime: str = ""
     install: InstallSpec | None = None
@@ -258,6 +260,7 @@ class Outcome:
     install: InstallOutcome | None = None
     files: FilesOut | None = None
     snapshot: FilesOut | None = None  # all of /work, for a workspace run
+    state: FilesOut | None = None  # the runner's report and the Python state, for a stateful cell
     return_value: str | None = None
     # The launcher ended without its report (the program killed it, or the sandbox died whole):
     # no files came back, and output it was relaying (output_relayed) may be missing its end.

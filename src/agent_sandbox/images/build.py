@@ -24,7 +24,7 @@ import docker.errors
 from agent_sandbox.config import EngineSettings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.errors import PackageRefused
-from agent_sandbox.images.profiles import INSTALLER_REQUIREMENT, Profile, get_profile
+from agent_sandbox.images.profiles import INSTALLER_REQUIREMENT, STATE_REQUIREMENT, Profile, get_profile
 from agent_sandbox.packages.cache import link_or_copy
 from agent_sandbox.packages.requirements import parse_requirements
 from agent_sandbox.packages.resolver import WheelResolver
@@ -57,7 +57,7 @@ def build_image(client: docker.DockerClient, profile: Profile, wheels: WheelReso
     ``REPOSITORY:BASE``, built first if missing. Returns the image id."""
     if profile.base_profile is None:
         base = _choose_base(client)
-        requirements = [INSTALLER_REQUIREMENT]
+        requirements = [INSTALLER_REQUIREMENT, STATE_REQUIREMENT]
     else:
         base = f"{tag.rpartition(':')[0]}:{profile.base_profile}"
         if not _image_exists(client, base):

@@ -11,6 +11,9 @@ from agent_sandbox.packages.requirements import REQUIREMENTS_FILE, requirements_
 IMAGES_DIR = Path(__file__).parent
 # Baked into every profile: installs a run's wheels offline (about 60 ms for a small one).
 INSTALLER_REQUIREMENT = "uv==0.13.9"
+# Baked into every profile: pickles a notebook cell's names for the next cell of its workspace
+# (engine/notebook_state.py says why dill). The dev extra pins the same version for its tests.
+STATE_REQUIREMENT = "dill==0.4.1"
 
 
 class UnknownProfile(ValueError):

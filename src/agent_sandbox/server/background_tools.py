@@ -151,7 +151,7 @@ def add_background_tools(
             (run_cancel, "Cancel a background run", "Stop a background run and remove its sandbox.", False),
             (runs_list, "List background runs", "This client's background runs, newest first. " + keep, True),
         ],
-        run_cancel,
+        [run_cancel],
     )
 
 

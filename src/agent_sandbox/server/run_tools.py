@@ -104,6 +104,15 @@ def add_run_tools(
             ),
         ] = True,
         background: Annotated[bool, background_field] = False,
+        keep_state: Annotated[
+            bool,
+            Field(
+                description="In a workspace: start with the global names (variables, functions, "
+                "classes, imports) earlier calls kept, and keep this call's for the next, as a "
+                "notebook does; every call still runs in a fresh container. The result's `state` "
+                "lists what was kept and what could not be (open files, generators, ...)."
+            ),
+        ] = True,
     ) -> Annotated[CallToolResult, RunAnswer]:
         return await calls.run(
             "run_python",
@@ -118,6 +127,7 @@ def add_run_tools(
                 notebook=True,
                 return_last_expression=return_last_expression,
                 background=background,
+                keep_state=keep_state if workspace is not None else None,
             ),
             background,
         )

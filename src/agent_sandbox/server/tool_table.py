@@ -1,5 +1,5 @@
 """Registering a family of small tools (the workspace tools, the background-run tools) from one
-table: each with its title and description, read-only or not, and the one that destroys."""
+table: each with its title and description, read-only or not, and those that destroy."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from mcp_types import ToolAnnotations
 ToolEntry = tuple[Callable[..., Any], str, str, bool]
 
 
-def add_tools(server: MCPServer, entries: Sequence[ToolEntry], destructive: Callable[..., Any]) -> None:
+def add_tools(
+    server: MCPServer, entries: Sequence[ToolEntry], destructive: Sequence[Callable[..., Any]]
+) -> None:
     """Register every tool of ``entries`` on ``server``: closed world, idempotent when it only
-    reads, destructive only for ``destructive``."""
+    reads, destructive only for those in ``destructive``."""
     for tool, title, description, read_only in entries:
         server.add_tool(
             tool,
@@ -23,7 +25,7 @@ def add_tools(server: MCPServer, entries: Sequence[ToolEntry], destructive: Call
             description=description,
             annotations=ToolAnnotations(
                 read_only_hint=read_only,
-                destructive_hint=tool is destructive,
+                destructive_hint=tool in destructive,
                 idempotent_hint=read_only,
                 open_world_hint=False,
             ),

@@ -1,5 +1,6 @@
-"""The MCP tools that manage workspaces: create one, list and read its files, delete it. Runs use
-a workspace through the ``workspace`` argument of ``run_python`` and ``run_project``."""
+"""The MCP tools that manage workspaces: create one, list and read its files, clear its Python
+state, delete it. Runs use a workspace through the ``workspace`` argument of ``run_python`` and
+``run_project``."""
 
 # No `from __future__ import annotations`: the SDK evaluates the tools' annotations.
 import base64
@@ -49,9 +50,18 @@ def add_workspace_tools(server: MCPServer, sandbox: Sandbox, client_of: ClientOf
         files = [{"path": shown_name(path), "size": size} for path, size in sorted(info.files.items())]
         listing = "\n".join(f"  {entry['path']} ({entry['size']} bytes)" for entry in files) or "  (empty)"
         total = sum(info.files.values())
+        state = None
+        names = "none"
+        if info.state_profile is not None:
+            state = {
+                "names": list(info.state_names),
+                "bytes": info.state_bytes,
+                "profile": info.state_profile,
+            }
+            names = f"{', '.join(info.state_names) or 'no names'} ({info.state_bytes} bytes)"
         return answer(
-            f"workspace {workspace}: {len(files)} files, {total} bytes\n{listing}",
-            {"workspace": workspace, "files": files, "bytes": total},
+            f"workspace {workspace}: {len(files)} files, {total} bytes\n{listing}\nPython state: {names}",
+            {"workspace": workspace, "files": files, "bytes": total, "state": state},
         )
 
     async def workspace_read(
@@ -81,6 +91,16 @@ def add_workspace_tools(server: MCPServer, sandbox: Sandbox, client_of: ClientOf
             text, encoding = base64.b64encode(data).decode(), "base64"
         return answer(text, {"path": path, "size": len(data), "encoding": encoding, "content": text})
 
+    async def workspace_reset_state(workspace: Annotated[str, _ID_FIELD], ctx: Context) -> CallToolResult:
+        try:
+            await sandbox.reset_workspace_state(workspace, client_of(ctx))
+        except WorkspaceError as exc:
+            raise refused(exc) from None
+        return answer(
+            f"workspace {workspace}: Python state cleared (its files stay); the next cell starts afresh",
+            {"workspace": workspace, "state": None},
+        )
+
     async def workspace_delete(workspace: Annotated[str, _ID_FIELD], ctx: Context) -> CallToolResult:
         try:
             await sandbox.delete_workspace(workspace, client_of(ctx))
@@ -90,20 +110,32 @@ def add_workspace_tools(server: MCPServer, sandbox: Sandbox, client_of: ClientOf
 
     keep = (
         f"A workspace keeps /work between runs (up to {settings.max_kib} KiB, dropped after "
-        f"{settings.idle_ttl_s:g} s unused); every run still gets a fresh container."
+        f"{settings.idle_ttl_s:g} s unused) and run_python's global names (variables, functions, "
+        "classes, imports; pickled inside the sandbox); every run still gets a fresh container."
     )
     add_tools(
         server,
         [
             (workspace_create, "Create a workspace", "Create a workspace and return its id. " + keep, False),
-            (workspace_files, "List a workspace", "List the files in a workspace, with sizes.", True),
+            (
+                workspace_files,
+                "List a workspace",
+                "List the files in a workspace, with sizes, and the names its Python state keeps.",
+                True,
+            ),
             (
                 workspace_read,
                 "Read a workspace file",
                 "Read one file of a workspace (UTF-8 text or base64).",
                 True,
             ),
+            (
+                workspace_reset_state,
+                "Clear a workspace's Python state",
+                "Forget the global names run_python cells kept in a workspace; its files stay.",
+                False,
+            ),
             (workspace_delete, "Delete a workspace", "Delete a workspace and its files.", False),
         ],
-        workspace_delete,
+        [workspace_reset_state, workspace_delete],
     )
