@@ -13,7 +13,8 @@ frame is left out), and these things are added to what ``python3 SCRIPT`` would 
 - with a state: the names the workspace's previous cells kept are restored before the script
   runs, and its global names are saved when it ends (an exception or ``sys.exit`` too; not
   ``os._exit`` or a kill). The state's code imports ``pickle`` and ``dill`` before the script's
-  folder is on ``sys.path``, so a stateful cell's ``import types`` gets the standard library's.
+  folder is on ``sys.path``; those of their modules the program has one of its own named like
+  are then forgotten, so its ``import types`` still gets its own ``types.py``.
 
 The launcher starts it with ``-P``, so the runner's own imports come before the script's folder
 is on ``sys.path`` and a ``types.py`` or ``signal.py`` of the program's cannot replace them; an
@@ -90,12 +91,21 @@ class _State:
             os.set_inheritable(fd, False)  # the program's own children do not get them
         with open(in_fd, "rb") as saved_file:
             self.saved = saved_file.read()
+        before = set(sys.modules)
         self.code = ModuleType("agent_sandbox_state")
         exec(compile(code, "<agent-sandbox state>", "exec"), self.code.__dict__)
+        self.imported = set(sys.modules) - before  # pickle, dill and what they import
         self.not_restored: list[list[str]] = []
         self.carried: list[object] = []
 
-    def restore(self, namespace: "dict[str, object]") -> None:
+    def restore(self, namespace: "dict[str, object]", folder: str) -> None:
+        """First forget the state's own imports that a module of the program's (in ``folder``)
+        is named like, so that its ``import types`` gets its own ``types.py`` as under
+        ``python3 SCRIPT`` (the state's code keeps the ones it holds); then restore the names."""
+        for name in self.imported:
+            top = os.path.join(folder, name.partition(".")[0])
+            if os.path.exists(top + ".py") or os.path.isdir(top):
+                sys.modules.pop(name, None)
         self.not_restored, self.carried = self.code.restore(self.saved, namespace)
 
     def save(self, namespace: "dict[str, object]") -> None:
@@ -123,7 +133,7 @@ def main() -> None:
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     sys.modules["__main__"] = module
     if state is not None:
-        state.restore(module.__dict__)
+        state.restore(module.__dict__, os.path.dirname(script))
     try:
         tree = compile(source, script, "exec", ONLY_AST)
         last = tree.body[-1] if tree.body and max_chars else None

@@ -23,6 +23,9 @@ import os
 import pickle
 import sys
 
+# In every image; imported before the program's folder is on sys.path, so never a dill.py of its own.
+import dill  # type: ignore[import-untyped]
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
 if TYPE_CHECKING:
     from typing import Any
@@ -64,12 +67,11 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
         return [["*", f"the saved state cannot be read ({type(exc).__name__}); it is dropped"]], []
     if entries is None:
         return [["*", f"the saved state has format {state.get('format')!r}, not {FORMAT}; it is dropped"]], []
-    dill = _dill()
     restored: set[str] = set()
     failed: list[list[str]] = []
     kept: list[Any] = []
 
-    class _Unpickler(dill.Unpickler):  # type: ignore[misc,name-defined]
+    class _Unpickler(dill.Unpickler):  # type: ignore[misc]
         def persistent_load(self, pid: str) -> object:
             if pid not in restored:
                 raise LookupError(f"it refers to {pid!r}, which could not be restored")
@@ -94,7 +96,6 @@ def save(namespace: "dict[str, Any]", carried: "list[Any]", max_bytes: int) -> "
     """The report (kept names, dropped ones with why, size) and the state for the next run.
     ``carried`` holds saved entries this run could not restore: kept unless the cell bound the
     name itself. Dunder names (``__builtins__``, ``__file__``) are the runner's, never saved."""
-    dill = _dill()
     entries: list[Any] = []
     dropped: list[list[str]] = []
     shared: dict[int, str] = {}
@@ -102,7 +103,7 @@ def save(namespace: "dict[str, Any]", carried: "list[Any]", max_bytes: int) -> "
     names = [name for name in namespace if not (name.startswith("__") and name.endswith("__"))]
     for name in _in_order(names, namespace):
         value = namespace[name]
-        entry, why = _entry(dill, name, value, shared)
+        entry, why = _entry(name, value, shared)
         if entry is not None and total + len(entry[2]) > max_bytes:
             size = len(entry[2])
             why = (
@@ -143,7 +144,7 @@ def _in_order(names: "list[str]", namespace: "dict[str, Any]") -> "list[str]":
     return sorted(names, key=rank)  # stable: the cell's own order within each kind
 
 
-def _entry(dill: "Any", name: str, value: object, shared: "dict[int, str]") -> "tuple[Any, str | None]":
+def _entry(name: str, value: object, shared: "dict[int, str]") -> "tuple[Any, str | None]":
     """The saved form of one name, or None and why it cannot be kept."""
     if isinstance(value, ModuleType):
         module_name = getattr(value, "__name__", None)
@@ -174,17 +175,3 @@ def _why_not_restored(exc: Exception) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return text[:200]
-
-
-def _dill() -> "Any":
-    """``dill``, from the image: never a ``dill.py`` of the program's in the script's folder."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or "."
-    program_folders = {os.getcwd(), os.path.dirname(os.path.abspath(main_file))}
-    saved = sys.path[:]
-    sys.path[:] = [entry for entry in sys.path if entry and os.path.abspath(entry) not in program_folders]
-    try:
-        import dill  # type: ignore[import-untyped]  # only when a state is kept
-
-        return dill
-    finally:
-        sys.path[:] = saved

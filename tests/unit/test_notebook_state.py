@@ -1,0 +1,251 @@
+"""The notebook runner's Python state, cell after cell, run on the host's Python (fast; the real
+engine's tests are tests/integration/test_cell_state.py): each cell is a fresh process, as each
+sandbox is, given the previous cell's state bytes the way the launcher gives them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_sandbox.engine.protocol import NOTEBOOK_RUNNER, NOTEBOOK_STATE
+
+
+@dataclass
+class Cell:
+    exit_code: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any] | None
+    state: bytes
+
+
+def run_cell(folder: Path, code: str, saved: bytes = b"", max_bytes: int = 1 << 20) -> Cell:
+    """Run ``code`` as a cell through the real runner, with ``saved`` as the workspace's state."""
+    script = folder / "main.py"
+    script.write_text(code)
+    report_read, report_write = os.pipe()
+    state_in, to_cell = os.pipe()
+    from_cell, state_out = os.pipe()
+    command = [
+        sys.executable,
+        "-P",
+        "-c",
+        NOTEBOOK_RUNNER,
+        str(report_write),
+        "0",
+        f"{state_in},{state_out},{max_bytes}",
+        NOTEBOOK_STATE,
+        str(script),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=folder,
+        pass_fds=(report_write, state_in, state_out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    for fd in (report_write, state_in, state_out):
+        os.close(fd)
+
+    def give() -> None:
+        with os.fdopen(to_cell, "wb") as out:
+            out.write(saved)
+
+    written: list[bytes] = []
+
+    def take() -> None:
+        with os.fdopen(from_cell, "rb") as source:
+            written.append(source.read())
+
+    threads = [threading.Thread(target=give), threading.Thread(target=take)]
+    for thread in threads:
+        thread.start()
+    stdout, stderr = process.communicate(timeout=60)
+    for thread in threads:
+        thread.join()
+    os.close(report_read)
+    line, newline, state = written[0].partition(b"\n")
+    return Cell(
+        process.returncode,
+        stdout.decode(),
+        stderr.decode(),
+        json.loads(line) if newline else None,
+        state,
+    )
+
+
+def cells(folder: Path, *codes: str) -> list[Cell]:
+    """Run ``codes`` one after another, each starting from the state the one before kept."""
+    ran, saved = [], b""
+    for code in codes:
+        cell = run_cell(folder, code, saved)
+        assert cell.report is not None, cell.stderr
+        ran.append(cell)
+        saved = cell.state
+    return ran
+
+
+def test_functions_classes_instances_and_lambdas_come_back_working(tmp_path: Path) -> None:
+    first, second = cells(
+        tmp_path,
+        "import json as j\nfrom math import sqrt\ncounter = 10\n"
+        "def bump(): return counter + 1\n"
+        "class Point:\n    def __init__(self, x): self.x = x\n    def twice(self): return 2 * self.x\n"
+        "p = Point(4)\nsame = [p, p]\nscale = lambda v: v * counter\n"
+        "def make_adder(n):\n    def add(v): return v + n\n    return add\nadd3 = make_adder(3)\n",
+        "counter = 100\n"
+        "print(bump(), scale(2), p.twice(), isinstance(p, Point), same[0] is p, add3(1),"
+        " j.dumps([1]), sqrt(16))\n",
+    )
+    assert first.report is not None
+    assert set(first.report["kept"]) == {
+        "j",
+        "sqrt",
+        "counter",
+        "bump",
+        "Point",
+        "p",
+        "same",
+        "scale",
+        "make_adder",
+        "add3",
+    }
+    assert first.report["dropped"] == []
+    # The restored function reads the live namespace: counter is 100 now, not the 10 it was saved with.
+    assert second.stdout.split() == ["101", "200", "8", "True", "True", "4", "[1]", "4.0"]
+
+
+def test_what_cannot_be_carried_is_dropped_by_name_with_a_way_to_recreate_it(tmp_path: Path) -> None:
+    (cell,) = cells(
+        tmp_path,
+        "import threading, socket\n"
+        "numbers = (i for i in range(3))\nhandle = open('notes.txt', 'w')\nguard = threading.Lock()\n"
+        "worker = threading.Thread(target=print)\nconnection = socket.socket()\n"
+        "class Stubborn:\n    def __reduce__(self): raise TypeError('not me')\n"
+        "stubborn = Stubborn()\nkept = {'a': 1}\n",
+    )
+    assert cell.report is not None
+    why = dict(cell.report["dropped"])
+    assert set(why) == {"numbers", "handle", "guard", "worker", "connection", "stubborn"}
+    assert "generator" in why["numbers"]
+    assert "open file" in why["handle"]
+    assert "lock" in why["guard"]
+    assert "thread" in why["worker"]
+    assert "socket" in why["connection"]
+    assert "cannot be pickled (TypeError: not me)" in why["stubborn"]
+    assert {"kept", "Stubborn", "threading", "socket"} <= set(cell.report["kept"])
+
+
+def test_a_name_too_big_for_the_cap_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
+    cell = run_cell(tmp_path, "big = b'x' * 300_000\nsmall = [1, 2, 3]\n", max_bytes=100_000)
+    assert cell.report is not None
+    assert cell.report["kept"] == ["small"]
+    ((name, why),) = cell.report["dropped"]
+    assert name == "big"
+    assert "too big to keep" in why
+    assert "97 KiB" in why
+    assert len(cell.state) < 100_000
+
+
+def test_a_failed_cell_keeps_what_it_defined_and_sys_exit_saves_too(tmp_path: Path) -> None:
+    failed = run_cell(tmp_path, "before = 1\nraise ValueError('boom')\nafter = 2\n")
+    assert failed.exit_code == 1
+    assert "ValueError: boom" in failed.stderr
+    assert failed.report is not None
+    assert failed.report["kept"] == ["before"]
+    exited = run_cell(tmp_path, "import sys\nmore = before + 1\nsys.exit(3)\n", failed.state)
+    assert exited.exit_code == 3
+    assert exited.report is not None
+    assert set(exited.report["kept"]) == {"before", "more", "sys"}
+
+
+def test_os_exit_leaves_no_state_behind(tmp_path: Path) -> None:
+    cell = run_cell(tmp_path, "import os\nx = 1\nos._exit(0)\n")
+    assert cell.report is None
+    assert cell.state == b""
+
+
+def test_a_name_that_cannot_be_restored_is_named_and_carried_for_a_later_run(tmp_path: Path) -> None:
+    (tmp_path / "shapes.py").write_text("class Square:\n    side = 2\n")
+    first = run_cell(tmp_path, "import shapes\nsq = shapes.Square()\nother = 5\n")
+    (tmp_path / "shapes.py").unlink()  # as under a profile that lacks the package
+    second = run_cell(tmp_path, "print(other)\n", first.state)
+    assert second.stdout.strip() == "5"
+    assert second.report is not None
+    not_restored = dict(second.report["not_restored"])
+    assert not_restored["shapes"] == "needs the module 'shapes', which this image does not have"
+    assert "sq" in not_restored
+    # Kept as saved: a later cell where the module is back gets them again.
+    assert {"shapes", "sq", "other"} <= set(second.report["kept"])
+    (tmp_path / "shapes.py").write_text("class Square:\n    side = 2\n")
+    third = run_cell(tmp_path, "print(sq.side, type(sq) is shapes.Square)\n", second.state)
+    assert third.stdout.split() == ["2", "True"]
+
+
+def test_a_name_the_cell_defines_anew_replaces_the_carried_one(tmp_path: Path) -> None:
+    (tmp_path / "shapes.py").write_text("VALUE = 1\n")
+    first = run_cell(tmp_path, "import shapes\n")
+    (tmp_path / "shapes.py").unlink()
+    second = run_cell(tmp_path, "shapes = 'a string now'\n", first.state)
+    assert second.report is not None
+    assert second.report["kept"] == ["shapes"]
+    third = run_cell(tmp_path, "print(shapes)\n", second.state)
+    assert third.stdout.strip() == "a string now"
+
+
+def test_an_unreadable_state_is_reported_and_the_cell_still_runs(tmp_path: Path) -> None:
+    cell = run_cell(tmp_path, "print('ran')\nfresh = 1\n", b"not a pickle at all")
+    assert cell.stdout.strip() == "ran"
+    assert cell.report is not None
+    ((_name, why),) = cell.report["not_restored"]
+    assert "cannot be read" in why
+    assert cell.report["kept"] == ["fresh"]
+
+
+def test_a_crafted_state_runs_its_code_in_the_cell_process_only(tmp_path: Path) -> None:
+    """What a state can do when unpickled, it does in the process that restores it: the
+    sandbox's runner. (The integration test proves the server never unpickles one.)"""
+    marker = tmp_path / "unpickled-here"
+
+    class Crafted:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    cell = run_cell(tmp_path, f"import os\nprint(os.path.exists({str(marker)!r}))\n", pickle.dumps(Crafted()))
+    assert cell.stdout.strip() == "True"
+
+
+def test_the_programs_own_dill_module_is_not_the_one_that_saves(tmp_path: Path) -> None:
+    (tmp_path / "dill.py").write_text("raise SystemExit('the program dill was imported')\n")
+    cell = run_cell(tmp_path, "value = 42\n")
+    assert cell.report is not None, cell.stderr
+    assert cell.report["kept"] == ["value"]
+
+
+@pytest.mark.parametrize("code", ["x = 1\ndef (:\n", ""])
+def test_a_cell_that_does_not_compile_keeps_the_restored_names(tmp_path: Path, code: str) -> None:
+    first = run_cell(tmp_path, "kept_before = 7\n")
+    second = run_cell(tmp_path, code, first.state)
+    assert second.report is not None
+    assert second.report["kept"] == ["kept_before"]
+
+
+def test_a_module_of_the_programs_named_like_the_states_imports_is_still_its_own(tmp_path: Path) -> None:
+    (tmp_path / "types.py").write_text("Point = tuple\n")
+    (tmp_path / "pickle.py").write_text("MINE = True\n")
+    first = run_cell(tmp_path, "value = [1]\n")
+    second = run_cell(tmp_path, "import types, pickle\nprint(types.Point, pickle.MINE, value)\n", first.state)
+    assert second.stdout.strip() == "<class 'tuple'> True [1]", second.stderr
+    assert second.report is not None
+    assert {"value", "types", "pickle"} <= set(second.report["kept"])
+    third = run_cell(tmp_path, "print(types.Point, pickle.MINE, value)\n", second.state)
+    assert third.stdout.strip() == "<class 'tuple'> True [1]", third.stderr
