@@ -4,6 +4,7 @@ pickled and unpickled only inside sandboxes (``engine/notebook_state.py``)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -11,8 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent_sandbox.engine.protocol import STATE_DATA, STATE_REPORT
 from agent_sandbox.engine.spec import FilesOut
 from agent_sandbox.models import NameNote, StateReport
+from agent_sandbox.packages.missing import module_named
 from agent_sandbox.workspaces import SavedState
 
+# As engine/notebook_state.py words a name that needs a module the image lacks.
+_NEEDS_MODULE = re.compile(r"needs the module '(?P<module>[A-Za-z0-9_.]+)'")
 MAX_LISTED = 500  # names the result lists of each kind
 MAX_WHY_CHARS = 300
 NAMED_IN_NOTES = 8
@@ -80,10 +84,24 @@ def state_notes(report: StateReport, saved_profile: str | None, profile: str) ->
             else ""
         )
         notes.append(
-            f"Python state: could not restore {_listed(report.not_restored)}.{elsewhere} They stay "
-            "saved for a later call that can restore them, unless this call defined them anew."
+            f"Python state: could not restore {_listed(report.not_restored)}.{elsewhere}{_packages(report)} "
+            "They stay saved for a later call that can restore them, unless this call defined them anew."
         )
     return notes
+
+
+def _packages(report: StateReport) -> str:
+    """The requirements that would bring back names that need a missing module (a package an
+    earlier call installed is installed for that call only)."""
+    wanted = []
+    for entry in report.not_restored:
+        found = _NEEDS_MODULE.match(entry.why)
+        missing = module_named(found["module"]) if found else None
+        if missing is not None and missing.requirement not in wanted:
+            wanted.append(missing.requirement)
+    return (
+        f" Pass requirements={wanted!r} (as the call that made them did) to get them back." if wanted else ""
+    )
 
 
 def _not_saved(before: SavedState | None, why: str) -> CellState:

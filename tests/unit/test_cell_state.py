@@ -64,5 +64,6 @@ def test_notes_say_what_was_dropped_and_where_the_unrestored_names_come_back() -
     assert "fh (an open file or stream: open it again)" in dropped
     assert "could not restore df (needs the module 'pandas'" in unrestored
     assert "image='datascience'" in unrestored
+    assert "Pass requirements=['pandas']" in unrestored
     assert "stay saved" in unrestored
     assert state_notes(StateReport(saved=True, kept=["x"]), None, "minimal") == []

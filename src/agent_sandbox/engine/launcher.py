@@ -683,7 +683,9 @@ def _read_own_file(path: str) -> "bytes | None":
 
 def _install(wheels: "list[str]") -> "InstallLine":
     """Install the wheels into /packages with uv (fast) or else pip; no index, no network, no
-    dependency resolution (the host did that), no config files from /work."""
+    dependency resolution (the host did that), no config files from /work. The installer
+    unpacks into a folder on /packages itself, not /tmp (too small for scipy and friends), and
+    links from there: the packages take their room once, not twice."""
     paths = []
     for name in wheels:
         if "/" in name or not name.endswith(".whl"):
@@ -693,19 +695,28 @@ def _install(wheels: "list[str]") -> "InstallLine":
     if uv:
         command = [uv, "pip", "install", "--offline", "--no-index", "--no-deps", "--no-cache",
                    "--no-config", "--python", sys.executable, "--target", PACKAGES,
-                   "--link-mode", "copy", *paths]  # fmt: skip
+                   "--link-mode", "hardlink", *paths]  # fmt: skip
     else:
         command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                    "--no-cache-dir", "--disable-pip-version-check", "--isolated", "--target",
                    PACKAGES, *paths]  # fmt: skip
     started = time.monotonic()
+    unpacked = os.path.join(PACKAGES, ".installing")
     try:
+        os.makedirs(unpacked, exist_ok=True)
         done = subprocess.run(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/"
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            env={**os.environ, "TMPDIR": unpacked},
         )
         exit_code, output = done.returncode, done.stdout
     except OSError as exc:
         exit_code, output = 127, f"cannot start the installer: {exc}".encode()
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
     return {
         "exit_code": exit_code,
         "seconds": round(time.monotonic() - started, 3),

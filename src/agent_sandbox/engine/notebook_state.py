@@ -167,6 +167,7 @@ def _entry(name: str, value: object, shared: "dict[int, str]") -> "tuple[Any, st
 
 
 def _why_not_restored(exc: Exception) -> str:
+    """Why a name could not be restored; a missing module in the words the server looks for."""
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         return f"needs the module {exc.name!r}, which this image does not have"
     return f"{type(exc).__name__}: {_short(exc)}"

@@ -96,9 +96,12 @@ def missing_module(error: ErrorInfo | None) -> MissingModule | None:
     if error is None or error.type != "ModuleNotFoundError":
         return None
     match = _NO_MODULE.fullmatch(error.message.strip())
-    if match is None:
-        return None
-    module = match["name"].split(".", 1)[0]
+    return None if match is None else module_named(match["name"])
+
+
+def module_named(name: str) -> MissingModule | None:
+    """What would provide the (possibly dotted) module ``name``; None as for ``missing_module``."""
+    module = name.split(".", 1)[0]
     if not (module.isascii() and module.isidentifier()) or module in sys.stdlib_module_names:
         return None
     distribution = DISTRIBUTIONS.get(module, module)
