@@ -46,6 +46,7 @@ def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path, engine: Dock
     [
         ("benchmarks/packages.py", ("requirements=['six']", "datascience profile", "docker run")),
         ("benchmarks/workspaces.py", ("no workspace", "run in the workspace")),
+        ("benchmarks/state.py", ("small namespace, with state", "MiB DataFrame, without state")),
     ],
 )
 def test_the_other_benchmarks_run(script: str, rows: tuple[str, ...]) -> None:

@@ -163,3 +163,58 @@ async def test_two_stdio_hosts_of_one_user_keep_their_own_workspaces(tmp_path: P
     assert mine.is_error is False
     assert theirs.is_error is True
     assert "belongs to another client" in theirs.content[0].text  # type: ignore[union-attr]
+
+
+async def test_a_notebook_remembers_across_fresh_containers_and_a_server_restart(tmp_path: Path) -> None:
+    """The README's transcript over stdio: names defined in one call are there in the next, each
+    call in a fresh container, and after the server process itself is replaced."""
+    parameters = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "agent_sandbox", "serve"],
+        cwd=str(ROOT),
+        env={
+            **os.environ,
+            "AGENT_SANDBOX_WORKSPACES__DIR": str(tmp_path),
+            "AGENT_SANDBOX_ENGINE__POOL_SIZE": "0",
+        },
+    )
+    host = Implementation(name="claude-ai", version="1")
+    async with Client(parameters, mode="legacy", client_info=host) as first_server:
+        names = {tool.name for tool in (await first_server.list_tools()).tools}
+        assert "workspace_reset_state" in names
+        created = await first_server.call_tool("workspace_create", {})
+        assert created.structured_content is not None
+        workspace = created.structured_content["workspace"]
+        define = (
+            "import statistics\nscores = [3, 5, 8]\ndef spread(xs):\n    return max(xs) - min(xs)\n"
+            "rows = (s for s in scores)\n"
+        )
+        one = await first_server.call_tool("run_python", {"code": define, "workspace": workspace})
+        assert one.structured_content is not None
+        state = one.structured_content["state"]
+        assert state["saved"] is True
+        assert state["kept"] == ["spread", "statistics", "scores"]
+        assert state["dropped"] == [{"name": "rows", "why": state["dropped"][0]["why"]}]
+        assert "not kept for the next call: rows (a generator" in one.content[0].text  # type: ignore[union-attr]
+        two = await first_server.call_tool(
+            "run_python",
+            {"code": "scores.append(10)\nspread(scores), statistics.mean(scores)", "workspace": workspace},
+        )
+        assert two.structured_content is not None
+        assert two.structured_content["return_value"] == "(7, 6.5)"
+        listed = await first_server.call_tool("workspace_files", {"workspace": workspace})
+        assert listed.structured_content is not None
+        assert listed.structured_content["state"]["names"] == ["spread", "statistics", "scores"]
+    async with Client(parameters, mode="legacy", client_info=host) as second_server:
+        three = await second_server.call_tool(
+            "run_python", {"code": "spread(scores)", "workspace": workspace}
+        )
+        assert three.structured_content is not None
+        assert three.structured_content["return_value"] == "7"
+        cleared = await second_server.call_tool("workspace_reset_state", {"workspace": workspace})
+        assert cleared.is_error is False
+        four = await second_server.call_tool(
+            "run_python", {"code": "'scores' in globals()", "workspace": workspace}
+        )
+        assert four.structured_content is not None
+        assert four.structured_content["return_value"] == "False"

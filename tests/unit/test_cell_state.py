@@ -3,7 +3,9 @@ the bytes kept opaque, and the notes a model reads."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 from agent_sandbox.cell_state import read_cell_state, state_notes
 from agent_sandbox.engine.spec import FileEntry, FilesOut
@@ -67,3 +69,17 @@ def test_notes_say_what_was_dropped_and_where_the_unrestored_names_come_back() -
     assert "Pass requirements=['pandas']" in unrestored
     assert "stay saved" in unrestored
     assert state_notes(StateReport(saved=True, kept=["x"]), None, "minimal") == []
+
+
+def test_no_module_of_the_server_imports_pickle_or_dill() -> None:
+    """Only the sandbox's side (notebook_state.py, sent with the job and run by the runner in the
+    sandbox) may: the server keeps states as bytes it never unpickles."""
+    source = Path(__file__).parents[2] / "src" / "agent_sandbox"
+    importers = set()
+    for path in source.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name.split(".")[0] in {"pickle", "dill", "cloudpickle", "_pickle"} for name in names):
+                importers.add(path.relative_to(source).as_posix())
+    assert importers == {"engine/notebook_state.py"}

@@ -249,3 +249,19 @@ def test_a_module_of_the_programs_named_like_the_states_imports_is_still_its_own
     assert {"value", "types", "pickle"} <= set(second.report["kept"])
     third = run_cell(tmp_path, "print(types.Point, pickle.MINE, value)\n", second.state)
     assert third.stdout.strip() == "<class 'tuple'> True [1]", third.stderr
+
+
+def test_a_name_saved_under_another_python_says_so(tmp_path: Path) -> None:
+    first = run_cell(tmp_path, "def f():\n    return 1\n")
+    state = pickle.loads(first.state)
+    state["python"] = [3, 99, 0]
+    (_, _, payload) = state["entries"][0]
+    state["entries"][0] = ("f", "value", payload[:-5])  # as code another Python cannot load
+    second = run_cell(tmp_path, "print('ran')\n", pickle.dumps(state))
+    assert second.stdout.strip() == "ran"
+    assert second.report is not None
+    ((name, why),) = second.report["not_restored"]
+    assert name == "f"
+    assert why.endswith(
+        f"(saved under Python 3.99.0; this image runs {'.'.join(map(str, sys.version_info[:3]))})"
+    )

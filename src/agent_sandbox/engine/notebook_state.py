@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
+ALL_NAMES = "(every name)"  # how a state that cannot be read at all is reported
 ModuleType = type(sys)
 FunctionType = type(lambda: None)
 # Objects a pickle would not make the same again, by the (module, name) of a class in their MRO.
@@ -61,12 +62,18 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
     if not data:
         return [], []
     try:
-        state = pickle.loads(data)
+        state = pickle.loads(data)  # in the sandbox only: a state is as trusted as the program
         entries = state["entries"] if state.get("format") == FORMAT else None
     except Exception as exc:
-        return [["*", f"the saved state cannot be read ({type(exc).__name__}); it is dropped"]], []
+        return [[ALL_NAMES, f"the saved state cannot be read ({type(exc).__name__}); it is dropped"]], []
     if entries is None:
-        return [["*", f"the saved state has format {state.get('format')!r}, not {FORMAT}; it is dropped"]], []
+        why = f"the saved state has format {state.get('format')!r}, not {FORMAT}; it is dropped"
+        return [[ALL_NAMES, why]], []
+    saved_under = ".".join(map(str, state.get("python", ())))
+    running = ".".join(map(str, sys.version_info[:3]))
+    other_python = (
+        f" (saved under Python {saved_under}; this image runs {running})" if saved_under != running else ""
+    )
     restored: set[str] = set()
     failed: list[list[str]] = []
     kept: list[Any] = []
@@ -85,7 +92,7 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
             else:
                 namespace[name] = _Unpickler(io.BytesIO(payload)).load()
         except Exception as exc:
-            failed.append([name, _why_not_restored(exc)])
+            failed.append([name, _why_not_restored(exc) + other_python])
             kept.append(entry)
         else:
             restored.add(name)

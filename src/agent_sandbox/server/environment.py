@@ -27,6 +27,11 @@ def describe_environment(settings: Settings) -> str:
             "only, fetched by the host, installed offline into /packages before the program "
             f"starts, at most {packages.max_wheels} wheels / {packages.max_total_mib} MiB)." + allowed
         )
+        if packages.auto_install:
+            requirements_help += (
+                " A run that fails on a missing module is run once more with the package that "
+                "provides it (install.auto says so); better name it in `requirements` yourself."
+            )
     shared_memory = (
         f", with {limits.shm_mib} MiB of shared memory (/dev/shm) for multiprocessing"
         if limits.shm_mib
@@ -37,7 +42,9 @@ def describe_environment(settings: Settings) -> str:
         f"unprivileged user. Image profiles (`image`; default '{settings.engine.profile}'): "
         f"{profiles}. {requirements_help} The working "
         f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB)"
-        f"{shared_memory}; everything else is read-only and nothing persists after the call. Limits: "
+        f"{shared_memory}; everything else is read-only and nothing persists after the call, unless "
+        f"you pass a workspace (workspace_create): then /work and, for run_python, the global names "
+        f"(variables, functions, classes, imports) carry to the next call. Limits: "
         f"{limits.memory_mib} MiB of memory (files in /work, /tmp and /dev/shm count), {limits.cpus:g} CPU, "
         f"{limits.pids} processes and threads, {limits.timeout_s:g} s by default (timeout_s up to "
         f"{limits.max_timeout_s:g} s), {limits.output_capture_kib} KiB of stdout and of stderr "

@@ -43,11 +43,16 @@ def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str]
     if (workspace := result.workspace) is not None:
         state = "saved" if workspace.saved else "NOT saved (see notes)"
         before.append(f"workspace: {workspace.id} {state}: {workspace.files} files, {workspace.bytes} bytes")
+    if (kept := result.state) is not None:
+        names = ", ".join(kept.kept[:20]) + (", ..." if len(kept.kept) > 20 else "") or "no names"
+        saved = "kept" if kept.saved else "NOT saved (see notes); the next call has"
+        before.append(line(f"python state: {saved} {len(kept.kept)} names ({names}), {kept.bytes} bytes"))
     if result.return_value is not None:
         before.append(line(f"return value: {result.return_value}"))
     if (install := result.install) is not None:
         source = "host cache" if install.from_cache else f"downloaded in {install.resolve_s:.2f} s"
         state = "installed" if install.ok else "FAILED to install; the program did not run"
+        state += " (added by the server after a missing module; see notes)" if install.auto else ""
         before.append(
             line(
                 f"requirements: {', '.join(install.requirements)} -> {len(install.wheels)} wheel(s) "
