@@ -39,6 +39,7 @@ TOOLS = {
     "workspace_create",
     "workspace_files",
     "workspace_read",
+    "workspace_reset_state",
     "workspace_delete",
     "run_status",
     "run_result",

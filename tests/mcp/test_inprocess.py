@@ -30,7 +30,7 @@ RESULT_FIELDS = {
     "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "stdout_bytes",
     "stderr_bytes", "duration_s", "timed_out", "oom_killed", "peak_memory_mib", "cpu_s", "usage_source",
     "oom_victim", "stopped_at", "warm_start", "violations", "notes", "limits", "profile", "install",
-    "return_value", "error", "artifacts", "workspace",
+    "return_value", "error", "artifacts", "workspace", "state",
 }  # fmt: skip
 
 
@@ -58,6 +58,7 @@ async def test_both_tools_are_listed_with_full_schemas_and_annotations(client: C
         "workspace",
         "return_last_expression",
         "background",
+        "keep_state",
     }
     assert project.input_schema["required"] == ["files"]
     assert set(project.input_schema["properties"]) == {

@@ -176,9 +176,11 @@ def test_os_exit_leaves_no_state_behind(tmp_path: Path) -> None:
 
 def test_a_name_that_cannot_be_restored_is_named_and_carried_for_a_later_run(tmp_path: Path) -> None:
     (tmp_path / "shapes.py").write_text("class Square:\n    side = 2\n")
-    first = run_cell(tmp_path, "import shapes\nsq = shapes.Square()\nother = 5\n")
+    first = run_cell(
+        tmp_path, "import shapes\nsq = shapes.Square()\nother = 5\ndef helper():\n    return other\n"
+    )
     (tmp_path / "shapes.py").unlink()  # as under a profile that lacks the package
-    second = run_cell(tmp_path, "print(other)\n", first.state)
+    second = run_cell(tmp_path, "print(helper())\n", first.state)
     assert second.stdout.strip() == "5"
     assert second.report is not None
     not_restored = dict(second.report["not_restored"])
@@ -256,7 +258,7 @@ def test_a_name_saved_under_another_python_says_so(tmp_path: Path) -> None:
     state = pickle.loads(first.state)
     state["python"] = [3, 99, 0]
     (_, _, payload) = state["entries"][0]
-    state["entries"][0] = ("f", "value", payload[:-5])  # as code another Python cannot load
+    state["entries"][0] = (("f",), "value", payload[:-5])  # as code another Python cannot load
     second = run_cell(tmp_path, "print('ran')\n", pickle.dumps(state))
     assert second.stdout.strip() == "ran"
     assert second.report is not None
@@ -265,3 +267,41 @@ def test_a_name_saved_under_another_python_says_so(tmp_path: Path) -> None:
     assert why.endswith(
         f"(saved under Python 3.99.0; this image runs {'.'.join(map(str, sys.version_info[:3]))})"
     )
+
+
+def test_names_that_share_an_object_still_share_it_after_a_restore(tmp_path: Path) -> None:
+    first, second = cells(
+        tmp_path,
+        "months = [1, 2]\nsales = {'north': months}\n"
+        "class Region:\n    def __init__(self, m): self.m = m\nregion = Region(months)\nalone = [9]\n",
+        "sales['north'].append(3)\nprint(region.m, months, region.m is sales['north'], alone)\n",
+    )
+    assert second.stdout.strip() == "[1, 2, 3] [1, 2, 3] True [9]"
+    assert first.report is not None
+    assert set(first.report["kept"]) == {"Region", "months", "sales", "region", "alone"}
+
+
+def test_a_group_that_cannot_be_restored_names_each_member_and_spares_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "shapes.py").write_text("class Square:\n    pass\n")
+    first = run_cell(
+        tmp_path,
+        "import shapes\nsq = shapes.Square()\nboth = [shapes.Square()]\nalso = {'s': both[0]}\n"
+        "holder = [sq]\nfree = 1\n",
+    )
+    (tmp_path / "shapes.py").unlink()
+    second = run_cell(tmp_path, "print(free)\n", first.state)
+    assert second.stdout.strip() == "1"
+    assert second.report is not None
+    why = dict(second.report["not_restored"])
+    assert set(why) == {"shapes", "sq", "both", "also", "holder"}
+    assert why["both"].endswith("(saved together with also, which share objects with it)")
+    assert why["holder"] == "LookupError: it refers to 'sq', which could not be restored"
+
+
+def test_a_name_that_refers_to_a_dropped_one_is_dropped_saying_so(tmp_path: Path) -> None:
+    cell = run_cell(tmp_path, "big = bytearray(300_000)\nholder = [big]\nsmall = 1\n", max_bytes=100_000)
+    assert cell.report is not None
+    why = dict(cell.report["dropped"])
+    assert "too big to keep" in why["big"]
+    assert why["holder"] == "it refers to 'big', which was dropped"
+    assert cell.report["kept"] == ["small"]

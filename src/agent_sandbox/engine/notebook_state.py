@@ -54,6 +54,8 @@ _NOT_CARRIED = {
     ("builtins", "traceback"): "a traceback: it ended with the call",
 }
 _ATOMS = (int, float, complex, str, bytes, bool, type(None))  # never shared by reference
+# Objects two names may hold alike without having to stay one object after a restore.
+_NEVER_SHARED = (*_ATOMS, tuple, frozenset, type, ModuleType, FunctionType, type(len))
 
 
 def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]], list[Any]]":
@@ -85,52 +87,69 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
             return namespace[pid]
 
     for entry in entries:
-        name, kind, payload = entry
+        names, kind, payload = entry
         try:
             if kind == "import":
-                namespace[name] = importlib.import_module(payload)
+                values = {names[0]: importlib.import_module(payload)}
+            elif kind == "group":
+                values = _Unpickler(io.BytesIO(payload)).load()
             else:
-                namespace[name] = _Unpickler(io.BytesIO(payload)).load()
+                values = {names[0]: _Unpickler(io.BytesIO(payload)).load()}
         except Exception as exc:
-            failed.append([name, _why_not_restored(exc) + other_python])
+            why = _why_not_restored(exc) + other_python
+            failed += [[name, why + _together(name, names)] for name in names]
             kept.append(entry)
         else:
-            restored.add(name)
+            namespace.update(values)
+            restored.update(names)
     return failed, kept
 
 
 def save(namespace: "dict[str, Any]", carried: "list[Any]", max_bytes: int) -> "tuple[dict[str, Any], bytes]":
     """The report (kept names, dropped ones with why, size) and the state for the next run.
-    ``carried`` holds saved entries this run could not restore: kept unless the cell bound the
-    name itself. Dunder names (``__builtins__``, ``__file__``) are the runner's, never saved."""
-    entries: list[Any] = []
+    ``carried`` holds saved entries this run could not restore: kept unless the cell bound one of
+    their names itself. Dunder names (``__builtins__``, ``__file__``) are the runner's, never saved."""
+    names = _in_order([name for name in namespace if not (name[:2] == name[-2:] == "__")], namespace)
     dropped: list[list[str]] = []
-    shared: dict[int, str] = {}
-    total = 0
-    names = [name for name in namespace if not (name.startswith("__") and name.endswith("__"))]
-    for name in _in_order(names, namespace):
+    pickled: list[Any] = []  # [names, kind, payload, objects seen, names referred to]
+    earlier: dict[int, str] = {}  # a value of a name saved before, by id: referred to by name
+    for name in names:
         value = namespace[name]
-        entry, why = _entry(name, value, shared)
-        if entry is not None and total + len(entry[2]) > max_bytes:
-            size = len(entry[2])
-            why = (
-                f"too big to keep: {size // 1024} KiB, and the state may hold {max_bytes // 1024} KiB "
-                "in all; save it as a file in /work (e.g. df.to_parquet) and load it in the next call"
-            )
-            entry = None
-        if entry is None:
+        unit, why = _unit(name, value, earlier)
+        if unit is None:
             dropped.append([name, why or "it cannot be kept"])
             continue
-        total += len(entry[2])
-        entries.append(entry)
+        pickled.append(unit)
         if not isinstance(value, _ATOMS):
-            shared[id(value)] = name
+            earlier[id(value)] = name
+    entries: list[Any] = []
+    gone: set[str] = set()
+    total = 0
+    for unit_names, kind, payload, refs in _joined(pickled, namespace):
+        lost = sorted(refs & gone)
+        if lost:
+            why = f"it refers to {lost[0]!r}, which was dropped"
+        elif total + len(payload) > max_bytes:
+            why = (
+                f"too big to keep: {len(payload) // 1024} KiB, and the state may hold {max_bytes // 1024} "
+                "KiB in all; save it as a file in /work (e.g. df.to_parquet) and load it in the next call"
+            )
+        else:
+            total += len(payload)
+            entries.append((unit_names, kind, payload))
+            continue
+        gone.update(unit_names)
+        dropped += [[name, why + _together(name, unit_names)] for name in unit_names]
     for entry in carried:
-        if entry[0] not in namespace and total + len(entry[2]) <= max_bytes:
+        if not any(name in namespace for name in entry[0]) and total + len(entry[2]) <= max_bytes:
             total += len(entry[2])
             entries.append(entry)
     data = pickle.dumps({"format": FORMAT, "python": list(sys.version_info[:3]), "entries": entries}, 5)
-    report = {"kept": [entry[0] for entry in entries], "dropped": dropped, "bytes": len(data)}
+    report = {
+        "kept": [name for entry in entries for name in entry[0]],
+        "dropped": dropped,
+        "bytes": len(data),
+    }
     return report, data
 
 
@@ -151,26 +170,85 @@ def _in_order(names: "list[str]", namespace: "dict[str, Any]") -> "list[str]":
     return sorted(names, key=rank)  # stable: the cell's own order within each kind
 
 
-def _entry(name: str, value: object, shared: "dict[int, str]") -> "tuple[Any, str | None]":
-    """The saved form of one name, or None and why it cannot be kept."""
+def _unit(name: str, value: object, earlier: "dict[int, str]") -> "tuple[Any, str | None]":
+    """One name's saved form, with the objects its pickle holds and the names it refers to; or
+    None and why it cannot be kept."""
     if isinstance(value, ModuleType):
         module_name = getattr(value, "__name__", None)
         if isinstance(module_name, str) and sys.modules.get(module_name) is value:
-            return (name, "import", module_name), None
+            return [(name,), "import", module_name, {}, set()], None
         return None, "a module made while the cell ran, not imported: make it again in the next call"
     for cls in type(value).__mro__:
         why = _NOT_CARRIED.get((getattr(cls, "__module__", ""), cls.__qualname__))
         if why:
             return None, why
-    buffer = io.BytesIO()
-    pickler = dill.Pickler(buffer, protocol=5)
-    pickler.persistent_id = lambda obj: None if obj is value else shared.get(id(obj))
     try:
-        pickler.dump(value)
+        payload, seen, refs = _pickled(value, earlier)
     except Exception as exc:
         why = f"it cannot be pickled ({type(exc).__name__}: {_short(exc)}): recreate it in the next call"
         return None, why
-    return (name, "value", buffer.getvalue()), None
+    return [(name,), "value", payload, seen, refs], None
+
+
+def _pickled(root: object, earlier: "dict[int, str]") -> "tuple[bytes, dict[int, object], set[str]]":
+    """``root`` pickled, an object another name holds by that name's reference; and the objects
+    the pickle holds that two names could share (kept alive, so that no id is reused meanwhile)."""
+    buffer = io.BytesIO()
+    pickler = dill.Pickler(buffer, protocol=5)
+    refs: set[str] = set()
+
+    def persistent_id(obj: object) -> "str | None":
+        name = None if obj is root else earlier.get(id(obj))
+        if name is not None:
+            refs.add(name)
+        return name
+
+    pickler.persistent_id = persistent_id
+    pickler.dump(root)
+    seen = {key: obj for key, (_, obj) in pickler.memo.items() if not isinstance(obj, _NEVER_SHARED)}
+    return buffer.getvalue(), seen, refs
+
+
+def _joined(pickled: "list[Any]", namespace: "dict[str, Any]") -> "list[Any]":
+    """The saved units in order: names whose values share an object (a list held by a dict of
+    one and by an instance of another) pickled together, so that they still share it after a
+    restore; every other name on its own. Each: names, kind, payload, names referred to."""
+    modules = {id(vars(module)) for module in list(sys.modules.values()) if module is not None}
+    first: dict[int, int] = {}  # object id -> the first unit that holds it
+    parent = list(range(len(pickled)))
+
+    def find(index: int) -> int:
+        while parent[index] != index:
+            index = parent[index]
+        return index
+
+    for index, unit in enumerate(pickled):
+        for key in unit[3]:
+            if key in modules or key == id(namespace):
+                continue  # a module's globals, e.g. the functions' __main__: not the value's own
+            if key in first:
+                parent[find(index)] = find(first[key])
+            else:
+                first[key] = index
+    groups: dict[int, list[int]] = {}
+    for index in range(len(pickled)):
+        groups.setdefault(find(index), []).append(index)
+    units = []
+    for members in sorted(groups.values()):
+        if len(members) == 1:
+            names, kind, payload, _, refs = pickled[members[0]]
+            units.append((names, kind, payload, refs))
+            continue
+        names = tuple(pickled[index][0][0] for index in members)
+        before = {id(namespace[unit[0][0]]): unit[0][0] for unit in pickled[: members[0]]}
+        payload, _, refs = _pickled({name: namespace[name] for name in names}, before)
+        units.append((names, "group", payload, refs))
+    return units
+
+
+def _together(name: str, names: "tuple[str, ...]") -> str:
+    others = [other for other in names if other != name]
+    return f" (saved together with {', '.join(others)}, which share objects with it)" if others else ""
 
 
 def _why_not_restored(exc: Exception) -> str:
