@@ -7,6 +7,7 @@ Troubleshooting table, and the `claude mcp add` line (Claude Code is not on a CI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp_types import Implementation
 
 from agent_sandbox.config import GVISOR
 from agent_sandbox.engine.docker import DockerEngine
@@ -201,6 +203,7 @@ def normalised(line: str) -> str:
     """Without what changes from run to run: durations, versions, dates, sizes."""
     line = re.sub(r"\d+\.\d+ s\b", "N s", line)
     line = re.sub(r"\d+ MiB peak memory", "N MiB peak memory", line)
+    line = re.sub(r"^(python state: .*), \d+ bytes$", r"\1, N bytes", line, flags=re.M)
     line = re.sub(r"Docker \S+ at", "Docker V at", line)
     return re.sub(r"\(\d+ MB, built [^)]*\)", "(N MB, built T)", line)
 
@@ -240,17 +243,38 @@ def test_the_client_configs_start_the_server_the_readme_starts() -> None:
     assert argv == [in_docker["command"], *in_docker["args"]]
 
 
-async def test_the_example_calls_return_what_the_readme_shows() -> None:
+async def test_the_example_calls_return_what_the_readme_shows(tmp_path: Path) -> None:
     """Each `{"name": ..., "arguments": ...}` call in the README, made over stdio, gives the text
-    content shown in the next `text` block (durations aside)."""
-    examples = re.findall(r'```json\n(\{"name": .*?)\n```\n.*?```text\n(.*?)```', README, re.S)
-    assert len(examples) == 2
+    content shown in the next `text` block (durations aside). Calls in a workspace run in one
+    made for the test, in order; where the README says the server was started again, so is it."""
+    examples = list(re.finditer(r'```json\n(\{"name": .*?)\n```\n(.*?)```text\n(.*?)```', README, re.S))
+    assert len(examples) == 5
     server = StdioServerParameters(
-        command=sys.executable, args=["-m", "agent_sandbox", "serve"], cwd=str(ROOT)
+        command=sys.executable,
+        args=["-m", "agent_sandbox", "serve"],
+        cwd=str(ROOT),
+        env={**os.environ, "AGENT_SANDBOX_WORKSPACES__DIR": str(tmp_path)},
     )
-    async with Client(server) as client:
-        for call, shown in examples:
-            request = json.loads(call)
-            result = await client.call_tool(request["name"], request["arguments"])
+    host = Implementation(name="readme", version="1")  # a stdio workspace belongs to the host application
+    workspace = None
+    previous_end = 0
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(Client(server, mode="legacy", client_info=host))
+        for example in examples:
+            if "started again" in README[previous_end : example.start()]:
+                await stack.aclose()
+                client = await stack.enter_async_context(Client(server, mode="legacy", client_info=host))
+            previous_end = example.end()
+            request = json.loads(example[1])
+            arguments = request["arguments"]
+            if "workspace" in arguments:
+                if workspace is None:
+                    created = await client.call_tool("workspace_create", {})
+                    workspace = (created.structured_content or {})["workspace"]
+                shown = example[3].replace(arguments["workspace"], workspace)
+                arguments = {**arguments, "workspace": workspace}
+            else:
+                shown = example[3]
+            result = await client.call_tool(request["name"], arguments)
             text = result.content[0].text  # type: ignore[union-attr]
             assert normalised(text).splitlines() == [normalised(line) for line in shown.splitlines()]
