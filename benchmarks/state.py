@@ -11,6 +11,10 @@ The timed cell is `print('hi')`, --runs calls per row, --gap seconds apart, the 
 state in ABBA order so that drift falls on both alike. Median and p95 in ms, the ratio of medians
 to the row without state, the state's size and how many calls started warm.
 
+The floor under the DataFrame's row: `docker run -i --rm --network none` of the datascience
+image, moving the same number of bytes in on stdin and back out on stdout (as a state travels
+through the engine's attach stream), against the same `docker run` moving nothing.
+
     .venv/bin/python benchmarks/state.py [--runs 20] [--gap 0.2] [--mib 50]
 """
 
@@ -21,6 +25,7 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,11 +104,36 @@ async def main() -> None:
             baseline = statistics.median(samples[False])
             for keep, name in ((False, "without state (keep_state=false)"), (True, "with state")):
                 median = statistics.median(samples[keep])
-                shown = f"{size / 2**20:.1f} MiB" if keep and size >= 2**20 else f"{size} B" if keep else "-"
+                shown = _size(size) if keep else "-"
                 print(
                     f"{label + ', ' + name:44} {median:10.1f} {p95(samples[keep]):8.1f} "
                     f"{median / baseline:10.2f} {shown:>9} {warm[keep]:5d}"
                 )
+    frame_bytes = size  # the last state measured: the DataFrame's
+    floor = {moved: [_docker_moving(moved) for _ in range(options.runs)] for moved in (0, frame_bytes)}
+    empty = statistics.median(floor[0])
+    for moved, samples in floor.items():
+        name = f"docker run -i, {_size(moved)} in and out" if moved else "docker run -i, nothing moved"
+        median = statistics.median(samples)
+        print(f"{name:44} {median:10.1f} {p95(samples):8.1f} {median / empty:10.2f} {'-':>9} {'-':>5}")
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} B"
+
+
+def _docker_moving(size: int) -> float:
+    """Milliseconds for a plain `docker run -i` that reads ``size`` bytes and writes them back."""
+    command = [
+        "docker", "run", "-i", "--rm", "--network", "none", "agent-sandbox:datascience", "python3", "-c",
+        "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())",
+    ]  # fmt: skip
+    data = os.urandom(size)
+    started = time.perf_counter()
+    done = subprocess.run(command, input=data, capture_output=True, check=True)
+    elapsed = (time.perf_counter() - started) * 1000
+    assert len(done.stdout) == size
+    return elapsed
 
 
 if __name__ == "__main__":

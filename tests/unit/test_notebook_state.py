@@ -257,8 +257,8 @@ def test_a_name_saved_under_another_python_says_so(tmp_path: Path) -> None:
     first = run_cell(tmp_path, "def f():\n    return 1\n")
     state = pickle.loads(first.state)
     state["python"] = [3, 99, 0]
-    (_, _, payload) = state["entries"][0]
-    state["entries"][0] = (("f",), "value", payload[:-5])  # as code another Python cannot load
+    (names, kind, payload) = state["entries"][0]
+    state["entries"][0] = (names, kind, payload[:-5])  # as code another Python cannot load
     second = run_cell(tmp_path, "print('ran')\n", pickle.dumps(state))
     assert second.stdout.strip() == "ran"
     assert second.report is not None
@@ -305,3 +305,22 @@ def test_a_name_that_refers_to_a_dropped_one_is_dropped_saying_so(tmp_path: Path
     assert "too big to keep" in why["big"]
     assert why["holder"] == "it refers to 'big', which was dropped"
     assert cell.report["kept"] == ["small"]
+
+
+def test_plain_data_goes_through_the_c_pickler_and_what_the_cell_defined_through_dill(tmp_path: Path) -> None:
+    """dill's pure-Python pickler takes 20 times as long on plain data (100,000 dicts: 0.9 s
+    against 0.04 s in the image): it is kept for what only it can pickle."""
+    cell = run_cell(
+        tmp_path,
+        "rows = [{'id': i} for i in range(3)]\nclass Point:\n    pass\np = Point()\n"
+        "def f():\n    return 1\nsquare = lambda v: v * v\nhandlers = {'sq': lambda v: v * v}\n",
+    )
+    kinds = {names[0]: kind for names, kind, _ in pickle.loads(cell.state)["entries"]}
+    assert kinds == {
+        "Point": "dill",
+        "f": "dill",
+        "square": "dill",
+        "rows": "pickle",
+        "p": "pickle",
+        "handlers": "dill",
+    }
