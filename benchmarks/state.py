@@ -68,7 +68,7 @@ async def main() -> None:
     }
     parameters = StdioServerParameters(command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=env)
     title = "print('hi') in a workspace"
-    print(f"{title:44} {'median ms':>10} {'p95 ms':>8} {'x no state':>10} {'state':>9} {'warm':>5}")
+    print(f"{title:52} {'median ms':>10} {'p95 ms':>8} {'x no state':>10} {'state':>9} {'warm':>5}")
     async with Client(parameters) as client:
         await anyio.sleep(2)  # let the pool fill
         for label, setup, profile in (
@@ -106,7 +106,7 @@ async def main() -> None:
                 median = statistics.median(samples[keep])
                 shown = _size(size) if keep else "-"
                 print(
-                    f"{label + ', ' + name:44} {median:10.1f} {p95(samples[keep]):8.1f} "
+                    f"{label + ', ' + name:52} {median:10.1f} {p95(samples[keep]):8.1f} "
                     f"{median / baseline:10.2f} {shown:>9} {warm[keep]:5d}"
                 )
     frame_bytes = size  # the last state measured: the DataFrame's
@@ -115,7 +115,7 @@ async def main() -> None:
     for moved, samples in floor.items():
         name = f"docker run -i, {_size(moved)} in and out" if moved else "docker run -i, nothing moved"
         median = statistics.median(samples)
-        print(f"{name:44} {median:10.1f} {p95(samples):8.1f} {median / empty:10.2f} {'-':>9} {'-':>5}")
+        print(f"{name:52} {median:10.1f} {p95(samples):8.1f} {median / empty:10.2f} {'-':>9} {'-':>5}")
 
 
 def _size(size: int) -> str:

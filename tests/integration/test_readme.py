@@ -92,6 +92,7 @@ EXERCISED = {
     ),
     ".venv/bin/python benchmarks/packages.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
     ".venv/bin/python benchmarks/workspaces.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
+    ".venv/bin/python benchmarks/state.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
     ".venv/bin/python benchmarks/runtimes.py": "tests/integration/test_benchmarks.py::test_the_runtime_cost_benchmark_runs",
 }
 TYPED = ("make ", ".venv/bin/", "bash ", "docker ", "curl ")
