@@ -34,6 +34,7 @@ from agent_sandbox.engine.base import Engine, EngineHealth, OutputCallback, Prog
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, ResultCaps, RunSpec
 from agent_sandbox.errors import PackageRefused, Refused
 from agent_sandbox.filenames import shown_name
+from agent_sandbox.images.profiles import profiles_pinning
 from agent_sandbox.models import (
     InstallReport,
     LimitRequest,
@@ -289,7 +290,8 @@ class Sandbox:
         if missing is None or _provided_by_files(missing.module, files):
             return result, outcome
         packages, profile = self.settings.packages, result.profile
-        note = missing_note(missing, profile, self.settings.engine.profiles, packages)
+        having = profiles_pinning(missing.distribution, self.settings.engine.profiles)
+        note = missing_note(missing, profile, having, packages)
         asked = {canonicalize_name(requirement.name) for requirement in requirements}
         if (
             not packages.auto_install

@@ -7,19 +7,23 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from agent_sandbox.config import PackageSettings
-from agent_sandbox.images.profiles import PROFILES
+from agent_sandbox.images.profiles import PROFILES, profiles_pinning
 from agent_sandbox.models import ErrorInfo
 from agent_sandbox.packages.missing import (
     DISTRIBUTIONS,
     MissingModule,
     missing_module,
     missing_note,
-    profiles_with,
     refusal,
 )
 
 OFFERED = ["minimal", "datascience"]
 SKLEARN = MissingModule(module="sklearn", distribution="scikit-learn", requirement="scikit-learn")
+
+
+def note_for(missing: MissingModule, profile: str, offered: list[str], settings: PackageSettings) -> str:
+    """The note, with the offered profiles that pin it found as the server finds them."""
+    return missing_note(missing, profile, profiles_pinning(missing.distribution, offered), settings)
 
 
 def error(message: str, type_: str = "ModuleNotFoundError") -> ErrorInfo:
@@ -89,18 +93,18 @@ def test_the_table_maps_import_names_to_other_project_names() -> None:
 
 def test_profiles_are_found_by_their_pins() -> None:
     assert "scikit-learn==1.9.1" in PROFILES["datascience"].packages()  # what the lookups rely on
-    assert profiles_with("scikit-learn", OFFERED) == ["datascience"]
-    assert profiles_with("numpy", OFFERED) == ["datascience"]
-    assert profiles_with("Scikit_Learn", OFFERED) == ["datascience"]  # compared canonicalised
-    assert profiles_with("NumPy", ["datascience", "minimal", "datascience"]) == ["datascience"]
+    assert profiles_pinning("scikit-learn", OFFERED) == ["datascience"]
+    assert profiles_pinning("numpy", OFFERED) == ["datascience"]
+    assert profiles_pinning("Scikit_Learn", OFFERED) == ["datascience"]  # compared canonicalised
+    assert profiles_pinning("NumPy", ["datascience", "minimal", "datascience"]) == ["datascience"]
 
 
 def test_profiles_not_offered_or_unknown_are_skipped() -> None:
-    assert profiles_with("scikit-learn", ["minimal"]) == []
-    assert profiles_with("scikit-learn", []) == []
-    assert profiles_with("scikit-learn", ["gpu", "datascience"]) == ["datascience"]
-    assert profiles_with("requests", OFFERED) == []
-    assert profiles_with("six", OFFERED) == []  # at most a dependency of a pin: not counted
+    assert profiles_pinning("scikit-learn", ["minimal"]) == []
+    assert profiles_pinning("scikit-learn", []) == []
+    assert profiles_pinning("scikit-learn", ["gpu", "datascience"]) == ["datascience"]
+    assert profiles_pinning("requests", OFFERED) == []
+    assert profiles_pinning("six", OFFERED) == []  # at most a dependency of a pin: not counted
 
 
 def test_an_allowed_requirement_is_not_refused() -> None:
@@ -121,7 +125,7 @@ def test_refusals_carry_the_policys_reason() -> None:
 
 
 def test_the_note_offers_the_requirement_and_the_profile() -> None:
-    note = missing_note(SKLEARN, "minimal", OFFERED, PackageSettings())
+    note = note_for(SKLEARN, "minimal", OFFERED, PackageSettings())
     assert note == (
         "The program needs the module 'sklearn', which is not installed in the 'minimal' profile; it "
         "comes from the distribution 'scikit-learn'. Add requirements=['scikit-learn'] to the call "
@@ -130,12 +134,12 @@ def test_the_note_offers_the_requirement_and_the_profile() -> None:
 
 
 def test_the_note_leaves_out_profiles_that_do_not_have_it() -> None:
-    note = missing_note(SKLEARN, "minimal", ["minimal"], PackageSettings())
+    note = note_for(SKLEARN, "minimal", ["minimal"], PackageSettings())
     assert "requirements=['scikit-learn']" in note
     assert "image=" not in note
     assert note.endswith("(installed offline for this run only).")
     six = MissingModule("six", "six", "six")
-    note = missing_note(six, "datascience", OFFERED, PackageSettings())
+    note = note_for(six, "datascience", OFFERED, PackageSettings())
     assert note == (
         "The program needs the module 'six', which is not installed in the 'datascience' profile. "
         "Add requirements=['six'] to the call (installed offline for this run only)."
@@ -151,27 +155,25 @@ def test_the_note_leaves_out_profiles_that_do_not_have_it() -> None:
     ],
 )
 def test_a_refused_requirement_is_not_suggested(settings: PackageSettings, reason: str) -> None:
-    note = missing_note(SKLEARN, "minimal", OFFERED, settings)
+    note = note_for(SKLEARN, "minimal", OFFERED, settings)
     assert "'sklearn'" in note
     assert "'scikit-learn'" in note
     assert "This server will not install it: " in note
     assert reason in note
     assert "requirements=" not in note
     assert note.endswith("Run it with image='datascience' instead, which has it.")
-    alone = missing_note(SKLEARN, "minimal", ["minimal"], settings)
+    alone = note_for(SKLEARN, "minimal", ["minimal"], settings)
     assert "image=" not in alone
     assert "requirements=" not in alone
     assert reason in alone
 
 
 def test_the_note_when_the_current_profile_pins_it() -> None:
-    note = missing_note(SKLEARN, "datascience", OFFERED, PackageSettings())
+    note = note_for(SKLEARN, "datascience", OFFERED, PackageSettings())
     assert "'sklearn'" in note
     assert "'scikit-learn'" in note
     assert "the 'datascience' profile has its distribution 'scikit-learn'" in note
     assert "requirements=" not in note
     assert "image=" not in note
     numpy = MissingModule("numpy", "numpy", "numpy")
-    assert "the 'datascience' profile has it;" in missing_note(
-        numpy, "datascience", OFFERED, PackageSettings()
-    )
+    assert "the 'datascience' profile has it;" in note_for(numpy, "datascience", OFFERED, PackageSettings())

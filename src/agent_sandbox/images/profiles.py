@@ -3,8 +3,12 @@ and, when it adds packages, a ``requirements.txt`` of exact pins."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from agent_sandbox.packages.requirements import REQUIREMENTS_FILE, requirements_file
 
@@ -38,6 +42,12 @@ class Profile:
         path = self.folder / REQUIREMENTS_FILE
         return requirements_file(path.read_text()) if path.is_file() else []
 
+    def pinned_names(self) -> set[str]:
+        """The canonical names it pins, its base profiles' included (images build on them)."""
+        names = {canonicalize_name(Requirement(spec).name) for spec in self.packages()}
+        base = PROFILES.get(self.base_profile) if self.base_profile else None
+        return names | (base.pinned_names() if base is not None else set())
+
     def describe(self) -> str:
         """One line for tool descriptions: the name, the summary and every pinned package."""
         packages = self.packages()
@@ -65,3 +75,15 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         raise UnknownProfile(f"unknown image profile {name!r}; known profiles: {sorted(PROFILES)}") from None
+
+
+def profiles_pinning(distribution: str, offered: Sequence[str]) -> list[str]:
+    """The offered profiles (in the order given; unknown and repeated names skipped) that pin
+    ``distribution``, themselves or through the profile they build on. Only pins count: a
+    dependency of a pin is in the image too, but is not known here."""
+    wanted = canonicalize_name(distribution)
+    return [
+        name
+        for name in dict.fromkeys(offered)
+        if name in PROFILES and wanted in PROFILES[name].pinned_names()
+    ]

@@ -1,6 +1,6 @@
 """What to tell a model whose run died on ``ModuleNotFoundError: No module named 'X'``: which
 distribution provides ``X``, whether this server would install it, and which image profile has
-it already. Pure: no engine, no index; only the profiles' pinned requirement files are read."""
+it already (as the caller found it). Pure: no engine, no index."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from agent_sandbox.config import PackageSettings
 from agent_sandbox.errors import PackageRefused
-from agent_sandbox.images.profiles import PROFILES
 from agent_sandbox.models import ErrorInfo
 from agent_sandbox.packages.policy import check_requested
 from agent_sandbox.packages.requirements import parse_requirements
@@ -110,14 +108,6 @@ def module_named(name: str) -> MissingModule | None:
     return MissingModule(module=module, distribution=distribution, requirement=distribution)
 
 
-def profiles_with(distribution: str, offered: Sequence[str]) -> list[str]:
-    """The offered profiles (in the order given; unknown and repeated names skipped) that pin
-    ``distribution``, themselves or through the profile they build on. Only pinned packages count:
-    a package that is only a dependency of a pin is in the image too, but is not known here."""
-    wanted = canonicalize_name(distribution)
-    return [name for name in dict.fromkeys(offered) if name in PROFILES and wanted in _pinned(name)]
-
-
 def refusal(missing: MissingModule, settings: PackageSettings) -> str | None:
     """Why this server would refuse ``missing.requirement`` (the policy's own message), or None;
     so a note never suggests a requirement that would only be refused in turn."""
@@ -129,12 +119,13 @@ def refusal(missing: MissingModule, settings: PackageSettings) -> str | None:
 
 
 def missing_note(
-    missing: MissingModule, profile: str, offered: Sequence[str], settings: PackageSettings
+    missing: MissingModule, profile: str, having: Sequence[str], settings: PackageSettings
 ) -> str:
     """One note a model can act on: the module, its distribution, and the ways to get it that
-    would work here (a requirement unless refused, another offered profile that pins it)."""
+    would work here (a requirement unless refused, another of ``having``: the offered profiles
+    that pin it, images/profiles.py's ``profiles_pinning``)."""
     renamed = canonicalize_name(missing.distribution) != canonicalize_name(missing.module)
-    if profile in profiles_with(missing.distribution, [profile]):
+    if profile in having:
         what = f"its distribution {missing.distribution!r}" if renamed else "it"
         return (
             f"The program could not import the module {missing.module!r}, although the {profile!r} "
@@ -146,7 +137,7 @@ def missing_note(
         f"The program needs the module {missing.module!r}, which is not installed in the "
         f"{profile!r} profile{source}."
     )
-    others = [name for name in profiles_with(missing.distribution, offered) if name != profile]
+    others = [name for name in having if name != profile]
     switch = " or ".join(f"{_PROFILE_ARGUMENT}={name!r}" for name in others)
     has = "which has it" if len(others) == 1 else "each of which has it"
     reason = refusal(missing, settings)
@@ -158,15 +149,3 @@ def missing_note(
         "this run only)"
     )
     return note + (f", or run it with {switch}, {has}." if others else ".")
-
-
-def _pinned(name: str) -> set[str]:
-    """The canonical names a profile pins, its base profiles' included (images build on them)."""
-    names: set[str] = set()
-    seen: set[str] = set()
-    current: str | None = name
-    while current is not None and current in PROFILES and current not in seen:
-        seen.add(current)
-        names.update(canonicalize_name(Requirement(spec).name) for spec in PROFILES[current].packages())
-        current = PROFILES[current].base_profile
-    return names
