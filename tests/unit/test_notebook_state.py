@@ -324,3 +324,24 @@ def test_plain_data_goes_through_the_c_pickler_and_what_the_cell_defined_through
         "p": "pickle",
         "handlers": "dill",
     }
+
+
+def test_an_image_without_dill_runs_the_cell_and_says_to_rebuild(tmp_path: Path) -> None:
+    """An image built before states were kept: the cell still runs, the state is not saved."""
+    script = tmp_path / "main.py"
+    script.write_text("print('ran')\n")
+    state_in, to_cell = os.pipe()
+    from_cell, state_out = os.pipe()
+    os.close(to_cell)
+    command = [sys.executable, "-P", "-c", NOTEBOOK_RUNNER, "2", "0", f"{state_in},{state_out},1000",
+               "import dill_that_is_not_there", str(script)]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=tmp_path, pass_fds=(state_in, state_out), capture_output=True, check=False
+    )
+    os.close(state_out)
+    with os.fdopen(from_cell, "rb") as source:
+        written = source.read()
+    assert done.stdout == b"ran\n"
+    assert json.loads(written) == {
+        "error": "this image cannot keep Python state (ModuleNotFoundError): rebuild it (agent-sandbox image build)"
+    }

@@ -92,8 +92,12 @@ class _State:
         with open(in_fd, "rb") as saved_file:
             self.saved = saved_file.read()
         before = set(sys.modules)
-        self.code = ModuleType("agent_sandbox_state")
-        exec(compile(code, "<agent-sandbox state>", "exec"), self.code.__dict__)
+        # Quoted: an attribute's annotation is evaluated at run time, and types is not imported.
+        self.code: "types.ModuleType | None" = ModuleType("agent_sandbox_state")  # noqa: UP037
+        try:
+            exec(compile(code, "<agent-sandbox state>", "exec"), self.code.__dict__)
+        except Exception as exc:  # an image built before states were kept: it lacks dill
+            self.code, self.broken = None, type(exc).__name__
         self.imported = set(sys.modules) - before  # pickle, dill and what they import
         self.not_restored: list[list[str]] = []
         self.carried: list[object] = []
@@ -106,10 +110,18 @@ class _State:
             top = os.path.join(folder, name.partition(".")[0])
             if os.path.exists(top + ".py") or os.path.isdir(top):
                 sys.modules.pop(name, None)
-        self.not_restored, self.carried = self.code.restore(self.saved, namespace)
+        if self.code is not None:
+            self.not_restored, self.carried = self.code.restore(self.saved, namespace)
 
     def save(self, namespace: "dict[str, object]") -> None:
         """Write what the cell leaves behind; a failure to save says why and keeps nothing."""
+        if self.code is None:  # JSON by hand: without the state's code there is no json module
+            why = (
+                f"this image cannot keep Python state ({self.broken}): rebuild it (agent-sandbox image build)"
+            )
+            os.write(self.out_fd, b'{"error": "' + why.encode() + b'"}\n')
+            os.close(self.out_fd)
+            return
         try:
             report, data = self.code.save(namespace, self.carried, self.max_bytes)
         except Exception as exc:  # the cell's result stands; only this state is lost
