@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent_sandbox.engine.protocol import STATE_DATA, STATE_REPORT
+from agent_sandbox.engine.protocol import STATE_DATA, STATE_REPORT, STATE_REPORT_BYTES
 from agent_sandbox.engine.spec import FilesOut
 from agent_sandbox.models import NameNote, StateReport
 from agent_sandbox.packages.missing import module_named
@@ -28,8 +28,10 @@ class _RunnerReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     kept: list[str] = Field(default=[])
+    kept_count: int | None = None
     dropped: list[tuple[str, str]] = Field(default=[])
     not_restored: list[tuple[str, str]] = Field(default=[])
+    bytes: int | None = None
     error: str | None = None
 
 
@@ -49,16 +51,22 @@ def read_cell_state(block: FilesOut | None, before: SavedState | None) -> CellSt
     if block.refused is not None:
         return _not_saved(before, block.refused)
     parts = dict(block.contents())
+    report_line = parts.get(STATE_REPORT, b"")
     try:
-        line = _RunnerReport.model_validate_json(parts.get(STATE_REPORT, b""))
-    except ValidationError:
+        if len(report_line) > STATE_REPORT_BYTES:
+            raise ValueError("too long")
+        line = _RunnerReport.model_validate_json(report_line)
+    except (ValidationError, ValueError):
         return _not_saved(before, "the sandbox's report on it could not be read")
     if line.error is not None:
         return _not_saved(before, f"saving it failed in the sandbox ({line.error[:MAX_WHY_CHARS]})")
     data = parts.get(STATE_DATA, b"")
+    if line.bytes != len(data):
+        return _not_saved(before, f"it came back cut short ({len(data)} of {line.bytes} bytes)")
     report = StateReport(
         saved=True,
-        kept=line.kept[:MAX_LISTED],
+        kept=[name[:MAX_WHY_CHARS] for name in line.kept[:MAX_LISTED]],
+        kept_count=max(line.kept_count or 0, len(line.kept)),
         dropped=_notes(line.dropped),
         not_restored=_notes(line.not_restored),
         bytes=len(data),
@@ -108,7 +116,8 @@ def _not_saved(before: SavedState | None, why: str) -> CellState:
     kept = list(before.names)[:MAX_LISTED] if before else []
     note = f"not saved, the next call starts with the names of before this call: {why}"
     size = len(before.data) if before else 0
-    return CellState(StateReport(saved=False, kept=kept, bytes=size, note=note), None)
+    count = len(before.names) if before else 0
+    return CellState(StateReport(saved=False, kept=kept, kept_count=count, bytes=size, note=note), None)
 
 
 def _notes(pairs: list[tuple[str, str]]) -> list[NameNote]:

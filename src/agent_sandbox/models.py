@@ -225,6 +225,7 @@ class StateReport(_Model):
 
     saved: bool = Field(description="This cell's names are now the workspace's Python state.")
     kept: list[str] = Field(default=[], description="Names the next cell starts with (modules included).")
+    kept_count: int = Field(default=0, description="How many names that is (`kept` lists at most 500).")
     dropped: list[NameNote] = Field(default=[], description="This cell's names that could not be kept.")
     not_restored: list[NameNote] = Field(
         default=[],

@@ -32,7 +32,7 @@ from agent_sandbox.config import LimitSettings, Settings
 from agent_sandbox.engine.backends import make_engine
 from agent_sandbox.engine.base import Engine, EngineHealth, OutputCallback, ProgressCallback, WarmSandboxes
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, ResultCaps, RunSpec
-from agent_sandbox.errors import PackageRefused, Refused
+from agent_sandbox.errors import Refused, SandboxError
 from agent_sandbox.filenames import shown_name
 from agent_sandbox.images.profiles import profiles_pinning
 from agent_sandbox.models import (
@@ -44,7 +44,7 @@ from agent_sandbox.models import (
     StateReport,
     WorkspaceReport,
 )
-from agent_sandbox.packages.missing import missing_module, missing_note, refusal
+from agent_sandbox.packages.missing import MissingModule, missing_module, missing_note, refusal
 from agent_sandbox.packages.policy import check_requested, check_resolved
 from agent_sandbox.packages.requirements import REQUIREMENTS_FILE, parse_requirements, requirements_file
 from agent_sandbox.packages.resolver import Resolution, WheelResolver
@@ -286,37 +286,50 @@ class Sandbox:
             return await self._execute(request, files, packages, caller, on_progress, on_output, state)
 
         result, outcome = await execute(requirements)
-        missing = missing_module(result.error)
-        if missing is None or _provided_by_files(missing.module, files):
+        missing, note = self._missing(result, files)
+        if missing is None:
             return result, outcome
-        packages, profile = self.settings.packages, result.profile
-        having = profiles_pinning(missing.distribution, self.settings.engine.profiles)
-        note = missing_note(missing, profile, having, packages)
+        packages = self.settings.packages
         asked = {canonicalize_name(requirement.name) for requirement in requirements}
         if (
             not packages.auto_install
             or refusal(missing, packages) is not None
             or canonicalize_name(missing.distribution) in asked
         ):
-            return result.model_copy(update={"notes": [*result.notes, note]}), outcome
-        added = parse_requirements([missing.requirement])
+            return _with_notes(result, note), outcome
+        wanted = missing.requirement
+        if on_progress is not None:
+            await on_progress(
+                "resolving", f"no module named {missing.module!r}: installing {wanted!r}, running again"
+            )
         try:
-            retry, retried = await execute(requirements + added)
-        except PackageRefused as exc:
-            tried = f"The server tried to install {missing.requirement!r} for it and could not: {exc}"
-            return result.model_copy(update={"notes": [*result.notes, note, tried]}), outcome
+            retry, retried = await execute(requirements + parse_requirements([wanted]))
+        except SandboxError as exc:  # refused, busy, or the engine failed: the first run's result stands
+            tried = f"The server tried to install {wanted!r} and run the call again, and could not: {exc}"
+            return _with_notes(result, note, tried), outcome
         if retry.install is None or not retry.install.ok:
             output = retry.install.output if retry.install else ""
-            tried = f"The server tried to install {missing.requirement!r} for it; that failed: {output}"
-            return result.model_copy(update={"notes": [*result.notes, note, tried]}), outcome
-        install = retry.install.model_copy(update={"auto": True, "added": [missing.requirement]})
+            return _with_notes(
+                result, note, f"The server tried to install {wanted!r}; that failed: {output}"
+            ), outcome
+        install = retry.install.model_copy(update={"auto": True, "added": [wanted]})
         auto = (
             f"The first run stopped on ModuleNotFoundError (no module named {missing.module!r}); the "
-            f"server installed {missing.requirement!r} (offline, for this call only) and ran the call "
-            f"once more in a fresh sandbox, from the same files{' and state' if state else ''}: this is "
-            f"that run. Next time pass requirements=[{missing.requirement!r}] yourself."
+            f"server installed {wanted!r} (offline, for this call only) and ran the call once more "
+            f"in a fresh sandbox, from the same files{' and state' if state else ''}: this is that "
+            f"run. Next time pass requirements=[{wanted!r}] yourself."
         )
-        return retry.model_copy(update={"install": install, "notes": [*retry.notes, auto]}), retried
+        _, still = self._missing(retry, files)  # it may need another one: named, not installed
+        return _with_notes(retry, auto, still).model_copy(update={"install": install}), retried
+
+    def _missing(self, result: RunResult, files: list[Incoming]) -> tuple[MissingModule | None, str | None]:
+        """The package a run that died on a missing module needs, and the note naming it; none
+        for a module the run's own files provide (a place problem, not a package)."""
+        missing = missing_module(result.error)
+        if missing is None or _provided_by_files(missing.module, files):
+            return None, None
+        having = profiles_pinning(missing.distribution, self.settings.engine.profiles)
+        return missing, missing_note(missing, result.profile, having, self.settings.packages)
 
     def _keeps_state(self, request: RunRequest) -> bool:
         """Whether this run restores and keeps the workspace's Python state."""
@@ -587,11 +600,20 @@ class Sandbox:
             yield InstallSpec(mount, wheels, self.settings.packages.install_timeout_s)
 
 
+def _with_notes(result: RunResult, *notes: str | None) -> RunResult:
+    return result.model_copy(update={"notes": [*result.notes, *(note for note in notes if note)]})
+
+
 def _provided_by_files(module: str, files: list[Incoming]) -> bool:
-    """Whether the run's own files hold a module or folder of that name: then the import failed
-    for its place (sys.path), not for a missing package, and nothing is installed for it."""
-    names = {module, f"{module}.py"}
-    return any(names & set(PurePosixPath(incoming_path(file)).parts) for file in files)
+    """Whether the run's own files hold a module of that name (``X.py``) or a package (Python
+    files in a folder ``X``), wherever: then the import failed for its place (sys.path starts at
+    the program's own folder), not for a missing package, and nothing is installed for it. A
+    folder of data named like a package (``data/yaml/``) does not count."""
+    for file in files:
+        path = PurePosixPath(incoming_path(file))
+        if path.name == f"{module}.py" or (path.suffix == ".py" and module in path.parts[:-1]):
+            return True
+    return False
 
 
 def _mib(size: int | None) -> float | None:

@@ -101,7 +101,7 @@ async def test_names_outlive_the_container_that_made_them(
     assert third.return_value == "42"
 
 
-async def test_a_dataframe_a_function_a_class_its_instance_and_a_lambda(
+async def test_a_dataframe_a_function_a_class_its_instance_and_a_lambda_across_a_restart(
     engine: DockerEngine, tmp_path: Path
 ) -> None:
     settings = Settings(
@@ -136,6 +136,16 @@ async def test_a_dataframe_a_function_a_class_its_instance_and_a_lambda(
     assert any("image='datascience' to get them back" in note for note in minimal.notes)
     back = await run(sandbox, workspace, "total(df)", **science)
     assert back.return_value == "6"
+    # A new server process on the same folder: all of them are still there.
+    restarted = Sandbox(settings, engine)
+    third = await run(
+        restarted,
+        workspace,
+        "print(total(df), square(three.k), isinstance(three, Scale))\ndf.x.tolist()",
+        **science,
+    )
+    assert third.stdout == "6 9 True\n"
+    assert third.return_value == "[1, 2, 3]"
 
 
 async def test_a_crafted_state_runs_only_inside_the_sandbox(engine: DockerEngine, tmp_path: Path) -> None:

@@ -303,10 +303,11 @@ async def test_one_result_changed_on_disk_does_not_break_runs_list(tmp_path: Pat
 async def test_a_result_is_gone_once_its_ttl_has_passed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    later = 0.0  # seconds the store's clock is ahead of the real one
+    started = time.time()
+    later = 0.0  # the store's clock stands still but for this: a busy machine cannot expire it early
 
     def store_time() -> float:
-        return time.time() + later
+        return started + later
 
     monkeypatch.setattr(run_store, "time", types.SimpleNamespace(time=store_time))
     async with connected(tmp_path, ScriptedEngine(outcome(stdout=b"hi\n")), result_ttl_s=0.2) as (

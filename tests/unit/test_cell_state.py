@@ -21,7 +21,7 @@ def block(report: bytes, state: bytes = b"opaque") -> FilesOut:
 
 
 def test_a_good_block_keeps_the_bytes_as_they_came_and_lists_the_names() -> None:
-    line = {"kept": ["a", "f"], "dropped": [["gen", "a generator"]], "not_restored": [], "bytes": 6}
+    line = {"kept": ["a", "f"], "dropped": [["gen", "a generator"]], "not_restored": [], "bytes": 9}
     cell = read_cell_state(block(json.dumps(line).encode(), b"\x80\x05crafted"), BEFORE)
     assert cell.data == b"\x80\x05crafted"
     assert cell.report.saved
@@ -38,6 +38,8 @@ def test_without_a_usable_block_the_workspace_keeps_the_names_it_had() -> None:
         (block(b"{not json"), "could not be read"),
         (block(b'{"kept": "not a list"}'), "could not be read"),
         (block(b'{"error": "MemoryError: "}'), "saving it failed in the sandbox (MemoryError: )"),
+        (block(b'{"kept": ["a"], "bytes": 7}', b"cut"), "it came back cut short (3 of 7 bytes)"),
+        (block(b'{"kept": ["a"], "bytes": 3}' + b" " * 70_000, b"abc"), "could not be read"),
     ]:
         cell = read_cell_state(given, BEFORE)
         assert cell.data is None
@@ -48,7 +50,7 @@ def test_without_a_usable_block_the_workspace_keeps_the_names_it_had() -> None:
 
 
 def test_names_and_reasons_from_the_sandbox_are_capped() -> None:
-    line = {"kept": [f"n{i}" for i in range(2000)], "dropped": [["x" * 5000, "y" * 5000]]}
+    line = {"kept": [f"n{i}" for i in range(2000)], "dropped": [["x" * 5000, "y" * 5000]], "bytes": 6}
     cell = read_cell_state(block(json.dumps(line).encode()), None)
     assert len(cell.report.kept) == 500
     assert len(cell.report.dropped[0].name) == 300

@@ -13,7 +13,7 @@ import pytest
 from agent_sandbox.config import FileSettings, Settings, WorkspaceSettings
 from agent_sandbox.engine.spec import FileEntry, FilesOut, OmittedFile, Outcome
 from agent_sandbox.sandbox import RequestError, Sandbox, _unsaveable
-from agent_sandbox.workspaces import WorkspaceError, WorkspaceStore
+from agent_sandbox.workspaces import SavedState, WorkspaceError, WorkspaceStore
 
 ME = "me"
 
@@ -176,3 +176,29 @@ def test_a_workspace_of_the_old_stdio_owner_goes_to_the_first_stdio_host_that_us
         store.describe(workspace, "stdio:visual-studio-code")
     with pytest.raises(WorkspaceError, match="belongs to another client"):
         store.describe(store.create("stdio").id, "session:abc")  # not an HTTP client's
+
+
+def test_a_python_state_is_kept_as_opaque_bytes_and_cleared_by_its_owner_only(store: WorkspaceStore) -> None:
+    workspace = store.create(ME).id
+    assert store.state(workspace, ME) is None
+    store.save_state(workspace, ME, SavedState(b"\x80\x05not unpickled here", ("df", "f"), "datascience"))
+    kept = store.state(workspace, ME)
+    assert kept == SavedState(b"\x80\x05not unpickled here", ("df", "f"), "datascience")
+    info = store.describe(workspace, ME)
+    assert (info.state_names, info.state_bytes, info.state_profile) == (("df", "f"), 20, "datascience")
+    assert oct((store.root / workspace / "state.bin").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(WorkspaceError, match="there is no workspace"):
+        store.reset_state(workspace, "another client")
+    with store.in_use(workspace, ME), pytest.raises(WorkspaceError, match="in use by a run"):
+        store.reset_state(workspace, ME)
+    store.reset_state(workspace, ME)
+    assert store.state(workspace, ME) is None
+    assert not (store.root / workspace / "state.bin").exists()
+
+
+def test_a_state_over_the_cap_on_disk_is_refused_saying_how_to_clear_it(tmp_path: Path) -> None:
+    store = WorkspaceStore(WorkspaceSettings(dir=str(tmp_path), max_state_kib=1))
+    workspace = store.create(ME).id
+    store.save_state(workspace, ME, SavedState(b"x" * 2048, ("big",), "minimal"))
+    with pytest.raises(WorkspaceError, match=r"over the 1 KiB cap\. Clear it \(workspace_reset_state\)"):
+        store.state(workspace, ME)

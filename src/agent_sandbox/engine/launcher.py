@@ -830,9 +830,14 @@ def _run(
         os.close(state_out[1])
         state_cap = state_job["max_bytes"] + REPORT_BYTES + 1  # one more: over the cap shows
         state_threads = [
-            threading.Thread(target=_give_stdin, args=(state_in[1], saved_state), daemon=True),
-            threading.Thread(target=_drain, args=(state_out[0], state_out_kept, state_cap), daemon=True),
+            threading.Thread(target=_drain, args=(state_out[0], state_out_kept, state_cap), daemon=True)
         ]
+        if saved_state:  # a thread less when there is none: under gVisor threads count as processes
+            state_threads.append(
+                threading.Thread(target=_give_stdin, args=(state_in[1], saved_state), daemon=True)
+            )
+        else:
+            os.close(state_in[1])
     if stdin:  # a thread less when there is none: under gVisor threads count toward the process limit
         threading.Thread(target=_give_stdin, args=(stdin_write, stdin), daemon=True).start()
     else:
@@ -859,6 +864,7 @@ def _run(
         relay_thread.join()
     value = b"".join(reported)[:REPORT_BYTES].decode("utf-8", errors="replace")
     kept_state = b"".join(state_out_kept)
+    state_out_kept.clear()  # one copy of a large state, not two
     return {
         "exit_code": 128 - code if code < 0 else code,
         "return_value": value or None,
@@ -1109,15 +1115,19 @@ def _send_snapshot(nonce: str, survey: "Survey", caps: "FileCaps") -> None:
 
 
 def _send_state(nonce: str, written: "bytes | None", max_bytes: int) -> None:
-    """The notebook runner's report line and the state it saved, as a third block (same layout:
-    a report and a state "file"); or none, with why."""
-    report, newline, data = (written or b"").partition(b"\n")
+    """What the notebook runner saved (the state, a newline, its report as the last line), as a
+    third block (same layout: a report and a state "file"); or none, with why."""
+    end = -1 if written is None else written.rfind(b"\n")
+    view = memoryview(written or b"")
+    report, data = view[end + 1 :], view[: max(end, 0)]  # views: no copy of a large state
     refused = None
     if written is None:
         refused = "the cell did not run to its end (it never started, or its time ran out)"
-    elif not newline:
+    elif end < 0:
         refused = "the cell ended without saving it (os._exit, a crash or a kill)"
-    elif len(report) > REPORT_BYTES or len(data) > max_bytes:
+    elif len(report) > REPORT_BYTES:
+        refused = "the sandbox's report on it was too long"
+    elif len(data) > max_bytes:
         refused = f"it is over the {max_bytes // 1024} KiB a state may hold"
     parts = [] if refused else [("report", report), ("state", data)]
     files: list[ManifestEntry] = [{"path": path, "size": len(part)} for path, part in parts]
@@ -1148,7 +1158,7 @@ def _write_block(
                 remaining -= len(block)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: "bytes | memoryview") -> None:
     """Write every byte, whatever the program did to the descriptor's flags."""
     view = memoryview(data)
     while view:

@@ -91,6 +91,9 @@ class _State:
             os.set_inheritable(fd, False)  # the program's own children do not get them
         with open(in_fd, "rb") as saved_file:
             self.saved = saved_file.read()
+        # Who saves, and where to: never a process the cell forked, never a file the cell opened
+        # under the descriptor's number after closing ours.
+        self.pid, self.out = os.getpid(), _identity(self.out_fd)
         before = set(sys.modules)
         # Quoted: an attribute's annotation is evaluated at run time, and types is not imported.
         self.code: "types.ModuleType | None" = ModuleType("agent_sandbox_state")  # noqa: UP037
@@ -114,20 +117,33 @@ class _State:
             self.not_restored, self.carried = self.code.restore(self.saved, namespace)
 
     def save(self, namespace: "dict[str, object]") -> None:
-        """Write what the cell leaves behind; a failure to save says why and keeps nothing."""
-        if self.code is None:  # JSON by hand: without the state's code there is no json module
-            why = (
-                f"this image cannot keep Python state ({self.broken}): rebuild it (agent-sandbox image build)"
-            )
-            os.write(self.out_fd, b'{"error": "' + why.encode() + b'"}\n')
-            os.close(self.out_fd)
+        """Write what the cell leaves behind; a failure to save says why and keeps nothing (the
+        cell's own result and exit code stand either way)."""
+        if os.getpid() != self.pid or _identity(self.out_fd) != self.out:
             return
         try:
-            report, data = self.code.save(namespace, self.carried, self.max_bytes)
-        except Exception as exc:  # the cell's result stands; only this state is lost
-            report, data = {"error": f"{type(exc).__name__}: {exc}"[:500]}, b""
-        report["not_restored"] = self.not_restored
-        self.code.write(self.out_fd, report, data)
+            if self.code is None:  # JSON by hand: without the state's code there is no json module
+                why = f"this image cannot keep Python state ({self.broken}): "
+                why += "rebuild it (agent-sandbox image build)"
+                os.write(self.out_fd, b'\n{"error": "' + why.encode() + b'"}')
+                os.close(self.out_fd)
+                return
+            try:
+                report, entries = self.code.save(namespace, self.carried, self.max_bytes)
+            except Exception as exc:
+                report, entries = {"error": f"{type(exc).__name__}: {exc}"[:500]}, []
+            report["not_restored"] = self.not_restored
+            self.code.write(self.out_fd, report, entries)
+        except OSError:  # the cell closed our descriptor: no report, so nothing is kept
+            pass
+
+
+def _identity(fd: int) -> "tuple[int, int] | None":
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def main() -> None:

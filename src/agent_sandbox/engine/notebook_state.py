@@ -7,13 +7,19 @@ image profile): ``dill`` pickles what a notebook defines (functions, lambdas, cl
 by value, and a function defined in the cell keeps the live namespace as its globals after a
 restore, where ``cloudpickle`` would give each one a frozen copy of the globals it used.
 
-Each name is pickled on its own, so one that cannot be pickled, or cannot be restored under
-another image (a DataFrame where pandas is missing, code of another Python version), costs only
-that name. An object another name already holds is pickled as a reference to that name, which
-keeps ``isinstance(obj, Class)`` and shared lists true; classes go first, then functions, then
-the rest, so references only ever point back. Modules are saved as the name to import again.
-What cannot be carried (open files, sockets, generators, threads, locks, processes) is dropped
-by type, with a way to recreate it: a pickle of such a thing would not be the same thing.
+Modules are saved as the name to import again; the classes and functions the cell defined
+(its definitions) one by one, first; then the rest. Names that share an object (a list held by a
+dict and by an instance) are pickled together, so they still share it after a restore; every
+other name on its own, so one that cannot be pickled, or cannot be restored under another image
+(a DataFrame where pandas is missing, code of another Python version), costs only itself. A
+module or a definition another value holds is pickled as a reference to its name, which keeps
+``isinstance(obj, Class)`` true. Plain data goes through the standard library's C pickler (20
+times dill's speed); what only dill can pickle through dill. What cannot be carried (open files,
+sockets, generators, threads, locks, processes) is dropped by type, with a way to recreate it: a
+pickle of such a thing would not be the same thing.
+
+What the runner sends the launcher: the state (one pickle of the entries), a newline, then the
+report as one line of JSON, last: a cell that dies while saving leaves no report, and no state.
 """
 
 import importlib
@@ -53,7 +59,9 @@ _NOT_CARRIED = {
     ("builtins", "frame"): "a stack frame: it ended with the call",
     ("builtins", "traceback"): "a traceback: it ended with the call",
 }
-_ATOMS = (int, float, complex, str, bytes, bool, type(None))  # never shared by reference
+_ATOMS = (int, float, complex, str, bytes, bool, type(None))
+MAX_REPORT_BYTES = 60_000  # under the launcher's REPORT_BYTES: lists are cut to fit
+MAX_NAME_CHARS, MAX_WHY_CHARS = 100, 300
 # Objects two names may hold alike without having to stay one object after a restore.
 _NEVER_SHARED = (*_ATOMS, tuple, frozenset, type, ModuleType, FunctionType, type(len))
 
@@ -73,9 +81,9 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
         return [[ALL_NAMES, why]], []
     saved_under = ".".join(map(str, state.get("python", ())))
     running = ".".join(map(str, sys.version_info[:3]))
-    other_python = (
-        f" (saved under Python {saved_under}; this image runs {running})" if saved_under != running else ""
-    )
+    other_python = ""
+    if saved_under != running:
+        other_python = f" (saved under Python {saved_under}; this image runs {running})"
     restored: set[str] = set()
     failed: list[list[str]] = []
     kept: list[Any] = []
@@ -105,112 +113,187 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
     return failed, kept
 
 
-def save(namespace: "dict[str, Any]", carried: "list[Any]", max_bytes: int) -> "tuple[dict[str, Any], bytes]":
-    """The report (kept names, dropped ones with why, size) and the state for the next run.
+def save(
+    namespace: "dict[str, Any]", carried: "list[Any]", max_bytes: int
+) -> "tuple[dict[str, Any], list[Any]]":
+    """The report (kept names, dropped ones with why) and the entries to write for the next run.
     ``carried`` holds saved entries this run could not restore: kept unless the cell bound one of
     their names itself. Dunder names (``__builtins__``, ``__file__``) are the runner's, never saved."""
-    names = _in_order([name for name in namespace if not (name[:2] == name[-2:] == "__")], namespace)
+    names = [name for name in namespace if not (name[:2] == name[-2:] == "__")]
     dropped: list[list[str]] = []
-    pickled: list[Any] = []  # [names, kind, payload, objects seen, names referred to]
-    earlier: dict[int, str] = {}  # a value of a name saved before, by id: referred to by name
+    units: list[Any] = []  # [names, kind, payload, names referred to]
+    by_name: dict[int, str] = {}  # a module or a definition, by id: what values refer to by name
     for name in names:
         value = namespace[name]
-        unit, why = _unit(name, value, earlier)
+        if isinstance(value, ModuleType):
+            module_name = getattr(value, "__name__", None)
+            if isinstance(module_name, str) and sys.modules.get(module_name) is value:
+                units.append([(name,), "import", module_name, set()])
+                by_name[id(value)] = name
+            else:
+                dropped.append([name, "a module made while the cell ran, not imported: make it again"])
+    definitions = sorted(
+        (name for name in names if isinstance(namespace[name], (type, FunctionType))),
+        key=lambda name: not isinstance(namespace[name], type),  # classes first: functions use them
+    )
+    for name in definitions:
+        unit, why = _unit(name, namespace[name], by_name, max_bytes)
         if unit is None:
-            dropped.append([name, why or "it cannot be kept"])
+            dropped.append([name, why])
             continue
-        pickled.append(unit)
-        if not isinstance(value, _ATOMS):
-            earlier[id(value)] = name
+        units.append(unit[:4])
+        by_name[id(namespace[name])] = name
+    data: list[Any] = []
+    for name in names:
+        value = namespace[name]
+        if isinstance(value, (ModuleType, type, FunctionType)):
+            continue  # saved above, or dropped saying why
+        unit, why = _unit(name, value, by_name, max_bytes)
+        if unit is None:
+            dropped.append([name, why])
+        else:
+            data.append(unit)
+    units += _joined(data, namespace, by_name, max_bytes, dropped)
     entries: list[Any] = []
     gone: set[str] = set()
-    total = 0
-    for unit_names, kind, payload, refs in _joined(pickled, namespace):
+    total = _STATE_OVERHEAD
+    for unit_names, kind, payload, refs in units:
+        size = _size(unit_names, payload)
         lost = sorted(refs & gone)
         if lost:
             why = f"it refers to {lost[0]!r}, which was dropped"
-        elif total + len(payload) > max_bytes:
-            why = (
-                f"too big to keep: {len(payload) // 1024} KiB, and the state may hold {max_bytes // 1024} "
-                "KiB in all; save it as a file in /work (e.g. df.to_parquet) and load it in the next call"
-            )
+        elif total + size > max_bytes:
+            why = _too_big(size, max_bytes)
         else:
-            total += len(payload)
+            total += size
             entries.append((unit_names, kind, payload))
             continue
         gone.update(unit_names)
         dropped += [[name, why + _together(name, unit_names)] for name in unit_names]
     for entry in carried:
-        if not any(name in namespace for name in entry[0]) and total + len(entry[2]) <= max_bytes:
-            total += len(entry[2])
+        size = _size(entry[0], entry[2])
+        if not any(name in namespace for name in entry[0]) and total + size <= max_bytes:
+            total += size
             entries.append(entry)
-    data = pickle.dumps({"format": FORMAT, "python": list(sys.version_info[:3]), "entries": entries}, 5)
-    report = {
-        "kept": [name for entry in entries for name in entry[0]],
-        "dropped": dropped,
-        "bytes": len(data),
-    }
-    return report, data
+    kept = [name for entry in entries for name in entry[0]]
+    return {"kept": kept, "kept_count": len(kept), "dropped": dropped, "dropped_count": len(dropped)}, entries
 
 
-def write(fd: int, report: "dict[str, Any]", data: bytes) -> None:
-    """The report as one JSON line, then the state: what the launcher sends to the host."""
+def write(fd: int, report: "dict[str, Any]", entries: "list[Any]") -> None:
+    """The state, streamed (no second copy of it in memory), then the report as the last line."""
     with os.fdopen(fd, "wb") as out:
-        out.write(json.dumps(report).encode() + b"\n")
-        out.write(data)
+        counted = _Counted(out)
+        pickle.dump({"format": FORMAT, "python": list(sys.version_info[:3]), "entries": entries}, counted, 5)
+        report["bytes"] = counted.count
+        out.write(b"\n" + _report_line(report))
 
 
-def _in_order(names: "list[str]", namespace: "dict[str, Any]") -> "list[str]":
-    """Classes, then functions, then the rest: what others refer to is saved first."""
+def _report_line(report: "dict[str, Any]") -> bytes:
+    """The report as JSON within MAX_REPORT_BYTES: names and reasons cut short, then the lists
+    halved (longest first) until it fits; the counts stay whole."""
+    for key in ("kept", "dropped", "not_restored"):
+        report[key] = [
+            name[:MAX_NAME_CHARS]
+            if isinstance(name, str)
+            else [name[0][:MAX_NAME_CHARS], name[1][:MAX_WHY_CHARS]]
+            for name in report.get(key, [])
+        ]
+    line = json.dumps(report).encode()
+    while len(line) > MAX_REPORT_BYTES:
+        longest = max(("kept", "dropped", "not_restored"), key=lambda key: len(report[key]))
+        report[longest] = report[longest][: len(report[longest]) // 2]
+        line = json.dumps(report).encode()
+    return line
 
-    def rank(name: str) -> int:
-        value = namespace[name]
-        return 0 if isinstance(value, type) else 1 if isinstance(value, FunctionType) else 2
 
-    return sorted(names, key=rank)  # stable: the cell's own order within each kind
+class _Counted:
+    """A file that counts what is written through it."""
+
+    def __init__(self, out: "Any") -> None:
+        self.out, self.count = out, 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        return self.out.write(data)  # type: ignore[no-any-return]
 
 
-def _unit(name: str, value: object, earlier: "dict[int, str]") -> "tuple[Any, str | None]":
-    """One name's saved form, with the objects its pickle holds and the names it refers to; or
-    None and why it cannot be kept."""
-    if isinstance(value, ModuleType):
-        module_name = getattr(value, "__name__", None)
-        if isinstance(module_name, str) and sys.modules.get(module_name) is value:
-            return [(name,), "import", module_name, {}, set()], None
-        return None, "a module made while the cell ran, not imported: make it again in the next call"
+class _TooBig(Exception):
+    """A pickle grew past the state's cap: stopped there, not built whole first."""
+
+
+class _Capped(io.BytesIO):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: "Any") -> int:
+        if self.tell() + len(data) > self.limit:
+            raise _TooBig
+        return super().write(data)
+
+
+# The outer pickle's bytes besides the payloads, at most: its header, and each entry's framing
+# (a tuple, its kind, the payload's opcode and length) and names (each with its own framing).
+_STATE_OVERHEAD, _ENTRY_OVERHEAD, _NAME_OVERHEAD = 256, 40, 16
+
+
+def _size(names: "tuple[str, ...]", payload: "bytes | str") -> int:
+    named = sum(len(name.encode("utf-8", "surrogatepass")) + _NAME_OVERHEAD for name in names)
+    return len(payload) + _ENTRY_OVERHEAD + named
+
+
+def _too_big(size: "int | None", max_bytes: int) -> str:
+    """Why a name is dropped for size (None: its pickle was stopped at the cap)."""
+    how_big = f"{size // 1024} KiB" if size is not None else f"over {max_bytes // 1024} KiB"
+    return (
+        f"too big to keep: {how_big}, and the state may hold {max_bytes // 1024} KiB in all; "
+        "save it as a file in /work (e.g. df.to_parquet) and load it in the next call"
+    )
+
+
+def _unit(name: str, value: object, by_name: "dict[int, str]", max_bytes: int) -> "tuple[Any, str]":
+    """One name's unit (names, kind, payload, names referred to, objects its pickle holds that
+    another name could share), or None and why it cannot be kept."""
     for cls in type(value).__mro__:
         why = _NOT_CARRIED.get((getattr(cls, "__module__", ""), cls.__qualname__))
         if why:
             return None, why
     try:
-        kind, payload, seen, refs = _pickled(value, earlier)
+        kind, payload, seen, refs = _pickled(value, by_name, max_bytes)
+    except _TooBig:
+        return None, _too_big(None, max_bytes)
     except Exception as exc:
-        why = f"it cannot be pickled ({type(exc).__name__}: {_short(exc)}): recreate it in the next call"
-        return None, why
-    return [(name,), kind, payload, seen, refs], None
+        return (
+            None,
+            f"it cannot be pickled ({type(exc).__name__}: {_short(exc)}): recreate it in the next call",
+        )
+    return [(name,), kind, payload, refs, seen], ""
 
 
-def _pickled(root: object, earlier: "dict[int, str]") -> "tuple[str, bytes, dict[int, object], set[str]]":
-    """``root`` pickled by the standard library's C pickler (20 times dill's speed on plain data)
-    or, for what only dill can pickle (a lambda, a closure, a function or class the cell defined
-    that no name holds), by dill; an object another name holds by that name's reference. Also
-    the objects the pickle holds that two names could share (kept alive, so that no id is reused
-    meanwhile)."""
+def _pickled(
+    root: object, by_name: "dict[int, str]", max_bytes: int
+) -> "tuple[str, bytes, dict[int, object], set[str]]":
+    """``root`` pickled by the standard library's C pickler or, for what only dill can pickle (a
+    lambda, a closure, a function or class the cell defined), by dill; a module or definition it
+    holds as a reference to its name. Also the objects the pickle holds that two names could
+    share (kept alive, so that no id is reused meanwhile)."""
     refs: set[str] = set()
 
     def persistent_id(obj: object) -> "str | None":
-        name = None if obj is root else earlier.get(id(obj))
+        name = None if obj is root else by_name.get(id(obj))
         if name is not None:
             refs.add(name)
         return name
 
     for kind, pickler_class in (("pickle", _StandardPickler), ("dill", dill.Pickler)):
-        buffer = io.BytesIO()
+        buffer = _Capped(max_bytes)
         pickler: Any = pickler_class(buffer, protocol=5)
         pickler.persistent_id = persistent_id
         refs.clear()
         try:
             pickler.dump(root)
+        except _TooBig:
+            raise
         except Exception:
             if kind == "dill":
                 raise
@@ -231,40 +314,47 @@ class _StandardPickler(pickle.Pickler):
         return NotImplemented
 
 
-def _joined(pickled: "list[Any]", namespace: "dict[str, Any]") -> "list[Any]":
-    """The saved units in order: names whose values share an object (a list held by a dict of
-    one and by an instance of another) pickled together, so that they still share it after a
-    restore; every other name on its own. Each: names, kind, payload, names referred to."""
+def _joined(
+    data: "list[Any]",
+    namespace: "dict[str, Any]",
+    by_name: "dict[int, str]",
+    max_bytes: int,
+    dropped: "list[Any]",
+) -> "list[Any]":
+    """The data names' units in order: names whose values share an object pickled together (one
+    memo), so that they still share it after a restore; every other name on its own."""
     modules = {id(vars(module)) for module in list(sys.modules.values()) if module is not None}
     first: dict[int, int] = {}  # object id -> the first unit that holds it
-    parent = list(range(len(pickled)))
+    parent = list(range(len(data)))
 
     def find(index: int) -> int:
         while parent[index] != index:
             index = parent[index]
         return index
 
-    for index, unit in enumerate(pickled):
-        for key in unit[3]:
+    for index, unit in enumerate(data):
+        for key in unit[4]:
             if key in modules or key == id(namespace):
-                continue  # a module's globals, e.g. the functions' __main__: not the value's own
+                continue  # a module's globals: not the value's own
             if key in first:
                 parent[find(index)] = find(first[key])
             else:
                 first[key] = index
     groups: dict[int, list[int]] = {}
-    for index in range(len(pickled)):
+    for index in range(len(data)):
         groups.setdefault(find(index), []).append(index)
     units = []
     for members in sorted(groups.values()):
         if len(members) == 1:
-            names, kind, payload, _, refs = pickled[members[0]]
-            units.append((names, kind, payload, refs))
+            units.append(data[members[0]][:4])
             continue
-        names = tuple(pickled[index][0][0] for index in members)
-        before = {id(namespace[unit[0][0]]): unit[0][0] for unit in pickled[: members[0]]}
-        kind, payload, _, refs = _pickled({name: namespace[name] for name in names}, before)
-        units.append((names, kind, payload, refs))
+        names = tuple(data[index][0][0] for index in members)
+        try:
+            kind, payload, _, refs = _pickled({name: namespace[name] for name in names}, by_name, max_bytes)
+        except _TooBig:
+            dropped += [[name, _too_big(None, max_bytes) + _together(name, names)] for name in names]
+            continue
+        units.append([names, kind, payload, refs])
     return units
 
 

@@ -32,6 +32,11 @@ def describe_environment(settings: Settings) -> str:
                 " A run that fails on a missing module is run once more with the package that "
                 "provides it (install.auto says so); better name it in `requirements` yourself."
             )
+    names = (
+        " and, for run_python, the global names (variables, functions, classes, imports)"
+        if settings.workspaces.max_state_kib
+        else ""
+    )
     shared_memory = (
         f", with {limits.shm_mib} MiB of shared memory (/dev/shm) for multiprocessing"
         if limits.shm_mib
@@ -43,8 +48,7 @@ def describe_environment(settings: Settings) -> str:
         f"{profiles}. {requirements_help} The working "
         f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB)"
         f"{shared_memory}; everything else is read-only and nothing persists after the call, unless "
-        f"you pass a workspace (workspace_create): then /work and, for run_python, the global names "
-        f"(variables, functions, classes, imports) carry to the next call. Limits: "
+        f"you pass a workspace (workspace_create): then /work{names} carries to the next call. Limits: "
         f"{limits.memory_mib} MiB of memory (files in /work, /tmp and /dev/shm count), {limits.cpus:g} CPU, "
         f"{limits.pids} processes and threads, {limits.timeout_s:g} s by default (timeout_s up to "
         f"{limits.max_timeout_s:g} s), {limits.output_capture_kib} KiB of stdout and of stderr "

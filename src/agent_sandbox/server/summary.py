@@ -46,7 +46,7 @@ def summarise(result: RunResult, budget_bytes: int, shown_images: frozenset[str]
     if (kept := result.state) is not None:
         names = ", ".join(kept.kept[:20]) + (", ..." if len(kept.kept) > 20 else "") or "no names"
         saved = "kept" if kept.saved else "NOT saved (see notes); the next call has"
-        before.append(line(f"python state: {saved} {len(kept.kept)} names ({names}), {kept.bytes} bytes"))
+        before.append(line(f"python state: {saved} {kept.kept_count} names ({names}), {kept.bytes} bytes"))
     if result.return_value is not None:
         before.append(line(f"return value: {result.return_value}"))
     if (install := result.install) is not None:

@@ -108,10 +108,14 @@ def add_workspace_tools(server: MCPServer, sandbox: Sandbox, client_of: ClientOf
             raise refused(exc) from None
         return answer(f"workspace {workspace} deleted", {"workspace": workspace, "deleted": True})
 
+    names = (
+        " and run_python's global names (variables, functions, classes, imports; pickled inside the sandbox)"
+        if settings.max_state_kib
+        else ""
+    )
     keep = (
         f"A workspace keeps /work between runs (up to {settings.max_kib} KiB, dropped after "
-        f"{settings.idle_ttl_s:g} s unused) and run_python's global names (variables, functions, "
-        "classes, imports; pickled inside the sandbox); every run still gets a fresh container."
+        f"{settings.idle_ttl_s:g} s unused){names}; every run still gets a fresh container."
     )
     add_tools(
         server,
