@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agent_sandbox.config import EngineSettings, Settings
+from agent_sandbox.config import EngineSettings, PackageSettings, Settings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.sandbox import RequestError, Sandbox
@@ -56,7 +56,8 @@ async def test_datascience_has_every_package_its_description_lists(engine: Docke
 
 
 async def test_minimal_has_no_third_party_packages(engine: DockerEngine) -> None:
-    sandbox = Sandbox(Settings(engine=BOTH), engine)
+    # Auto-install off: it would fetch numpy and run the call again (test_missing_packages.py).
+    sandbox = Sandbox(Settings(engine=BOTH, packages=PackageSettings(auto_install=False)), engine)
     result = await sandbox.run(snippet("import numpy"))
     assert result.exit_code == 1
     assert "No module named 'numpy'" in result.stderr

@@ -193,7 +193,7 @@ async def test_a_notebook_remembers_across_fresh_containers_and_a_server_restart
         assert one.structured_content is not None
         state = one.structured_content["state"]
         assert state["saved"] is True
-        assert state["kept"] == ["spread", "statistics", "scores"]
+        assert state["kept"] == ["statistics", "spread", "scores"]  # modules, definitions, the rest
         assert state["dropped"] == [{"name": "rows", "why": state["dropped"][0]["why"]}]
         assert "not kept for the next call: rows (a generator" in one.content[0].text  # type: ignore[union-attr]
         two = await first_server.call_tool(
@@ -204,7 +204,7 @@ async def test_a_notebook_remembers_across_fresh_containers_and_a_server_restart
         assert two.structured_content["return_value"] == "(7, 6.5)"
         listed = await first_server.call_tool("workspace_files", {"workspace": workspace})
         assert listed.structured_content is not None
-        assert listed.structured_content["state"]["names"] == ["spread", "statistics", "scores"]
+        assert listed.structured_content["state"]["names"] == ["statistics", "spread", "scores"]
     async with Client(parameters, mode="legacy", client_info=host) as second_server:
         three = await second_server.call_tool(
             "run_python", {"code": "spread(scores)", "workspace": workspace}
