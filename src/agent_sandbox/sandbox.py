@@ -8,7 +8,7 @@ import logging
 import math
 import unicodedata
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from types import TracebackType
 
@@ -348,11 +348,9 @@ class Sandbox:
         """Keep the cell's state as the workspace's, together with its files: if /work was not
         saved, neither is the state (the next call starts where this one did)."""
         if not files.saved:
-            outcome = replace(outcome, state=None)
-        cell = read_cell_state(outcome.state, before)
-        if not files.saved:
             note = "not saved, as /work was not: the next call starts with the names of before this call"
-            return cell.report.model_copy(update={"note": note})
+            return read_cell_state(None, before).report.model_copy(update={"note": note})
+        cell = read_cell_state(outcome.state, before)
         if cell.data is not None:
             kept = SavedState(cell.data, tuple(cell.report.kept), profile)
             try:

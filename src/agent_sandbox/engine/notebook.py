@@ -115,6 +115,7 @@ class _State:
                 sys.modules.pop(name, None)
         if self.code is not None:
             self.not_restored, self.carried = self.code.restore(self.saved, namespace)
+        self.saved = b""  # the cell's memory is its own: no second copy of a large state
 
     def save(self, namespace: "dict[str, object]") -> None:
         """Write what the cell leaves behind; a failure to save says why and keeps nothing (the
