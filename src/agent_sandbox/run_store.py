@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 from agent_sandbox.config import RunSettings
 from agent_sandbox.engine.launch import owner_id, owner_place, process_alive
 from agent_sandbox.errors import RunError
+from agent_sandbox.ids import new_id
 from agent_sandbox.live_output import OutputSoFar
 from agent_sandbox.models import RunResult, RunStateName
 
@@ -75,7 +75,7 @@ class RunStore:
     def create(self, owner: str, tool: str, timeout_s: float) -> RunRecord:
         """A new run record, queued, for ``owner``; this process runs it."""
         self.expire()
-        run_id = secrets.token_urlsafe(16)
+        run_id = new_id()
         folder = self.root / run_id
         self.root.mkdir(parents=True, mode=0o700, exist_ok=True)
         folder.mkdir(mode=0o700)

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import tarfile
 import tempfile
@@ -29,6 +28,7 @@ from agent_sandbox.archive import build_archive, check_path
 from agent_sandbox.config import FileSettings, WorkspaceSettings
 from agent_sandbox.errors import ArchiveError, WorkspaceError
 from agent_sandbox.filenames import shown_name
+from agent_sandbox.ids import new_id
 
 _ID = re.compile(r"[A-Za-z0-9_-]{22}")
 # Over stdio a client was once just "stdio"; now it is "stdio:" and the host application's name.
@@ -85,7 +85,7 @@ class WorkspaceStore:
                 f"this client already has {self.settings.max_per_client} workspaces; delete one "
                 "you no longer need (workspace_delete)"
             )
-        workspace_id = secrets.token_urlsafe(16)
+        workspace_id = new_id()
         folder = self.root / workspace_id
         folder.mkdir(parents=True, mode=0o700)
         now = time.time()
