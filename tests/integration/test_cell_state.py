@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agent_sandbox.admission import Caller
-from agent_sandbox.config import EngineSettings, LimitSettings, Settings, WorkspaceSettings
+from agent_sandbox.config import EngineSettings, Settings, WorkspaceSettings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
@@ -41,6 +41,14 @@ def stateful(request: pytest.FixtureRequest, settings: Settings, folder: Path, *
         }
     )
     return Sandbox(chosen, engine)
+
+
+def on_docker(engine: DockerEngine, folder: Path, **workspaces: Any) -> Sandbox:
+    """A sandbox on the default profile (cold) whose workspaces live in ``folder``."""
+    settings = Settings(
+        engine=EngineSettings(pool_size=0), workspaces=WorkspaceSettings(dir=str(folder), **workspaces)
+    )
+    return Sandbox(settings, engine)
 
 
 def cell(workspace: str, code: str, **fields: Any) -> RunRequest:
@@ -160,10 +168,7 @@ async def test_a_crafted_state_runs_only_inside_the_sandbox(engine: DockerEngine
             )
             return (exec, (code,))
 
-    sandbox = Sandbox(
-        Settings(engine=EngineSettings(pool_size=0), workspaces=WorkspaceSettings(dir=str(tmp_path / "ws"))),
-        engine,
-    )
+    sandbox = on_docker(engine, tmp_path / "ws")
     workspace = sandbox.workspaces.create(ME.id).id
     folder = tmp_path / "ws" / workspace
     (folder / "state.bin").write_bytes(pickle.dumps(Crafted()))
@@ -185,13 +190,7 @@ async def test_a_crafted_state_runs_only_inside_the_sandbox(engine: DockerEngine
 async def test_a_state_over_the_cap_drops_the_big_names_and_keeps_the_files(
     engine: DockerEngine, tmp_path: Path
 ) -> None:
-    sandbox = Sandbox(
-        Settings(
-            engine=EngineSettings(pool_size=0),
-            workspaces=WorkspaceSettings(dir=str(tmp_path), max_state_kib=64),
-        ),
-        engine,
-    )
+    sandbox = on_docker(engine, tmp_path, max_state_kib=64)
     workspace = sandbox.workspaces.create(ME.id).id
     result = await run(
         sandbox, workspace, "blob = b'x' * 200_000\nsmall = 1\nopen('kept.txt', 'w').write('yes')"
@@ -208,10 +207,7 @@ async def test_a_state_over_the_cap_drops_the_big_names_and_keeps_the_files(
 async def test_a_cell_stopped_for_time_keeps_the_names_of_before(
     engine: DockerEngine, tmp_path: Path
 ) -> None:
-    sandbox = Sandbox(
-        Settings(engine=EngineSettings(pool_size=0), workspaces=WorkspaceSettings(dir=str(tmp_path))),
-        engine,
-    )
+    sandbox = on_docker(engine, tmp_path)
     workspace = sandbox.workspaces.create(ME.id).id
     await run(sandbox, workspace, "value = 'before'")
     stopped = await run(sandbox, workspace, "value = 'during'\nwhile True: pass", limits={"timeout_s": 1.0})
@@ -225,10 +221,7 @@ async def test_a_cell_stopped_for_time_keeps_the_names_of_before(
 
 
 async def test_keep_state_off_a_reset_and_run_project(engine: DockerEngine, tmp_path: Path) -> None:
-    sandbox = Sandbox(
-        Settings(engine=EngineSettings(pool_size=0), workspaces=WorkspaceSettings(dir=str(tmp_path))),
-        engine,
-    )
+    sandbox = on_docker(engine, tmp_path)
     workspace = sandbox.workspaces.create(ME.id).id
     await run(sandbox, workspace, "kept = 1")
     off = await run(sandbox, workspace, "print('kept' in globals())\nnot_kept = 2", keep_state=False)
@@ -248,14 +241,7 @@ async def test_keep_state_off_a_reset_and_run_project(engine: DockerEngine, tmp_
 
 
 async def test_the_state_is_kept_off_when_its_cap_is_zero(engine: DockerEngine, tmp_path: Path) -> None:
-    sandbox = Sandbox(
-        Settings(
-            engine=EngineSettings(pool_size=0),
-            workspaces=WorkspaceSettings(dir=str(tmp_path), max_state_kib=0),
-            limits=LimitSettings(),
-        ),
-        engine,
-    )
+    sandbox = on_docker(engine, tmp_path, max_state_kib=0)
     workspace = sandbox.workspaces.create(ME.id).id
     first = await run(sandbox, workspace, "x = 1")
     assert first.state is None
