@@ -156,15 +156,15 @@ def decode_content(file: ProjectFile, where: str) -> bytes:
 def _directories(contents: dict[str, bytes], normalised: dict[str, str]) -> list[str]:
     """Every parent folder, checked against files of the same name."""
     directories: set[str] = set()
-    for path in contents:
+    for index, path in enumerate(contents):  # every file, in the order sent
         parts = path.split("/")
         for depth in range(1, len(parts)):
             directory = "/".join(parts[:depth])
             key = unicodedata.normalize("NFC", directory)
             if key in normalised:
                 raise ArchiveError(
-                    f"{normalised[key]!r} is sent as a file but {path!r} uses it as a folder; "
-                    "rename one of them"
+                    f"files[{index}]: {path!r} uses {normalised[key]!r} as a folder, but that is "
+                    "sent as a file too; rename one of them"
                 )
             directories.add(directory)
     return sorted(directories)

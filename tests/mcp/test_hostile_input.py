@@ -75,7 +75,7 @@ async def test_duplicates_and_file_folder_clashes_are_refused(client: Client) ->
     clash = await client.call_tool(
         "run_project", project({"path": "a", "content": ""}, {"path": "a/b.py", "content": ""})
     )
-    assert "'a' is sent as a file but 'a/b.py' uses it as a folder" in text(clash)
+    assert "files[1]: 'a/b.py' uses 'a' as a folder, but that is sent as a file too" in text(clash)
 
 
 async def test_ten_thousand_files_are_refused_by_default_and_run_when_allowed(engine: DockerEngine) -> None:
