@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agent_sandbox.models import ProjectFile
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import Backend, snippet, stdio_server
 
@@ -42,6 +43,27 @@ print(json.dumps({
 """
 
 
+# What a cell sees of how it was started: the same whether its runner was started with the
+# sandbox, before the job came (warm), or for the job.
+HOW_STARTED = """
+import json, os, resource, subprocess, sys
+print(json.dumps({
+    "env": os.environ.get("JOB_VAR"),
+    "child_env": subprocess.run(["sh", "-c", "echo $JOB_VAR"], capture_output=True, text=True).stdout,
+    "hash_randomization": sys.flags.hash_randomization,
+    "user_site": [entry for entry in sys.path if entry.startswith("/work/.local")],
+    "rlimits": [resource.getrlimit(r) for r in (resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE, resource.RLIMIT_CORE)],
+    "argv": sys.argv,
+    "path0": sys.path[0],
+    "cwd": os.getcwd(),
+    "own_group": os.getpgid(0) == os.getpid(),
+    "oom_score_adj": open("/proc/self/oom_score_adj").read().strip(),
+    "descriptors": len(os.listdir("/proc/self/fd")),
+    "stdin": sys.stdin.read(),
+}))
+"""
+
+
 def pooled(backend: Backend, size: int = 2, max_idle_s: float = 300) -> Sandbox:
     base = backend.settings
     engine = base.engine.model_copy(update={"pool_size": size, "pool_max_idle_s": max_idle_s})
@@ -59,6 +81,40 @@ async def test_two_jobs_in_a_row_from_the_pool_share_nothing(backend: Backend) -
     assert first.stdout == "s3cret\n"
     assert second.warm_start
     assert json.loads(second.stdout) == {"work": ["main.py"], "tmp": [], "env": None, "sleepers": []}
+    assert backend.sandboxes_of() == []
+
+
+async def test_a_cell_in_a_warm_sandbox_starts_as_one_in_a_cold_sandbox(backend: Backend) -> None:
+    """The launcher starts the notebook runner with the sandbox, before any job; a job it cannot
+    serve exactly as a fresh one would (an environment variable Python reads as it starts, a user
+    site-packages among the files) gets a fresh runner. Either way, the cell sees the same."""
+    cold = pooled(backend, size=0)
+    version = (await cold.run(snippet("import sys\nprint('%d.%d' % sys.version_info[:2])"))).stdout.strip()
+    site = ProjectFile(path=f".local/lib/python{version}/site-packages/userlib.py", content="")
+    requests = {
+        "taken early": snippet(HOW_STARTED, env={"JOB_VAR": "x"}, notebook=True, stdin="in", args=["-a"]),
+        "python reads it": snippet(HOW_STARTED, env={"PYTHONHASHSEED": "0"}, notebook=True),
+        "user site": snippet(HOW_STARTED, notebook=True).model_copy(
+            update={"files": [ProjectFile(path="main.py", content=HOW_STARTED), site]}
+        ),
+    }
+    async with pooled(backend, size=1) as sandbox:
+        assert sandbox.pool is not None
+        for name, request in requests.items():
+            await sandbox.pool.filled()
+            warm = await sandbox.run(request)
+            expected = await cold.run(request)
+            assert warm.warm_start, name
+            assert json.loads(warm.stdout) == json.loads(expected.stdout), name
+    seen = {name: json.loads((await cold.run(request)).stdout) for name, request in requests.items()}
+    assert (seen["taken early"]["env"], seen["taken early"]["child_env"]) == ("x", "x\n")
+    assert seen["taken early"]["stdin"] == "in"
+    assert seen["taken early"]["argv"] == ["main.py", "-a"]
+    alike = ("rlimits", "path0", "cwd", "own_group", "oom_score_adj", "descriptors")
+    early, fresh = seen["taken early"], seen["python reads it"]  # the second gets a runner of its own
+    assert {key: early[key] for key in alike} == {key: fresh[key] for key in alike}
+    assert seen["python reads it"]["hash_randomization"] == 0
+    assert seen["user site"]["user_site"] == [f"/work/.local/lib/python{version}/site-packages"]
     assert backend.sandboxes_of() == []
 
 

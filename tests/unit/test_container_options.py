@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from agent_sandbox.config import LimitSettings
+from agent_sandbox.config import GVISOR, LimitSettings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, container_options
+from agent_sandbox.engine.launch import NOTEBOOK_RUNNER
 from agent_sandbox.engine.protocol import job_header
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, PackageMount, ResultCaps, RunSpec
 from agent_sandbox.models import Limits
@@ -95,9 +96,13 @@ def test_labels_mark_the_container_as_ours_and_name_the_owner() -> None:
 
 
 def test_the_container_starts_the_launcher_with_no_job() -> None:
+    """It is given the notebook runner's source, to start before a job comes, and whether the
+    program's output is relayed (under gVisor): the runner must match the job's."""
     command = container_options(SHAPE, owner="h:1")["command"]
     assert command[:4] == ["python3", "-I", "-S", "-c"]
-    assert len(command) == 5
+    assert command[5:] == [NOTEBOOK_RUNNER, "direct"]
+    gvisor = container_options(dataclasses.replace(SHAPE, runtime=GVISOR), owner="h:1")["command"]
+    assert gvisor[5:] == [NOTEBOOK_RUNNER, "relay"]
 
 
 def test_the_environment_is_ours_and_nothing_from_the_host_or_a_job() -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from agent_sandbox.engine.protocol import NOTEBOOK_RUNNER, NOTEBOOK_STATE
+from agent_sandbox.engine.launch import NOTEBOOK_RUNNER
+from agent_sandbox.engine.protocol import NOTEBOOK_STATE
 
 
 @dataclass
@@ -28,6 +29,17 @@ class Cell:
     state: bytes
 
 
+def start_runner(fields: list[str], pass_fds: tuple[int, ...], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start the real runner as the launcher does, its parameters (``fields``) on a pipe."""
+    params_read, params_write = os.pipe()
+    command = [sys.executable, "-P", "-c", NOTEBOOK_RUNNER, str(params_read)]
+    process = subprocess.Popen(command, pass_fds=(*pass_fds, params_read), **popen)
+    os.close(params_read)
+    with os.fdopen(params_write, "wb") as params:
+        params.write("\0".join(fields).encode())
+    return process
+
+
 def run_cell(folder: Path, code: str, saved: bytes = b"", max_bytes: int = 1 << 20) -> Cell:
     """Run ``code`` as a cell through the real runner, with ``saved`` as the workspace's state."""
     script = folder / "main.py"
@@ -35,19 +47,8 @@ def run_cell(folder: Path, code: str, saved: bytes = b"", max_bytes: int = 1 << 
     report_read, report_write = os.pipe()
     state_in, to_cell = os.pipe()
     from_cell, state_out = os.pipe()
-    command = [
-        sys.executable,
-        "-P",
-        "-c",
-        NOTEBOOK_RUNNER,
-        str(report_write),
-        "0",
-        f"{state_in},{state_out},{max_bytes}",
-        NOTEBOOK_STATE,
-        str(script),
-    ]
-    process = subprocess.Popen(
-        command,
+    process = start_runner(
+        [str(report_write), "0", f"{state_in},{state_out},{max_bytes}", NOTEBOOK_STATE, "", "0", str(script)],
         cwd=folder,
         pass_fds=(report_write, state_in, state_out),
         stdout=subprocess.PIPE,
@@ -334,15 +335,15 @@ def test_an_image_without_dill_runs_the_cell_and_says_to_rebuild(tmp_path: Path)
     state_in, to_cell = os.pipe()
     from_cell, state_out = os.pipe()
     os.close(to_cell)
-    command = [sys.executable, "-P", "-c", NOTEBOOK_RUNNER, "2", "0", f"{state_in},{state_out},1000",
-               "import dill_that_is_not_there", str(script)]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=tmp_path, pass_fds=(state_in, state_out), capture_output=True, check=False
+    fields = ["2", "0", f"{state_in},{state_out},1000", "import dill_that_is_not_there", "", "0", str(script)]
+    process = start_runner(
+        fields, cwd=tmp_path, pass_fds=(state_in, state_out), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    stdout, _ = process.communicate(timeout=60)
     os.close(state_out)
     with os.fdopen(from_cell, "rb") as source:
         written = source.read()
-    assert done.stdout == b"ran\n"
+    assert stdout == b"ran\n"
     assert json.loads(written.rpartition(b"\n")[2]) == {
         "error": "this image cannot keep Python state (ModuleNotFoundError): rebuild it (agent-sandbox image build)"
     }

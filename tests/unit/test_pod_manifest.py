@@ -22,7 +22,7 @@ from agent_sandbox.engine.kubernetes import (
     owner_digest,
     pod_manifest,
 )
-from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND
+from agent_sandbox.engine.launch import BASE_ENV, launcher_command
 from agent_sandbox.engine.spec import ContainerShape, PackageMount
 from agent_sandbox.errors import EngineError
 from agent_sandbox.models import Limits
@@ -41,7 +41,7 @@ def manifest(shape: ContainerShape = SHAPE, **settings: Any) -> dict[str, Any]:
 
 def test_the_pod_runs_the_launcher_waiting_on_stdin_as_uid_1000() -> None:
     (container,) = manifest()["spec"]["containers"]
-    assert container["command"] == LAUNCHER_COMMAND
+    assert container["command"] == launcher_command(relay_output=True)
     assert container["image"] == "registry/agent-sandbox:minimal"
     assert (container["stdin"], container["stdinOnce"], container["tty"]) == (True, True, False)
     assert {item["name"]: item["value"] for item in container["env"]} == BASE_ENV

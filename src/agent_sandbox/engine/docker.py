@@ -47,10 +47,10 @@ from agent_sandbox.engine.base import (
 )
 from agent_sandbox.engine.launch import (
     BASE_ENV,
-    LAUNCHER_COMMAND,
     SANDBOX_UID,
     WORKDIR,
     file_size_rlimit,
+    launcher_command,
     orphaned,
     owner_id,
 )
@@ -104,7 +104,7 @@ def container_options(shape: ContainerShape, owner: str) -> dict[str, Any]:
     return {
         "image": shape.image,
         "name": f"agent-sandbox-{secrets.token_hex(6)}",
-        "command": LAUNCHER_COMMAND,
+        "command": launcher_command(relay_output=shape.runtime == GVISOR),
         "entrypoint": [],
         "working_dir": WORKDIR,
         "user": SANDBOX_USER,

@@ -63,7 +63,7 @@ from agent_sandbox.engine.base import (
     RuntimeState,
     no_progress,
 )
-from agent_sandbox.engine.launch import BASE_ENV, LAUNCHER_COMMAND, SANDBOX_UID, WORKDIR, orphaned, owner_id
+from agent_sandbox.engine.launch import BASE_ENV, SANDBOX_UID, WORKDIR, launcher_command, orphaned, owner_id
 from agent_sandbox.engine.pool import WarmPool
 from agent_sandbox.engine.session import TICK_S, Action, JobSession, drive
 from agent_sandbox.engine.spec import ContainerShape, Outcome, RunSpec
@@ -210,7 +210,7 @@ def pod_manifest(
                 "name": CONTAINER,
                 "image": image,
                 "imagePullPolicy": settings.image_pull_policy,
-                "command": LAUNCHER_COMMAND,
+                "command": launcher_command(relay_output=True),
                 "env": [{"name": key, "value": value} for key, value in BASE_ENV.items()],
                 "workingDir": WORKDIR,
                 "stdin": True,

@@ -11,8 +11,17 @@ from pathlib import Path
 SANDBOX_UID = 1000  # and gid: the unprivileged user every program runs as
 WORKDIR = "/work"
 LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
-# -I -S: the launcher must not import anything from /work or the image's site-packages.
-LAUNCHER_COMMAND = ["python3", "-I", "-S", "-c", LAUNCHER]
+NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
+
+
+def launcher_command(relay_output: bool) -> list[str]:
+    """What a sandbox starts: the launcher (-I -S: it must not import anything from /work or the
+    image's site-packages), given the notebook runner's source and whether the program's output
+    is relayed, so that it can start the runner before the job comes (a warm cell then does not
+    wait for python3 to start)."""
+    return ["python3", "-I", "-S", "-c", LAUNCHER, NOTEBOOK_RUNNER, "relay" if relay_output else "direct"]
+
+
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": WORKDIR,

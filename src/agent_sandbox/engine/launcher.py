@@ -757,108 +757,233 @@ def _ignore_foreign_signals() -> "list[int]":
     return ignored
 
 
-def _run(
-    job: "Job", stdin: bytes, saved_state: bytes, env: "dict[str, str]", ignored: "list[int]", watch: "_Watch"
-) -> "Ran":
-    """Run the program as our child in a process group of its own, killing that group once its
-    time limit has passed (after asking every Python process where it was, if the job says so):
-    how it ended (its exit code as a shell gives it, 128+N when killed by signal N), what the
-    notebook runner reported, if used (a last expression, the workspace's Python state, which it
-    restores from ``saved_state``), whether time ran out, its wall time and the dumps.
-    Stopping it here, not by killing the container, is what lets the files it wrote still come
-    back."""
-    entrypoint, args, rlimits, notebook = job["entrypoint"], job["args"], job["rlimits"], job["notebook"]
-    wake = os.pipe()  # the reaper's word that the program has ended
-    channel = _DumpChannel(wake[0]) if job["post_mortem"] and _room_for_connections() > 0 else None
-    if channel is not None:
-        env = {**env, POSTMORTEM_ENV: channel.name}
-    report_read, report_write = os.pipe()
-    state_job = notebook["state"] if notebook else None
-    state_in, state_out = (os.pipe(), os.pipe()) if state_job else ((-1, -1), (-1, -1))
-    stdin_read, stdin_write = os.pipe()
-    outputs = {1: os.pipe(), 2: os.pipe()} if job["relay_output"] else {}  # the program's stdout and stderr
-    started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setpgid(0, 0)  # its killpg(0, ...) must not reach us
-            for number in ignored:  # a program starts with the defaults, as from a shell
-                signal.signal(number, signal.SIG_DFL)
-            _first_for_the_oom_killer()
-            for which, amount in (
-                (resource.RLIMIT_NOFILE, rlimits["nofile"]),
-                (resource.RLIMIT_FSIZE, rlimits["fsize"]),
-                (resource.RLIMIT_CORE, rlimits["core"]),
-            ):
-                resource.setrlimit(which, (amount, amount))
-            os.close(report_read)
-            os.close(stdin_write)
-            os.dup2(stdin_read, 0)
-            os.close(stdin_read)
-            for target, (read_end, write_end) in outputs.items():
-                os.dup2(write_end, target)
-                os.close(write_end)
-                os.close(read_end)
-            script = "./" + entrypoint if entrypoint.startswith("-") else entrypoint  # not an option
-            command = ["python3", script, *args]
-            if notebook:
-                state, state_code = "-", ""
-                if state_job:
-                    os.close(state_in[1])
-                    os.close(state_out[0])
-                    for fd in (state_in[0], state_out[1]):
+# What python3 reads as it starts (besides its own flags): a job that sets one of these, or sends a
+# user site-packages (HOME is /work), cannot take a runner started before the job arrived.
+_READ_AT_START = ("PYTHON", "LC_", "LANG", "HOME", "PATH", "TZ")
+
+
+class _Program:
+    """The program's process as the launcher starts it (``python3`` with the sandbox's defaults,
+    in a process group of its own, offered to the OOM killer first, on pipes of the launcher's for
+    stdin, for output when it is relayed and, for the notebook runner, for its parameters, its
+    report and the workspace's state), and the launcher's ends of those pipes."""
+
+    def __init__(
+        self,
+        command: "list[str]",
+        env: "dict[str, str]",
+        ignored: "list[int]",
+        rlimits: "Rlimits | None",
+        relay: bool,
+        runner: bool,
+        post_mortem: bool,
+    ) -> None:
+        self.relay = relay
+        self.wake = os.pipe()  # the reaper's word that the program has ended
+        self.channel = _DumpChannel(self.wake[0]) if post_mortem and _room_for_connections() > 0 else None
+        if self.channel is not None:
+            env = {**env, POSTMORTEM_ENV: self.channel.name}
+        stdin_read, self.stdin = os.pipe()
+        outputs = {1: os.pipe(), 2: os.pipe()} if relay else {}  # the program's stdout and stderr
+        self.outputs = [read_end for read_end, _ in outputs.values()]
+        # The runner's own: its parameters, its report, the workspace's state in and out.
+        params_read, self.params = os.pipe() if runner else (-1, -1)
+        self.report, self.report_write = os.pipe() if runner else (-1, -1)
+        self.state_in, self.state_in_write = os.pipe() if runner else (-1, -1)
+        self.state_out, self.state_out_write = os.pipe() if runner else (-1, -1)
+        if runner:
+            command = [*command, str(params_read)]
+        self.started = time.monotonic()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.setpgid(0, 0)  # its killpg(0, ...) must not reach us
+                for number in ignored:  # a program starts with the defaults, as from a shell
+                    signal.signal(number, signal.SIG_DFL)
+                _first_for_the_oom_killer()
+                if rlimits is not None:
+                    _limit(0, rlimits)
+                os.chdir(WORK)
+                os.dup2(stdin_read, 0)
+                for target, (_, write_end) in outputs.items():
+                    os.dup2(write_end, target)
+                if runner:  # our pipes are not inherited (O_CLOEXEC) but these
+                    for fd in (params_read, self.report_write, self.state_in, self.state_out_write):
                         os.set_inheritable(fd, True)
-                    state = f"{state_in[0]},{state_out[1]},{state_job['max_bytes']}"
-                    state_code = state_job["code"]
-                os.set_inheritable(report_write, True)
-                limit = str(notebook["max_chars"])
-                runner = str(notebook["runner"])
-                # -P: the runner's own imports must not find the program's files (a types.py).
-                command = ["python3", "-P", "-c", runner, str(report_write), limit, state, state_code, script]
-                command += args
-            os.execvpe("python3", command, env)
-        except BaseException as exc:
-            os.write(2, f"agent-sandbox launcher: cannot start python3: {exc}\n".encode())
-        finally:
-            os._exit(127)
-    os.close(report_write)
-    os.close(stdin_read)
+                os.execvpe("python3", command, env)
+            except BaseException as exc:
+                os.write(2, f"agent-sandbox launcher: cannot start python3: {exc}\n".encode())
+            finally:
+                os._exit(127)
+        for fd in (stdin_read, params_read, *(write_end for _, write_end in outputs.values())):
+            if fd >= 0:
+                os.close(fd)
+
+    def takes(self, job: "Job", sent: "dict[str, tuple[int, int]]") -> bool:
+        """Whether this runner, started before ``job`` came, runs it exactly as one started for
+        it would (then with the job's rlimits): a notebook cell of the same runner, output relayed
+        as the job says, a post-mortem channel as it asks, no wheels to install first, nothing
+        python3 reads as it starts set by the job or sent as its files."""
+        notebook = job["notebook"]
+        fits = (
+            notebook is not None
+            and notebook["runner"] == sys.argv[1]
+            and job["relay_output"] == self.relay
+            and job["post_mortem"] == (self.channel is not None)
+            and not job["wheels"]
+            and not any(name.startswith(_READ_AT_START) for name in job["env"])
+            and not any(path.startswith(".local/") for path in sent)
+        )
+        if fits:
+            try:
+                _limit(self.pid, job["rlimits"])
+            except OSError:
+                fits = False
+        if not fits:
+            self.discard()
+        return fits
+
+    def give_parameters(self, job: "Job", script: str, env: "dict[str, str]") -> None:
+        """Tell the runner what to run: NUL-separated fields (no argument, name or value can hold
+        a NUL) in one write it reads to the end: its report descriptor, the most characters of a
+        last expression, the state's descriptors and cap (or "-") and code, the descriptors it
+        should close, ``env`` to add, the script and its arguments."""
+        notebook = job["notebook"]
+        assert notebook is not None
+        state_job = notebook["state"]
+        state, code, unused = "-", "", f"{self.state_in},{self.state_out_write}"
+        if state_job is not None:
+            state, code, unused = (
+                f"{self.state_in},{self.state_out_write},{state_job['max_bytes']}",
+                state_job["code"],
+                "",
+            )
+        fields = [str(self.report_write), str(notebook["max_chars"]), state, code, unused, str(len(env))]
+        fields += [f"{name}={value}" for name, value in env.items()]
+        fields += [script, *job["args"]]
+        with contextlib.suppress(OSError):  # a runner that died first: its exit status tells
+            _write_all(self.params, "\0".join(fields).encode("utf-8", "surrogateescape"))
+        os.close(self.params)
+        for fd in (self.report_write, self.state_in, self.state_out_write):
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Kill it and close every pipe: the job is not for it. (It may not have made its process
+        group yet: it is killed by pid too.)"""
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError):
+                kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        runner = (self.params, self.report, self.report_write, self.state_in, self.state_in_write)
+        for fd in (*self.wake, self.stdin, *self.outputs, *runner, self.state_out, self.state_out_write):
+            if fd >= 0:
+                os.close(fd)
+        if self.channel is not None:
+            self.channel.close()
+
+
+def _limit(pid: int, rlimits: "Rlimits") -> None:
+    """Set the job's open-file, file-size and core limits on process ``pid`` (0: this one)."""
+    for which, amount in (
+        (resource.RLIMIT_NOFILE, rlimits["nofile"]),
+        (resource.RLIMIT_FSIZE, rlimits["fsize"]),
+        (resource.RLIMIT_CORE, rlimits["core"]),
+    ):
+        if pid:
+            resource.prlimit(pid, which, (amount, amount))
+        else:
+            resource.setrlimit(which, (amount, amount))
+
+
+def _early_runner(ignored: "list[int]", env: "dict[str, str]") -> "_Program | None":
+    """The notebook runner, started before any job arrives when the launcher is given its source
+    (and whether output is relayed): a sandbox started ahead of time then runs a cell without
+    waiting for python3 to start. It reads its parameters once the job has come; a job it does
+    not fit (``_Program.takes``) gets a runner of its own."""
+    if len(sys.argv) != 3:
+        return None
+    command = ["python3", "-P", "-c", sys.argv[1]]
+    return _Program(command, env, ignored, None, sys.argv[2] == "relay", runner=True, post_mortem=True)
+
+
+def _run(
+    job: "Job",
+    stdin: bytes,
+    saved_state: bytes,
+    env: "dict[str, str]",
+    ignored: "list[int]",
+    watch: "_Watch",
+    early: "_Program | None",
+) -> "Ran":
+    """Run the program as our child in a process group of its own (``early``, if it was started
+    before the job came and takes it), killing that group once its time limit has passed (after
+    asking every Python process where it was, if the job says so): how it ended (its exit code as
+    a shell gives it, 128+N when killed by signal N), what the notebook runner reported, if used
+    (a last expression, the workspace's Python state, which it restores from ``saved_state``),
+    whether time ran out, its wall time and the dumps. Stopping it here, not by killing the
+    container, is what lets the files it wrote still come back."""
+    entrypoint, notebook = job["entrypoint"], job["notebook"]
+    script = "./" + entrypoint if entrypoint.startswith("-") else entrypoint  # not an option
+    if early is not None:
+        program = early
+        program.started = time.monotonic()
+    else:
+        # -P: the runner's own imports must not find the program's files (a types.py).
+        command = (
+            ["python3", "-P", "-c", notebook["runner"]] if notebook else ["python3", script, *job["args"]]
+        )
+        program = _Program(
+            command,
+            env,
+            ignored,
+            job["rlimits"],
+            job["relay_output"],
+            notebook is not None,
+            job["post_mortem"],
+        )
+    if notebook:
+        program.give_parameters(job, script, job["env"] if early is not None else {})
+    state_job = notebook["state"] if notebook else None
     state_out_kept: list[bytes] = []
     state_threads = []
     if state_job:
-        os.close(state_in[0])
-        os.close(state_out[1])
         state_cap = state_job["max_bytes"] + REPORT_BYTES + 1  # one more: over the cap shows
         state_threads = [
-            threading.Thread(target=_drain, args=(state_out[0], state_out_kept, state_cap), daemon=True)
+            threading.Thread(target=_drain, args=(program.state_out, state_out_kept, state_cap), daemon=True)
         ]
         if saved_state:  # a thread less when there is none: under gVisor threads count as processes
             state_threads.append(
-                threading.Thread(target=_give_stdin, args=(state_in[1], saved_state), daemon=True)
+                threading.Thread(target=_give_stdin, args=(program.state_in_write, saved_state), daemon=True)
             )
         else:
-            os.close(state_in[1])
+            os.close(program.state_in_write)
+    elif notebook:
+        os.close(program.state_in_write)
+        os.close(program.state_out)
     if stdin:  # a thread less when there is none: under gVisor threads count toward the process limit
-        threading.Thread(target=_give_stdin, args=(stdin_write, stdin), daemon=True).start()
+        threading.Thread(target=_give_stdin, args=(program.stdin, stdin), daemon=True).start()
     else:
-        os.close(stdin_write)
+        os.close(program.stdin)
     reported: list[bytes] = []
     # Read while it runs: a full pipe must never block the program.
-    reader = threading.Thread(target=_drain, args=(report_read, reported), daemon=True)
-    relays = []
-    for target, (read_end, write_end) in outputs.items():
-        os.close(write_end)
-        relays.append(threading.Thread(target=_relay, args=(read_end, target), daemon=True))
-    for thread in (reader, *relays, *state_threads):
+    readers = (
+        [threading.Thread(target=_drain, args=(program.report, reported), daemon=True)] if notebook else []
+    )
+    relays = [
+        threading.Thread(target=_relay, args=(read_end, target), daemon=True)
+        for target, read_end in zip((1, 2), program.outputs, strict=False)
+    ]
+    for thread in (*readers, *relays, *state_threads):
         thread.start()
-    code, timed_out, dumps = _wait(pid, job["timeout_s"], watch, channel, wake)
-    wall_s = time.monotonic() - started
-    if channel is not None:
-        channel.close()
-    for fd in wake:
+    code, timed_out, dumps = _wait(program.pid, job["timeout_s"], watch, program.channel, program.wake)
+    wall_s = time.monotonic() - program.started
+    if program.channel is not None:
+        program.channel.close()
+    for fd in program.wake:
         os.close(fd)
     _end_everything_else()  # now no one else holds the pipes open: the readers see their ends
-    for thread in (reader, *state_threads):
+    for thread in (*readers, *state_threads):
         thread.join(timeout=5)
     for relay_thread in relays:  # every byte of output before any line of ours; the host's deadline bounds it
         relay_thread.join()
@@ -887,7 +1012,10 @@ def _give_stdin(fd: int, data: bytes) -> None:
 def _first_for_the_oom_killer() -> None:
     """Offer this process (and what it starts) to the OOM killer before the launcher: the program
     is what uses the memory, and the launcher must live to send its files back. Raising one's
-    own score needs no privilege."""
+    own score needs no privilege, but a process made non-dumpable (as the launcher makes itself,
+    and its child is until it execs) has its /proc files owned by root: it becomes dumpable
+    first. Nothing else runs yet that could look at it (the program is this process, after exec)."""
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
         score.write("1000")
 
@@ -1255,6 +1383,10 @@ def _oom_victim(before: "Counters", after: "Counters", ran: "Ran | None") -> "st
 
 def main() -> None:
     ignored = _ignore_foreign_signals()  # first: a warm launcher waits before the program exists
+    # Kubernetes puts its API server's address into every container, even with service links off:
+    # the program has no business with it.
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("KUBERNETES_")}
+    early = _early_runner(ignored, inherited)
     job = _read_job()
     nonce = job["nonce"]
     if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
@@ -1263,9 +1395,8 @@ def main() -> None:
     # Read now, whether the program ever reads it or not: the engine's write must not wait on it.
     program_stdin = _ArchiveInput(job["stdin_bytes"]).read()
     saved_state = _ArchiveInput(job["state_bytes"]).read()  # a workspace's Python state, opaque here
-    # Kubernetes puts its API server's address into every container, even with service links off:
-    # the program has no business with it.
-    inherited = {name: value for name, value in os.environ.items() if not name.startswith("KUBERNETES_")}
+    if early is not None and not early.takes(job, sent):
+        early = None
     env = {**inherited, **job["env"]}
     installed = True
     if job["wheels"]:
@@ -1279,7 +1410,7 @@ def main() -> None:
     before = _counters()
     watch = _Watch(before, _Teller(job["measured_nonce"]))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ran = _run(job, program_stdin, saved_state, env, ignored, watch) if installed else None
+    ran = _run(job, program_stdin, saved_state, env, ignored, watch, early) if installed else None
     watch.teller.stop()  # no measured line after this: the end line is the last word
     _end_everything_else()
     _reap_orphans()

@@ -1,8 +1,11 @@
 """Runs a ``run_python`` snippet like a notebook cell; its source is passed to ``python3 -c``.
 
-Arguments: the file descriptor to report on, the most characters to report (0: report nothing),
-the workspace's Python state (``-``: none kept; else ``IN,OUT,MAX_BYTES`` descriptors and cap)
-and the source that keeps it (``notebook_state.py``), the script, then the program's own
+Its one argument is a file descriptor on which the launcher sends, NUL-separated, once the job
+has come (the runner may be started before, so a warm sandbox need not wait for python3 to
+start): the descriptor to report on, the most characters to report (0: report nothing), the
+workspace's Python state (``-``: none kept; else ``IN,OUT,MAX_BYTES`` descriptors and cap) and
+the source that keeps it (``notebook_state.py``), descriptors to close (comma-separated), how
+many ``NAME=VALUE`` environment entries follow, those, the script, then the program's own
 arguments. The script runs as ``__main__`` with its own file name in tracebacks (this runner's
 frame is left out), and these things are added to what ``python3 SCRIPT`` would do:
 
@@ -147,11 +150,31 @@ def _identity(fd: int) -> "tuple[int, int] | None":
     return found.st_dev, found.st_ino
 
 
+def _parameters() -> "list[str]":
+    """What the launcher sends on the descriptor named by our one argument, once its job has come
+    (we may have been started before): NUL-separated fields, read to the end."""
+    fd = int(sys.argv[1])
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    if not chunks:  # no job for us after all
+        os._exit(0)
+    return b"".join(chunks).decode("utf-8", "surrogateescape").split("\0")
+
+
 def main() -> None:
-    report_fd, max_chars, script = int(sys.argv[1]), int(sys.argv[2]), os.path.abspath(sys.argv[5])
-    os.set_inheritable(report_fd, False)  # the program's own children do not get it
-    state = _State(sys.argv[3], sys.argv[4]) if sys.argv[3] != "-" else None
-    sys.argv = sys.argv[5:]
+    fields = _parameters()
+    report_fd, max_chars, state_spec, state_code, unused, env_count = fields[:6]
+    for fd in filter(None, unused.split(",")):
+        os.close(int(fd))
+    for pair in fields[6 : 6 + int(env_count)]:  # the job's environment, for a runner started before it
+        name, _, value = pair.partition("=")
+        os.environ[name] = value
+    sys.argv = fields[6 + int(env_count) :]
+    script, report, limit = os.path.abspath(sys.argv[0]), int(report_fd), int(max_chars)
+    os.set_inheritable(report, False)  # the program's own children do not get it
+    state = _State(state_spec, state_code) if state_spec != "-" else None
     sys.path.insert(0, os.path.dirname(script))  # as python3 SCRIPT has it (-P left it out)
     sys.meta_path.insert(0, _PatchPyplotShow())  # type: ignore[arg-type]
 
@@ -165,7 +188,7 @@ def main() -> None:
         state.restore(module.__dict__, os.path.dirname(script))
     try:
         tree = compile(source, script, "exec", ONLY_AST)
-        last = tree.body[-1] if tree.body and max_chars else None
+        last = tree.body[-1] if tree.body and limit else None
         if isinstance(last, _ast.Expr):
             tree.body.pop()
         else:
@@ -182,7 +205,7 @@ def main() -> None:
         if value_code is not None:
             value = eval(value_code, module.__dict__)
             if value is not None:
-                os.write(report_fd, repr(value)[:max_chars].encode("utf-8", errors="replace"))
+                os.write(report, repr(value)[:limit].encode("utf-8", errors="replace"))
     except SystemExit:
         if state is not None:
             state.save(module.__dict__)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_args
 
-from agent_sandbox.engine.launch import file_size_rlimit
+from agent_sandbox.engine.launch import NOTEBOOK_RUNNER, file_size_rlimit
 from agent_sandbox.engine.spec import (
     FileEntry,
     FilesOut,
@@ -50,7 +50,6 @@ SNAPSHOT_PREFIX = b"\x00agent-sandbox-snapshot "
 STATE_PREFIX = b"\x00agent-sandbox-state "
 MEASURED_PREFIX = b"\x00agent-sandbox-measured "
 OMITTED_KINDS: frozenset[str] = frozenset(get_args(OmittedKind))
-NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
 NOTEBOOK_STATE = (Path(__file__).parent / "notebook_state.py").read_text()
 STATE_REPORT, STATE_DATA = "report", "state"  # the state block's two parts
 STATE_REPORT_BYTES = 1 << 16  # the most the runner's report line may be (the launcher's REPORT_BYTES)
