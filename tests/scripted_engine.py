@@ -103,7 +103,9 @@ class ScriptedEngine:
         return done
 
     @contextlib.asynccontextmanager
-    async def warm(self, shape: ContainerShape, size: int, max_idle_s: float) -> AsyncIterator[_Warm]:
+    async def warm(
+        self, shape: ContainerShape, size: int, max_idle_s: float, max_size: int = 0
+    ) -> AsyncIterator[_Warm]:
         yield _Warm(size)
 
     def health(self, images: Sequence[str], runtime: str) -> EngineHealth:

@@ -68,6 +68,13 @@ class EngineSettings(_Section):
     pool_max_idle_s: float = Field(
         default=300.0, gt=0, description="A warm container older than this is replaced."
     )
+    pool_max_size: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="The most the warm pool grows to when calls come faster than it refills "
+        "(never below pool_size).",
+    )
 
     @field_validator("profile", "profiles")
     @classmethod

@@ -145,7 +145,12 @@ class Sandbox:
             shape = ContainerShape.of(
                 image, self.default_limits(), engine_settings.network, runtime=engine_settings.runtime
             )
-            warm = self.engine.warm(shape, engine_settings.pool_size, engine_settings.pool_max_idle_s)
+            warm = self.engine.warm(
+                shape,
+                engine_settings.pool_size,
+                engine_settings.pool_max_idle_s,
+                engine_settings.pool_max_size,
+            )
             self.pool = await self._lifetime.enter_async_context(warm)
         return self
 

@@ -111,10 +111,11 @@ class Engine(Protocol):
         too); ``on_output`` sees the output live. Raises ``EngineError``."""
 
     def warm(
-        self, shape: ContainerShape, size: int, max_idle_s: float
+        self, shape: ContainerShape, size: int, max_idle_s: float, max_size: int = 0
     ) -> AbstractAsyncContextManager[WarmSandboxes]:
-        """Keep ``size`` sandboxes of ``shape`` started ahead of time while the block lasts;
-        runs of that shape take one if one is ready."""
+        """Keep ``size`` sandboxes of ``shape`` started ahead of time while the block lasts, more
+        (up to ``max_size``) when calls come faster than they start; runs of that shape take one
+        if one is ready."""
 
     def health(self, images: Sequence[str], runtime: str) -> EngineHealth:
         """Ask the engine (blocking: call it in a thread) about itself, ``images`` and ``runtime``."""

@@ -267,10 +267,11 @@ class DockerEngine:
 
     @contextlib.asynccontextmanager
     async def warm(
-        self, shape: ContainerShape, size: int, max_idle_s: float
+        self, shape: ContainerShape, size: int, max_idle_s: float, max_size: int = 0
     ) -> AsyncIterator[WarmPool[StartedContainer]]:
-        """Keep ``size`` containers of ``shape`` started while the block lasts (engine/pool.py)."""
-        async with WarmPool(self, shape, size, max_idle_s) as pool:
+        """Keep ``size`` (up to ``max_size`` under load) containers of ``shape`` started while the
+        block lasts (engine/pool.py)."""
+        async with WarmPool(self, shape, size, max_idle_s, max_size) as pool:
             yield pool
 
     async def run(

@@ -432,10 +432,11 @@ class KubernetesEngine:
 
     @contextlib.asynccontextmanager
     async def warm(
-        self, shape: ContainerShape, size: int, max_idle_s: float
+        self, shape: ContainerShape, size: int, max_idle_s: float, max_size: int = 0
     ) -> AsyncIterator[WarmPool[StartedPod]]:
-        """Keep ``size`` pods of ``shape`` running while the block lasts (engine/pool.py)."""
-        async with WarmPool(self, shape, size, max_idle_s) as pool:
+        """Keep ``size`` (up to ``max_size`` under load) pods of ``shape`` running while the
+        block lasts (engine/pool.py)."""
+        async with WarmPool(self, shape, size, max_idle_s, max_size) as pool:
             yield pool
 
     async def run(
