@@ -36,6 +36,7 @@ TEST_NAMESPACE = "agent-sandbox-test"  # the tests' sandbox pods live here, noth
 TOOLS = {
     "run_python",
     "run_project",
+    "run_batch",
     "workspace_create",
     "workspace_files",
     "workspace_read",

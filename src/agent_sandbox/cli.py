@@ -1,10 +1,11 @@
 """The ``agent-sandbox`` command: ``serve``, ``run``, ``image build`` and ``doctor``.
 
 Exit codes: ``run`` returns the program's own exit code (1 when its requirements failed to
-install); 2 means the request or the configuration was refused, 3 that the engine or the image
-is not usable, 4 that the program hit a limit while exiting 0. ``runs result`` and ``runs cancel``:
-5 means the background run has not ended yet, 6 that it ended without a result (cancelled, lost
-with a server, or failed: the line printed says which and why).
+install; ``run --batch``: 0 when every program passed, else 1); 2 means the request or the
+configuration was refused, 3 that the engine or the image is not usable, 4 that the program hit
+a limit while exiting 0. ``runs result`` and ``runs cancel``: 5 means the background run has not
+ended yet, 6 that it ended without a result (cancelled, lost with a server, or failed: the line
+printed says which and why).
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from pydantic import ValidationError
 
 from agent_sandbox import detached, local_run
 from agent_sandbox.background import BackgroundRuns
+from agent_sandbox.batch import run_batch
 from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
 from agent_sandbox.doctor import checks
 from agent_sandbox.errors import EngineError, Refused
 from agent_sandbox.images.build import ImageBuildError, build_profiles
 from agent_sandbox.images.profiles import PROFILES, UnknownProfile
-from agent_sandbox.models import LimitRequest, RunRequest, RunResult
+from agent_sandbox.models import BatchResult, LimitRequest, RunRequest, RunResult
 from agent_sandbox.packages.resolver import WheelResolver
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
 from agent_sandbox.server.auth import AuthConfigError, require_token_off_loopback
+from agent_sandbox.server.content import batch_summary
 from agent_sandbox.server.transports import TRANSPORTS, serve
 
 EXIT_REFUSED = 2
@@ -86,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     run = commands.add_parser("run", help="Run a Python file or a folder in the sandbox.")
-    run.add_argument("path", type=Path, help="A .py file, or a folder of files.")
+    run.add_argument("path", type=Path, help="A .py file, or a folder of files (with --batch: a JSON file).")
     run.add_argument("--entrypoint", help="File to run inside a folder (default main.py).")
     run.add_argument("--timeout", type=float, help="Seconds before the program is stopped.")
     run.add_argument("--stdin", type=Path, help="File whose content is the program's stdin.")
@@ -96,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         "-r", "--requirement", action="append", default=[], help="A package to install first (repeatable)."
     )
     run.add_argument("--image", help="Image profile (default: the configured engine.profile).")
+    run.add_argument(
+        "--batch",
+        action="store_true",
+        help="PATH is a batch: a JSON array (or JSON lines) of run_batch items, each run in a sandbox "
+        "of its own, side by side; prints a line per item and the counts (--json: the whole answer).",
+    )
     run.add_argument(
         "--detach",
         action="store_true",
@@ -202,6 +211,8 @@ def _config_source(options: argparse.Namespace) -> str:
 
 
 def _run(options: argparse.Namespace, settings: Settings) -> int:
+    if options.batch:
+        return _run_batch(options, settings)
     if options.out and options.out.exists() and not options.out.is_dir():
         raise Refused(f"--out {options.out} is a file; name a folder (it is created if missing)")
     if options.detach and (options.out or options.json):
@@ -229,6 +240,42 @@ def _run(options: argparse.Namespace, settings: Settings) -> int:
     live = None if options.json else local_run.write_live
     result = anyio.run(functools.partial(sandbox.run, request, local_run.show_long_steps, on_output=live))
     return _show(result, options, shown_live=live is not None)
+
+
+def _run_batch(options: argparse.Namespace, settings: Settings) -> int:
+    """``run --batch``: every item of the file, as run_batch runs them; 0 when every one passed."""
+    per_run = {
+        "--out": options.out,
+        "--detach": options.detach,
+        "--stdin": options.stdin,
+        "--entrypoint": options.entrypoint,
+        "-r": options.requirement,
+        "--timeout": options.timeout,
+        "--image": options.image,
+        "program arguments": options.args,
+    }
+    others = [flag for flag, given in per_run.items() if given]
+    if others:
+        raise Refused(f"not with --batch: {', '.join(others)}; give those per item in the batch file")
+    items = local_run.batch_items(options.path, settings.server.max_batch)
+    sandbox = Sandbox(settings)
+    sandbox.start()
+    every = max(1, len(items) // 10)
+
+    async def on_done(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            local_run.say(f"[agent-sandbox] {done} of {total} programs done")
+
+    async def run_one(request: RunRequest) -> RunResult:
+        return await sandbox.run(request)
+
+    async def batch() -> BatchResult:
+        async with sandbox:
+            return await run_batch(items, run_one, settings.engine.max_concurrent_runs, on_done)
+
+    answer = anyio.run(batch)
+    local_run.say(answer.model_dump_json(indent=2) if options.json else batch_summary(answer), sys.stdout)
+    return 0 if answer.passed == len(items) else 1
 
 
 def _show(result: RunResult, options: argparse.Namespace, shown_live: bool = False) -> int:

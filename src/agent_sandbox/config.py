@@ -203,6 +203,7 @@ class ServerSettings(_Section):
         default=8, ge=0, description="Runs one HTTP client may have waiting; past this: busy."
     )
     runs_per_minute_per_client: int = Field(default=120, ge=0, description="0: no rate limit.")
+    max_batch: int = Field(default=100, ge=1, le=10_000, description="Programs one run_batch call may hold.")
     audit_log: str = Field(default="", description="JSON-lines audit log path; empty: off.")
 
 

@@ -17,6 +17,11 @@ Callers match the few they treat apart (``Busy``, ``RateLimited``) and then the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class SandboxError(Exception):
     """A run ended in an error instead of a result; the message says what to change."""
@@ -72,3 +77,13 @@ def describe(exc: SandboxError) -> str:
     if isinstance(exc, RateLimited):
         return f"too many runs: {exc}"
     return f"refused: {exc}"
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """Pydantic's errors as one line naming each field."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "invalid arguments: " + "; ".join(problems)

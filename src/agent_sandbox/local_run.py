@@ -5,15 +5,18 @@ files saved where asked."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import ValidationError
+
 from agent_sandbox.engine.base import STDERR, STDOUT
-from agent_sandbox.errors import Refused
-from agent_sandbox.models import ProjectFile, RunResult
+from agent_sandbox.errors import Refused, describe_invalid
+from agent_sandbox.models import BatchItem, ProjectFile, RunResult
 from agent_sandbox.run_store import RunRecord
 
 SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"})
@@ -44,6 +47,32 @@ def collect(path: Path, entrypoint: str | None) -> tuple[list[ProjectFile], str]
             continue
         files.append(_project_file(file, relative.as_posix()))
     return files, entrypoint or "main.py"
+
+
+def batch_items(path: Path, max_batch: int) -> list[BatchItem]:
+    """The items of a batch file: a JSON array, or one JSON object per line; each refusal names
+    the item (by its number) and what is wrong."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Refused(f"cannot read the batch file {path}: {exc}") from None
+    try:
+        loaded = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
+    except json.JSONDecodeError as exc:
+        raise Refused(f"{path} is not a JSON array nor JSON lines: {exc}") from None
+    if not 1 <= len(loaded) <= max_batch:
+        raise Refused(f"{path} holds {len(loaded)} items; a batch holds 1 to {max_batch} (server.max_batch)")
+    items = []
+    for index, item in enumerate(loaded):
+        try:
+            items.append(BatchItem.model_validate(item))
+        except ValidationError as exc:
+            raise Refused(f"items[{index}] of {path}: {describe_invalid(exc)}") from None
+    return items
 
 
 def _project_file(path: Path, name: str) -> ProjectFile:

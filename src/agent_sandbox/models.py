@@ -336,3 +336,61 @@ class RunAnswer(RootModel[RunResult | RunStatus]):
     """What run_python and run_project return: the result, or for a background run its status."""
 
     model_config = ConfigDict(json_schema_extra={"type": "object"})
+
+
+class BatchItem(_Model):
+    """One program of a ``run_batch``: a snippet (``code``, run as run_python runs it) or ``files``
+    and an ``entrypoint`` (run as run_project runs them)."""
+
+    code: str | None = Field(default=None, description="A Python snippet, run as run_python runs it.")
+    files: list[ProjectFile] | None = Field(
+        default=None, description="Or files to place under /work and run, as run_project does."
+    )
+    entrypoint: str = Field(default="main.py", description="With files: the file to run.")
+    args: list[str] = Field(default_factory=list, description="With files: command-line arguments.")
+    env: dict[str, str] = Field(default_factory=dict, description="With files: extra environment variables.")
+    stdin: str | None = Field(default=None, description="Text given to the program on standard input.")
+    timeout_s: float | None = Field(default=None, gt=0, description="Seconds before it is stopped.")
+    requirements: list[str] = Field(default_factory=list, description="Packages to install first.")
+    image: str | None = Field(default=None, description="Image profile; None: the server's default.")
+
+    def request(self) -> RunRequest:
+        """The run_python or run_project request it stands for; ``ValueError`` (a pydantic
+        ``ValidationError`` too) says what is wrong with it."""
+        if (self.code is None) == (self.files is None):
+            raise ValueError("give either code (a snippet) or files (a project), not both or neither")
+        with_files = sorted({"entrypoint", "args", "env"} & self.model_fields_set)
+        if self.code is not None and with_files:
+            raise ValueError(f"{', '.join(with_files)} go with files, not with code")
+        snippet = [ProjectFile(path="main.py", content=self.code)] if self.code is not None else None
+        return RunRequest(
+            files=snippet or self.files or [],
+            entrypoint=self.entrypoint,
+            args=self.args,
+            env=self.env,
+            stdin=self.stdin,
+            limits=LimitRequest(timeout_s=self.timeout_s),
+            requirements=self.requirements,
+            profile=self.image,
+            notebook=snippet is not None,
+            return_last_expression=snippet is not None,
+        )
+
+
+class BatchEntry(_Model):
+    """One item's outcome, in the order sent: its result, or why it never ran."""
+
+    index: int
+    result: RunResult | None = None
+    error: str | None = Field(default=None, description="Why this item never ran (refused, or no engine).")
+
+
+class BatchResult(_Model):
+    """What run_batch returns: one entry per item, in order, and the counts."""
+
+    results: list[BatchEntry]
+    passed: int = Field(description="Items that ran, exited 0 and hit no limit.")
+    failed: int = Field(description="Items that ran and exited non-zero, hit a limit, or failed to install.")
+    errors: int = Field(description="Items that never ran: refused, or the engine failed them.")
+    limits_hit: dict[str, int] = Field(description="How many items hit each kind of limit.")
+    summary: str

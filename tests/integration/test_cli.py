@@ -84,12 +84,41 @@ def test_a_limit_hit_is_shown_in_the_status_line(tmp_path: Path) -> None:
             ("image", "build", "--profile", "minimal", "--profile", "datascience", "--tag", "x:1"),
             "--tag names one image",
         ),
+        (("run", "--batch", "examples/hello.py"), "is not a JSON array nor JSON lines"),
+        (("run", "--batch", "--timeout", "3", "x.json"), "not with --batch: --timeout; give those per item"),
     ],
 )
 def test_refusals_exit_2_with_a_clear_message(args: tuple[str, ...], words: str) -> None:
     done = cli(*args)
     assert done.returncode == 2
     assert words in done.stderr
+
+
+def test_a_batch_file_runs_each_item_in_its_own_sandbox(tmp_path: Path) -> None:
+    items = [
+        {"code": "print('a')"},
+        {"code": "import sys\nsys.exit(2)"},
+        {
+            "files": [{"path": "m.py", "content": "import sys\nprint(sys.argv[1])"}],
+            "entrypoint": "m.py",
+            "args": ["z"],
+        },
+    ]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps(item) for item in items) + "\n")
+    done = cli("run", "--batch", str(batch))
+    assert done.returncode == 1  # one failed
+    summary, first, second, third = done.stdout.splitlines()
+    assert summary == "3 programs: 2 passed, 1 failed, 0 did not run"
+    assert first.startswith("[0] exit 0 in ")
+    assert first.endswith(": a")
+    assert second.startswith("[1] exit 2 in ")
+    assert third.endswith(": z")
+    assert "[agent-sandbox] 3 of 3 programs done" in done.stderr
+    (tmp_path / "ok.json").write_text(json.dumps(items[:1]))
+    answer = cli("run", "--batch", str(tmp_path / "ok.json"), "--json")
+    assert answer.returncode == 0
+    assert json.loads(answer.stdout)["results"][0]["result"]["stdout"] == "a\n"
 
 
 def test_run_with_a_requirement_reports_the_install_apart(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from mcp_types import (
 
 from agent_sandbox.artifacts import IMAGE_TYPES
 from agent_sandbox.config import ResultSettings
-from agent_sandbox.models import Artifact, RunResult
+from agent_sandbox.models import Artifact, BatchResult, RunResult
 from agent_sandbox.server.summary import summarise
 
 
@@ -46,6 +46,30 @@ def tool_content(result: RunResult, settings: ResultSettings) -> list[ContentBlo
     shown = {a.path for a in images}
     blocks += [_resource(a) for a in result.artifacts if a.data is not None and a.path not in shown]
     return blocks
+
+
+def batch_summary(answer: BatchResult, line_chars: int = 160) -> str:
+    """A batch for a model to read: the counts, then a line per item (how it ended, the limits
+    it hit, and its error, or the last line it printed); the structured content has all of it."""
+    lines = [answer.summary]
+    for entry in answer.results:
+        result = entry.result
+        if result is None:
+            lines.append(f"[{entry.index}] did not run: {entry.error}")
+            continue
+        status = "timed out" if result.timed_out else f"exit {result.exit_code}"
+        line = f"[{entry.index}] {status} in {result.duration_s:.2f} s"
+        if result.violations:
+            line += "; limits hit: " + ", ".join(v.kind.value for v in result.violations)
+        shown = (
+            f"{result.error.type}: {result.error.message}"
+            if result.error
+            else (result.stdout or result.stderr).strip()
+        )
+        if shown:
+            line += ": " + shown.splitlines()[-1]
+        lines.append(line[:line_chars])
+    return "\n".join(lines)
 
 
 def _showable_image(artifact: Artifact, settings: ResultSettings) -> bool:

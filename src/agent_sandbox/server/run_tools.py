@@ -13,21 +13,30 @@ from typing import Annotated
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, ToolAnnotations
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from agent_sandbox.admission import Caller, Share
 from agent_sandbox.background import BackgroundRuns
-from agent_sandbox.engine.base import OutputCallback, ProgressCallback
-from agent_sandbox.errors import Busy, Refused, RunError, SandboxError, describe
+from agent_sandbox.batch import run_batch
+from agent_sandbox.engine.base import OutputCallback, ProgressCallback, no_progress
+from agent_sandbox.errors import Busy, Refused, RunError, SandboxError, describe, describe_invalid
 from agent_sandbox.live_output import LiveOutput
-from agent_sandbox.models import LimitRequest, ProjectFile, RunAnswer, RunRequest, RunResult
+from agent_sandbox.models import (
+    BatchItem,
+    BatchResult,
+    LimitRequest,
+    ProjectFile,
+    RunAnswer,
+    RunRequest,
+    RunResult,
+)
 from agent_sandbox.run_store import RunRecord
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server.audit import AuditEvent, AuditLog
 from agent_sandbox.server.background_tools import status_answer
 from agent_sandbox.server.clients import Channel, caller_of
-from agent_sandbox.server.content import tool_result
+from agent_sandbox.server.content import batch_summary, tool_result
 from agent_sandbox.server.environment import describe_environment
 from agent_sandbox.server.metrics import Metrics
 from agent_sandbox.server.progress import RunProgress, Send
@@ -175,6 +184,25 @@ def add_run_tools(
             background,
         )
 
+    async def run_batch(
+        items: Annotated[
+            list[BatchItem],
+            Field(
+                min_length=1,
+                max_length=settings.server.max_batch,
+                description="The programs, each a snippet ({'code': ...}, as run_python) or a project "
+                "({'files': [...], 'entrypoint': ...}, as run_project), with its own stdin, timeout_s, "
+                "requirements and image.",
+            ),
+        ],
+        ctx: Context,
+    ) -> Annotated[CallToolResult, BatchResult]:
+        answer = await calls.batch(ctx, items)
+        return CallToolResult(
+            content=[TextContent(type="text", text=batch_summary(answer))],
+            structured_content=answer.model_dump(mode="json"),
+        )
+
     server.add_tool(
         run_python,
         title="Run Python",
@@ -188,6 +216,15 @@ def add_run_tools(
         title="Run a Python project",
         description="Write several files (modules, data) under /work and run one of them; a "
         "top-level requirements.txt among them is installed like `requirements`. " + environment,
+        annotations=ANNOTATIONS,
+    )
+    server.add_tool(
+        run_batch,
+        title="Run many Python programs",
+        description=f"Run up to {settings.server.max_batch} independent programs in one call, side by "
+        "side, each in a fresh sandbox of its own (no workspaces, no background): one result per item "
+        "in order (or why it did not run), and how many passed, failed and hit which limits. For test "
+        "cases, reward checks and other many small programs. " + environment,
         annotations=ANNOTATIONS,
     )
 
@@ -242,6 +279,24 @@ class ToolCall:
             raise ToolError(describe(refusal))
         await progress.finished(output)
         return tool_result(result, self.sandbox.settings.results)
+
+    async def batch(self, ctx: Context, items: list[BatchItem]) -> BatchResult:
+        """Every item run as its own call would be (audit, metrics, the client's start rate), side
+        by side within the caller's share of the slots; progress says how many are done."""
+        caller = caller_of(ctx, self.channel, self.share)
+        slots = self.sandbox.settings.engine.max_concurrent_runs
+        parallel = min(slots, caller.share.running) if caller.share else slots
+        send = _sender(ctx)
+
+        async def run_one(request: RunRequest) -> RunResult:
+            if request.workspace is not None or request.background:
+                raise Refused("a batch item cannot use a workspace or run in the background")
+            return await self.execute("run_batch", caller, request, no_progress, _no_output)
+
+        async def on_done(done: int, total: int) -> None:
+            await send(done, total, f"{done} of {total} programs done")
+
+        return await run_batch(items, run_one, parallel, on_done)
 
     def start(self, tool: str, caller: Caller, request: RunRequest) -> RunRecord:
         """Start the call as a background run. The request, the client's start rate and the
@@ -311,7 +366,7 @@ class ToolCall:
         try:
             return make_request()
         except ValidationError as exc:
-            raise Refused(_describe(exc)) from None
+            raise Refused(describe_invalid(exc)) from None
 
     def _record(
         self,
@@ -334,18 +389,12 @@ class ToolCall:
             )
 
 
+def _no_output(stream: int, data: bytes) -> None:
+    """A batch item's output comes back in its result only."""
+
+
 def _sender(ctx: Context) -> Send:
     async def send(progress: float, total: float, message: str) -> None:
         await ctx.report_progress(progress, total, message)
 
     return send
-
-
-def _describe(exc: ValidationError) -> str:
-    """Pydantic's errors as one line naming each field."""
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        problems.append(f"{where}: {message}" if where else message)
-    return "invalid arguments: " + "; ".join(problems)
