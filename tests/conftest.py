@@ -14,12 +14,20 @@ import docker
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from agent_sandbox.config import FileSettings, LimitSettings, Settings, load_settings
+from agent_sandbox.config import GVISOR, EngineSettings, FileSettings, LimitSettings, Settings, load_settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.engine.kubernetes import OWNER_ANNOTATION, ROLE_LABEL, KubernetesEngine
 from agent_sandbox.engine.launch import orphaned
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import KUBERNETES, ROOT, TEST_NAMESPACE, Backend, SandboxFactory, on_test_cluster
+from tests.helpers import (
+    KUBERNETES,
+    ROOT,
+    TEST_NAMESPACE,
+    Backend,
+    SandboxFactory,
+    on_test_cluster,
+    skip_unless_offered,
+)
 
 
 @pytest.fixture
@@ -79,11 +87,21 @@ def kubernetes_engine() -> Iterator[KubernetesEngine]:
 @pytest.fixture(params=["docker", KUBERNETES])
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Each backend, for tests that must hold on both: Docker, and the Kubernetes test cluster."""
-    if request.param == KUBERNETES:
+    return backend_named(request, request.param)
+
+
+def backend_named(request: pytest.FixtureRequest, name: str) -> Backend:
+    """The backend ``name``: "docker" (the engine's default runtime), GVISOR (Docker with
+    runsc, skipped where the engine lacks it) or KUBERNETES (the test cluster)."""
+    if name == KUBERNETES:
         engine = request.getfixturevalue("kubernetes_engine")
         settings = on_test_cluster(load_settings(ROOT / "configs" / "kubernetes.toml"))
         return Backend(KUBERNETES, engine, settings)
-    return Backend("docker", request.getfixturevalue("engine"), Settings())
+    docker_engine = request.getfixturevalue("engine")
+    if name == GVISOR:
+        skip_unless_offered(docker_engine, GVISOR, "Docker with gVisor")
+        return Backend(GVISOR, docker_engine, Settings(engine=EngineSettings(runtime=GVISOR)))
+    return Backend("docker", docker_engine, Settings())
 
 
 @pytest.fixture

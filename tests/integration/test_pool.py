@@ -11,9 +11,11 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agent_sandbox.config import GVISOR
 from agent_sandbox.models import ProjectFile
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import Backend, snippet, stdio_server
+from tests.conftest import backend_named
+from tests.helpers import KUBERNETES, Backend, snippet, stdio_server
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +64,12 @@ print(json.dumps({
     "stdin": sys.stdin.read(),
 }))
 """
+
+
+@pytest.fixture(params=["docker", GVISOR, KUBERNETES])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Every runtime the project offers (the engine's default, gVisor) and the Kubernetes cluster."""
+    return backend_named(request, request.param)
 
 
 def pooled(backend: Backend, size: int = 2, max_idle_s: float = 300) -> Sandbox:
