@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from agent_sandbox.engine.base import LIMITS, STDERR, STDOUT
 from agent_sandbox.engine.protocol import END_PREFIX, FILES_PREFIX, MEASURED_PREFIX
 from agent_sandbox.engine.session import DRAIN_S, LAUNCHER_GRACE_S, JobSession, drive
@@ -32,8 +34,8 @@ def session(clock: Clock, **changes: object) -> tuple[JobSession, str]:
     return started, str(job["nonce"])
 
 
-def end_line(nonce: str, exit_code: int = 0) -> bytes:
-    report = {"exit_code": exit_code, "oom_kills": 0, "timed_out": False, "return_value": "42"}
+def end_line(nonce: str, exit_code: int = 0, oom_kills: int | None = 0) -> bytes:
+    report = {"exit_code": exit_code, "oom_kills": oom_kills, "timed_out": False, "return_value": "42"}
     return END_PREFIX + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
 
 
@@ -65,6 +67,26 @@ def test_output_files_and_the_end_line_become_the_outcome() -> None:
     assert outcome.files.contents() == [("out.txt", b"ok")]
     assert outcome.duration_s == 0.5
     assert not outcome.launcher_lost
+
+
+@pytest.mark.parametrize(("exit_code", "asked"), [(0, []), (1, []), (137, [False])])
+def test_without_a_memory_kill_counter_the_engine_is_asked_only_after_a_sigkill(
+    exit_code: int, asked: list[bool]
+) -> None:
+    """Under gVisor the launcher keeps no memory-kill counter, and asking the engine waits for the
+    sandbox's end (about 120 ms there): only a SIGKILL can have been the OOM killer's."""
+    started, nonce = session(Clock())
+    for stream in (STDOUT, STDERR):
+        started.feed(stream, end_line(nonce, exit_code, oom_kills=None))
+    looked: list[bool] = []
+
+    def final_state(look_for_oom: bool) -> tuple[int | None, bool]:
+        looked.append(look_for_oom)
+        return exit_code, True
+
+    outcome = started.outcome(final_state)
+    assert looked == asked
+    assert outcome.oom_killed is (exit_code == 137)
 
 
 def test_past_the_limit_a_launcher_is_resumed_once_then_the_sandbox_killed() -> None:

@@ -47,6 +47,11 @@ FILES_GRACE_S = 30.0  # to stream the files out once the program has ended
 DRAIN_S = 2.0  # to read what is still in flight after a kill
 UNPACK_BYTES_PER_S = 10 * 1024 * 1024  # a slow guess, for the deadline only
 CUT_LINE = b"\n[agent-sandbox: %d bytes cut here]\n"
+# The exit code of a program killed by SIGKILL, as the OOM killer kills. Where the launcher reports
+# one without a memory-kill counter, the engine's flag is asked (waiting for the sandbox's end);
+# any other exit cannot be a memory kill of the program, and where no counter is kept (gVisor) a
+# memory kill takes the whole sandbox, launcher and report with it.
+SIGKILLED = 137
 
 Action = Literal["resume", "kill"]
 # How the sandbox ended, as the engine saw it: (exit code, killed for memory), asked only where the
@@ -199,7 +204,9 @@ class JobSession:
         measured = report if report is not None and not killed else None
         if measured is not None:
             exit_code, return_value, timed_out = measured.exit_code, measured.return_value, measured.timed_out
-            oom_killed = measured.oom_killed if measured.oom_killed is not None else final_state(False)[1]
+            oom_killed = measured.oom_killed
+            if oom_killed is None:  # no cgroup counter (gVisor): the engine's flag, if it can say
+                oom_killed = final_state(False)[1] if measured.exit_code == SIGKILLED else False
         else:
             exit_code, oom_killed = final_state(not killed)
         install = None

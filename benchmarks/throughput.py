@@ -1,0 +1,235 @@
+"""Runs per second: many concurrent MCP sessions against one server, one batch, and the naive way,
+all in one run, for each OCI runtime the engine offers.
+
+For each runtime (the engine's default, crun and runsc where the engine offers them):
+  - naive: --clients parallel loops of `docker run --rm --network none [--runtime R] IMAGE
+    python3 -c 'print("hi")'` until --calls runs are done (the Docker CLI, no hardening),
+  - the server of --baseline-rev (the commit before this work; a git worktree of it), then this
+    tree's: `agent-sandbox serve --transport streamable-http` with the default configuration (as
+    a new user runs it) but the runtime and no start rate per client (sessions without an id
+    from one address are one client, whose 120 runs a minute the rows would pass), --calls
+    `run_python` calls of `print("hi")` from --clients concurrent MCP sessions,
+  - this tree's server again, one `run_batch` call of --calls such programs (in batches of at
+    most the server's max_batch, one after another).
+Calls per second, the ratio to the naive row, failures (an error, or not "hi"), and the
+containers left behind afterwards (there must be none). Last, where the machine's CPU went per
+call, in ms, for the naive row and this server's sessions row of the default runtime: the Docker
+daemon, containerd and its shims (those alive at the end), the server or the Docker CLIs, and
+the rest (the OCI runtime's invocations, the sandboxes' own processes, the kernel).
+
+    .venv/bin/python benchmarks/throughput.py [--calls 200] [--clients 8] [--baseline-rev 863c043]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import docker
+from latency import worktree
+from mcp import Client
+
+from agent_sandbox.config import GVISOR, load_settings
+from agent_sandbox.engine.docker import LABEL, DockerEngine
+
+CODE = 'print("hi")'
+ROOT = Path(__file__).parents[1]
+BASELINE_REV = "863c043"  # the last commit before issue 22's work
+CRUN = "crun"
+
+
+async def naive(image: str, runtime: str, clients: int, calls: int) -> tuple[float, int]:
+    """Calls per second and failures of ``clients`` loops of plain `docker run`."""
+    remaining = iter(range(calls))
+    failures = 0
+    runtime_args = ["--runtime", runtime] if runtime else []
+
+    async def loop() -> None:
+        nonlocal failures
+        for _ in remaining:
+            argv = ["docker", "run", "--rm", "--network", "none", *runtime_args, image, "python3", "-c", CODE]
+            done = await anyio.run_process(argv, check=False)
+            failures += done.returncode != 0 or done.stdout != b"hi\n"
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(clients):
+            group.start_soon(loop)
+    return calls / (time.perf_counter() - started), failures
+
+
+# Long-lived processes by name, whose CPU is counted apart.
+ENGINE_GROUPS = {"dockerd": ("dockerd",), "containerd + shims": ("containerd", "containerd-shim")}
+
+
+class CpuSplit:
+    """CPU seconds spent from its making to ``stop``: the whole machine's (from /proc/stat), and
+    by process name for the long-lived processes that are there at both ends."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.busy, self.before = self._busy(), self._by_pid()
+
+    def _busy(self) -> float:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return (sum(fields) - fields[3] - fields[4]) / self.tick  # all but idle and iowait
+
+    def _by_pid(self) -> dict[int, tuple[str, float]]:
+        found = {}
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError, ValueError):
+                stat = Path(f"/proc/{name}/stat").read_text()
+                fields = stat.rpartition(")")[2].split()
+                comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+                found[int(name)] = (comm, (int(fields[11]) + int(fields[12])) / self.tick)
+        return found
+
+    def stop(self, own: dict[str, int]) -> dict[str, float]:
+        """Seconds by group (``own`` adds groups of one pid each), and "the rest"."""
+        busy, after = self._busy() - self.busy, self._by_pid()
+        spent = {pid: cpu - self.before[pid][1] for pid, (_, cpu) in after.items() if pid in self.before}
+        split = {
+            group: sum(cpu for pid, cpu in spent.items() if after[pid][0] in names)
+            for group, names in ENGINE_GROUPS.items()
+        }
+        split |= {group: spent.get(pid, 0.0) for group, pid in own.items()}
+        split["the rest"] = busy - sum(split.values())
+        return split
+
+
+@contextlib.contextmanager
+def served(source: Path, runtime: str) -> Iterator[tuple[str, int]]:
+    """`agent-sandbox serve` over Streamable HTTP from ``source`` (a tree's src folder), default
+    configuration but the runtime and the start rate; yields its MCP URL and its pid."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(source),
+        "AGENT_SANDBOX_ENGINE__RUNTIME": runtime,
+        "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",
+        "AGENT_SANDBOX_CONFIG": "",
+    }
+    argv = [sys.executable, "-m", "agent_sandbox", "serve", "--transport", "streamable-http"]
+    argv += ["--port", str(port)]
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        time.sleep(2)  # the warm pool fills
+        yield f"http://127.0.0.1:{port}/mcp", server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+async def sessions(url: str, clients: int, calls: int) -> tuple[float, int]:
+    """Calls per second and failures of ``calls`` run_python calls from ``clients`` sessions."""
+    remaining = iter(range(calls))
+    failures = 0
+
+    async def session() -> None:
+        nonlocal failures
+        async with Client(url) as client:
+            for _ in remaining:
+                result = await client.call_tool("run_python", {"code": CODE})
+                content = result.structured_content or {}
+                failures += result.is_error or content.get("stdout") != "hi\n"
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(clients):
+            group.start_soon(session)
+    return calls / (time.perf_counter() - started), failures
+
+
+async def batch(url: str, calls: int, max_batch: int) -> tuple[float, int]:
+    """Calls per second and failures of ``calls`` programs sent as run_batch calls."""
+    failures = 0
+    async with Client(url) as client:
+        started = time.perf_counter()
+        for first in range(0, calls, max_batch):
+            items = [{"code": CODE}] * min(max_batch, calls - first)
+            result = await client.call_tool("run_batch", {"items": items})
+            answer = result.structured_content or {}
+            entries = answer.get("results", [])
+            failures += len(items) - len(entries) if not result.is_error else len(items)
+            failures += sum(1 for e in entries if not e.get("result") or e["result"]["stdout"] != "hi\n")
+        return calls / (time.perf_counter() - started), failures
+
+
+def leaked(client: docker.DockerClient) -> int:
+    return len(client.containers.list(all=True, filters={"label": LABEL}))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--baseline-rev", default=BASELINE_REV)
+    options = parser.parse_args()
+    settings = load_settings()
+    image = settings.engine.image_of(settings.engine.profile)
+    client = docker.from_env()
+    health = DockerEngine(settings.engine, client=client).health([], "")
+    assert health.runtime is not None
+    offered = health.runtime.offered
+    runtimes = [""] + [name for name in (CRUN, GVISOR) if name in offered]
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, Docker {health.version}; {options.calls} calls "
+        f"from {options.clients} concurrent clients; runtimes: {health.runtime.default} (default), "
+        f"{', '.join(runtimes[1:]) or 'no other'}"
+    )
+    print(f"{'row':52} {'calls/s':>8} {'x naive':>8} {'failures':>8} {'left':>5}")
+    splits: dict[str, dict[str, float]] = {}
+    with worktree(options.baseline_rev) as before:
+        for runtime in runtimes:
+            name = runtime or health.runtime.default
+            cpu = CpuSplit()
+            rate, failures = await naive(image, runtime, options.clients, options.calls)
+            if not runtime:
+                splits["naive docker run"] = cpu.stop({})
+            base = rate
+            rows = [(f"{name}: naive, {options.clients} loops of docker run --rm", rate, failures)]
+            trees = [(f"{options.baseline_rev} server", before / "src")] if before else []
+            for label, source in [*trees, ("this server", ROOT / "src")]:
+                with served(source, runtime) as (url, pid):
+                    cpu = CpuSplit()
+                    rate, failures = await sessions(url, options.clients, options.calls)
+                    if not runtime:
+                        splits[label] = cpu.stop({"the server": pid})
+                rows.append((f"{name}: {label}, {options.clients} MCP sessions", rate, failures))
+            with served(ROOT / "src", runtime) as (url, _):
+                rate, failures = await batch(url, options.calls, settings.server.max_batch)
+            rows.append((f"{name}: this server, run_batch", rate, failures))
+            for row, rate, failures in rows:
+                line = f"{row:52} {rate:8.1f} {rate / base:8.2f} {failures:8d} {leaked(client):5d}"
+                print(line, flush=True)
+        if before is None:
+            print(f"# {options.baseline_rev} is not in this clone: no row for the server before")
+    groups = ["dockerd", "containerd + shims", "the server", "the rest"]
+    print(f"\n{'CPU per call, ms (default runtime)':40} " + " ".join(f"{group:>18}" for group in groups))
+    for label, split in splits.items():
+        cells = " ".join(f"{1000 * split.get(group, 0.0) / options.calls:18.1f}" for group in groups)
+        print(f"{label:40} {cells}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
