@@ -61,11 +61,15 @@ async def test_it_fills_several_at_once_and_stays_at_its_size_when_calls_are_slo
         with anyio.fail_after(5):
             await pool.filled()
         assert starter.most_at_once == PARALLEL_STARTS
-        for _ in range(3):
-            assert pool.take(SHAPE) is not None
-            await anyio.sleep(0.3)  # 3 calls a second against 50 ms starts: no more needed
+        for used in range(3):
+            taken = pool.take(SHAPE)
+            assert taken is not None
+            await anyio.sleep(0.1)
+            assert starter.starts == 4 + used  # not while the run goes on ...
+            pool.dispose(taken)  # ... but once it is over
+            await anyio.sleep(0.2)  # 3 calls a second against 50 ms starts: no more needed
         assert pool.target == 4
-    assert (starter.starts, starter.removed) == (7, 4)  # 3 taken and replaced; the 4 ready removed
+    assert (starter.starts, starter.removed) == (7, 7)  # 3 taken, used and replaced; then the 4 ready
 
 
 async def test_calls_faster_than_starts_grow_it_up_to_its_maximum() -> None:
@@ -120,3 +124,14 @@ async def test_a_failing_start_is_retried_later_and_the_pool_lives_on(
         with anyio.fail_after(5):
             await pool.filled()
         assert pool.ready == 2
+
+
+async def test_a_pool_left_just_after_a_run_removes_everything_and_raises_nothing() -> None:
+    starter = CountingStarter()
+    async with WarmPool(starter, SHAPE, size=2, max_idle_s=60) as pool:
+        with anyio.fail_after(5):
+            await pool.filled()
+        taken = pool.take(SHAPE)
+        assert taken is not None
+        pool.dispose(taken)  # wakes the refill as the pool ends
+    assert starter.removed == starter.starts

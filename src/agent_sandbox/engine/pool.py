@@ -3,8 +3,9 @@
 A warm sandbox is a cold one started early: same options, same launcher waiting on stdin, so a
 job in it gets exactly the limits, isolation and reporting of a cold start. It is removed after
 its job like any other; nothing is ever reused. The pool never makes a caller wait: when it is
-empty, ``take`` returns None and the run starts cold. It refills in the background, several
-sandboxes at once, and replaces those that waited longer than ``max_idle_s`` or died. It keeps
+empty, ``take`` returns None and the run starts cold. It refills in the background once a run
+is over (at once if it ran dry), several sandboxes at once, and replaces those that waited
+longer than ``max_idle_s`` or died. It keeps
 ``size`` ready, and more when calls come faster than one sandbox takes to start (twice what the
 recent call rate uses up while one starts, at most ``max_size``); a surplus that waits
 ``SURPLUS_IDLE_S`` unused is removed. Any backend that can start a sandbox ahead of time (a
@@ -109,17 +110,21 @@ class WarmPool(Generic[Started]):
         if shape != self.shape or self._group is None:
             return None
         self._takes.append(time.monotonic())
-        self._wanted.set()
         while self._idle:
             started = self._idle.popleft()
             if self._usable(started):
+                if not self._idle:  # ran dry: refill now rather than after this run
+                    self._wanted.set()
                 return started
             self._discard(started)
+        self._wanted.set()  # the caller starts cold; refill at once
         return None
 
     def dispose(self, started: Started) -> None:
-        """Remove a used sandbox in the background, so its caller need not wait for it."""
+        """Remove a used sandbox in the background, so its caller need not wait for it, and refill
+        the pool: after the run rather than during it, whose CPU a start beside it would take."""
         self._discard(started)
+        self._wanted.set()
 
     async def filled(self) -> None:
         """Wait until every place in the pool holds a ready sandbox."""
@@ -143,12 +148,14 @@ class WarmPool(Generic[Started]):
     ) -> None:
         if self.engine.pool is self:
             self.engine.pool = None
-        group, self._group = self._group, None
+        group = self._group
         assert group is not None
         group.cancel_scope.cancel()
         # The exception in flight (if any) came from the code that used the pool, not from the
-        # pool's own tasks: it propagates by itself, unwrapped, once we return.
+        # pool's own tasks: it propagates by itself, unwrapped, once we return. Until then the
+        # group stays: a task woken as it ends may still hand it a removal (shielded) or a start.
         await group.__aexit__(None, None, None)
+        self._group = None
         with anyio.CancelScope(shield=True):
             while self._idle:
                 await self.engine.remove(self._idle.popleft())
