@@ -834,10 +834,12 @@ class _Program:
             and not any(name.startswith(_READ_AT_START) for name in job["env"])
             and not any(path.startswith(".local/") for path in sent)
         )
-        if fits:
+        # It has the launcher's limits: the job's already where the engine set them on the sandbox.
+        ours = all(resource.getrlimit(which) == (amount, amount) for which, amount in _limits(job["rlimits"]))
+        if fits and not ours:
             try:
                 _limit(self.pid, job["rlimits"])
-            except OSError:
+            except OSError:  # gVisor sets no limit on another process
                 fits = False
         if not fits:
             self.discard()
@@ -883,13 +885,18 @@ class _Program:
             self.channel.close()
 
 
-def _limit(pid: int, rlimits: "Rlimits") -> None:
-    """Set the job's open-file, file-size and core limits on process ``pid`` (0: this one)."""
-    for which, amount in (
+def _limits(rlimits: "Rlimits") -> "list[tuple[int, int]]":
+    """The job's open-file, file-size and core limits, as (resource, amount)."""
+    return [
         (resource.RLIMIT_NOFILE, rlimits["nofile"]),
         (resource.RLIMIT_FSIZE, rlimits["fsize"]),
         (resource.RLIMIT_CORE, rlimits["core"]),
-    ):
+    ]
+
+
+def _limit(pid: int, rlimits: "Rlimits") -> None:
+    """Set the job's limits on process ``pid`` (0: this one)."""
+    for which, amount in _limits(rlimits):
         if pid:
             resource.prlimit(pid, which, (amount, amount))
         else:
