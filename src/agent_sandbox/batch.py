@@ -25,9 +25,7 @@ OnDone = Callable[[int, int], Awaitable[None]]  # (items done, items in all)
 log = logging.getLogger(__name__)
 
 
-async def run_batch(
-    items: Sequence[BatchItem], run_one: RunOne, parallel: int, on_done: OnDone
-) -> BatchResult:
+async def run_all(items: Sequence[BatchItem], run_one: RunOne, parallel: int, on_done: OnDone) -> BatchResult:
     """Run every item through ``run_one``, ``parallel`` at a time; ``on_done`` hears each end."""
     entries: list[BatchEntry] = [BatchEntry(index=index) for index in range(len(items))]
     limiter = anyio.CapacityLimiter(max(1, parallel))

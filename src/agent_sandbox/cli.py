@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from agent_sandbox import detached, local_run
 from agent_sandbox.background import BackgroundRuns
-from agent_sandbox.batch import run_batch
+from agent_sandbox.batch import run_all
 from agent_sandbox.config import CONFIG_PATH_ENV, ConfigError, Settings, load_settings
 from agent_sandbox.doctor import checks
 from agent_sandbox.errors import EngineError, Refused
@@ -271,7 +271,7 @@ def _run_batch(options: argparse.Namespace, settings: Settings) -> int:
 
     async def batch() -> BatchResult:
         async with sandbox:
-            return await run_batch(items, run_one, settings.engine.max_concurrent_runs, on_done)
+            return await run_all(items, run_one, settings.engine.max_concurrent_runs, on_done)
 
     answer = anyio.run(batch)
     local_run.say(answer.model_dump_json(indent=2) if options.json else batch_summary(answer), sys.stdout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from agent_sandbox.batch import run_batch
+from agent_sandbox.batch import run_all
 from agent_sandbox.config import LimitSettings
 from agent_sandbox.errors import Busy, EngineUnavailable
 from agent_sandbox.models import (
@@ -92,7 +92,7 @@ async def test_items_come_back_in_order_each_with_its_own_outcome() -> None:
     async def on_done(count: int, total: int) -> None:
         done.append((count, total))
 
-    answer = await run_batch(items, run_one, parallel=3, on_done=on_done)
+    answer = await run_all(items, run_one, parallel=3, on_done=on_done)
     assert [entry.index for entry in answer.results] == list(range(7))
     assert answer.results[0].result is not None
     assert answer.results[0].result.stdout == "fine\n"

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 
 from agent_sandbox.admission import Caller, Share
 from agent_sandbox.background import BackgroundRuns
-from agent_sandbox.batch import run_batch
+from agent_sandbox.batch import run_all
 from agent_sandbox.engine.base import OutputCallback, ProgressCallback, no_progress
 from agent_sandbox.errors import Busy, Refused, RunError, SandboxError, describe, describe_invalid
 from agent_sandbox.live_output import LiveOutput
@@ -296,7 +296,7 @@ class ToolCall:
         async def on_done(done: int, total: int) -> None:
             await send(done, total, f"{done} of {total} programs done")
 
-        return await run_batch(items, run_one, parallel, on_done)
+        return await run_all(items, run_one, parallel, on_done)
 
     def start(self, tool: str, caller: Caller, request: RunRequest) -> RunRecord:
         """Start the call as a background run. The request, the client's start rate and the
