@@ -1,4 +1,4 @@
-"""End-to-end latency and throughput of `run_python`, against baselines measured in the same run.
+"""End-to-end latency of `run_python`, against baselines measured in the same run.
 
 Latency of `print("hi")`, median and p95 over --runs calls each:
   - MCP `tools/call run_python` through a real client over stdio, warm pool on (size 2) and off,
@@ -7,16 +7,16 @@ Latency of `print("hi")`, median and p95 over --runs calls each:
   - plain `docker run --rm --network none IMAGE python3 -c ...` (the Docker CLI, no hardening),
     and the same with `--runtime runsc`,
   - the host's `/usr/bin/python3 -c ...`.
-Calls are --gap seconds apart (an agent's think time; the pool refills meanwhile); --gap 0 is a
-tight loop. Then what measuring costs a warm hello world (the engine in-process, warm pool of 1),
-A/B in the same run, in interleaved blocks: the launcher of --baseline-rev (before usage, limits
-and the post-mortem were measured) on the image without the post-mortem hook, against today's
-launcher with results.post_mortem off (usage and limits read; the hook loaded but idle) and on
-(the default: each Python process also connects to the post-mortem socket). Then throughput:
---calls calls over Streamable HTTP from 1, 4 and 8 concurrent MCP
-client sessions against one server (pool on), with failures and leaked containers counted.
+Calls are --gap seconds apart (an agent's think time; the pool refills meanwhile), and the warm
+rows again back to back (no gap: the pool must keep up), both also for the server of --before-rev
+(a git worktree of it). Then what measuring costs a warm hello
+world (the engine in-process, warm pool of 1), A/B in the same run, in interleaved blocks: the
+launcher of --baseline-rev (before usage, limits and the post-mortem were measured) on the image
+without the post-mortem hook, against today's launcher with results.post_mortem off (usage and
+limits read; the hook loaded but idle) and on (the default: each Python process also connects to
+the post-mortem socket). Throughput is benchmarks/throughput.py's.
 
-    .venv/bin/python benchmarks/latency.py [--runs 30] [--gap 0.2] [--calls 200] [--chart docs/latency.png]
+    .venv/bin/python benchmarks/latency.py [--runs 30] [--gap 0.2] [--chart docs/latency.png]
                                            [--baseline-rev 44b580e]
 
 --chart also draws the latency rows as a PNG (the README's chart).
@@ -25,17 +25,17 @@ client sessions against one server (pool on), with failures and leaked container
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -44,13 +44,14 @@ from mcp import Client, StdioServerParameters
 
 import agent_sandbox.engine.docker as docker_backend
 from agent_sandbox.config import GVISOR, EngineSettings, ResultSettings, Settings, load_settings
-from agent_sandbox.engine.docker import LABEL, DockerEngine
-from agent_sandbox.engine.launch import LAUNCHER_COMMAND
+from agent_sandbox.engine.docker import DockerEngine
+from agent_sandbox.engine.launch import launcher_command
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.sandbox import Sandbox
 
 CODE = 'print("hi")'
 ROOT = Path(__file__).parents[1]
+BEFORE_REV = "863c043"  # the last commit before the early runner and the adaptive pool
 BASELINE_REV = "44b580e"  # the last commit before the launcher measured usage, limits and stacks
 NO_HOOK_REPOSITORY = "agent-sandbox-nohook"
 
@@ -70,21 +71,35 @@ def p95(samples: list[float]) -> float:
 
 
 def server_env(pool_size: int, runtime: str = "") -> dict[str, str]:
-    # The per-client limits (120 runs a minute, 4 at once) would refuse a throughput row's
-    # calls: sessions without an id (protocol 2026-07-28) from one address are one client.
+    # The per-client rate (120 runs a minute) would refuse a long run of back-to-back calls.
     return {
         **os.environ,
         "AGENT_SANDBOX_ENGINE__POOL_SIZE": str(pool_size),
         "AGENT_SANDBOX_ENGINE__RUNTIME": runtime,
         "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",
-        "AGENT_SANDBOX_SERVER__MAX_RUNS_PER_CLIENT": "64",
     }
 
 
-async def mcp_stdio(pool_size: int, runs: int, gap_s: float, runtime: str = "") -> list[float]:
-    parameters = StdioServerParameters(
-        command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=server_env(pool_size, runtime)
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path | None]:
+    """A checkout of ``rev`` in a temporary folder (None if this clone does not have it)."""
+    folder = Path(tempfile.mkdtemp(prefix="agent-sandbox-baseline-"))
+    added = subprocess.run(
+        ["git", "worktree", "add", "--detach", str(folder), rev], cwd=ROOT, capture_output=True, check=False
     )
+    try:
+        yield folder if added.returncode == 0 else None
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT, capture_output=True)
+
+
+async def mcp_stdio(
+    pool_size: int, runs: int, gap_s: float, runtime: str = "", source: Path | None = None
+) -> list[float]:
+    """Warm or cold calls to `agent-sandbox serve` over stdio: this tree's, or ``source``'s (the
+    src folder of another checkout)."""
+    env = server_env(pool_size, runtime) | ({"PYTHONPATH": str(source)} if source else {})
+    parameters = StdioServerParameters(command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=env)
     async with Client(parameters) as client:
 
         async def call() -> None:
@@ -112,7 +127,7 @@ def baseline_launcher(rev: str) -> list[str] | None:
     """The launcher command as of ``rev``, or None if this clone does not have it."""
     source = f"{rev}:src/agent_sandbox/engine/launcher.py"
     done = subprocess.run(["git", "show", source], capture_output=True, text=True, cwd=ROOT, check=False)
-    return [*LAUNCHER_COMMAND[:-1], done.stdout] if done.returncode == 0 else None
+    return ["python3", "-I", "-S", "-c", done.stdout] if done.returncode == 0 else None
 
 
 def image_without_hook(client: docker.DockerClient, image: str) -> None:
@@ -138,7 +153,8 @@ async def measuring_cost(
     blocks = max(1, min(5, runs // 5))
     for block in range(blocks):
         for name, (launcher, repository, post_mortem) in arms.items():
-            docker_backend.LAUNCHER_COMMAND = launcher  # what container_options starts, for this arm's pool
+            # What container_options starts, for this arm's pool.
+            docker_backend.launcher_command = lambda relay_output, launcher=launcher: launcher
             settings = Settings(
                 engine=EngineSettings(pool_size=1, image_repository=repository),
                 results=ResultSettings(post_mortem=post_mortem),
@@ -153,7 +169,7 @@ async def measuring_cost(
                 await call()
                 share = runs // blocks + (1 if block < runs % blocks else 0)
                 samples[name] += await timed(call, share, max(gap_s, 0.3))  # time for the pool to refill
-    docker_backend.LAUNCHER_COMMAND = LAUNCHER_COMMAND
+    docker_backend.launcher_command = launcher_command
     return samples
 
 
@@ -166,62 +182,16 @@ async def command(argv: list[str], runs: int, gap_s: float) -> list[float]:
     return await timed(call, runs, gap_s)
 
 
-async def throughput(clients: int, calls: int) -> tuple[float, int, int]:
-    """Calls per second, failures and leaked containers for ``calls`` calls from ``clients``
-    concurrent sessions against one Streamable HTTP server."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "agent_sandbox", "serve", "--transport", "streamable-http"]
-    server = subprocess.Popen(
-        [*argv, "--port", str(port)],
-        env=server_env(2),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    failures = 0
-    try:
-        await _wait_for_port(port)
-        await anyio.sleep(2)  # let the pool fill
-        remaining = iter(range(calls))
-
-        async def session() -> None:
-            nonlocal failures
-            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
-                for _ in remaining:
-                    result = await client.call_tool("run_python", {"code": CODE})
-                    content = result.structured_content or {}
-                    failures += result.is_error or content.get("stdout") != "hi\n"
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as group:
-            for _ in range(clients):
-                group.start_soon(session)
-        elapsed = time.perf_counter() - started
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    leaked = len(docker.from_env().containers.list(all=True, filters={"label": LABEL}))
-    return calls / elapsed, failures, leaked
-
-
-async def _wait_for_port(port: int) -> None:
-    with anyio.fail_after(60):
-        while True:
-            try:
-                await anyio.connect_tcp("127.0.0.1", port)
-                return
-            except OSError:
-                await anyio.sleep(0.1)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--gap", type=float, default=0.2, help="Seconds between calls (default 0.2).")
-    parser.add_argument("--calls", type=int, default=200, help="Calls per throughput row (0: skip).")
     parser.add_argument("--chart", type=Path, help="Also draw the latency rows into this PNG.")
+    parser.add_argument(
+        "--before-rev",
+        default=BEFORE_REV,
+        help=f"The server the warm rows are measured against (default {BEFORE_REV}).",
+    )
     parser.add_argument(
         "--baseline-rev",
         default=BASELINE_REV,
@@ -241,6 +211,19 @@ async def main() -> None:
     print(f"# {machine}, {runs} calls each, {gap:g} s apart")
     latency = {
         "MCP stdio run_python, warm pool": await mcp_stdio(2, runs, gap),
+        "MCP stdio run_python, warm pool, no gap": await mcp_stdio(2, runs, 0),
+    }
+    with worktree(options.before_rev) as before:
+        if before is not None:
+            latency |= {
+                f"{options.before_rev}: MCP stdio, warm pool": await mcp_stdio(
+                    2, runs, gap, source=before / "src"
+                ),
+                f"{options.before_rev}: MCP stdio, warm pool, no gap": await mcp_stdio(
+                    2, runs, 0, source=before / "src"
+                ),
+            }
+    latency |= {
         "MCP stdio run_python, pool off (cold)": await mcp_stdio(0, runs, gap),
         "engine in-process, cold": await engine_direct(runs, gap),
         "docker run --rm --network none": await command(
@@ -251,6 +234,7 @@ async def main() -> None:
     if gvisor:  # what the second wall costs (configs/strict.toml)
         latency |= {
             "gVisor: MCP stdio, warm pool": await mcp_stdio(2, runs, gap, GVISOR),
+            "gVisor: MCP stdio, warm pool, no gap": await mcp_stdio(2, runs, 0, GVISOR),
             "gVisor: MCP stdio, pool off (cold)": await mcp_stdio(0, runs, gap, GVISOR),
             "gVisor: docker run --runtime runsc": await command(
                 [
@@ -291,10 +275,11 @@ async def main() -> None:
         print(f"\n# {options.baseline_rev} is not in this clone: no A/B of what measuring costs")
     else:
         image_without_hook(client, image)
+        today = launcher_command(relay_output=False)
         arms = {
             f"launcher of {options.baseline_rev}, no hook": (launcher, NO_HOOK_REPOSITORY, False),
-            "usage and limits, post_mortem off": (LAUNCHER_COMMAND, engine.image_repository, False),
-            "usage, limits and post-mortem (default)": (LAUNCHER_COMMAND, engine.image_repository, True),
+            "usage and limits, post_mortem off": (today, engine.image_repository, False),
+            "usage, limits and post-mortem (default)": (today, engine.image_repository, True),
         }
         cost = await measuring_cost(arms, runs, gap)
         first = statistics.median(next(iter(cost.values())))
@@ -303,14 +288,6 @@ async def main() -> None:
         for name, samples in cost.items():
             median = statistics.median(samples)
             print(f"{name:40} {median:10.1f} {p95(samples):8.1f} {median - first:7.1f} {median / first:6.2f}")
-
-    if options.calls <= 0:
-        return
-    print(f"\n{'throughput, Streamable HTTP, pool on':40} {'calls/s':>10} {'failures':>8} {'leaked':>13}")
-    for clients in (1, 4, 8):
-        rate, failures, leaked = await throughput(clients, options.calls)
-        row = f"{options.calls} calls, {clients} concurrent clients"
-        print(f"{row:40} {rate:10.1f} {failures:8d} {leaked:13d}")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,15 @@ The server runs in this process behind an in-memory MCP client, with a warm pool
 of one call are timed by wrapping them (the code itself is unchanged): the MCP request in (the
 client's send, the server's parse, validation and dispatch), the tool's own bookkeeping, the
 sandbox's checks, the engine taking a warm container and building the job (archive), the
-launcher until the cell's code starts (reading and unpacking the job, starting python3, the
-notebook runner's imports; the code reports when it starts, by the wall clock shared with the
-container), the cell and the launcher's end of job (measurements, snapshot of files, end lines),
-the outcome and the result's assembly, and the MCP reply. Beside them, in the same run: the whole
-call over stdio (a server process of its own), Python's start-up inside a sandbox (the program
-times `python3 -c pass` in it) and on the host, and the host's `python3 -c`.
+launcher until the cell's code starts (reading and unpacking the job, handing the cell to the
+notebook runner, which a warm sandbox started before the job came; the code reports when it
+starts, by the wall clock shared with the container), the cell and the launcher's end of job
+(measurements, snapshot of files, end lines), the outcome and the result's assembly, and the MCP
+reply. Beside them, in the same run: the whole call over stdio (a server process of its own),
+Python's start-up inside a sandbox (the program times `python3 -c pass` in it), and the host's
+`python3 -c`.
 
-    .venv/bin/python benchmarks/profile.py [--runs 30] [--gap 0.2] [--runtime crun]
+    .venv/bin/python benchmarks/profile.py [--runs 30] [--gap 0.2] [--runtime runsc]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ STEPS = [
     ("tool: caller, request model, rate, audit, progress", "tool in", "sandbox in"),
     ("sandbox: checks, limits, spec, admission", "sandbox in", "engine in"),
     ("engine: take a warm container, build the job", "engine in", "job sent"),
-    ("launcher: read, unpack, start python3, runner imports", "job sent", "code starts"),
+    ("launcher: read the job, unpack, until the cell starts", "job sent", "code starts"),
     ("cell runs; launcher measures, snapshots, ends the job", "code starts", "job ended"),
     ("engine: outcome from the launcher's reports", "job ended", "engine out"),
     ("sandbox: result, verdict, notes", "engine out", "sandbox out"),

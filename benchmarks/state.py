@@ -21,9 +21,11 @@ through the engine's attach stream), against the same `docker run` moving nothin
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -59,9 +61,11 @@ async def main() -> None:
         f"# {platform.machine()}, {os.cpu_count()} CPUs, Docker {docker.from_env().version()['Version']}, "
         f"{datetime.date.today()}; {options.runs} calls per row, {options.gap:g} s apart"
     )
+    workspaces = tempfile.mkdtemp(prefix="bench-state-")
+    atexit.register(shutil.rmtree, workspaces, ignore_errors=True)
     env = {
         **os.environ,
-        "AGENT_SANDBOX_WORKSPACES__DIR": tempfile.mkdtemp(prefix="bench-state-"),
+        "AGENT_SANDBOX_WORKSPACES__DIR": workspaces,
         "AGENT_SANDBOX_ENGINE__PROFILES": '["minimal", "datascience"]',
         "AGENT_SANDBOX_ENGINE__POOL_SIZE": "2",
         "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",

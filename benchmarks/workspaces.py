@@ -11,8 +11,10 @@ workspace holds --files files of --kib KiB each, written by that first call.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,7 +39,9 @@ async def main() -> None:
         f"{options.runs} calls each, {options.gap:g} s apart; "
         f"workspace of {options.files} x {options.kib} KiB"
     )
-    env = {**os.environ, "AGENT_SANDBOX_WORKSPACES__DIR": tempfile.mkdtemp(prefix="bench-workspaces-")}
+    workspaces = tempfile.mkdtemp(prefix="bench-workspaces-")
+    atexit.register(shutil.rmtree, workspaces, ignore_errors=True)
+    env = {**os.environ, "AGENT_SANDBOX_WORKSPACES__DIR": workspaces}
     parameters = StdioServerParameters(command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=env)
     size = options.kib * 1024
     fill = f"for i in range({options.files}):\n    open(f'data_{{i}}.bin', 'wb').write(b'x' * {size})"

@@ -28,17 +28,54 @@ def bench(*args: str) -> str:
 
 def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path, engine: DockerEngine) -> None:
     chart = tmp_path / "latency.png"
-    out = bench("benchmarks/latency.py", "--runs", "2", "--gap", "0", "--calls", "4", "--chart", str(chart))
-    for row in ("warm pool", "pool off (cold)", "engine in-process", "docker run", "host /usr/bin/python3"):
+    out = bench("benchmarks/latency.py", "--runs", "2", "--gap", "0", "--chart", str(chart))
+    for row in (
+        "warm pool",
+        "warm pool, no gap",
+        "pool off (cold)",
+        "engine in-process",
+        "docker run",
+        "host /usr",
+    ):
         assert row in out
-    assert "4 calls, 8 concurrent clients" in out
     for row in ("launcher of 44b580e, no hook", "post_mortem off", "post-mortem (default)"):
         assert row in out  # what measuring costs, A/B against the launcher before it
     gvisor = GVISOR in offered_runtimes(engine)
-    for row in ("gVisor: MCP stdio, warm pool", "gVisor: MCP stdio, pool off (cold)", "gVisor: docker run"):
+    gvisor_rows = (
+        "gVisor: MCP stdio, warm pool",
+        "warm pool, no gap",
+        "pool off (cold)",
+        "gVisor: docker run",
+    )
+    for row in gvisor_rows:
         assert (row in out) is gvisor, row
     assert chart.read_bytes().startswith(PNG_SIGNATURE)
     assert chart.stat().st_size > 10_000  # a drawn chart, not an empty canvas
+
+
+def test_the_profile_prints_the_split_of_a_warm_call() -> None:
+    out = bench("benchmarks/profile.py", "--runs", "3", "--gap", "0")
+    for row in (
+        "MCP request in",
+        "launcher: read",
+        "MCP reply",
+        "whole call, MCP over stdio",
+        "inside the sandbox",
+    ):
+        assert row in out
+
+
+def test_throughput_runs_every_row_and_leaves_nothing(engine: DockerEngine) -> None:
+    """The server of the commit before issue 22 too: a clone of main has it."""
+    out = bench("benchmarks/throughput.py", "--calls", "6", "--clients", "2")
+    rows = [line.split() for line in out.splitlines() if ": " in line and not line.startswith("#")]
+    names = [" ".join(row[:-4]) for row in rows]
+    assert "runc: 863c043 server, 2 MCP sessions" in names
+    assert "runc: this server, run_batch" in names
+    assert (GVISOR in offered_runtimes(engine)) is ("runsc: this server, run_batch" in names)
+    for row in rows:
+        assert row[-2:] == ["0", "0"], row  # no failures, nothing left behind
+    assert "the server" in out
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,12 @@ EXERCISED = {
     ".venv/bin/python benchmarks/latency.py --chart docs/latency.png": (
         "tests/integration/test_benchmarks.py::test_latency_runs_every_row_and_draws_the_chart"
     ),
+    ".venv/bin/python benchmarks/profile.py": (
+        "tests/integration/test_benchmarks.py::test_the_profile_prints_the_split_of_a_warm_call"
+    ),
+    ".venv/bin/python benchmarks/throughput.py": (
+        "tests/integration/test_benchmarks.py::test_throughput_runs_every_row_and_leaves_nothing"
+    ),
     ".venv/bin/python benchmarks/packages.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
     ".venv/bin/python benchmarks/workspaces.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
     ".venv/bin/python benchmarks/state.py": "tests/integration/test_benchmarks.py::test_the_other_benchmarks_run",
