@@ -153,7 +153,8 @@ async def test_metrics_count_each_outcome_and_show_the_load(transport: Transport
     assert value(busy, "agent_sandbox_run_slots") == 1
     assert value(after, "agent_sandbox_runs_queued") == 0
     assert value(after, "agent_sandbox_warm_pool_size") == 2
-    assert 0 <= value(after, "agent_sandbox_warm_pool_ready") <= 2
+    # The pool grows with the call rate, up to its most.
+    assert 0 <= value(after, "agent_sandbox_warm_pool_ready") <= EngineSettings().pool_max_size
 
 
 @pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
