@@ -120,8 +120,10 @@ async def test_a_cell_in_a_warm_sandbox_starts_as_one_in_a_cold_sandbox(backend:
             ages[name] = warm_saw.pop("age_s")
             cold_saw.pop("age_s")
             assert warm_saw == cold_saw, name
-    assert ages["taken early"] >= 0.9, ages  # the runner started with the sandbox took the cell
-    assert max(ages["python reads it"], ages["user site"]) < 0.9, ages  # a runner of their own
+    # The runner started with the sandbox took the cell (under gVisor it may start 0.1-0.2 s after
+    # the sandbox counts as ready); the others got runners of their own, started for them.
+    assert ages["taken early"] >= 0.5, ages
+    assert max(ages["python reads it"], ages["user site"]) < 0.5, ages
     seen = {name: json.loads((await cold.run(request)).stdout) for name, request in requests.items()}
     assert (seen["taken early"]["env"], seen["taken early"]["child_env"]) == ("x", "x\n")
     assert seen["taken early"]["stdin"] == "in"
