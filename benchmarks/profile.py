@@ -25,11 +25,11 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import docker
+from latency import p95, timed
 from mcp import Client, StdioServerParameters
 
 import agent_sandbox.engine.docker as docker_backend
@@ -108,16 +108,6 @@ def instrument(marks: Marks) -> None:
     docker_backend.drive = timed_drive  # type: ignore[assignment]
 
 
-async def timed(action: Callable[[], Awaitable[object]], runs: int, gap_s: float) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        await anyio.sleep(gap_s)
-        started = time.perf_counter()
-        await action()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
 async def split(runs: int, gap_s: float, runtime: str) -> tuple[list[dict[str, float]], list[float]]:
     """Each step's ms per call, and Python's start-up inside a sandbox (ms, one per call)."""
     marks = Marks()
@@ -177,10 +167,6 @@ async def host_python(runs: int, gap_s: float) -> list[float]:
         await anyio.run_process(["/usr/bin/python3", "-c", 'print("hi")'])
 
     return await timed(call, runs, gap_s)
-
-
-def p95(samples: list[float]) -> float:
-    return sorted(samples)[max(0, round(0.95 * len(samples)) - 1)]
 
 
 async def main() -> None:
