@@ -42,8 +42,10 @@ class _Section(BaseModel):
 class EngineSettings(_Section):
     """Where sandboxes run and how many at once."""
 
-    backend: Literal["docker", "kubernetes"] = Field(
-        default="docker", description="docker: one engine's containers; kubernetes: a cluster's pods."
+    backend: Literal["docker", "oci", "kubernetes"] = Field(
+        default="docker",
+        description="docker: one engine's containers; oci: the same containers started by runc "
+        "directly, images from Docker; kubernetes: a cluster's pods.",
     )
     docker_host: str = Field(
         default="", description="Docker engine URL; empty uses DOCKER_HOST or the local socket."
@@ -59,6 +61,13 @@ class EngineSettings(_Section):
     network: str = Field(default="", description="Docker network for sandboxes; empty: no network at all.")
     runtime: str = Field(
         default="", description="OCI runtime for sandboxes, e.g. runsc (gVisor); empty: the engine's default."
+    )
+    oci_dir: str = Field(
+        default="/var/lib/agent-sandbox/oci",
+        description="engine.backend oci: where each image's file system is exported, once per image.",
+    )
+    oci_state_dir: str = Field(
+        default="/run/agent-sandbox", description="engine.backend oci: the runtime's state and the bundles."
     )
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
     max_queued_runs: int = Field(default=16, ge=0, le=10_000)
@@ -356,6 +365,8 @@ class Settings(BaseSettings):
             )
         if self.engine.backend == "kubernetes":
             self._consistent_on_kubernetes()
+        if self.engine.backend == "oci":
+            self._consistent_on_oci()
         largest_call_kib = self.files.max_total_kib * 4 // 3 + self.files.max_stdin_kib + 64
         if self.server.max_request_kib < largest_call_kib:
             raise ValueError(
@@ -363,6 +374,18 @@ class Settings(BaseSettings):
                 "call the files limits allow (base64 adds a third)"
             )
         return self
+
+    def _consistent_on_oci(self) -> None:
+        if self.engine.network:
+            raise ValueError(
+                "engine.network is a Docker network and engine.backend is oci, whose sandboxes have no "
+                'network: leave it empty, or use engine.backend = "docker"'
+            )
+        if self.engine.runtime not in ("", "runc"):
+            raise ValueError(
+                f"engine.runtime {self.engine.runtime!r}: engine.backend oci runs runc (leave it empty or "
+                'say "runc"); gVisor (runsc) runs through engine.backend = "docker"'
+            )
 
     def _consistent_on_kubernetes(self) -> None:
         engine = self.engine

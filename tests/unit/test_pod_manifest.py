@@ -194,5 +194,5 @@ def test_the_kubernetes_profile_loads() -> None:
 
 def test_an_unknown_backend_is_an_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_SANDBOX_ENGINE__BACKEND", "nomad")
-    with pytest.raises(ConfigError, match=r"engine.backend: Input should be 'docker' or 'kubernetes'"):
+    with pytest.raises(ConfigError, match=r"engine.backend: Input should be 'docker', 'oci' or 'kubernetes'"):
         load_settings()

@@ -13,6 +13,10 @@ def make_engine(settings: Settings) -> Engine:
         from agent_sandbox.engine.kubernetes import KubernetesEngine
 
         return KubernetesEngine(settings.engine, settings.kubernetes, settings.limits.pids)
+    if settings.engine.backend == "oci":
+        from agent_sandbox.engine.oci import OciEngine
+
+        return OciEngine(settings.engine)
     from agent_sandbox.engine.docker import DockerEngine
 
     return DockerEngine(settings.engine)

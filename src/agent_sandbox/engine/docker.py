@@ -187,7 +187,7 @@ class DockerEngine:
     def client(self) -> docker.DockerClient:
         """The Docker client, connected on first use."""
         if self._client is None:
-            with _docker_errors():
+            with docker_errors():
                 if self.settings.docker_host:
                     self._client = docker.DockerClient(base_url=self.settings.docker_host)
                 else:
@@ -210,7 +210,7 @@ class DockerEngine:
         states = []
         for image in images:
             try:
-                attrs = self._image_attrs(image)
+                attrs = self.image_attrs(image)
             except ImageMissing as exc:
                 problems.append(exc)
                 states.append(ImageState(image, False, problem=str(exc)))
@@ -238,7 +238,7 @@ class DockerEngine:
         now = time.time()
         removed = 0
         # The plain list (no per-container inspect) cannot race with containers going away.
-        with _docker_errors():
+        with docker_errors():
             summaries = self.client.api.containers(all=True, filters={"label": LABEL})
         for summary in summaries:
             owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
@@ -262,7 +262,7 @@ class DockerEngine:
     def our_containers(self) -> list[Container]:
         """Containers this process created that still exist (sparse: id, name and status)."""
         mine: dict[str, str | list[str] | bool] = {"label": f"{OWNER_LABEL}={self.owner}"}
-        with _docker_errors():
+        with docker_errors():
             return list(self.client.containers.list(all=True, filters=mine, sparse=True))
 
     @contextlib.asynccontextmanager
@@ -331,10 +331,10 @@ class DockerEngine:
         except _DOCKER_ERRORS as exc:
             raise EngineUnavailable(unreachable(exc)) from None
 
-    def _image_attrs(self, image: str) -> dict[str, Any]:
+    def image_attrs(self, image: str) -> dict[str, Any]:
         """What the engine knows of ``image``; ``ImageMissing``, with how to build it, if absent."""
         try:
-            with _docker_errors():
+            with docker_errors():
                 attrs: dict[str, Any] = self.client.images.get(image).attrs
         except ImageMissing:
             raise _image_missing(image) from None
@@ -343,7 +343,7 @@ class DockerEngine:
     def _create(self, shape: ContainerShape) -> Container:
         options = container_options(shape, self.owner)
         try:
-            with _docker_errors(starting=True):
+            with docker_errors(starting=True):
                 return self.client.containers.create(**options)
         except ImageMissing:
             raise _image_missing(shape.image) from None
@@ -355,13 +355,13 @@ class DockerEngine:
             raise
 
     def _attach_and_start(self, container: Container) -> _Attachment:
-        with _docker_errors(starting=True):
+        with docker_errors(starting=True):
             attached = self.client.api.attach_socket(
                 container.name or "", params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
             )
         attachment = _Attachment(attached)
         try:
-            with _docker_errors(starting=True):
+            with docker_errors(starting=True):
                 container.start()
         except EngineError:
             attachment.sock.close()
@@ -544,7 +544,7 @@ def _image_missing(image: str) -> ImageMissing:
 
 
 @contextlib.contextmanager
-def _docker_errors(starting: bool = False) -> Iterator[None]:
+def docker_errors(starting: bool = False) -> Iterator[None]:
     """docker-py's errors as ours, in one place: an image it cannot find; while ``starting`` a
     container, an engine that answered and refused (the configuration asks for something this
     machine cannot give); an engine that is not there."""
