@@ -15,12 +15,15 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from agent_sandbox.config import GVISOR, EngineSettings, FileSettings, LimitSettings, Settings, load_settings
+from agent_sandbox.engine.base import Engine
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.engine.kubernetes import OWNER_ANNOTATION, ROLE_LABEL, KubernetesEngine
 from agent_sandbox.engine.launch import orphaned
+from agent_sandbox.engine.oci import OciEngine
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import (
     KUBERNETES,
+    OCI,
     ROOT,
     TEST_NAMESPACE,
     Backend,
@@ -57,6 +60,26 @@ def engine(docker_client: docker.DockerClient) -> Iterator[DockerEngine]:
 
 
 @pytest.fixture(scope="session")
+def oci_engine(engine: DockerEngine) -> Iterator[OciEngine]:
+    """One OCI-backend engine for the session (runc, images from the session's Docker engine);
+    the suite must leave no container, bundle or cgroup of it behind."""
+    oci = OciEngine(Settings(engine=EngineSettings(backend=OCI)).engine, images=engine)
+    health = oci.health([oci.settings.image_of(oci.settings.profile)], "")
+    assert health.problems == [], health.problems
+    yield oci
+    leftovers = [bundle.name for bundle in oci.bundles.glob("*")] if oci.bundles.exists() else []
+    assert leftovers == [], f"OCI containers left behind: {leftovers}"
+
+
+def engine_for(request: pytest.FixtureRequest, settings: Settings) -> Engine:
+    """The session's engine of ``settings``' backend."""
+    backend = settings.engine.backend
+    return request.getfixturevalue(
+        {KUBERNETES: "kubernetes_engine", OCI: "oci_engine"}.get(backend, "engine")
+    )
+
+
+@pytest.fixture(scope="session")
 def kubernetes_engine() -> Iterator[KubernetesEngine]:
     """One engine on the Kubernetes test cluster for the session, its pods in a namespace of the
     tests' own (made here if missing, and kept: a deleted one lingers while it terminates, and
@@ -84,15 +107,20 @@ def kubernetes_engine() -> Iterator[KubernetesEngine]:
     assert leftovers == [], f"pods left behind: {leftovers}"
 
 
-@pytest.fixture(params=["docker", KUBERNETES])
+@pytest.fixture(params=["docker", OCI, KUBERNETES])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """Each backend, for tests that must hold on both: Docker, and the Kubernetes test cluster."""
+    """Each backend, for tests that must hold on all: Docker, runc run directly (OCI), and the
+    Kubernetes test cluster."""
     return backend_named(request, request.param)
 
 
 def backend_named(request: pytest.FixtureRequest, name: str) -> Backend:
     """The backend ``name``: "docker" (the engine's default runtime), GVISOR (Docker with
-    runsc, skipped where the engine lacks it) or KUBERNETES (the test cluster)."""
+    runsc, skipped where the engine lacks it), OCI (runc without Docker) or KUBERNETES (the test
+    cluster)."""
+    if name == OCI:
+        settings = Settings(engine=EngineSettings(backend=OCI))
+        return Backend(OCI, request.getfixturevalue("oci_engine"), settings)
     if name == KUBERNETES:
         engine = request.getfixturevalue("kubernetes_engine")
         settings = on_test_cluster(load_settings(ROOT / "configs" / "kubernetes.toml"))
@@ -118,8 +146,7 @@ async def make_sandbox(request: pytest.FixtureRequest, profile: Settings) -> Asy
     once with a warm pool of the same shape (filled before the test goes on): the same
     assertions must hold."""
     warm = request.param == "warm"
-    on_kubernetes = profile.engine.backend == KUBERNETES
-    engine = request.getfixturevalue("kubernetes_engine" if on_kubernetes else "engine")
+    engine = engine_for(request, profile)
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(limits: LimitSettings | None = None, files: FileSettings | None = None) -> Sandbox:

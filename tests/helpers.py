@@ -22,6 +22,7 @@ from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
 from agent_sandbox.engine.kubernetes import OWNER_LABEL as POD_OWNER_LABEL
 from agent_sandbox.engine.kubernetes import KubernetesEngine, owner_digest
 from agent_sandbox.engine.launch import owner_id
+from agent_sandbox.engine.oci import OciEngine
 from agent_sandbox.models import LimitRequest, ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server.progress import STAGE_MESSAGES
@@ -31,7 +32,8 @@ ROOT = Path(__file__).parents[1]
 # configs/NAME.toml: the default (runc), the strict profile (gVisor, smaller limits), and the
 # default's sandboxes as pods on the Kubernetes test cluster (scripts/ensure-cluster.sh).
 KUBERNETES = "kubernetes"
-PROFILES = ["default", "strict", KUBERNETES]
+OCI = "oci"
+PROFILES = ["default", "strict", OCI, KUBERNETES]
 TEST_NAMESPACE = "agent-sandbox-test"  # the tests' sandbox pods live here, nothing else
 TOOLS = {
     "run_python",
@@ -111,6 +113,8 @@ def profile_or_skip(request: pytest.FixtureRequest, engine: DockerEngine) -> Set
     settings = load_settings(ROOT / "configs" / f"{request.param}.toml")
     if settings.engine.backend == KUBERNETES:
         return on_test_cluster(settings)
+    if settings.engine.backend == OCI:  # runc, which Debian's docker.io always brings
+        return settings
     skip_unless_offered(engine, settings.engine.runtime, f"configs/{request.param}.toml")
     return settings
 
@@ -154,6 +158,8 @@ class Backend:
             selector = f"{POD_OWNER_LABEL}={owner_digest(owner_id(pid))}"
             pods = self.engine.api.list_namespaced_pod(TEST_NAMESPACE, label_selector=selector).items
             return [pod.metadata.name for pod in pods if pod.metadata and pod.metadata.name]
+        if isinstance(self.engine, OciEngine):
+            return self.engine.containers_of(owner_id(pid))
         assert isinstance(self.engine, DockerEngine)
         containers = self.engine.client.containers.list(
             all=True, sparse=True, filters=owned_by(pid or os.getpid())
@@ -165,11 +171,17 @@ class Backend:
         if isinstance(self.engine, KubernetesEngine):
             self.engine.api.delete_namespaced_pod(sandbox, TEST_NAMESPACE, grace_period_seconds=0)
             return
+        if isinstance(self.engine, OciEngine):
+            state_root = str(self.engine.state_root)
+            subprocess.run([self.engine.runtime, "--root", state_root, "kill", sandbox, "KILL"], check=True)
+            return
         assert isinstance(self.engine, DockerEngine)
         self.engine.client.containers.get(sandbox).kill()
 
     def server_env(self) -> dict[str, str]:
         """Environment for a server process (``stdio_server``) on this backend."""
+        if self.name == OCI:
+            return {"AGENT_SANDBOX_CONFIG": str(ROOT / "configs" / "oci.toml")}
         if self.name != KUBERNETES:
             return {}
         cluster = self.settings.kubernetes

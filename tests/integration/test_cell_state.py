@@ -17,7 +17,8 @@ from agent_sandbox.config import EngineSettings, Settings, WorkspaceSettings
 from agent_sandbox.engine.docker import DockerEngine
 from agent_sandbox.models import ProjectFile, RunRequest, RunResult
 from agent_sandbox.sandbox import RequestError, Sandbox
-from tests.helpers import KUBERNETES, PROFILES, profile_or_skip
+from tests.conftest import engine_for
+from tests.helpers import PROFILES, profile_or_skip
 
 pytestmark = pytest.mark.anyio
 
@@ -31,8 +32,7 @@ def profile(request: pytest.FixtureRequest, engine: DockerEngine) -> Settings:
 
 def stateful(request: pytest.FixtureRequest, settings: Settings, folder: Path, **workspaces: Any) -> Sandbox:
     """A sandbox of ``settings`` (cold) whose workspaces live in ``folder``."""
-    on_kubernetes = settings.engine.backend == KUBERNETES
-    engine = request.getfixturevalue("kubernetes_engine" if on_kubernetes else "engine")
+    engine = engine_for(request, settings)
     chosen = Settings(
         **{
             **settings.model_dump(),

@@ -15,7 +15,7 @@ from agent_sandbox.config import GVISOR
 from agent_sandbox.models import ProjectFile
 from agent_sandbox.sandbox import Sandbox
 from tests.conftest import backend_named
-from tests.helpers import KUBERNETES, Backend, snippet, stdio_server
+from tests.helpers import KUBERNETES, OCI, Backend, snippet, stdio_server
 
 pytestmark = pytest.mark.anyio
 
@@ -68,9 +68,10 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(params=["docker", GVISOR, KUBERNETES])
+@pytest.fixture(params=["docker", GVISOR, OCI, KUBERNETES])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """Every runtime the project offers (the engine's default, gVisor) and the Kubernetes cluster."""
+    """Every runtime the project offers (the engine's default, gVisor, runc without Docker) and the
+    Kubernetes cluster."""
     return backend_named(request, request.param)
 
 

@@ -18,10 +18,12 @@ from mcp import Client, StdioServerParameters
 from agent_sandbox.config import GVISOR, Settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
 from agent_sandbox.engine.kubernetes import KubernetesEngine
+from agent_sandbox.engine.oci import OciEngine
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
 from tests.helpers import (
     KUBERNETES,
+    OCI,
     PROFILES,
     TEST_NAMESPACE,
     gvisor_gofers,
@@ -39,8 +41,9 @@ NO_CAPABILITIES = "0000000000000000"
 
 @pytest.fixture(params=PROFILES)
 def profile(request: pytest.FixtureRequest, engine: DockerEngine) -> Settings:
-    """Every claim is checked under the default profile (runc), the strict one (gVisor) and the
-    default's sandboxes as pods on the Kubernetes test cluster."""
+    """Every claim is checked under the default profile (runc), the strict one (gVisor), the
+    default's sandboxes started by runc without Docker (OCI) and as pods on the Kubernetes test
+    cluster."""
     return profile_or_skip(request, engine)
 
 
@@ -237,6 +240,20 @@ async def test_seen_from_the_host_the_sandbox_is_confined(
             assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == NO_CAPABILITIES
             group.cancel_scope.cancel()
         return
+    if settings.engine.backend == OCI:  # the container's init, as runc's state names it
+        oci_engine = request.getfixturevalue("oci_engine")
+        async with anyio.create_task_group() as group:
+            group.start_soon(Sandbox(settings, oci_engine).run, snippet("import time\ntime.sleep(30)"))
+            with anyio.fail_after(20):
+                while not (pid := await anyio.to_thread.run_sync(running_oci_init, oci_engine)):
+                    await anyio.sleep(0.1)
+            status = host_status(pid)
+            assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+            assert host_ids(pid)[0] == [1000] * 4
+            assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == NO_CAPABILITIES
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+            group.cancel_scope.cancel()
+        return
     sandbox = Sandbox(settings, request.getfixturevalue("engine"))
     async with anyio.create_task_group() as group:
         group.start_soon(sandbox.run, snippet("import time\ntime.sleep(30)"))
@@ -263,6 +280,19 @@ async def test_seen_from_the_host_the_sandbox_is_confined(
             assert host_ids(pid)[0] == [1000] * 4
             assert status["CapEff"] == status["CapPrm"] == NO_CAPABILITIES
         group.cancel_scope.cancel()
+
+
+def running_oci_init(engine: OciEngine) -> int | None:
+    """The host pid of the init of the one OCI container of ours that runs, if there is one yet."""
+    bundles = list(engine.bundles.glob("*")) if engine.bundles.exists() else []
+    if len(bundles) != 1:
+        return None
+    state = subprocess.run(
+        ["runc", "--root", str(engine.state_root), "state", bundles[0].name], capture_output=True, check=False
+    )
+    if state.returncode != 0 or json.loads(state.stdout)["status"] != "running":
+        return None
+    return int(json.loads(state.stdout)["pid"])
 
 
 def running_pod_launcher(engine: KubernetesEngine) -> int | None:
