@@ -6,7 +6,8 @@ Latency of `print("hi")`, median and p95 over --runs calls each:
   - the engine called directly in-process, cold (what MCP adds to a cold start),
   - plain `docker run --rm --network none IMAGE python3 -c ...` (the Docker CLI, no hardening),
     and the same with `--runtime runsc`,
-  - the host's `/usr/bin/python3 -c ...`.
+  - the host's `/usr/bin/python3 -c ...`,
+  - MCP over stdio again, warm, no gap and cold, with engine.backend "oci" (runc without Docker).
 Calls are --gap seconds apart (an agent's think time; the pool refills meanwhile), and the warm
 rows again back to back (no gap: the pool must keep up), both also for the server of --before-rev
 (a git worktree of it). Then what measuring costs a warm hello
@@ -70,10 +71,11 @@ def p95(samples: list[float]) -> float:
     return sorted(samples)[max(0, round(0.95 * len(samples)) - 1)]
 
 
-def server_env(pool_size: int, runtime: str = "") -> dict[str, str]:
+def server_env(pool_size: int, runtime: str = "", backend: str = "docker") -> dict[str, str]:
     # The per-client rate (120 runs a minute) would refuse a long run of back-to-back calls.
     return {
         **os.environ,
+        "AGENT_SANDBOX_ENGINE__BACKEND": backend,
         "AGENT_SANDBOX_ENGINE__POOL_SIZE": str(pool_size),
         "AGENT_SANDBOX_ENGINE__RUNTIME": runtime,
         "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",
@@ -94,11 +96,16 @@ def worktree(rev: str) -> Iterator[Path | None]:
 
 
 async def mcp_stdio(
-    pool_size: int, runs: int, gap_s: float, runtime: str = "", source: Path | None = None
+    pool_size: int,
+    runs: int,
+    gap_s: float,
+    runtime: str = "",
+    source: Path | None = None,
+    backend: str = "docker",
 ) -> list[float]:
     """Warm or cold calls to `agent-sandbox serve` over stdio: this tree's, or ``source``'s (the
     src folder of another checkout)."""
-    env = server_env(pool_size, runtime) | ({"PYTHONPATH": str(source)} if source else {})
+    env = server_env(pool_size, runtime, backend) | ({"PYTHONPATH": str(source)} if source else {})
     parameters = StdioServerParameters(command=sys.executable, args=["-m", "agent_sandbox", "serve"], env=env)
     async with Client(parameters) as client:
 
@@ -230,6 +237,10 @@ async def main() -> None:
             ["docker", "run", "--rm", "--network", "none", image, "python3", "-c", CODE], runs, gap
         ),
         "host /usr/bin/python3 -c": await command(["/usr/bin/python3", "-c", CODE], runs, gap),
+        # The same containers started by runc directly (engine.backend "oci", configs/oci.toml).
+        "oci backend: MCP stdio, warm pool": await mcp_stdio(2, runs, gap, backend="oci"),
+        "oci backend: MCP stdio, warm pool, no gap": await mcp_stdio(2, runs, 0, backend="oci"),
+        "oci backend: MCP stdio, pool off (cold)": await mcp_stdio(0, runs, gap, backend="oci"),
     }
     if gvisor:  # what the second wall costs (configs/strict.toml)
         latency |= {

@@ -11,11 +11,14 @@ For each runtime (the engine's default, crun and runsc where the engine offers t
     `run_python` calls of `print("hi")` from --clients concurrent MCP sessions,
   - this tree's server again, one `run_batch` call of --calls such programs (in batches of at
     most the server's max_batch, one after another).
+Then this tree's server with engine.backend "oci" (the same containers started by runc directly,
+no Docker in the path), sessions and run_batch, against the default runtime's naive row.
 Calls per second, the ratio to the naive row, failures (an error, or not "hi"), and the
 containers left behind afterwards (there must be none). Last, where the machine's CPU went per
-call, in ms, for the naive row and this server's sessions row of the default runtime: the Docker
-daemon, containerd and its shims (those alive at the end), the server or the Docker CLIs, and
-the rest (the OCI runtime's invocations, the sandboxes' own processes, the kernel).
+call, in ms, for the naive row and this server's sessions rows of the default runtime and of the
+OCI backend: the Docker daemon, containerd and its shims (those alive at the end), the server,
+this process (the MCP clients, or what starts the Docker CLIs), and the rest (the Docker CLIs, the
+OCI runtime's invocations, the sandboxes' own processes, the kernel).
 
     .venv/bin/python benchmarks/throughput.py [--calls 200] [--clients 8] [--baseline-rev 863c043]
 """
@@ -40,6 +43,7 @@ from mcp import Client
 
 from agent_sandbox.config import GVISOR, load_settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
+from agent_sandbox.engine.oci import OciEngine
 
 CODE = 'print("hi")'
 ROOT = Path(__file__).parents[1]
@@ -107,15 +111,16 @@ class CpuSplit:
 
 
 @contextlib.contextmanager
-def served(source: Path, runtime: str) -> Iterator[tuple[str, int]]:
+def served(source: Path, runtime: str, backend: str = "docker") -> Iterator[tuple[str, int]]:
     """`agent-sandbox serve` over Streamable HTTP from ``source`` (a tree's src folder), default
-    configuration but the runtime and the start rate; yields its MCP URL and its pid."""
+    configuration but the backend, the runtime and the start rate; yields its MCP URL and pid."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {
         **os.environ,
         "PYTHONPATH": str(source),
+        "AGENT_SANDBOX_ENGINE__BACKEND": backend,
         "AGENT_SANDBOX_ENGINE__RUNTIME": runtime,
         "AGENT_SANDBOX_SERVER__RUNS_PER_MINUTE_PER_CLIENT": "0",
         "AGENT_SANDBOX_CONFIG": "",
@@ -175,8 +180,10 @@ async def batch(url: str, calls: int, max_batch: int) -> tuple[float, int]:
         return calls / (time.perf_counter() - started), failures
 
 
-def leaked(client: docker.DockerClient) -> int:
-    return len(client.containers.list(all=True, filters={"label": LABEL}))
+def leaked(client: docker.DockerClient, oci: OciEngine) -> int:
+    """Sandboxes left: Docker's containers and the OCI backend's, of any process."""
+    docker_left = len(client.containers.list(all=True, filters={"label": LABEL}))
+    return docker_left + len(list(oci.bundles.glob("*")) if oci.bundles.exists() else [])
 
 
 async def main() -> None:
@@ -198,14 +205,17 @@ async def main() -> None:
         f"{', '.join(runtimes[1:]) or 'no other'}"
     )
     print(f"{'row':52} {'calls/s':>8} {'x naive':>8} {'failures':>8} {'left':>5}")
+    oci = OciEngine(settings.engine.model_copy(update={"backend": "oci"}))
     splits: dict[str, dict[str, float]] = {}
+    naive_default = 0.0
     with worktree(options.baseline_rev) as before:
         for runtime in runtimes:
             name = runtime or health.runtime.default
             cpu = CpuSplit()
             rate, failures = await naive(image, runtime, options.clients, options.calls)
             if not runtime:
-                splits["naive docker run"] = cpu.stop({})
+                splits["naive docker run"] = cpu.stop({"the clients": os.getpid()})
+                naive_default = rate
             base = rate
             rows = [(f"{name}: naive, {options.clients} loops of docker run --rm", rate, failures)]
             trees = [(f"{options.baseline_rev} server", before / "src")] if before else []
@@ -214,21 +224,35 @@ async def main() -> None:
                     cpu = CpuSplit()
                     rate, failures = await sessions(url, options.clients, options.calls)
                     if not runtime:
-                        splits[label] = cpu.stop({"the server": pid})
+                        splits[label] = cpu.stop({"the server": pid, "the clients": os.getpid()})
                 rows.append((f"{name}: {label}, {options.clients} MCP sessions", rate, failures))
             with served(ROOT / "src", runtime) as (url, _):
                 rate, failures = await batch(url, options.calls, settings.server.max_batch)
             rows.append((f"{name}: this server, run_batch", rate, failures))
-            for row, rate, failures in rows:
-                line = f"{row:52} {rate:8.1f} {rate / base:8.2f} {failures:8d} {leaked(client):5d}"
-                print(line, flush=True)
+            report(rows, base, leaked(client, oci))
+        rows = []
+        with served(ROOT / "src", "", backend="oci") as (url, pid):
+            cpu = CpuSplit()
+            rate, failures = await sessions(url, options.clients, options.calls)
+            splits["this server, oci backend"] = cpu.stop({"the server": pid, "the clients": os.getpid()})
+        rows.append((f"runc, oci backend: this server, {options.clients} MCP sessions", rate, failures))
+        with served(ROOT / "src", "", backend="oci") as (url, _):
+            rate, failures = await batch(url, options.calls, settings.server.max_batch)
+        rows.append(("runc, oci backend: this server, run_batch", rate, failures))
+        report(rows, naive_default, leaked(client, oci))
         if before is None:
             print(f"# {options.baseline_rev} is not in this clone: no row for the server before")
-    groups = ["dockerd", "containerd + shims", "the server", "the rest"]
-    print(f"\n{'CPU per call, ms (default runtime)':40} " + " ".join(f"{group:>18}" for group in groups))
+    groups = ["dockerd", "containerd + shims", "the server", "the clients", "the rest"]
+    print(f"\n{'CPU per call, ms (default runtime, oci)':40} " + " ".join(f"{group:>18}" for group in groups))
     for label, split in splits.items():
         cells = " ".join(f"{1000 * split.get(group, 0.0) / options.calls:18.1f}" for group in groups)
         print(f"{label:40} {cells}")
+
+
+def report(rows: list[tuple[str, float, int]], naive_rate: float, left: int) -> None:
+    """Print ``rows`` (label, calls/s, failures) against ``naive_rate``, with what was left."""
+    for row, rate, failures in rows:
+        print(f"{row:52} {rate:8.1f} {rate / naive_rate:8.2f} {failures:8d} {left:5d}", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ def test_latency_runs_every_row_and_draws_the_chart(tmp_path: Path, engine: Dock
         "engine in-process",
         "docker run",
         "host /usr",
+        "oci backend: MCP stdio, warm pool",
+        "oci backend: MCP stdio, warm pool, no gap",
+        "oci backend: MCP stdio, pool off (cold)",
     ):
         assert row in out
     for row in ("launcher of 44b580e, no hook", "post_mortem off", "post-mortem (default)"):
@@ -72,10 +75,13 @@ def test_throughput_runs_every_row_and_leaves_nothing(engine: DockerEngine) -> N
     names = [" ".join(row[:-4]) for row in rows]
     assert "runc: 863c043 server, 2 MCP sessions" in names
     assert "runc: this server, run_batch" in names
+    assert "runc, oci backend: this server, 2 MCP sessions" in names
+    assert "runc, oci backend: this server, run_batch" in names
     assert (GVISOR in offered_runtimes(engine)) is ("runsc: this server, run_batch" in names)
     for row in rows:
         assert row[-2:] == ["0", "0"], row  # no failures, nothing left behind
     assert "the server" in out
+    assert "the clients" in out
 
 
 @pytest.mark.parametrize(
