@@ -12,7 +12,9 @@ For each runtime (the engine's default, crun and runsc where the engine offers t
   - this tree's server again, one `run_batch` call of --calls such programs (in batches of at
     most the server's max_batch, one after another).
 Then this tree's server with engine.backend "oci" (the same containers started by runc directly,
-no Docker in the path), sessions and run_batch, against the default runtime's naive row.
+no Docker in the path), sessions and run_batch, against the default runtime's naive row; and the
+floor under both: --clients loops of bare `runc run` of the sandbox's own bundle with
+`python3 -c` in place of the launcher (no server, no launcher, no Docker).
 Calls per second, the ratio to the naive row, failures (an error, or not "hi"), and the
 containers left behind afterwards (there must be none). Last, where the machine's CPU went per
 call, in ms, for the naive row and this server's sessions rows of the default runtime and of the
@@ -27,8 +29,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,12 +48,48 @@ from mcp import Client
 
 from agent_sandbox.config import GVISOR, load_settings
 from agent_sandbox.engine.docker import LABEL, DockerEngine
-from agent_sandbox.engine.oci import OciEngine
+from agent_sandbox.engine.launch import owner_id
+from agent_sandbox.engine.oci import OciEngine, oci_config
+from agent_sandbox.engine.spec import ContainerShape
+from agent_sandbox.models import LimitRequest
+from agent_sandbox.sandbox import resolve_limits
 
 CODE = 'print("hi")'
 ROOT = Path(__file__).parents[1]
 BASELINE_REV = "863c043"  # the last commit before issue 22's work
 CRUN = "crun"
+
+
+async def floor(oci: OciEngine, image: str, clients: int, calls: int) -> tuple[float, int]:
+    """Calls per second and failures of ``clients`` loops of bare `runc run`: the OCI backend's
+    bundle for ``image``, running `python3 -c` instead of the launcher."""
+    settings = load_settings()
+    shape = ContainerShape.of(image, resolve_limits(LimitRequest(), settings.limits))
+    prepared = await anyio.to_thread.run_sync(oci.prepare, image)
+    remaining = iter(range(calls))
+    failures = 0
+
+    async def loop() -> None:
+        nonlocal failures
+        for _ in remaining:
+            name = f"agent-sandbox-floor-{secrets.token_hex(4)}"
+            bundle = oci.bundles / name
+            bundle.mkdir(parents=True)
+            config = oci_config(shape, prepared, name, owner_id())
+            config["process"]["args"] = ["python3", "-c", CODE]
+            (bundle / "config.json").write_text(json.dumps(config))
+            try:
+                argv = ["runc", "--root", str(oci.state_root), "run", "--bundle", str(bundle), name]
+                done = await anyio.run_process(argv, check=False)
+            finally:
+                shutil.rmtree(bundle)
+            failures += done.returncode != 0 or done.stdout != b"hi\n"
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(clients):
+            group.start_soon(loop)
+    return calls / (time.perf_counter() - started), failures
 
 
 async def naive(image: str, runtime: str, clients: int, calls: int) -> tuple[float, int]:
@@ -239,6 +280,10 @@ async def main() -> None:
         with served(ROOT / "src", "", backend="oci") as (url, _):
             rate, failures = await batch(url, options.calls, settings.server.max_batch)
         rows.append(("runc, oci backend: this server, run_batch", rate, failures))
+        cpu = CpuSplit()
+        rate, failures = await floor(oci, image, options.clients, options.calls)
+        splits["floor: bare runc run"] = cpu.stop({"the clients": os.getpid()})
+        rows.append((f"runc, floor: {options.clients} loops of bare runc run", rate, failures))
         report(rows, naive_default, leaked(client, oci))
         if before is None:
             print(f"# {options.baseline_rev} is not in this clone: no row for the server before")

@@ -77,6 +77,7 @@ def test_throughput_runs_every_row_and_leaves_nothing(engine: DockerEngine) -> N
     assert "runc: this server, run_batch" in names
     assert "runc, oci backend: this server, 2 MCP sessions" in names
     assert "runc, oci backend: this server, run_batch" in names
+    assert "runc, floor: 2 loops of bare runc run" in names
     assert (GVISOR in offered_runtimes(engine)) is ("runsc: this server, run_batch" in names)
     for row in rows:
         assert row[-2:] == ["0", "0"], row  # no failures, nothing left behind

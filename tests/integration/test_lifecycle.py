@@ -1,4 +1,5 @@
-"""Every container is removed on every path, the queue is bounded, and leftovers are reaped."""
+"""Every container is removed on every path (Docker's, and runc's without Docker), the queue is
+bounded, and leftovers are reaped."""
 
 from __future__ import annotations
 
@@ -14,33 +15,50 @@ from agent_sandbox.admission import Busy
 from agent_sandbox.config import EngineSettings, Settings
 from agent_sandbox.engine.docker import LABEL, OWNER_LABEL, DockerEngine
 from agent_sandbox.engine.launch import owner_id
+from agent_sandbox.engine.oci import OciEngine
 from agent_sandbox.sandbox import Sandbox
-from tests.helpers import snippet
+from tests.helpers import OCI, snippet
 
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["docker", OCI])
+def started_by(request: pytest.FixtureRequest) -> DockerEngine | OciEngine:
+    """The engine whose containers are counted: Docker, and runc without Docker."""
+    return request.getfixturevalue("engine" if request.param == "docker" else "oci_engine")
+
+
 @pytest.fixture
-def sandbox(engine: DockerEngine) -> Sandbox:
+def sandbox(started_by: DockerEngine | OciEngine) -> Sandbox:
     """Cold starts only: these tests count the containers that exist (tests/integration/test_pool.py
     covers the pool's own)."""
-    return Sandbox(Settings(engine=EngineSettings(pool_size=0)), engine)
+    backend = OCI if isinstance(started_by, OciEngine) else "docker"
+    return Sandbox(Settings(engine=EngineSettings(pool_size=0, backend=backend)), started_by)
+
+
+def ours(engine: DockerEngine | OciEngine) -> list[str]:
+    """The containers this process made that still exist."""
+    if isinstance(engine, OciEngine):
+        return engine.containers_of(engine.owner)
+    return [container.name or "" for container in engine.our_containers()]
 
 
 SLEEP = "import time\nprint('started', flush=True)\ntime.sleep(60)"
 
 
 async def test_no_container_remains_after_a_normal_a_failing_and_a_timed_out_run(
-    sandbox: Sandbox, engine: DockerEngine
+    sandbox: Sandbox, started_by: DockerEngine | OciEngine
 ) -> None:
     await sandbox.run(snippet("print(1)"))
     await sandbox.run(snippet("raise SystemExit(2)"))
     result = await sandbox.run(snippet(SLEEP, limits={"timeout_s": 1}))
     assert result.timed_out
-    assert engine.our_containers() == []
+    assert ours(started_by) == []
 
 
-async def test_a_cancelled_run_removes_its_container_at_once(sandbox: Sandbox, engine: DockerEngine) -> None:
+async def test_a_cancelled_run_removes_its_container_at_once(
+    sandbox: Sandbox, started_by: DockerEngine | OciEngine
+) -> None:
     running = anyio.Event()
 
     async def on_progress(stage: str, detail: str = "") -> None:
@@ -54,17 +72,19 @@ async def test_a_cancelled_run_removes_its_container_at_once(sandbox: Sandbox, e
 
         group.start_soon(run)
         await running.wait()
-        assert len(engine.our_containers()) == 1
+        assert len(ours(started_by)) == 1
         await anyio.sleep(0.5)
         group.cancel_scope.cancel()
-    assert engine.our_containers() == []
+    assert ours(started_by) == []
 
 
-async def test_a_run_cancelled_while_starting_leaves_nothing(sandbox: Sandbox, engine: DockerEngine) -> None:
+async def test_a_run_cancelled_while_starting_leaves_nothing(
+    sandbox: Sandbox, started_by: DockerEngine | OciEngine
+) -> None:
     for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
         with anyio.move_on_after(delay):
             await sandbox.run(snippet(SLEEP))
-    assert engine.our_containers() == []
+    assert ours(started_by) == []
 
 
 async def test_runs_beyond_the_slots_queue_and_beyond_the_queue_are_refused(
