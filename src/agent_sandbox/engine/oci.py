@@ -536,8 +536,9 @@ class OciEngine:
 
 
 def _feed(stdin: IO[bytes], payload: bytes) -> None:
-    """Write the job, the files and stdin, then close so the program sees end of input."""
-    with contextlib.suppress(OSError), stdin:
+    """Write the job, the files and stdin, then close so the program sees end of input. The
+    container may end first (OSError), or be removed meanwhile, closing the pipe (ValueError)."""
+    with contextlib.suppress(OSError, ValueError), stdin:
         stdin.write(payload)
 
 
