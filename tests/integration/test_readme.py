@@ -46,6 +46,7 @@ EXERCISED = {
     "bash scripts/ensure-engine.sh": CI,
     ".venv/bin/agent-sandbox doctor": TRANSCRIPT,
     ".venv/bin/agent-sandbox --config configs/strict.toml doctor": TRANSCRIPT,
+    ".venv/bin/agent-sandbox --config configs/oci.toml doctor": TRANSCRIPT,
     ".venv/bin/agent-sandbox image build": VERBATIM,
     "agent-sandbox serve": VERBATIM,
     "docker ps -a --filter label=io.agent-sandbox": VERBATIM,
@@ -212,6 +213,7 @@ def normalised(line: str) -> str:
     line = re.sub(r"\d+ MiB peak memory", "N MiB peak memory", line)
     line = re.sub(r"^(python state: .*), \d+ bytes$", r"\1, N bytes", line, flags=re.M)
     line = re.sub(r"Docker \S+ at", "Docker V at", line)
+    line = re.sub(r"runc \S+ \(images", "runc V (images", line)
     return re.sub(r"\(\d+ MB, built [^)]*\)", "(N MB, built T)", line)
 
 
