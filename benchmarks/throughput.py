@@ -282,7 +282,7 @@ async def main() -> None:
         rows.append(("runc, oci backend: this server, run_batch", rate, failures))
         cpu = CpuSplit()
         rate, failures = await floor(oci, image, options.clients, options.calls)
-        splits["floor: bare runc run"] = cpu.stop({"the clients": os.getpid()})
+        splits["floor, bare runc run"] = cpu.stop({"the clients": os.getpid()})
         rows.append((f"runc, floor: {options.clients} loops of bare runc run", rate, failures))
         report(rows, naive_default, leaked(client, oci))
         if before is None:
