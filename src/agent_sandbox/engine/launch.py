@@ -19,7 +19,7 @@ NOTEBOOK_RUNNER = (Path(__file__).parent / "notebook.py").read_text()
 
 
 # The launcher compiled once here: a sandbox whose Python has this one's bytecode format (its
-# cache tag, e.g. cpython-311) runs it without compiling 1,500 lines first, which cost 8 ms of
+# cache tag, e.g. cpython-311) runs it without compiling 1,500 lines first, which cost 4-8 ms of
 # CPU per sandbox (benchmarks/throughput.py's "the rest"); any other Python compiles the source.
 LAUNCHER_BYTECODE = binascii.b2a_base64(
     zlib.compress(marshal.dumps(compile(LAUNCHER, "<launcher>", "exec")), 9), newline=False
