@@ -38,7 +38,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -60,56 +60,58 @@ BASELINE_REV = "863c043"  # the last commit before issue 22's work
 CRUN = "crun"
 
 
+async def in_loops(clients: int, calls: int, call: Callable[[], Awaitable[bool]]) -> tuple[float, int]:
+    """Calls per second and failures of ``calls`` calls made by ``clients`` loops side by side;
+    ``call`` says whether one succeeded."""
+    remaining = iter(range(calls))
+    failures = 0
+
+    async def loop() -> None:
+        nonlocal failures
+        for _ in remaining:
+            failures += not await call()
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(clients):
+            group.start_soon(loop)
+    return calls / (time.perf_counter() - started), failures
+
+
 async def floor(oci: OciEngine, image: str, clients: int, calls: int) -> tuple[float, int]:
     """Calls per second and failures of ``clients`` loops of bare `runc run`: the OCI backend's
     bundle for ``image``, running `python3 -c` instead of the launcher."""
     settings = load_settings()
     shape = ContainerShape.of(image, resolve_limits(LimitRequest(), settings.limits))
     prepared = await anyio.to_thread.run_sync(oci.prepare, image)
-    remaining = iter(range(calls))
-    failures = 0
 
-    async def loop() -> None:
-        nonlocal failures
-        for _ in remaining:
-            name = f"agent-sandbox-floor-{secrets.token_hex(4)}"
-            bundle = oci.bundles / name
-            bundle.mkdir(parents=True)
-            config = oci_config(shape, prepared, name, owner_id())
-            config["process"]["args"] = ["python3", "-c", CODE]
-            (bundle / "config.json").write_text(json.dumps(config))
-            try:
-                argv = ["runc", "--root", str(oci.state_root), "run", "--bundle", str(bundle), name]
-                done = await anyio.run_process(argv, check=False)
-            finally:
-                shutil.rmtree(bundle)
-            failures += done.returncode != 0 or done.stdout != b"hi\n"
+    async def call() -> bool:
+        name = f"agent-sandbox-floor-{secrets.token_hex(4)}"
+        bundle = oci.bundles / name
+        bundle.mkdir(parents=True)
+        config = oci_config(shape, prepared, name, owner_id())
+        config["process"]["args"] = ["python3", "-c", CODE]
+        (bundle / "config.json").write_text(json.dumps(config))
+        try:
+            argv = ["runc", "--root", str(oci.state_root), "run", "--bundle", str(bundle), name]
+            done = await anyio.run_process(argv, check=False)
+        finally:
+            shutil.rmtree(bundle)
+        return done.returncode == 0 and done.stdout == b"hi\n"
 
-    started = time.perf_counter()
-    async with anyio.create_task_group() as group:
-        for _ in range(clients):
-            group.start_soon(loop)
-    return calls / (time.perf_counter() - started), failures
+    return await in_loops(clients, calls, call)
 
 
 async def naive(image: str, runtime: str, clients: int, calls: int) -> tuple[float, int]:
     """Calls per second and failures of ``clients`` loops of plain `docker run`."""
-    remaining = iter(range(calls))
-    failures = 0
     runtime_args = ["--runtime", runtime] if runtime else []
+    argv = ["docker", "run", "--rm", "--network", "none", *runtime_args, image, "python3", "-c", CODE]
 
-    async def loop() -> None:
-        nonlocal failures
-        for _ in remaining:
-            argv = ["docker", "run", "--rm", "--network", "none", *runtime_args, image, "python3", "-c", CODE]
-            done = await anyio.run_process(argv, check=False)
-            failures += done.returncode != 0 or done.stdout != b"hi\n"
+    async def call() -> bool:
+        done = await anyio.run_process(argv, check=False)
+        return done.returncode == 0 and done.stdout == b"hi\n"
 
-    started = time.perf_counter()
-    async with anyio.create_task_group() as group:
-        for _ in range(clients):
-            group.start_soon(loop)
-    return calls / (time.perf_counter() - started), failures
+    return await in_loops(clients, calls, call)
 
 
 # Long-lived processes by name, whose CPU is counted apart.
