@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
@@ -27,17 +28,26 @@ def free_port() -> int:
 @dataclass
 class Logs:
     """Where a served process's stdout and stderr went: files, never pipes nobody reads (a busy
-    server would block on a full pipe)."""
+    server would block on a full pipe). Once the server stops, the text is kept and the folder
+    removed, so no test leaves one behind in /tmp."""
 
     folder: Path
+    kept: dict[str, str] = field(default_factory=dict)
 
     @property
     def stdout(self) -> str:
-        return (self.folder / "stdout").read_text()
+        return self._text("stdout")
 
     @property
     def stderr(self) -> str:
-        return (self.folder / "stderr").read_text()
+        return self._text("stderr")
+
+    def _text(self, name: str) -> str:
+        return self.kept[name] if name in self.kept else (self.folder / name).read_text()
+
+    def keep_and_remove(self) -> None:
+        self.kept = {name: (self.folder / name).read_text() for name in ("stdout", "stderr")}
+        shutil.rmtree(self.folder)
 
 
 @contextmanager
@@ -77,3 +87,4 @@ def serving(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        logs.keep_and_remove()
