@@ -1,7 +1,9 @@
 """The agent-framework examples under examples/agents/ answer through the real server and sandbox.
 
 Offline, each example's scripted model asks run_python for a statistic of a fixed data set and
-answers with what came back; only a real run in a real container can produce that number.
+answers with what came back; only a real run in a real container can produce that number. The
+LangChain example runs in a virtual environment of its own (`make client-venvs`): its MCP adapters
+require the 1.x `mcp` SDK.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from agent_sandbox.engine.launch import owner_id, owner_place
 from .conftest import ROOT
 
 AGENTS = ROOT / "examples" / "agents"
-EXAMPLES = ["pydantic_ai_agent.py", "openai_agents_sdk.py"]
+EXAMPLES = ["pydantic_ai_agent.py", "openai_agents_sdk.py", "langchain_agent.py"]
+# Examples that run in an environment of their own, not this one (examples/agents/requirements-*.txt).
+INTERPRETERS = {"langchain_agent.py": ROOT / ".tools" / "venv-langchain" / "bin" / "python"}
 # Anything that tried the network anyway would hit a closed loopback port.
 NO_NETWORK = {f"{v}_proxy": "http://127.0.0.1:9" for v in ("http", "https", "HTTP", "HTTPS", "all", "ALL")}
 
@@ -33,8 +37,16 @@ def offline_env(**extra: str) -> dict[str, str]:
 
 
 def run_example(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    python = INTERPRETERS.get(name)
+    if python is not None and not python.exists():
+        pytest.fail(f"{name} runs in {python.parents[1]}, which is not there: run `make client-venvs`")
     return subprocess.run(
-        [sys.executable, str(AGENTS / name)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+        [str(python or sys.executable), str(AGENTS / name)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
     )
 
 
@@ -78,6 +90,8 @@ def test_the_example_answers_with_what_the_sandbox_computed(
         ("pydantic_ai_agent.py", "no-such-model", "Unknown model: no-such-model"),
         ("pydantic_ai_agent.py", "openai:no-such-model", "OPENAI_API_KEY"),
         ("openai_agents_sdk.py", "no-such-model", "set OPENAI_API_KEY"),
+        ("langchain_agent.py", "no-such-model", "Unable to infer model provider"),
+        ("langchain_agent.py", "openai:no-such-model", "requires the langchain-openai package"),
     ],
 )
 def test_a_model_without_a_key_fails_before_any_request(name: str, model: str, says: str) -> None:
