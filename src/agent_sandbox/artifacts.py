@@ -6,9 +6,9 @@ import hashlib
 import mimetypes
 
 from agent_sandbox.config import ResultSettings
-from agent_sandbox.engine.spec import FilesOut
+from agent_sandbox.engine.spec import FilesOut, TablePreview
 from agent_sandbox.filenames import shown_name
-from agent_sandbox.models import Artifact
+from agent_sandbox.models import Artifact, ArtifactPreview
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 _SIGNATURES = (
@@ -26,7 +26,10 @@ def collect_artifacts(files: FilesOut | None, settings: ResultSettings) -> tuple
         return [], []
     if files.refused is not None:
         return [], [f"No file came back: {files.refused}."]
-    artifacts = [_artifact(shown_name(path), data, settings) for path, data in files.contents()]
+    artifacts = [
+        _artifact(shown_name(path), data, settings, entry.preview)
+        for entry, (path, data) in zip(files.files, files.contents(), strict=True)
+    ]
     artifacts += [
         Artifact(
             path=shown_name(entry.path),
@@ -75,7 +78,7 @@ def mime_type(path: str, data: bytes | None) -> str:
     return "application/octet-stream"
 
 
-def _artifact(path: str, data: bytes, settings: ResultSettings) -> Artifact:
+def _artifact(path: str, data: bytes, settings: ResultSettings, preview: TablePreview | None) -> Artifact:
     kind = mime_type(path, data)
     inline = None
     if kind not in IMAGE_TYPES and len(data) <= settings.max_inline_text_kib * 1024:
@@ -87,6 +90,7 @@ def _artifact(path: str, data: bytes, settings: ResultSettings) -> Artifact:
         sha256=hashlib.sha256(data).hexdigest(),
         content=inline,
         data=data,
+        preview=None if preview is None else ArtifactPreview(csv=preview.csv, rows=preview.rows),
     )
 
 

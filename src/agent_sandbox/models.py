@@ -199,6 +199,13 @@ class StoppedAt(_Model):
     )
 
 
+class ArtifactPreview(_Model):
+    """A Parquet file's first rows as CSV text, made in the sandbox for the run viewer."""
+
+    csv: str
+    rows: int = Field(description="How many rows the file has.")
+
+
 class Artifact(_Model):
     """A file under /work the program created or changed."""
 
@@ -211,6 +218,8 @@ class Artifact(_Model):
     )
     omitted: str | None = Field(default=None, description="Why the file did not come back, if it did not.")
     data: bytes | None = Field(default=None, exclude=True, repr=False)  # raw bytes, never serialised
+    # For the run viewer only, never serialised: a model reads no more for it (server/content.py).
+    preview: ArtifactPreview | None = Field(default=None, exclude=True, repr=False)
 
 
 class NameNote(_Model):

@@ -29,7 +29,7 @@ from agent_sandbox.engine.launch import owner_id, owner_place, process_alive
 from agent_sandbox.errors import RunError
 from agent_sandbox.ids import new_id
 from agent_sandbox.live_output import OutputSoFar
-from agent_sandbox.models import RunResult, RunStateName
+from agent_sandbox.models import ArtifactPreview, RunResult, RunStateName
 
 RunState = RunStateName
 IN_FLIGHT: frozenset[str] = frozenset({"queued", "running"})
@@ -127,12 +127,15 @@ class RunStore:
             _write_json(folder / "output.json", output.__dict__)
 
     def save_result(self, run_id: str, result: RunResult) -> None:
-        """Keep the result (its files as base64 in the JSON), and mark the run finished."""
+        """Keep the result (its files as base64 in the JSON, the viewer's previews beside them),
+        and mark the run finished."""
         folder = self.root / run_id
         if not folder.is_dir():
             return
         files = {a.path: base64.b64encode(a.data).decode() for a in result.artifacts if a.data is not None}
-        _write_json(folder / "result.json", {"result": result.model_dump(mode="json"), "files": files})
+        previews = {a.path: a.preview.model_dump() for a in result.artifacts if a.preview is not None}
+        stored = {"result": result.model_dump(mode="json"), "files": files, "previews": previews}
+        _write_json(folder / "result.json", stored)
         # What a list of runs shows of the result, without reading it.
         self.mark(run_id, "finished", limits_hit=[violation.kind.value for violation in result.violations])
 
@@ -151,9 +154,16 @@ class RunStore:
         try:
             result = RunResult.model_validate(stored["result"])
             files = {name: base64.b64decode(data) for name, data in dict(stored.get("files", {})).items()}
+            previews = {
+                name: ArtifactPreview.model_validate(preview)
+                for name, preview in dict(stored.get("previews", {})).items()
+            }
         except (ValidationError, KeyError, TypeError, ValueError):
             raise unreadable from None
-        artifacts = [a.model_copy(update={"data": files.get(a.path)}) for a in result.artifacts]
+        artifacts = [
+            a.model_copy(update={"data": files.get(a.path), "preview": previews.get(a.path)})
+            for a in result.artifacts
+        ]
         return result.model_copy(update={"artifacts": artifacts})
 
     def ask_to_cancel(self, run_id: str, owner: str | None) -> RunRecord:

@@ -55,6 +55,40 @@ async def test_datascience_has_every_package_its_description_lists(engine: Docke
     assert json.loads(result.stdout) == pins
 
 
+async def test_datascience_writes_and_reads_parquet(engine: DockerEngine) -> None:
+    """pyarrow is in the image: df.to_parquet, which a workspace's notes suggest for a frame too
+    large to keep as Python state, works, and the file comes back."""
+    sandbox = Sandbox(Settings(engine=BOTH), engine)
+    code = (
+        "import pandas as pd\n"
+        "pd.DataFrame({'x': [1, 2, 3], 'y': ['a', 'b', 'c']}).to_parquet('frame.parquet')\n"
+        "back = pd.read_parquet('frame.parquet')\n"
+        "print(back.x.sum(), ''.join(back.y))\n"
+    )
+    result = await sandbox.run(snippet(code, profile="datascience"))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "6 abc\n"
+    (parquet,) = result.artifacts
+    assert parquet.path == "frame.parquet"
+    assert (parquet.data or b"").startswith(b"PAR1")
+    assert parquet.preview is not None  # the run viewer's first rows, made in the sandbox
+    assert parquet.preview.rows == 3
+    assert parquet.preview.csv == "x,y\n1,a\n2,b\n3,c\n"
+
+
+async def test_a_parquet_file_without_a_reader_or_unreadable_comes_back_without_a_preview(
+    engine: DockerEngine,
+) -> None:
+    sandbox = Sandbox(Settings(engine=BOTH), engine)
+    code = "open('broken.parquet', 'wb').write(b'PAR1 not really')"
+    for profile in ("minimal", "datascience"):  # no pyarrow; pyarrow that cannot read it
+        result = await sandbox.run(snippet(code, profile=profile))
+        assert result.exit_code == 0, result.stderr
+        (broken,) = result.artifacts
+        assert broken.data == b"PAR1 not really"
+        assert broken.preview is None
+
+
 async def test_minimal_has_no_third_party_packages(engine: DockerEngine) -> None:
     # Auto-install off: it would fetch numpy and run the call again (test_missing_packages.py).
     sandbox = Sandbox(Settings(engine=BOTH, packages=PackageSettings(auto_install=False)), engine)

@@ -23,6 +23,7 @@ from agent_sandbox.engine.protocol import (
     NotebookJob,
     OmittedEntry,
     PostMortemLine,
+    PreviewLine,
     SoFarLine,
     UsageLine,
     job_header,
@@ -36,6 +37,7 @@ TYPED = (
     ArtifactCaps,
     Manifest,
     ManifestEntry,
+    PreviewLine,
     OmittedEntry,
     InstallLine,
     EndLine,
@@ -88,6 +90,8 @@ def launcher_typed_dicts() -> dict[str, set[str]]:
 def test_the_launchers_line_prefixes_equal_the_hosts() -> None:
     constants = launcher_constants()
     for name in ("END_PREFIX", "INSTALLED_PREFIX", "FILES_PREFIX", "SNAPSHOT_PREFIX", "MEASURED_PREFIX"):
+        assert constants[name] == getattr(protocol, name), name
+    for name in ("MAX_PREVIEWS", "PREVIEW_BYTES", "PREVIEW_WAIT_S"):  # the host's bounds and deadline
         assert constants[name] == getattr(protocol, name), name
 
 
@@ -145,3 +149,36 @@ def test_an_end_report_with_broken_measurements_is_no_report() -> None:
         {"exit_code": 0, "oom_kills": 0, "timed_out": False, "return_value": None, "usage": {"cpu_s": "x"}}
     ).encode()
     assert protocol.end_report(line, line) is None
+
+
+def test_a_manifest_keeps_only_the_previews_that_keep_to_the_rules() -> None:
+    def entry(path: str, preview: Any) -> dict[str, Any]:
+        return {"path": path, "size": 1, "preview": preview}
+
+    good = {"csv": "a\n1\n", "rows": 7}
+    files = [
+        entry("a.parquet", good),
+        entry("B.PARQUET", {"csv": "b\n2\n", "rows": 0}),
+        entry("c.csv", good),  # only a Parquet file has one
+        entry("d.parquet", {"csv": "x" * (protocol.PREVIEW_BYTES + 1), "rows": 1}),  # too long
+        entry("e.parquet", {"csv": "a\n", "rows": True}),  # not a count
+        entry("f.parquet", "a,b"),
+        entry("g.parquet", None),
+    ]
+    line = json.dumps({"files": files, "omitted": [], "changed": 7, "refused": None}).encode()
+    read = protocol._manifest(line, max_files=10, max_bytes=100)
+    previews = {e.path: e.preview for e in read.files}
+    assert previews == {
+        "a.parquet": protocol.TablePreview("a\n1\n", 7),
+        "B.PARQUET": protocol.TablePreview("b\n2\n", 0),
+        "c.csv": None,
+        "d.parquet": None,
+        "e.parquet": None,
+        "f.parquet": None,
+        "g.parquet": None,
+    }
+    many = [entry(f"{n}.parquet", good) for n in range(protocol.MAX_PREVIEWS + 1)]
+    line = json.dumps({"files": many, "omitted": [], "changed": len(many), "refused": None}).encode()
+    read = protocol._manifest(line, max_files=10, max_bytes=100)
+    assert len(read.files) == len(many)  # the files still come back, without a preview
+    assert all(e.preview is None for e in read.files)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from agent_sandbox.engine.base import LIMITS, STDERR, STDOUT
-from agent_sandbox.engine.protocol import END_PREFIX, FILES_PREFIX, MEASURED_PREFIX
+from agent_sandbox.engine.protocol import END_PREFIX, FILES_PREFIX, MEASURED_PREFIX, PREVIEW_WAIT_S
 from agent_sandbox.engine.session import DRAIN_S, LAUNCHER_GRACE_S, JobSession, drive
 from agent_sandbox.engine.spec import ResultCaps
 from tests.unit.test_container_options import SPEC
@@ -92,7 +92,7 @@ def test_without_a_memory_kill_counter_the_engine_is_asked_only_after_a_sigkill(
 def test_past_the_limit_a_launcher_is_resumed_once_then_the_sandbox_killed() -> None:
     clock = Clock()
     started, _ = session(clock)
-    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S - 0.1
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S + PREVIEW_WAIT_S - 0.1
     assert started.due() is None
     clock.now += 0.2
     assert started.due() == "resume"
@@ -116,7 +116,7 @@ def test_past_the_limit_a_launcher_is_resumed_once_then_the_sandbox_killed() -> 
 def test_where_the_launcher_cannot_be_stopped_one_late_at_its_deadline_is_killed_at_once() -> None:
     clock = Clock()
     started = JobSession(dataclasses.replace(SPEC, results=CAPS), clock=clock, resumable=False)
-    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S + 0.1
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S + PREVIEW_WAIT_S + 0.1
     assert started.due() == "kill"
     clock.now += DRAIN_S
     outcome = started.outcome(lambda look_for_oom: (None, False))
@@ -126,7 +126,7 @@ def test_where_the_launcher_cannot_be_stopped_one_late_at_its_deadline_is_killed
 def test_a_resumed_launcher_that_then_stops_the_program_for_time_reports_a_timeout_only() -> None:
     clock = Clock()
     started, nonce = session(clock)
-    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S + PREVIEW_WAIT_S
     assert started.due() == "resume"
     report = {"exit_code": 137, "oom_kills": 0, "timed_out": True, "return_value": None}
     line = END_PREFIX + nonce.encode() + b" " + json.dumps(report).encode() + b"\n"
@@ -150,7 +150,7 @@ def test_an_output_flood_that_comes_with_the_end_lines_is_still_killed() -> None
 def test_a_launcher_that_reports_once_resumed_is_said_to_have_been_stopped() -> None:
     clock = Clock()
     started, nonce = session(clock)
-    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S
+    clock.now += SPEC.limits.timeout_s + LAUNCHER_GRACE_S + PREVIEW_WAIT_S
     assert started.due() == "resume"
     for stream in (STDOUT, STDERR):
         started.feed(stream, end_line(nonce))

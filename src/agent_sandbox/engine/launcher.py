@@ -112,9 +112,14 @@ if TYPE_CHECKING:
         measured_nonce: str
 
     # What the launcher reports, as engine/protocol.py reads it.
+    class PreviewLine(TypedDict):
+        csv: str
+        rows: int
+
     class ManifestEntry(TypedDict):
         path: str
         size: int
+        preview: PreviewLine | None
 
     class OmittedEntry(TypedDict):
         path: str
@@ -217,12 +222,57 @@ MAX_DUMPED = 16  # processes whose dumps are kept
 MAX_SOURCES = 64  # source lines sent for the dumps' frames in the program's files
 SOURCE_BYTES = 1 << 20  # read of each such file, at most
 MAX_CONNECTIONS = 64  # post-mortem connections held at once
+# A Parquet file that comes back gets its first rows as CSV text, for the run viewer (at most
+# MAX_PREVIEWS files, PREVIEW_BYTES of CSV each: fewer rows when need be), if the image has pyarrow.
+MAX_PREVIEWS = 4
+PREVIEW_BYTES = 65536  # 64 KiB: a literal, as tests/unit/test_protocol.py reads it
+PREVIEW_ROWS = 200
+PREVIEW_WAIT_S = 5.0  # for all of them
 OWN_DESCRIPTORS = 24  # kept free of them for the launcher's own work (pipes, /proc, the files)
 _FRAME = re.compile(r'^  File "(/work/[^"\x00]{1,1024})", line ([0-9]{1,9}) in ', re.MULTILINE)
 # Signals the launcher keeps: those it cannot catch, its child's, and SIGCONT (the host's way to
 # resume a launcher the program stopped). A real fault of its own (SIGSEGV, SIGABRT from abort())
 # still ends it: the kernel and the C library force the default action for those, ignored or not.
 _KEPT_SIGNALS = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT}
+# Writes the previews: run as its own process (``python3 -I`` in /, so nothing the program left
+# in /work or the environment is imported, and the launcher's memory is not its), on the files
+# the launcher holds open, with the image's pyarrow; nothing at all without it. Prints a JSON
+# object: for each file (by its place among the arguments), its CSV and its number of rows.
+PARQUET_TO_CSV = """
+import contextlib, csv, io, json, sys
+with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
+    score.write("1000")  # under memory pressure it goes first, not the launcher
+try:
+    import pyarrow.parquet
+except ImportError:
+    sys.exit()
+rows, cap = int(sys.argv[1]), int(sys.argv[2])
+
+def as_csv(names, columns, count):
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\\n")
+    writer.writerow(names)
+    writer.writerows(zip(*(["" if v is None else v for v in column[:count]] for column in columns)))
+    return out.getvalue()
+
+previews = {}
+for place, path in enumerate(sys.argv[3:]):
+    try:
+        parquet = pyarrow.parquet.ParquetFile(path)
+        first = next(parquet.iter_batches(batch_size=rows), None)
+        names = parquet.schema_arrow.names
+        columns = [column.to_pylist() for column in first.columns] if first is not None else []
+        count = first.num_rows if first is not None else 0
+        text = as_csv(names, columns, count)
+        while len(text.encode()) > cap and count:
+            count //= 2
+            text = as_csv(names, columns, count)
+        if len(text.encode()) <= cap:
+            previews[place] = {"csv": text, "rows": parquet.metadata.num_rows}
+    except Exception:
+        continue
+print(json.dumps(previews))
+"""
 # Our lines on stderr and the output we relay there take turns, whole: a line of ours must never
 # land inside a short write of the program's (gVisor's pipes make them), nor the other way round.
 STDERR_LOCK = threading.Lock()
@@ -1222,7 +1272,55 @@ def _send_files(
                 chosen.append((path, size, opened))
                 total += size
     omitted = (surprising + over_caps)[: caps["max_listed"]]
-    _write_block(FILES_PREFIX, nonce, chosen, omitted, changed + len(unseen))
+    previews: dict[str, PreviewLine] = _safely(lambda: _previews(chosen), {})
+    _write_block(FILES_PREFIX, nonce, chosen, omitted, changed + len(unseen), previews=previews)
+
+
+def _previews(chosen: "Chosen") -> "dict[str, PreviewLine]":
+    """The first rows of each Parquet file among ``chosen`` (the first MAX_PREVIEWS) as CSV, by
+    path, written by PARQUET_TO_CSV in a process of its own; none without a Parquet file (then
+    nothing is started) or without pyarrow, none that took too long or broke the rules."""
+    parquet = [(path, fd) for path, _, fd in chosen if path.lower().endswith(".parquet")][:MAX_PREVIEWS]
+    if not parquet:
+        return {}
+    places = [f"/proc/self/fd/{fd}" for _, fd in parquet]  # the very files that are sent
+    command = [sys.executable, "-I", "-c", PARQUET_TO_CSV, str(PREVIEW_ROWS), str(PREVIEW_BYTES), *places]
+    cap = MAX_PREVIEWS * PREVIEW_BYTES * 6 + 4096  # JSON's escapes at their worst
+    written = bytearray()
+    with subprocess.Popen(
+        command,
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        pass_fds=[fd for _, fd in parquet],
+    ) as converter:
+        try:
+            assert converter.stdout is not None
+            output = converter.stdout.fileno()
+            ready = select.poll()  # not select(): with many files open, the pipe's number may pass 1024
+            ready.register(output, select.POLLIN)
+            deadline = time.monotonic() + PREVIEW_WAIT_S
+            while len(written) <= cap:
+                left = deadline - time.monotonic()
+                if left <= 0 or not ready.poll(left * 1000):
+                    break
+                chunk = os.read(output, 1 << 16)
+                if not chunk:
+                    break
+                written += chunk
+        finally:
+            converter.kill()  # finished, out of time or bounds, or failed: gone either way
+    found = json.loads(written) if written and len(written) <= cap else {}  # its one line, or none
+    previews: dict[str, PreviewLine] = {}
+    for place, (path, _) in enumerate(parquet):
+        preview = found.get(str(place)) if isinstance(found, dict) else None
+        csv = preview.get("csv") if isinstance(preview, dict) else None
+        rows = preview.get("rows") if isinstance(preview, dict) else None
+        if isinstance(csv, str) and len(csv.encode()) <= PREVIEW_BYTES and isinstance(rows, int):
+            previews[path] = {"csv": csv, "rows": rows}
+    return previews
 
 
 def _send_snapshot(nonce: str, survey: "Survey", caps: "FileCaps") -> None:
@@ -1265,7 +1363,7 @@ def _send_state(nonce: str, written: "bytes | None", max_bytes: int) -> None:
     elif len(data) > max_bytes:
         refused = f"it is over the {max_bytes // 1024} KiB a state may hold"
     parts = [] if refused else [("report", report), ("state", data)]
-    files: list[ManifestEntry] = [{"path": path, "size": len(part)} for path, part in parts]
+    files: list[ManifestEntry] = [{"path": path, "size": len(part), "preview": None} for path, part in parts]
     manifest: Manifest = {"files": files, "omitted": [], "changed": len(parts), "refused": refused}
     _write_all(1, _marked_line(STATE_PREFIX, nonce, manifest))
     for _, part in parts:
@@ -1279,9 +1377,12 @@ def _write_block(
     omitted: "list[OmittedEntry]",
     changed: int,
     refused: "str | None" = None,
+    previews: "dict[str, PreviewLine] | None" = None,
 ) -> None:
     """A marked manifest line, then exactly the bytes of each chosen (already open) file."""
-    files: list[ManifestEntry] = [{"path": path, "size": size} for path, size, _ in chosen]
+    files: list[ManifestEntry] = [
+        {"path": path, "size": size, "preview": (previews or {}).get(path)} for path, size, _ in chosen
+    ]
     manifest: Manifest = {"files": files, "omitted": omitted, "changed": changed, "refused": refused}
     _write_all(1, _marked_line(prefix, nonce, manifest))
     for _, remaining, fd in chosen:
@@ -1422,6 +1523,8 @@ def main() -> None:
     _end_everything_else()
     _reap_orphans()
     after = _counters()
+    # Read before the Parquet previews' process (in _send_files) can add to it: the program's own.
+    usage = _usage(before, after, children.ru_utime + children.ru_stime, ran)
     for fd in (1, 2):  # the program may have made them non-blocking (they are its own, or via /proc)
         os.set_blocking(fd, True)
     survey = _survey()
@@ -1437,7 +1540,7 @@ def main() -> None:
         "oom_kills": after["oom_kills"],
         "timed_out": ran["timed_out"] if ran else False,
         "return_value": ran["return_value"] if ran else None,
-        "usage": _usage(before, after, children.ru_utime + children.ru_stime, ran),
+        "usage": usage,
         "measured": {
             "forks_refused": _grew(before["forks_refused"], after["forks_refused"]),
             "full": watch.full if ran else [],

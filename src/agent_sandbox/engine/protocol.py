@@ -24,7 +24,7 @@ keys equal these.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_args
 
@@ -39,6 +39,7 @@ from agent_sandbox.engine.spec import (
     PostMortem,
     ProcessDump,
     RunSpec,
+    TablePreview,
     Usage,
 )
 from agent_sandbox.filenames import shown_name
@@ -53,6 +54,12 @@ OMITTED_KINDS: frozenset[str] = frozenset(get_args(OmittedKind))
 NOTEBOOK_STATE = (Path(__file__).parent / "notebook_state.py").read_text()
 STATE_REPORT, STATE_DATA = "report", "state"  # the state block's two parts
 STATE_REPORT_BYTES = 1 << 16  # the most the runner's report line may be (the launcher's REPORT_BYTES)
+# The launcher's Parquet previews: at most this many files, this many bytes of CSV each, made
+# within this many seconds in all (after the program ended, before the files block: the host's
+# deadline for the program allows for it).
+MAX_PREVIEWS = 4
+PREVIEW_BYTES = 65536
+PREVIEW_WAIT_S = 5.0
 
 
 class StateJob(TypedDict):
@@ -107,9 +114,17 @@ class Job(TypedDict):
     measured_nonce: str
 
 
+class PreviewLine(TypedDict):
+    """A Parquet file's first rows as CSV, which the launcher had pyarrow write in the sandbox."""
+
+    csv: str
+    rows: int  # the file's rows, all of them
+
+
 class ManifestEntry(TypedDict):
     path: str
     size: int
+    preview: PreviewLine | None  # a Parquet file's, in the files block only
 
 
 class OmittedEntry(TypedDict):
@@ -382,6 +397,7 @@ def _manifest(line: bytes, max_files: int, max_bytes: int) -> FilesOut:
     try:
         raw = json.loads(line)
         files = [FileEntry(str(e["path"]), int(e["size"])) for e in raw["files"]]
+        previews = [_preview(e.get("preview")) for e in raw["files"]]
         omitted = [_omitted(e) for e in raw["omitted"][:max_files]]
         changed = int(raw["changed"])
         refused = None if raw.get("refused") is None else str(raw["refused"])
@@ -390,7 +406,24 @@ def _manifest(line: bytes, max_files: int, max_bytes: int) -> FilesOut:
     sizes = [entry.size for entry in files]
     if len(files) > max_files or min(sizes, default=0) < 0 or sum(sizes) > max_bytes:
         return _broken_rules()
+    if sum(preview is not None for preview in previews) <= MAX_PREVIEWS:  # else none: a broken rule
+        files = [
+            replace(entry, preview=preview) if entry.path.lower().endswith(".parquet") else entry
+            for entry, preview in zip(files, previews, strict=True)
+        ]
     return FilesOut(files, omitted, max(changed, len(files) + len(omitted)), b"", refused)
+
+
+def _preview(raw: Any) -> TablePreview | None:
+    """A file's preview, if it keeps to the rules (else it is dropped: the file still counts)."""
+    if not isinstance(raw, dict):
+        return None
+    csv, rows = raw.get("csv"), raw.get("rows")
+    if not isinstance(csv, str) or len(csv.encode(errors="replace")) > PREVIEW_BYTES:
+        return None
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        return None
+    return TablePreview(csv, rows)
 
 
 def _omitted(entry: dict[str, Any]) -> OmittedFile:

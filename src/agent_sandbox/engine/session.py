@@ -25,6 +25,7 @@ from typing import Literal
 
 from agent_sandbox.engine.base import LIMITS, STDERR, STDOUT, OutputCallback
 from agent_sandbox.engine.protocol import (
+    PREVIEW_WAIT_S,
     SNAPSHOT_PREFIX,
     STATE_PREFIX,
     STATE_REPORT_BYTES,
@@ -133,7 +134,9 @@ class JobSession:
         self._started = self._program_started = clock()
         # The launcher's timer starts after it has read the files and the state.
         unpack_s = (len(spec.archive) + len(spec.state)) / UNPACK_BYTES_PER_S
-        self._program_deadline_s = spec.limits.timeout_s + LAUNCHER_GRACE_S + unpack_s
+        # After the program, the launcher may spend PREVIEW_WAIT_S on Parquet previews before it
+        # sends the files block that tells us the program ended.
+        self._program_deadline_s = spec.limits.timeout_s + LAUNCHER_GRACE_S + PREVIEW_WAIT_S + unpack_s
         first = spec.install.timeout_s if spec.install is not None else self._program_deadline_s
         self._deadline = self._started + first
         self._program_ended: float | None = None

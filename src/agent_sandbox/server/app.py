@@ -1,6 +1,7 @@
 """The MCP server: the tools that run code (run_tools.py), the workspace tools
-(workspace_tools.py), the ``sandbox://config`` resource, and over HTTP ``/healthz`` and
-``/metrics`` (ops.py). Everything goes through ``Sandbox``."""
+(workspace_tools.py), the ``sandbox://config`` resource, the run viewer for hosts with MCP Apps
+(viewer.py), and over HTTP ``/healthz`` and ``/metrics`` (ops.py). Everything goes through
+``Sandbox``."""
 
 # No `from __future__ import annotations`: the SDK evaluates the resource's annotations.
 import json
@@ -18,6 +19,7 @@ from agent_sandbox.server.metrics import Metrics
 from agent_sandbox.server.ops import add_routes
 from agent_sandbox.server.run_tools import add_run_tools
 from agent_sandbox.server.tasks import RunTasks
+from agent_sandbox.server.viewer import viewer_extension
 from agent_sandbox.server.workspace_tools import add_workspace_tools
 
 SERVER_NAME = "agent-sandbox"
@@ -43,7 +45,7 @@ def build_server(
             "files. " + describe_environment(settings)
         ),
         version=_version(),
-        extensions=[tasks],
+        extensions=[tasks, viewer_extension()],
         middleware=[tasks.middleware],
     )
     add_run_tools(server, sandbox, transport, metrics, background)

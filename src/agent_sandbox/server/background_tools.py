@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
+from mcp.server.apps import client_supports_apps
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
@@ -23,6 +24,7 @@ from agent_sandbox.server.content import tool_result
 from agent_sandbox.server.progress import HEARTBEAT_S
 from agent_sandbox.server.summary import escape_controls
 from agent_sandbox.server.tool_table import add_tools
+from agent_sandbox.server.viewer import TOOL_META
 
 ClientOf = Callable[[Context], str]
 MAX_WAIT_S = 300.0
@@ -103,7 +105,7 @@ def add_background_tools(
             if record.state == "finished":
                 result = background.store.result(run_id, owner)
                 if result is not None:
-                    return tool_result(result, results)
+                    return tool_result(result, results, apps=client_supports_apps(ctx))
         except RunError as exc:
             raise refused(exc) from None
         if record.state == "failed":
@@ -152,6 +154,7 @@ def add_background_tools(
             (runs_list, "List background runs", "This client's background runs, newest first. " + keep, True),
         ],
         [run_cancel],
+        meta={run_result: TOOL_META},  # a finished run's result: the run viewer renders it too
     )
 
 

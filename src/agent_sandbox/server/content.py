@@ -1,9 +1,12 @@
 """What a tool call returns as MCP content: the summary, images a multimodal model can see, and
-the other files as embedded resources. The full result is the structured content."""
+the other files as embedded resources. The full result is the structured content. For a client
+that renders MCP Apps, the run viewer's Parquet previews ride in the result's ``_meta``:
+metadata the app receives, not content the model reads (docs/viewer.md)."""
 
 from __future__ import annotations
 
 import base64
+from typing import Any
 from urllib.parse import quote
 
 from mcp_types import (
@@ -21,12 +24,24 @@ from agent_sandbox.config import ResultSettings
 from agent_sandbox.models import Artifact, BatchResult, RunResult
 from agent_sandbox.server.summary import summarise
 
+# The result's ``_meta`` key for the viewer's tables: {path: {"csv": first rows, "rows": all rows}}.
+TABLES_META = "io.agent-sandbox/tables"
 
-def tool_result(result: RunResult, settings: ResultSettings) -> CallToolResult:
-    """A run's result as a tool call returns it: the content a model reads, all of it structured."""
+
+def tool_result(result: RunResult, settings: ResultSettings, apps: bool = False) -> CallToolResult:
+    """A run's result as a tool call returns it: the content a model reads, all of it structured;
+    for a client with MCP Apps (``apps``), the Parquet previews for the run viewer in ``_meta``."""
     return CallToolResult(
-        content=tool_content(result, settings), structured_content=result.model_dump(mode="json")
+        _meta=viewer_meta(result) if apps else None,
+        content=tool_content(result, settings),
+        structured_content=result.model_dump(mode="json"),
     )
+
+
+def viewer_meta(result: RunResult) -> dict[str, Any] | None:
+    """The Parquet files' first rows, as CSV made in the sandbox; None when there are none."""
+    tables = {a.path: a.preview.model_dump() for a in result.artifacts if a.preview is not None}
+    return {TABLES_META: tables} if tables else None
 
 
 def tool_content(result: RunResult, settings: ResultSettings) -> list[ContentBlock]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
+from mcp.server.apps import client_supports_apps
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
@@ -41,6 +42,7 @@ from agent_sandbox.server.environment import describe_environment
 from agent_sandbox.server.metrics import Metrics
 from agent_sandbox.server.progress import RunProgress, Send
 from agent_sandbox.server.start_rate import StartRate
+from agent_sandbox.server.viewer import TOOL_META
 
 _RequestFactory = Callable[[], RunRequest]
 ANNOTATIONS = ToolAnnotations(
@@ -210,6 +212,7 @@ def add_run_tools(
         "expression comes back as return_value, and plt.show() saves the open matplotlib figures "
         "as /work/figure_N.png, which come back as images. " + environment,
         annotations=ANNOTATIONS,
+        meta=TOOL_META,
     )
     server.add_tool(
         run_project,
@@ -217,6 +220,7 @@ def add_run_tools(
         description="Write several files (modules, data) under /work and run one of them; a "
         "top-level requirements.txt among them is installed like `requirements`. " + environment,
         annotations=ANNOTATIONS,
+        meta=TOOL_META,
     )
     server.add_tool(
         run_batch,
@@ -278,7 +282,7 @@ class ToolCall:
         if refusal is not None:
             raise ToolError(describe(refusal))
         await progress.finished(output)
-        return tool_result(result, self.sandbox.settings.results)
+        return tool_result(result, self.sandbox.settings.results, apps=client_supports_apps(ctx))
 
     async def batch(self, ctx: Context, items: list[BatchItem]) -> BatchResult:
         """Every item run as its own call would be (audit, metrics, the client's start rate), side

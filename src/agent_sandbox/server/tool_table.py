@@ -3,7 +3,7 @@ table: each with its title and description, read-only or not, and those that des
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -14,15 +14,19 @@ ToolEntry = tuple[Callable[..., Any], str, str, bool]
 
 
 def add_tools(
-    server: MCPServer, entries: Sequence[ToolEntry], destructive: Sequence[Callable[..., Any]]
+    server: MCPServer,
+    entries: Sequence[ToolEntry],
+    destructive: Sequence[Callable[..., Any]],
+    meta: Mapping[Callable[..., Any], dict[str, Any]] | None = None,
 ) -> None:
     """Register every tool of ``entries`` on ``server``: closed world, idempotent when it only
-    reads, destructive only for those in ``destructive``."""
+    reads, destructive only for those in ``destructive``; with its ``_meta`` from ``meta``."""
     for tool, title, description, read_only in entries:
         server.add_tool(
             tool,
             title=title,
             description=description,
+            meta=(meta or {}).get(tool),
             annotations=ToolAnnotations(
                 read_only_hint=read_only,
                 destructive_hint=tool in destructive,
