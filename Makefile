@@ -8,7 +8,7 @@ PYTHON ?= python3
 CONFORMANCE := .tools/conformance/node_modules/.bin/conformance
 MCP_CLIENTS := .tools/mcp-clients/node_modules/.bin/mcpdo
 
-.PHONY: run serve test lint unit venv engine image server-image conformance-tools mcp-clients cluster cluster-down clean
+.PHONY: run serve test lint docs unit venv engine image server-image conformance-tools mcp-clients client-venvs chromium cluster cluster-down clean
 
 # The main job: serve MCP over stdio (add ARGS="--transport streamable-http" for HTTP).
 serve: image
@@ -20,13 +20,18 @@ run: image
 # The images the Kubernetes tests run (loaded into the test cluster's containerd).
 CLUSTER_IMAGES := agent-sandbox:minimal
 
-test: lint image conformance-tools mcp-clients
-	bash scripts/ensure-cluster.sh run $(CLUSTER_IMAGES) -- $(BIN)/pytest -q
+# --durations: the slowest tests, so a run shows where CI's time budget goes.
+test: lint docs image conformance-tools mcp-clients client-venvs chromium
+	bash scripts/ensure-cluster.sh run $(CLUSTER_IMAGES) -- $(BIN)/pytest -q --durations=25
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
+
+# The documentation site (mkdocs.yml), strictly: a broken link or anchor fails it.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
@@ -66,12 +71,39 @@ $(CONFORMANCE):
 		node@22 @modelcontextprotocol/conformance@0.1.16
 
 # Clients that speak MCP Tasks (tests/mcp/test_tasks.py): the Inspector's mcpdo and the TypeScript
-# SDK, on that same Node 22.
+# SDK, on that same Node 22; and the MCP Apps host side (ext-apps' AppBridge, bundled by rolldown)
+# that tests/mcp/test_viewer.py plays the run viewer against.
+# Both generations of the TypeScript SDK (sdk 1.x, client 2.x) are in tests/mcp/test_clients.py's matrix.
 mcp-clients: $(MCP_CLIENTS)
 
 $(MCP_CLIENTS): $(CONFORMANCE)
 	PATH="$(CURDIR)/.tools/conformance/node_modules/.bin:$$PATH" npm install --prefix .tools/mcp-clients \
-		--no-audit --no-fund --loglevel=error @modelcontextprotocol/inspector@2.12.0 @modelcontextprotocol/sdk@1.32.2
+		--no-audit --no-fund --loglevel=error @modelcontextprotocol/inspector@2.12.0 @modelcontextprotocol/sdk@1.32.2 \
+		@modelcontextprotocol/client@2.3.1 @modelcontextprotocol/ext-apps@2.0.4 rolldown@1.3.3
+
+# Python clients of other generations, each in a virtual environment of its own, from pinned
+# requirements (a changed pin rebuilds the environment): the newest 1.x `mcp` SDK
+# (tests/mcp/test_clients.py) and LangChain's MCP adapters, which require it
+# (examples/agents/langchain_agent.py). pip's cache lives outside the clone, so a rebuild is quick.
+client-venvs: .tools/venv-mcp1/.installed .tools/venv-langchain/.installed
+
+define client-venv
+	rm -rf $(@D)
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install -q --upgrade pip
+	$(@D)/bin/pip install -q -r $<
+	touch $@
+endef
+
+.tools/venv-mcp1/.installed: tests/mcp/clients/requirements-mcp1.txt
+	$(client-venv)
+
+.tools/venv-langchain/.installed: examples/agents/requirements-langchain.txt
+	$(client-venv)
+
+# Debian's Chromium, headless: tests/mcp/test_viewer.py screenshots the run viewer.
+chromium:
+	bash scripts/ensure-chromium.sh
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build/server-image
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build/server-image build/site

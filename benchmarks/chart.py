@@ -1,4 +1,4 @@
-"""A benchmark's latency rows as a PNG bar chart for the README: median bars, p95 whiskers."""
+"""A benchmark's latency rows as a PNG bar chart for docs/numbers.md: median bars, p95 whiskers."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ the post-mortem socket). Throughput is benchmarks/throughput.py's.
     .venv/bin/python benchmarks/latency.py [--runs 30] [--gap 0.2] [--chart docs/latency.png]
                                            [--baseline-rev 44b580e]
 
---chart also draws the latency rows as a PNG (the README's chart).
+--chart also draws the latency rows as a PNG (the chart in docs/numbers.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The benchmarks still run, end to end, on a few calls each: the README's numbers and chart come
-from them. No timing is asserted here; the numbers are measured by running them in full."""
+"""The benchmarks still run, end to end, on a few calls each: the numbers and chart of
+docs/numbers.md come from them. No timing is asserted here; the numbers are measured by running
+them in full."""
 
 from __future__ import annotations
 

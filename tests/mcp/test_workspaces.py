@@ -166,7 +166,7 @@ async def test_two_stdio_hosts_of_one_user_keep_their_own_workspaces(tmp_path: P
 
 
 async def test_a_notebook_remembers_across_fresh_containers_and_a_server_restart(tmp_path: Path) -> None:
-    """The README's transcript over stdio: names defined in one call are there in the next, each
+    """docs/workspaces.md's transcript over stdio: names defined in one call are there in the next, each
     call in a fresh container, and after the server process itself is replaced."""
     parameters = StdioServerParameters(
         command=sys.executable,

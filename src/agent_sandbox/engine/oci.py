@@ -2,7 +2,7 @@
 directly, with no container engine in the path.
 
 Docker's own machinery (dockerd, containerd, a shim per container) costs about 190 ms of CPU per
-container on a 2-core machine, several times what the container itself costs (README, "Numbers"):
+container on a 2-core machine, several times what the container itself costs (docs/numbers.md):
 this backend gives the same container without it. Docker still builds the images; the first run
 of an image exports its file system once into a directory (``engine.oci_dir``), which every
 container of it mounts read-only as its root.
