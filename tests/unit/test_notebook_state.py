@@ -270,6 +270,33 @@ def test_a_name_saved_under_another_python_says_so(tmp_path: Path) -> None:
     )
 
 
+def test_code_saved_under_another_minor_version_is_not_loaded_and_data_still_is(tmp_path: Path) -> None:
+    """A function dill saved under 3.11 crashes 3.13 when called (the bytecode differs): the
+    runner does not load it, says why, and keeps it for a call on the Python that saved it."""
+    first = run_cell(tmp_path, "def f():\n    return 1\n\nsquares = [1, 4, 9]\n")
+    state = pickle.loads(first.state)
+    other = [3, sys.version_info[1] + 2, 0]
+    state["python"] = other
+    second = run_cell(tmp_path, "print(squares)\n", pickle.dumps(state))
+    assert second.stdout.strip() == "[1, 4, 9]"
+    assert second.report is not None
+    ((name, why),) = second.report["not_restored"]
+    assert name == "f"
+    assert why.startswith(f"its code is Python 3.{other[1]}'s, which this Python cannot run (saved under")
+    assert second.report["kept"] == ["squares", "f"]  # carried for the Python that saved it
+    carried = pickle.loads(second.state)
+    assert carried["python"] == list(sys.version_info[:3])  # this run's: the entry says its own
+    ((names, kind, payload),) = [entry for entry in carried["entries"] if entry[0] == ("f",)]
+    assert kind == f"dill:3.{other[1]}"
+    third = run_cell(tmp_path, "print(squares)\n", second.state)
+    assert third.report is not None
+    assert [name for name, _ in third.report["not_restored"]] == ["f"]  # still not loaded here
+    here = f"dill:{sys.version_info[0]}.{sys.version_info[1]}"
+    carried["entries"] = [(names, here, payload)]
+    fourth = run_cell(tmp_path, "print(f())\n", pickle.dumps(carried))
+    assert fourth.stdout.strip() == "1"  # on the Python whose code it is, it runs
+
+
 def test_names_that_share_an_object_still_share_it_after_a_restore(tmp_path: Path) -> None:
     first, second = cells(
         tmp_path,

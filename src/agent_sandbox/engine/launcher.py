@@ -62,6 +62,12 @@ import tarfile
 import termios
 import threading
 import time
+import warnings  # already imported by subprocess
+
+# Python 3.12+ warns at a fork() in a process with threads (the child could block on a lock one of
+# them held). The launcher's child only sets itself up and execs the program, as it always has
+# on 3.11, which does not warn; the warning would land in the program's stderr on 3.13.
+warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, which mypy honours by name, without importing typing
 if TYPE_CHECKING:

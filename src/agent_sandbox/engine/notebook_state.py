@@ -84,6 +84,11 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
     other_python = ""
     if saved_under != running:
         other_python = f" (saved under Python {saved_under}; this image runs {running})"
+    # Bytecode is a minor version's own: a function dill saved under 3.11 crashes 3.13 (SIGSEGV)
+    # when called, so what dill saved is loaded under that minor version only. An entry carried
+    # past a run of another version names its version in its kind ("dill:3.11").
+    saved_minor = ".".join(map(str, state.get("python", ())[:2]))
+    running_minor = ".".join(map(str, sys.version_info[:2]))
     restored: set[str] = set()
     failed: list[list[str]] = []
     kept: list[Any] = []
@@ -95,7 +100,12 @@ def restore(data: bytes, namespace: "dict[str, Any]") -> "tuple[list[list[str]],
 
     for entry in entries:
         names, kind, payload = entry
+        kind, _, code_minor = kind.partition(":")
+        code_minor = code_minor or saved_minor
         try:
+            if kind == "dill" and code_minor != running_minor:
+                entry = (names, f"dill:{code_minor}", payload)
+                raise _OtherBytecode(f"its code is Python {code_minor}'s, which this Python cannot run")
             if kind == "import":
                 values = {names[0]: importlib.import_module(payload)}
             else:
@@ -363,10 +373,16 @@ def _together(name: str, names: "tuple[str, ...]") -> str:
     return f" (saved together with {', '.join(others)}, which share objects with it)" if others else ""
 
 
+class _OtherBytecode(Exception):
+    """A saved definition holds bytecode of another Python minor version."""
+
+
 def _why_not_restored(exc: Exception) -> str:
     """Why a name could not be restored; a missing module in the words the server looks for."""
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         return f"needs the module {exc.name!r}, which this image does not have"
+    if isinstance(exc, _OtherBytecode):
+        return str(exc)
     return f"{type(exc).__name__}: {_short(exc)}"
 
 
