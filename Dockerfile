@@ -7,8 +7,8 @@
 # docs/server-image.md says what that grants (everything) and how to run it.
 #
 # BASE: a public Python image where a registry answers, else the Debian root filesystem that
-# `agent-sandbox image build` bootstraps (agent-sandbox-base:bookworm). Either way CPython 3.11 on
-# bookworm, the sandbox's own platform, so the server's `pip download` resolves for it.
+# `agent-sandbox image build` bootstraps (agent-sandbox-base:bookworm): CPython 3.11 on bookworm.
+# The server resolves per-run requirements for each profile's own Python, whatever its own is.
 ARG BASE=python:3.11-slim-bookworm
 
 # The dependencies, in a virtualenv (Debian's Python is externally managed, and the debootstrap
@@ -41,7 +41,7 @@ RUN set -eu; \
     /opt/agent-sandbox/bin/agent-sandbox --help >/dev/null
 
 # Image defaults (any AGENT_SANDBOX_* key can be overridden with `docker run -e`):
-# - per-run requirements are off: they need a network for the server's `pip download` and the
+# - per-run requirements are off: they need a network for the server's resolver (uv, pip download) and the
 #   wheel cache mounted at the SAME path as on the host, since the engine bind-mounts it into
 #   sandboxes by its host path. docs/server-image.md shows how to turn them on.
 # - workspaces and background runs' results live in the container (gone with it) unless a volume

@@ -47,9 +47,11 @@ $(VENV)/.installed: pyproject.toml
 engine:
 	bash scripts/ensure-engine.sh
 
-# Cheap when nothing changed: docker's build cache answers, the Debian base is reused.
+# Cheap when nothing changed: docker's build cache answers, the Debian bases are reused. The
+# 3.13 profiles are on Debian trixie: a second base, bootstrapped once like bookworm's.
 image: venv engine
-	$(BIN)/agent-sandbox image build --profile minimal --profile datascience
+	$(BIN)/agent-sandbox image build --profile minimal --profile datascience \
+		--profile minimal-3.13 --profile datascience-3.13
 
 # The MCP server's own image (Dockerfile at the root): wheels made on the host, no network in the build.
 server-image: venv engine

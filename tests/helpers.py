@@ -29,11 +29,13 @@ from agent_sandbox.server.progress import STAGE_MESSAGES
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 ROOT = Path(__file__).parents[1]
-# configs/NAME.toml: the default (runc), the strict profile (gVisor, smaller limits), and the
-# default's sandboxes as pods on the Kubernetes test cluster (scripts/ensure-cluster.sh).
+# configs/NAME.toml: the default (runc), the strict profile (gVisor, smaller limits), the
+# default's sandboxes started by runc without Docker (OCI) and as pods on the Kubernetes test
+# cluster (scripts/ensure-cluster.sh), and the default on CPython 3.13 (Debian trixie's).
 KUBERNETES = "kubernetes"
 OCI = "oci"
-PROFILES = ["default", "strict", OCI, KUBERNETES]
+PYTHON_313 = "python3.13"
+PROFILES = ["default", "strict", OCI, KUBERNETES, PYTHON_313]
 TEST_NAMESPACE = "agent-sandbox-test"  # the tests' sandbox pods live here, nothing else
 TOOLS = {
     "run_python",

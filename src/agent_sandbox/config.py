@@ -28,7 +28,7 @@ CONFIG_PATH_ENV = "AGENT_SANDBOX_CONFIG"
 GVISOR = "runsc"  # the OCI runtime name gVisor registers under
 # The image profiles this repository defines (folders under images/, described in
 # images/profiles.py; tests/unit/test_config.py keeps the two equal).
-PROFILE_NAMES = ("minimal", "datascience")
+PROFILE_NAMES = ("minimal", "datascience", "minimal-3.13", "datascience-3.13")
 
 
 class ConfigError(Exception):

@@ -13,6 +13,7 @@ import anyio
 from agent_sandbox.config import GVISOR, Settings
 from agent_sandbox.engine.base import Engine, RuntimeState
 from agent_sandbox.errors import EngineError, ImageMissing
+from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.models import ProjectFile, RunRequest
 from agent_sandbox.probes import POSTURE_PROBE
 from agent_sandbox.sandbox import Sandbox
@@ -66,7 +67,8 @@ def checks(settings: Settings, config_source: str, engine: Engine | None = None)
 
 
 def _config(settings: Settings, source: str) -> Check:
-    found = f"{source}; profiles {', '.join(settings.engine.profiles)}, default {settings.engine.profile}"
+    profiles = ", ".join(f"{name} (CPython {get_profile(name).python})" for name in settings.engine.profiles)
+    found = f"{source}; profiles {profiles}, default {settings.engine.profile}"
     limits = settings.limits
     if limits.files_in_memory_mib >= limits.memory_mib:
         return Check(

@@ -34,7 +34,7 @@ from agent_sandbox.engine.base import Engine, EngineHealth, OutputCallback, Prog
 from agent_sandbox.engine.spec import ContainerShape, InstallSpec, Outcome, PackageMount, ResultCaps, RunSpec
 from agent_sandbox.errors import Refused, SandboxError
 from agent_sandbox.filenames import shown_name
-from agent_sandbox.images.profiles import profiles_pinning
+from agent_sandbox.images.profiles import get_profile, profiles_pinning
 from agent_sandbox.models import (
     InstallReport,
     LimitRequest,
@@ -48,6 +48,7 @@ from agent_sandbox.packages.missing import MissingModule, missing_module, missin
 from agent_sandbox.packages.policy import check_requested, check_resolved
 from agent_sandbox.packages.requirements import REQUIREMENTS_FILE, parse_requirements, requirements_file
 from agent_sandbox.packages.resolver import Resolution, WheelResolver
+from agent_sandbox.packages.target import target_for
 from agent_sandbox.postmortem import stopped_at
 from agent_sandbox.tracebacks import parse_error
 from agent_sandbox.verdict import judge
@@ -455,9 +456,10 @@ class Sandbox:
         check_requested(requirements, self.settings.packages)
         return requirements, files
 
-    async def _resolve(self, requirements: list[Requirement]) -> Resolution:
-        """Wheels for ``requirements``, from the host's cache or downloaded, within the policy."""
-        resolution = await self.wheels.resolve(requirements)
+    async def _resolve(self, requirements: list[Requirement], profile: str) -> Resolution:
+        """Wheels for ``requirements`` on ``profile``'s Python, from the host's cache or
+        downloaded, within the policy."""
+        resolution = await self.wheels.resolve(requirements, target_for(get_profile(profile).python))
         check_resolved(resolution.wheels, self.settings.packages)
         return resolution
 
@@ -540,7 +542,7 @@ class Sandbox:
         if requirements:
             if on_progress is not None:
                 await on_progress("resolving")
-            resolution = await self._resolve(requirements)
+            resolution = await self._resolve(requirements, checked.profile)
         async with self._installing(resolution) as install:
             spec = self._spec(request, checked, install, state)
             async with self.admission.admit(caller, _queued_reporter(on_progress)):

@@ -13,8 +13,9 @@ import pytest
 
 from agent_sandbox.config import EngineSettings, PackageSettings, Settings
 from agent_sandbox.engine.docker import OWNER_LABEL, DockerEngine
+from agent_sandbox.images.profiles import get_profile
 from agent_sandbox.models import ProjectFile, RunRequest
-from agent_sandbox.packages.target import SANDBOX_TARGET
+from agent_sandbox.packages.target import target_for
 from agent_sandbox.sandbox import RequestError, Sandbox
 from tests.helpers import cold_sandbox, snippet
 
@@ -239,14 +240,40 @@ async def test_an_install_that_runs_out_of_time_is_reported_and_the_program_neve
     assert "the program did not run" in result.notes[0]
 
 
-@pytest.mark.parametrize("profile", ["minimal", "datascience"])
+@pytest.mark.parametrize("profile", ["minimal", "datascience", "minimal-3.13", "datascience-3.13"])
 async def test_each_profile_is_the_platform_wheels_are_fetched_for(
     engine: DockerEngine, profile: str
 ) -> None:
     settings = Settings(engine=EngineSettings(pool_size=0, profile=profile, profiles=[profile]))
     code = "import os, platform, sys; print(sys.version_info[:2], os.confstr('CS_GNU_LIBC_VERSION'), platform.machine())"
     result = await Sandbox(settings, engine).run(snippet(code))
-    major, minor = SANDBOX_TARGET.glibc
-    python = tuple(int(part) for part in SANDBOX_TARGET.python.split("."))
+    target = target_for(get_profile(profile).python)
+    major, minor = target.glibc
+    python = tuple(int(part) for part in target.python.split("."))
     assert result.stdout == f"{python} glibc {major}.{minor} {platform.machine()}\n"
     assert result.profile == profile
+
+
+# networkx 3.7's only wheel is pure Python and needs Python >= 3.12 (tests/integration/test_resolver.py).
+NETWORKX = "import networkx, sys; print(sys.version_info[:2], networkx.__version__)"
+
+
+async def test_a_package_for_python_312_and_later_installs_on_313_and_is_refused_on_311(
+    engine: DockerEngine, tmp_path: Path
+) -> None:
+    settings = Settings(
+        engine=EngineSettings(pool_size=0, profiles=["minimal", "minimal-3.13"]),
+        packages=PackageSettings(cache_dir=str(tmp_path / "cache")),
+    )
+    sandbox = Sandbox(settings, engine)
+    result = await sandbox.run(snippet(NETWORKX, requirements=["networkx==3.7"], profile="minimal-3.13"))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "(3, 13) 3.7\n"
+    assert result.install is not None
+    assert result.install.wheels == ["networkx-3.7-py3-none-any.whl"]
+    refusal = (
+        r"requirement 'networkx==3\.7': no release that matches it has a wheel for the sandbox "
+        r"\(CPython 3\.11 .*\): networkx==3\.7 requires Python >=3\.12.*; releases with one: .*3\.6\.1"
+    )
+    with pytest.raises(RequestError, match=refusal):
+        await sandbox.run(snippet(NETWORKX, requirements=["networkx==3.7"], profile="minimal"))

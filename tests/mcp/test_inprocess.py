@@ -236,7 +236,9 @@ async def test_the_config_resource_shows_the_image_and_limits(client: Client) ->
     contents = (await client.read_resource("sandbox://config")).contents
     config = json.loads(contents[0].text)  # type: ignore[union-attr]
     assert config["profile"] == "minimal"
-    assert config["profiles"] == {"minimal": {"image": "agent-sandbox:minimal", "packages": []}}
+    assert config["profiles"] == {
+        "minimal": {"image": "agent-sandbox:minimal", "python": "3.11", "packages": []}
+    }
     assert config["packages"]["enabled"] is True
     assert config["network"] == "none"
     assert config["limits"]["memory_mib"] == 1024

@@ -36,7 +36,7 @@ def sandbox_of(engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch) -> Sandb
     sandbox = Sandbox(Settings(engine=EngineSettings(pool_size=0)), engine)  # type: ignore[arg-type]
     resolved: list[list[str]] = []
 
-    async def resolve(requirements: list[Requirement]) -> Resolution:
+    async def resolve(requirements: list[Requirement], profile: str) -> Resolution:
         resolved.append([str(requirement) for requirement in requirements])
         return Resolution(tuple(map(str, requirements)), (), False, 0.0)  # no wheel to mount
 

@@ -4,6 +4,7 @@ is in tests/mcp."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -109,3 +110,50 @@ async def test_metrics_and_health_are_asked_of_the_service(tmp_path: Path) -> No
     }
     assert samples[("agent_sandbox_runs_total", (("outcome", "program_error"), ("tool", "run_python")))] == 1
     assert samples[("agent_sandbox_run_slots", ())] == settings.engine.max_concurrent_runs
+
+
+async def test_the_python_versions_offered_are_in_the_descriptions_and_the_config(tmp_path: Path) -> None:
+    """A model picks CPython 3.13 by profile name: the tools say which profile has which Python,
+    sandbox://config too, the run goes to that profile's image, and a profile not offered is
+    refused by name."""
+    offered = ["minimal", "minimal-3.13", "datascience-3.13"]
+    settings = Settings(
+        engine=EngineSettings(pool_size=0, profiles=offered), workspaces=WorkspaceSettings(dir=str(tmp_path))
+    )
+    engine = ScriptedEngine(outcome(stdout=b"(3, 13)\n"))
+    async with Client(build_server(Sandbox(settings, engine)), mode="legacy") as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        contents = (await client.read_resource("sandbox://config")).contents
+        ran = await client.call_tool(
+            "run_python", {"code": "import sys; sys.version_info[:2]", "image": "minimal-3.13"}
+        )
+        refused = await client.call_tool("run_python", {"code": "1", "image": "datascience"})
+    description = tools["run_python"].description or ""
+    assert "container with CPython 3.11 or 3.13 (the image profile decides which)" in description
+    assert "'minimal' (CPython 3.11 and its standard library only)" in description
+    assert "'minimal-3.13' (CPython 3.13 and its standard library only)" in description
+    assert "'datascience-3.13' (CPython 3.13 and the data-analysis stack" in description
+    assert "CPython 3.11 or 3.13" in (tools["run_project"].description or "")  # both tools say it
+    config = json.loads(contents[0].text)  # type: ignore[union-attr]
+    assert {name: profile["python"] for name, profile in config["profiles"].items()} == {
+        "minimal": "3.11",
+        "minimal-3.13": "3.13",
+        "datascience-3.13": "3.13",
+    }
+    assert config["profiles"]["datascience-3.13"]["image"] == "agent-sandbox:datascience-3.13"
+    assert "pandas==3.1.1" in config["profiles"]["datascience-3.13"]["packages"]
+    assert ran.is_error is False
+    assert engine.specs[0].image == "agent-sandbox:minimal-3.13"
+    assert refused.is_error
+    assert (
+        "image profile 'datascience' is not offered here; use one of minimal, minimal-3.13, datascience-3.13"
+        in (
+            refused.content[0].text  # type: ignore[union-attr]
+        )
+    )
+
+
+async def test_one_python_offered_is_named_once(connected: tuple[Client, ScriptedEngine]) -> None:
+    client, _ = connected
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert "container with CPython 3.11, NO network" in (tools["run_python"].description or "")

@@ -6,16 +6,25 @@ import hashlib
 import os
 import stat
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from agent_sandbox.config import PackageSettings
+from agent_sandbox.images.profiles import INSTALLER_REQUIREMENT, PROFILES
 from agent_sandbox.packages.cache import CachedWheel, WheelCache
 from agent_sandbox.packages.policy import check_requested, check_resolved
 from agent_sandbox.packages.requirements import PackageRefused, parse_requirements, requirements_file
-from agent_sandbox.packages.resolver import WheelResolver, no_match, resolution_key
-from agent_sandbox.packages.target import WheelTarget
+from agent_sandbox.packages.resolver import (
+    DEFAULT_INDEX,
+    read_pip_config,
+    resolution_key,
+    uv_cause,
+    uv_culprit,
+    uv_index_options,
+)
+from agent_sandbox.packages.target import TARGETS, WheelTarget, target_for
 
 SIX = "six-1.17.0-py2.py3-none-any.whl"
 
@@ -186,37 +195,138 @@ def test_the_cache_key_ignores_spelling_and_order() -> None:
     assert key != resolution_key(parse_requirements(["six>=1", "python-dateutil[extra-a]"]), other_target)
 
 
+def test_each_profile_has_the_target_of_its_python() -> None:
+    assert {profile.python for profile in PROFILES.values()} <= set(TARGETS)
+    assert target_for("3.11").glibc == (2, 36)  # bookworm
+    assert target_for("3.13").glibc == (2, 41)  # trixie
+    with pytest.raises(ValueError, match=r"no wheel target for Python '3\.99'"):
+        target_for("3.99")
+
+
+@pytest.mark.parametrize(
+    ("glibc", "platform"),
+    [
+        ((2, 36), "x86_64-manylinux_2_36"),
+        ((2, 41), "x86_64-manylinux_2_40"),
+        ((2, 17), "x86_64-manylinux_2_17"),
+    ],
+)
+def test_uv_resolves_for_the_newest_glibc_it_knows_up_to_the_targets(
+    glibc: tuple[int, int], platform: str
+) -> None:
+    assert WheelTarget(python="3.13", glibc=glibc, machine="x86_64").uv_platform() == platform
+
+
+def test_the_host_resolves_with_the_uv_release_the_images_install_with() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert INSTALLER_REQUIREMENT in pyproject["project"]["dependencies"]
+
+
+PIP_CONFIG = """\
+global.cert='/etc/ssl/certs/ca-certificates.crt'
+global.extra-index-url='file:///opt/pypi/simple file:///opt/pypi-more/simple'
+global.find-links='/opt/wheels'
+global.index-url='https://global.invalid/simple'
+download.index-url='https://download.invalid/simple'
+install.index-url='https://install.invalid/simple'
+:env:.find-links='/srv/wheels'
+:env:.trusted-host='mirror.invalid'
+:env:.default-timeout='180'
+"""
+
+
+def test_uv_is_given_the_index_pip_download_would_use() -> None:
+    config = read_pip_config(PIP_CONFIG)
+    assert config["index-url"] == "https://download.invalid/simple"  # [download] over [global]
+    assert config["find-links"] == "/srv/wheels"  # PIP_FIND_LINKS over both
+    options, env = uv_index_options(config)
+    pairs = list(zip(options[::2], options[1::2], strict=True))
+    assert pairs == [
+        ("--index-url", "https://download.invalid/simple"),
+        ("--index-strategy", "unsafe-best-match"),  # pip's choice: the best version on any index
+        ("--extra-index-url", "file:///opt/pypi/simple"),
+        ("--extra-index-url", "file:///opt/pypi-more/simple"),
+        ("--find-links", "/srv/wheels"),
+        ("--allow-insecure-host", "mirror.invalid"),
+    ]
+    assert env == {"SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt", "UV_HTTP_TIMEOUT": "180"}
+
+
+def test_without_pip_configuration_uv_uses_the_default_index() -> None:
+    assert uv_index_options(read_pip_config("")) == (
+        ["--index-url", DEFAULT_INDEX, "--index-strategy", "unsafe-best-match"],
+        {},
+    )
+    assert "--no-index" in uv_index_options({"no-index": "true"})[0]
+
+
+# What uv 0.13.9 prints when it finds no solution (tests/integration/test_resolver.py asks it).
+NEEDS_PYTHON = """\
+error: No solution found when resolving dependencies
+  cause: Because the requested Python version (>=3.11) does not satisfy all of:
+             Python>=3.12,<3.14.1
+             Python>3.14.1
+         and networkx==3.7 depends on one of:
+             Python>=3.12,<3.14.1
+             Python>3.14.1
+         we can conclude that networkx==3.7 cannot be used.
+         And because only networkx<=3.7 is available and you require networkx==3.7, we can conclude \
+that your requirements are unsatisfiable.
+
+hint: The `--python-version` value (>=3.11) includes Python versions that are not supported by your \
+dependencies (e.g., networkx==3.7 only supports >=3.12, <3.14.1 | >3.14.1). Consider using a higher \
+`--python-version` value.
+"""
+
+
 @pytest.mark.parametrize(
     ("output", "expected"),
     [
+        (NEEDS_PYTHON, ("networkx==3.7", False)),
         (
-            "ERROR: Could not find a version that satisfies the requirement docopt (from versions: none)",
-            ("docopt", []),
+            "  cause: Because the requested Python version (>=3.11) does not satisfy Python>=3.12 and "
+            "django==6.0 depends on Python>=3.12, we can conclude that django==6.0 cannot be used.",
+            ("django==6.0", False),
         ),
         (
-            "ERROR: Could not find a version that satisfies the requirement six==99 (from versions: 1.16.0, 1.17.0)",
-            ("six==99", ["1.16.0", "1.17.0"]),
+            "  cause: Because all versions of docopt have no usable wheels and you require docopt, we "
+            "can conclude that your requirements are unsatisfiable.",
+            ("docopt", False),
         ),
-        (  # a dependency without a wheel
-            "ERROR: Could not find a version that satisfies the requirement foo>=1 (from bar) (from versions: none)",
-            ("foo>=1", []),
+        (
+            "  cause: Because numpy==1.26.4 has no usable wheels and you require numpy==1.26.4, we can "
+            "conclude that your requirements are unsatisfiable.",
+            ("numpy==1.26.4", False),
         ),
-        ("ERROR: ResolutionImpossible: conflicting dependencies", None),
+        (
+            "  cause: Because no-such-package was not found in the package registry and you require "
+            "no-such-package, we can conclude that your requirements are unsatisfiable.",
+            ("no-such-package", True),
+        ),
+        (
+            "  cause: Because there is no version of six==99 and you require six==99, we can conclude "
+            "that your requirements are unsatisfiable.",
+            ("six==99", False),
+        ),
+        (
+            "  cause: Because only six<=1.17.0 is available and you require six>=99, we can conclude "
+            "that your requirements are unsatisfiable.",
+            ("six>=99", False),
+        ),
+        ("error: the argument '--x' cannot be used with '--y'", None),
     ],
 )
-def test_pips_no_match_error_is_read(output: str, expected: tuple[str, list[str]] | None) -> None:
-    assert no_match("WARNING: noise\n" + output + "\nERROR: No matching distribution found") == expected
+def test_uvs_no_solution_error_names_the_requirement(output: str, expected: tuple[str, bool] | None) -> None:
+    assert uv_culprit(uv_cause(output)) == expected
 
 
-@pytest.mark.anyio
-async def test_a_host_python_unlike_the_sandboxes_refuses_requirements(tmp_path: Path) -> None:
-    """pip would evaluate markers for the host's Python: refuse rather than resolve wrongly."""
-    target = WheelTarget(python="3.99", glibc=(2, 36), machine="x86_64")
-    resolver = WheelResolver(
-        WheelCache(tmp_path), target, timeout_s=5, max_age_s=60, max_download_mib=1, max_cache_mib=1
+def test_uvs_reasoning_is_read_as_one_line_without_its_hint() -> None:
+    cause = uv_cause(NEEDS_PYTHON)
+    assert cause.startswith(
+        "Because the requested Python version (>=3.11) does not satisfy all of: Python>=3.12"
     )
-    with pytest.raises(PackageRefused, match=r"runs on Python 3\.\d+ but the sandbox has 3\.99"):
-        await resolver.resolve(parse_requirements(["six"]))
+    assert cause.endswith("we can conclude that your requirements are unsatisfiable.")
+    assert "hint" not in cause
 
 
 def test_the_least_recently_used_wheels_are_trimmed_first(tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ async def test_requirements_are_staged_for_the_engine_and_their_install_reported
     engine = ScriptedEngine(ran, outcome(exit_code=None, install=failed))
     sandbox = sandbox_on(engine, tmp_path, packages=PackageSettings(cache_dir=str(tmp_path / "cache")))
 
-    async def resolve(requirements: object) -> Resolution:
+    async def resolve(requirements: object, target: object) -> Resolution:
         return Resolution(("six",), (cached,), True, 0.0)
 
     monkeypatch.setattr(sandbox.wheels, "resolve", resolve)

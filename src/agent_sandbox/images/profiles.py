@@ -1,5 +1,7 @@
-"""Image profiles: what each sandbox image holds. A profile is a folder here with a Dockerfile
-and, when it adds packages, a ``requirements.txt`` of exact pins."""
+"""Image profiles: what each sandbox image holds. A profile's build context is a folder here with
+a Dockerfile and, when it adds packages, a ``requirements.txt`` of exact pins; profiles that differ
+only in their Python (``minimal`` and ``minimal-3.13``) share the folder, and the Debian release
+that ships their Python is the base they start from."""
 
 from __future__ import annotations
 
@@ -20,22 +22,34 @@ INSTALLER_REQUIREMENT = "uv==0.13.9"
 STATE_REQUIREMENT = "dill==0.4.1"
 
 
+# The Debian release whose python3 each offered CPython is: a profile's base image is that release.
+DEBIAN_RELEASES = {"3.11": "bookworm", "3.13": "trixie"}
+
+
 class UnknownProfile(ValueError):
     """No profile has that name."""
 
 
 @dataclass(frozen=True)
 class Profile:
-    """One sandbox image: its name, what it is for, and the profile it builds on."""
+    """One sandbox image: its name, what it is for, the profile it builds on, its Python, and
+    the folder it is built from."""
 
     name: str
     summary: str
     base_profile: str | None = None  # None: built from the Debian or public Python base
+    python: str = "3.11"  # the CPython its Debian release ships: "3.11" (bookworm), "3.13" (trixie)
+    context: str | None = None  # the folder under images/ it is built from; None: its name
 
     @property
     def folder(self) -> Path:
         """The build context: Dockerfile and pinned requirements."""
-        return IMAGES_DIR / self.name
+        return IMAGES_DIR / (self.context or self.name)
+
+    @property
+    def debian(self) -> str:
+        """The Debian release it is built on, the one whose python3 is its ``python``."""
+        return DEBIAN_RELEASES[self.python]
 
     def packages(self) -> list[str]:
         """The pinned packages it adds to the standard library (without their dependencies)."""
@@ -55,15 +69,25 @@ class Profile:
         return f"'{self.name}' ({self.summary}{listed})"
 
 
+_DATASCIENCE = (
+    "and the data-analysis stack, matplotlib drawing with the non-interactive Agg backend (save "
+    "figures to files)"
+)
 PROFILES = {
     profile.name: profile
     for profile in (
         Profile("minimal", "CPython 3.11 and its standard library only"),
+        Profile("datascience", f"CPython 3.11 {_DATASCIENCE}", base_profile="minimal"),
+        # The same two on Debian trixie's CPython 3.13, from the same folders and pins.
         Profile(
-            "datascience",
-            "minimal plus the data-analysis stack, matplotlib drawing with the non-interactive "
-            "Agg backend (save figures to files)",
-            base_profile="minimal",
+            "minimal-3.13", "CPython 3.13 and its standard library only", python="3.13", context="minimal"
+        ),
+        Profile(
+            "datascience-3.13",
+            f"CPython 3.13 {_DATASCIENCE}",
+            base_profile="minimal-3.13",
+            python="3.13",
+            context="datascience",
         ),
     )
 }

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 _OLDEST_MANYLINUX_MINOR = 5
 _LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+# The newest glibc that uv (the pinned release) names in --python-platform: a newer glibc is
+# resolved as this one, which only leaves out wheels that need a glibc newer than 2.40.
+_UV_NEWEST_MANYLINUX_MINOR = 40
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,11 @@ class WheelTarget:
                 tags.append(f"{_LEGACY_MANYLINUX[minor]}_{self.machine}")
         return tags
 
+    def uv_platform(self) -> str:
+        """uv's ``--python-platform`` for this target: its CPU and glibc (the newest uv knows)."""
+        major, minor = self.glibc
+        return f"{self.machine}-manylinux_{major}_{min(minor, _UV_NEWEST_MANYLINUX_MINOR)}"
+
     def pip_options(self) -> list[str]:
         """``pip download`` options that select wheels for this target and nothing else."""
         abi = "cp" + self.python.replace(".", "")
@@ -43,6 +51,18 @@ class WheelTarget:
         return options
 
 
-# Every profile is Debian bookworm (glibc 2.36) with its CPython 3.11, on the engine's CPU,
-# which is this machine's: the engine is local. tests/integration/test_packages.py checks it.
-SANDBOX_TARGET = WheelTarget(python="3.11", glibc=(2, 36), machine=platform.machine())
+# Each profile is a Debian release with its CPython (``Profile.python``): bookworm (glibc 2.36)
+# has 3.11, trixie (glibc 2.41) 3.13; on the engine's CPU, which is this machine's: the engine is
+# local. tests/integration/test_packages.py checks each profile against its target.
+TARGETS = {
+    "3.11": WheelTarget(python="3.11", glibc=(2, 36), machine=platform.machine()),
+    "3.13": WheelTarget(python="3.13", glibc=(2, 41), machine=platform.machine()),
+}
+
+
+def target_for(python: str) -> WheelTarget:
+    """The target of a sandbox whose CPython is ``python`` ("3.11")."""
+    try:
+        return TARGETS[python]
+    except KeyError:
+        raise ValueError(f"no wheel target for Python {python!r}; known: {sorted(TARGETS)}") from None

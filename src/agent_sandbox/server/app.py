@@ -67,7 +67,11 @@ def build_server(
             {
                 "profile": settings.engine.profile,
                 "profiles": {
-                    name: {"image": settings.engine.image_of(name), "packages": get_profile(name).packages()}
+                    name: {
+                        "image": settings.engine.image_of(name),
+                        "python": get_profile(name).python,
+                        "packages": get_profile(name).packages(),
+                    }
                     for name in settings.engine.profiles
                 },
                 "packages": settings.packages.model_dump(exclude={"cache_dir"}),

@@ -16,7 +16,14 @@ def describe_environment(settings: Settings) -> str:
         if settings.engine.network
         else "NO network access"
     )
-    profiles = "; ".join(get_profile(name).describe() for name in settings.engine.profiles)
+    offered = [get_profile(name) for name in settings.engine.profiles]
+    profiles = "; ".join(profile.describe() for profile in offered)
+    versions = sorted({profile.python for profile in offered}, key=lambda v: tuple(map(int, v.split("."))))
+    python = (
+        f"CPython {versions[0]}"
+        if len(versions) == 1
+        else f"CPython {', '.join(versions[:-1])} or {versions[-1]} (the image profile decides which)"
+    )
     packages = settings.packages
     if not packages.enabled:
         requirements_help = "Installing other packages is turned off on this server."
@@ -43,7 +50,7 @@ def describe_environment(settings: Settings) -> str:
         else "; there is no shared memory (/dev/shm): multiprocessing cannot work, use threads"
     )
     return (
-        f"Runs in a fresh, single-use Linux container with CPython 3.11, {network}, as an "
+        f"Runs in a fresh, single-use Linux container with {python}, {network}, as an "
         f"unprivileged user. Image profiles (`image`; default '{settings.engine.profile}'): "
         f"{profiles}. {requirements_help} The working "
         f"folder is /work ({limits.work_mib} MiB, writable; /tmp too, {limits.tmp_mib} MiB)"
