@@ -16,9 +16,7 @@ environment, and its key be in the provider's usual environment variable.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -34,7 +32,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_mcp_adapters.client import MultiServerMCPClient
 from langchain_mcp_adapters.tools import load_mcp_tools
-from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, summary
+from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, model_name, summary
 
 # The server comes from the project's own environment: this one has the 1.x `mcp` SDK, no agent_sandbox.
 SERVER = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "agent-sandbox"
@@ -78,9 +76,7 @@ def choose_model(name: str | None) -> BaseChatModel:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("AGENT_MODEL"), help="e.g. openai:gpt-4o")
-    model = choose_model(parser.parse_args().model)
+    model = choose_model(model_name(__doc__ or "", "openai:gpt-4o"))
     if not SERVER.exists():
         sys.exit(f"no server at {SERVER}: run `make venv` in the project first")
 

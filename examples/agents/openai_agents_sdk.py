@@ -11,7 +11,6 @@ nothing leaves the machine. `--model` or `AGENT_MODEL` takes an OpenAI model nam
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from agents import Agent, Model, Runner, ToolCallItem, ToolCallOutputItem, set_t
 from agents.mcp import MCPServerStdio
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
 from openai.types.responses import ResponseFunctionToolCall
-from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, summary
+from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, model_name, summary
 
 
 def answer_from_tool_output(call: ModelCall) -> ModelStep:
@@ -51,9 +50,7 @@ def parsed(output: object) -> object:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("AGENT_MODEL"), help="e.g. gpt-4o")
-    model = choose_model(parser.parse_args().model)
+    model = choose_model(model_name(__doc__ or "", "gpt-4o"))
 
     # A sandbox run can outlast the SDK's 5 s default; the structured result is plain JSON to read.
     server = MCPServerStdio(

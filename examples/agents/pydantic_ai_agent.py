@@ -11,8 +11,6 @@ Needs the `examples` extra (`make venv` installs it).
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import textwrap
 
@@ -24,7 +22,7 @@ from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, summary
+from sales_question import CODE, INSTRUCTIONS, QUESTION, answer, model_name, summary
 
 
 def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -46,9 +44,7 @@ def choose_model(name: str | None) -> Model:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("AGENT_MODEL"), help="e.g. openai:gpt-4o")
-    model = choose_model(parser.parse_args().model)
+    model = choose_model(model_name(__doc__ or "", "openai:gpt-4o"))
 
     # keep_alive=False: the server, and the containers it keeps warm, stop when the agent is done.
     server = StdioTransport(sys.executable, ["-m", "agent_sandbox", "serve"], keep_alive=False)

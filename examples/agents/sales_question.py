@@ -1,9 +1,11 @@
-"""The data question both agent examples answer, and how their offline scripted models read the
+"""The data question the agent examples answer, and how their offline scripted models read the
 sandbox's answer: kept here so each example shows only its framework's wiring."""
 
 from __future__ import annotations
 
+import argparse
 import ast
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,3 +37,11 @@ def summary(result: object) -> str:
         return repr(result)[:300]
     shown = ("exit_code", "stdout", "stderr", "return_value", "error")
     return ", ".join(f"{key}={result[key]!r}" for key in shown if result.get(key) not in (None, ""))
+
+
+def model_name(description: str, example: str) -> str | None:
+    """The model the command line (--model) or AGENT_MODEL names; None: the offline scripted one."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("AGENT_MODEL"), help=f"e.g. {example}")
+    name: str | None = parser.parse_args().model
+    return name

@@ -46,17 +46,11 @@ const seen = (result) => ({
   text: result.content.filter((block) => block.type === "text").map((block) => block.text).join("\n"),
   structured: result.structuredContent ?? null,
 });
-const code = "import sys\nprint(6 * 7, sys.version_info[:2])";
-const project = {
-  files: [
-    { path: "main.py", content: "import sys\nfrom util import shout\nprint(shout(sys.argv[1]))" },
-    { path: "util.py", content: "def shout(word):\n    return word.upper() + '!'\n" },
-  ],
-  args: ["over the wire"],
-};
+// The two calls every client of the matrix makes.
+const calls = JSON.parse(readFileSync(new URL("calls.json", import.meta.url)));
 const tools = (await client.listTools()).tools.map((tool) => tool.name);
-const snippet = seen(await client.callTool({ name: "run_python", arguments: { code } }));
-const run = seen(await client.callTool({ name: "run_project", arguments: project }));
+const snippet = seen(await client.callTool({ name: "run_python", arguments: calls.run_python }));
+const run = seen(await client.callTool({ name: "run_project", arguments: calls.run_project }));
 const protocolVersion = client.getNegotiatedProtocolVersion?.() ?? negotiated ?? null;
 await client.close();
 console.log(

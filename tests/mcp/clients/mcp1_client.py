@@ -15,6 +15,7 @@ import json
 import sys
 from contextlib import AsyncExitStack
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,14 +24,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
-CODE = "import sys\nprint(6 * 7, sys.version_info[:2])"
-PROJECT = {
-    "files": [
-        {"path": "main.py", "content": "import sys\nfrom util import shout\nprint(shout(sys.argv[1]))"},
-        {"path": "util.py", "content": "def shout(word):\n    return word.upper() + '!'\n"},
-    ],
-    "args": ["over the wire"],
-}
+# The two calls every client of the matrix makes (matrix_client.mjs reads them too).
+CALLS = json.loads((Path(__file__).parent / "calls.json").read_text())
 
 
 def seen(result: CallToolResult) -> dict[str, Any]:
@@ -48,8 +43,8 @@ async def main(transport: str, target: list[str]) -> None:
         session = await stack.enter_async_context(ClientSession(read, write))
         initialized = await session.initialize()
         tools = await session.list_tools()
-        snippet = await session.call_tool("run_python", {"code": CODE})
-        project = await session.call_tool("run_project", PROJECT)
+        snippet = await session.call_tool("run_python", CALLS["run_python"])
+        project = await session.call_tool("run_project", CALLS["run_project"])
     print(
         json.dumps(
             {

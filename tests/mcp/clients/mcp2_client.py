@@ -13,20 +13,15 @@ from __future__ import annotations
 import json
 import sys
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
 
-CODE = "import sys\nprint(6 * 7, sys.version_info[:2])"
-PROJECT = {
-    "files": [
-        {"path": "main.py", "content": "import sys\nfrom util import shout\nprint(shout(sys.argv[1]))"},
-        {"path": "util.py", "content": "def shout(word):\n    return word.upper() + '!'\n"},
-    ],
-    "args": ["over the wire"],
-}
+# The two calls every client of the matrix makes (matrix_client.mjs reads them too).
+CALLS = json.loads((Path(__file__).parent / "calls.json").read_text())
 
 
 def seen(result: CallToolResult) -> dict[str, Any]:
@@ -38,8 +33,8 @@ async def main(transport: str, target: list[str]) -> None:
     server = StdioServerParameters(command=target[0], args=target[1:]) if transport == "stdio" else target[0]
     async with Client(server) as client:
         tools = await client.list_tools()
-        snippet = await client.call_tool("run_python", {"code": CODE})
-        project = await client.call_tool("run_project", PROJECT)
+        snippet = await client.call_tool("run_python", CALLS["run_python"])
+        project = await client.call_tool("run_project", CALLS["run_project"])
         negotiated = client.protocol_version
     print(
         json.dumps(
