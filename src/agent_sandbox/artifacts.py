@@ -6,7 +6,7 @@ import hashlib
 import mimetypes
 
 from agent_sandbox.config import ResultSettings
-from agent_sandbox.engine.spec import FilesOut, TablePreview
+from agent_sandbox.engine.spec import FilesOut
 from agent_sandbox.filenames import shown_name
 from agent_sandbox.models import Artifact, ArtifactPreview
 
@@ -78,7 +78,7 @@ def mime_type(path: str, data: bytes | None) -> str:
     return "application/octet-stream"
 
 
-def _artifact(path: str, data: bytes, settings: ResultSettings, preview: TablePreview | None) -> Artifact:
+def _artifact(path: str, data: bytes, settings: ResultSettings, preview: ArtifactPreview | None) -> Artifact:
     kind = mime_type(path, data)
     inline = None
     if kind not in IMAGE_TYPES and len(data) <= settings.max_inline_text_kib * 1024:
@@ -90,7 +90,7 @@ def _artifact(path: str, data: bytes, settings: ResultSettings, preview: TablePr
         sha256=hashlib.sha256(data).hexdigest(),
         content=inline,
         data=data,
-        preview=None if preview is None else ArtifactPreview(csv=preview.csv, rows=preview.rows),
+        preview=preview,
     )
 
 

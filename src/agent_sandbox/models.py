@@ -200,7 +200,8 @@ class StoppedAt(_Model):
 
 
 class ArtifactPreview(_Model):
-    """A Parquet file's first rows as CSV text, made in the sandbox for the run viewer."""
+    """A Parquet file's first rows as CSV text, made in the sandbox for the run viewer (never for
+    the model: see server/content.py)."""
 
     csv: str
     rows: int = Field(description="How many rows the file has.")

@@ -28,6 +28,7 @@ from agent_sandbox.engine.protocol import (
     UsageLine,
     job_header,
 )
+from agent_sandbox.models import ArtifactPreview
 from tests.unit.test_container_options import SPEC
 
 TYPED = (
@@ -169,8 +170,8 @@ def test_a_manifest_keeps_only_the_previews_that_keep_to_the_rules() -> None:
     read = protocol._manifest(line, max_files=10, max_bytes=100)
     previews = {e.path: e.preview for e in read.files}
     assert previews == {
-        "a.parquet": protocol.TablePreview("a\n1\n", 7),
-        "B.PARQUET": protocol.TablePreview("b\n2\n", 0),
+        "a.parquet": ArtifactPreview(csv="a\n1\n", rows=7),
+        "B.PARQUET": ArtifactPreview(csv="b\n2\n", rows=0),
         "c.csv": None,
         "d.parquet": None,
         "e.parquet": None,

@@ -19,7 +19,8 @@ from mcp_types import TextResourceContents
 
 from agent_sandbox.background import BackgroundRuns
 from agent_sandbox.config import EngineSettings, RunSettings, Settings, WorkspaceSettings
-from agent_sandbox.engine.spec import Outcome, TablePreview
+from agent_sandbox.engine.spec import Outcome
+from agent_sandbox.models import ArtifactPreview
 from agent_sandbox.sandbox import Sandbox
 from agent_sandbox.server import build_server
 from agent_sandbox.server.content import TABLES_META
@@ -37,7 +38,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-PREVIEW = TablePreview("a,b\n1,2\n3,4\n", rows=1000)  # as the launcher makes it in the sandbox
+PREVIEW = ArtifactPreview(csv="a,b\n1,2\n3,4\n", rows=1000)  # as the launcher makes it in the sandbox
 
 
 def with_preview(done: Outcome) -> Outcome:

@@ -39,10 +39,10 @@ from agent_sandbox.engine.spec import (
     PostMortem,
     ProcessDump,
     RunSpec,
-    TablePreview,
     Usage,
 )
 from agent_sandbox.filenames import shown_name
+from agent_sandbox.models import ArtifactPreview
 
 END_PREFIX = b"\x00agent-sandbox-end "
 INSTALLED_PREFIX = b"\x00agent-sandbox-installed "
@@ -414,7 +414,7 @@ def _manifest(line: bytes, max_files: int, max_bytes: int) -> FilesOut:
     return FilesOut(files, omitted, max(changed, len(files) + len(omitted)), b"", refused)
 
 
-def _preview(raw: Any) -> TablePreview | None:
+def _preview(raw: Any) -> ArtifactPreview | None:
     """A file's preview, if it keeps to the rules (else it is dropped: the file still counts)."""
     if not isinstance(raw, dict):
         return None
@@ -423,7 +423,7 @@ def _preview(raw: Any) -> TablePreview | None:
         return None
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
         return None
-    return TablePreview(csv, rows)
+    return ArtifactPreview(csv=csv, rows=rows)
 
 
 def _omitted(entry: dict[str, Any]) -> OmittedFile:

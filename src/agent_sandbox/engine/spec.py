@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent_sandbox.config import GVISOR
-from agent_sandbox.models import Limits
+from agent_sandbox.models import ArtifactPreview, Limits
 
 
 @dataclass(frozen=True)
@@ -136,22 +136,13 @@ class InstallOutcome:
 
 
 @dataclass(frozen=True)
-class TablePreview:
-    """The first rows of a Parquet file as CSV text, which the launcher made in the sandbox for
-    the run viewer (never for the model: see server/content.py), and how many rows the file has."""
-
-    csv: str
-    rows: int
-
-
-@dataclass(frozen=True)
 class FileEntry:
     """A file the launcher sends back: its path under /work, its size, and for a Parquet file
     the launcher could read, a preview of its first rows."""
 
     path: str
     size: int
-    preview: TablePreview | None = None
+    preview: ArtifactPreview | None = None  # made by the launcher in the sandbox
 
 
 # Why a file did not come back: over the caps, unreadable, or behind a folder not looked into.
